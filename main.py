@@ -1,0 +1,98 @@
+"""The app factory and entry point.
+
+`create_app(settings=None)` assembles the service; its lifespan loads the embedder, opens the store and the chat
+model, and closes them on shutdown. Importing this module does no I/O: `uvicorn main:app` builds the app on first
+access of `app`, and `python main.py` runs uvicorn with HOST and PORT from the settings.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+
+from api import chat, documents, health
+from api.deps import Services
+from api.errors import install_error_handlers
+from config import Settings, get_settings
+from llm.factory import build_chat_model
+from rag.embedder import build_embedder
+from rag.ingest import Indexer
+from rag.numpy_store import NumpyVectorStore
+from rag.pipeline import ChatPipeline
+from rag.retriever import Retriever
+
+logger = logging.getLogger("rag_service")
+
+API_PREFIX = "/api/v1"
+
+
+async def build_services(settings: Settings, stack: contextlib.AsyncExitStack) -> Services:
+    """Build every shared component; each is registered on `stack` so that it is closed on the way out."""
+    embedder = await build_embedder(settings)
+    stack.push_async_callback(embedder.aclose)
+    store = await NumpyVectorStore.open(settings.data_dir / "store", embedder.model_name, embedder.dimension)
+    stack.push_async_callback(store.aclose)
+    llm = await build_chat_model(settings)
+    stack.push_async_callback(llm.aclose)
+    retriever = Retriever(embedder, store, settings.top_k_results, settings.similarity_threshold)
+    return Services(
+        settings=settings,
+        embedder=embedder,
+        store=store,
+        retriever=retriever,
+        indexer=Indexer(embedder, store, settings.chunk_size, settings.chunk_overlap),
+        llm=llm,
+        pipeline=ChatPipeline(retriever, llm),
+    )
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with contextlib.AsyncExitStack() as stack:
+            app.state.services = await build_services(settings, stack)
+            services = app.state.services
+            logger.info(
+                "ready: embedder %s (%d), llm %s/%s, %d chunks",
+                services.embedder.model_name,
+                services.embedder.dimension,
+                services.llm.provider,
+                services.llm.model,
+                services.store.count,
+            )
+            yield
+
+    app = FastAPI(
+        title="RAG chat service",
+        description="Chat over your documents, streamed token by token.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    for router in (chat.router, documents.router, health.router):
+        app.include_router(router, prefix=API_PREFIX)
+    return app
+
+
+def __getattr__(name: str) -> FastAPI:
+    # `uvicorn main:app` looks the attribute up; building it lazily keeps `import main` free of side effects.
+    if name == "app":
+        return create_app()
+    raise AttributeError(name)
+
+
+def main() -> None:
+    import uvicorn
+
+    settings = get_settings()
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
+
+
+if __name__ == "__main__":
+    main()

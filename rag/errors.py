@@ -1,0 +1,37 @@
+"""The retrieval side's exception tree; `api/errors.py` holds the one table mapping it to HTTP statuses."""
+
+from __future__ import annotations
+
+
+class RAGError(Exception):
+    """Base of every retrieval-side failure."""
+
+    error_type = "rag_error"
+
+
+class InvalidRequest(RAGError):
+    """Input that passed schema validation but cannot be served (empty question, bad filter...)."""
+
+    error_type = "invalid_request"
+
+
+class DocumentNotFound(RAGError):
+    error_type = "not_found"
+
+
+class StoreIncompatible(RAGError):
+    """The store on disk was built by another embedding model or dimension, or by a newer format."""
+
+    error_type = "store_incompatible"
+
+
+class StoreCorrupt(RAGError):
+    """The store on disk cannot be read (files missing or inconsistent with the manifest)."""
+
+    error_type = "store_corrupt"
+
+
+class EmbeddingError(RAGError):
+    """The embedder failed (a remote embeddings API down, a bad vector...)."""
+
+    error_type = "embedding_error"

@@ -1,0 +1,98 @@
+"""Domain values of the retrieval side and the typed events the chat pipeline yields."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from llm.types import Usage
+
+Metadata = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """A piece of a document as stored: its own id, its document's id and metadata, and its text."""
+
+    id: str
+    document_id: str
+    text: str
+    metadata: Metadata = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """A chunk found by a search, with its cosine similarity to the query."""
+
+    chunk: Chunk
+    score: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.chunk.id,
+            "document_id": self.chunk.document_id,
+            "text": self.chunk.text,
+            "metadata": self.chunk.metadata,
+            "score": round(self.score, 6),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentSummary:
+    id: str
+    chunks: int
+    metadata: Metadata
+    preview: str
+
+
+class Embedder(Protocol):
+    """Turns texts into L2-normalised float32 vectors, one row per text."""
+
+    model_name: str
+    dimension: int
+
+    async def embed(self, texts: list[str]) -> np.ndarray: ...
+
+    async def aclose(self) -> None: ...
+
+
+# --- pipeline events ----------------------------------------------------------------------------
+# One pipeline, many wire formats: each transport renders these and nothing else.
+
+
+@dataclass(frozen=True, slots=True)
+class SourcesEvent:
+    hits: list[Hit]
+
+
+@dataclass(frozen=True, slots=True)
+class TokenEvent:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReasoningEvent:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class UsageEvent:
+    usage: Usage
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorEvent:
+    """A failure after the stream started; it is always followed by DoneEvent."""
+
+    type: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class DoneEvent:
+    finish_reason: str | None = None
+
+
+ChatEvent = SourcesEvent | TokenEvent | ReasoningEvent | UsageEvent | ErrorEvent | DoneEvent
