@@ -47,7 +47,7 @@ class SentenceTransformerEmbedder:
     def __init__(self, model: Any, model_name: str, batch_size: int) -> None:
         self._model = model
         self.model_name = model_name
-        self.dimension = int(model.get_sentence_embedding_dimension())
+        self.dimension = int(model.get_embedding_dimension())
         self._batch_size = batch_size
         # One forward pass at a time: torch already uses every core, and parallel passes only thrash.
         self._limiter = anyio.CapacityLimiter(1)
@@ -61,7 +61,13 @@ class SentenceTransformerEmbedder:
         return cls(model, model_name, batch_size)
 
     def _encode(self, texts: list[str]) -> np.ndarray:
-        return self._model.encode(texts, batch_size=self._batch_size, normalize_embeddings=True, convert_to_numpy=True)
+        return self._model.encode(
+            texts,
+            batch_size=self._batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
 
     async def embed(self, texts: list[str]) -> np.ndarray:
         if not texts:

@@ -1,0 +1,107 @@
+"""The real OpenAI SDK client against the fake upstream over HTTP on 127.0.0.1."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from config import Settings
+from llm.errors import UpstreamProtocolError, UpstreamRateLimited, UpstreamTimeout, UpstreamUnavailable
+from llm.openai_client import OpenAIChatModel, make_async_client
+from llm.types import Delta, GenerationOptions, Message
+from tests.fake_upstream import FakeUpstream, Script
+
+QUESTION = [Message("system", "ctx"), Message("user", "hi")]
+
+
+def model_for(upstream: FakeUpstream, **overrides: object) -> OpenAIChatModel:
+    values = {"openai_base_url": upstream.url, "openai_api_key": "k", "openai_max_retries": 0, "openai_timeout": 2.0}
+    settings = Settings(_env_file=None, **(values | overrides))
+    return OpenAIChatModel(make_async_client(settings), "fake-model", max_tokens=64, temperature=None)
+
+
+async def collect(model: OpenAIChatModel, options: GenerationOptions | None = None) -> list[Delta]:
+    return [d async for d in model.stream(QUESTION, options or GenerationOptions())]
+
+
+async def test_streams_tokens_usage_and_finish(upstream: FakeUpstream) -> None:
+    deltas = await collect(model_for(upstream))
+    assert "".join(d.content for d in deltas) == "Hello, world!"
+    assert [d.finish_reason for d in deltas if d.finish_reason] == ["stop"]
+    usage = [d.usage for d in deltas if d.usage]
+    assert len(usage) == 1
+    assert (usage[0].prompt_tokens, usage[0].completion_tokens) == (7, 4)
+    sent = upstream.requests[0]
+    assert sent["model"] == "fake-model"
+    assert sent["stream"] is True
+    assert sent["messages"] == [{"role": "system", "content": "ctx"}, {"role": "user", "content": "hi"}]
+
+
+async def test_options_are_sent_upstream(upstream: FakeUpstream) -> None:
+    await collect(model_for(upstream), GenerationOptions(max_tokens=9, temperature=0.5, stop=("END",)))
+    sent = upstream.requests[0]
+    assert (sent["max_tokens"], sent["temperature"], sent["stop"]) == (9, 0.5, ["END"])
+
+
+async def test_reasoning_content_is_separated(upstream: FakeUpstream) -> None:
+    upstream.reset(Script(reasoning=["Let me ", "think."], tokens=["Yes."]))
+    deltas = await collect(model_for(upstream))
+    assert "".join(d.reasoning for d in deltas) == "Let me think."
+    assert "".join(d.content for d in deltas) == "Yes."
+
+
+@pytest.mark.parametrize(
+    ("status", "error"), [(500, UpstreamUnavailable), (503, UpstreamUnavailable), (401, UpstreamUnavailable)]
+)
+async def test_error_status_is_mapped(upstream: FakeUpstream, status: int, error: type[Exception]) -> None:
+    upstream.reset(Script(status=status))
+    with pytest.raises(error, match=str(status)):
+        await collect(model_for(upstream))
+
+
+async def test_rate_limit_keeps_retry_after(upstream: FakeUpstream) -> None:
+    upstream.reset(Script(status=429, retry_after="7"))
+    with pytest.raises(UpstreamRateLimited) as info:
+        await collect(model_for(upstream))
+    assert info.value.retry_after == 7.0
+
+
+async def test_retries_happen_before_the_first_token(upstream: FakeUpstream) -> None:
+    upstream.reset(Script(status=503))
+    with pytest.raises(UpstreamUnavailable):
+        await collect(model_for(upstream, openai_max_retries=2))
+    assert len(upstream.requests) == 3
+
+
+async def test_stream_cut_in_the_middle_raises_after_the_tokens_it_got(upstream: FakeUpstream) -> None:
+    upstream.reset(Script(tokens=["a", "b", "c", "d"], cut_after=2))
+    received: list[str] = []
+    with pytest.raises((UpstreamUnavailable, UpstreamProtocolError)):
+        async for delta in model_for(upstream).stream(QUESTION, GenerationOptions()):
+            received.append(delta.content)
+    assert "".join(received) == "ab"
+
+
+async def test_malformed_chunk_is_a_protocol_error(upstream: FakeUpstream) -> None:
+    upstream.reset(Script(tokens=["a", "b"], malformed_after=1))
+    with pytest.raises(UpstreamProtocolError):
+        await collect(model_for(upstream))
+
+
+async def test_hang_times_out(upstream: FakeUpstream) -> None:
+    upstream.reset(Script(hang=True))
+    started = time.monotonic()
+    with pytest.raises(UpstreamTimeout):
+        await collect(model_for(upstream, openai_timeout=0.5))
+    assert time.monotonic() - started < 10  # bounded by the read timeout, not by the upstream
+
+
+async def test_closing_the_stream_disconnects_upstream(upstream: FakeUpstream) -> None:
+    upstream.reset(Script(tokens=["x"] * 50, delay=0.05))
+    stream = model_for(upstream).stream(QUESTION, GenerationOptions())
+    first = await anext(stream)
+    assert first.content == "" or first.content == "x"
+    await stream.aclose()
+    assert upstream.wait_disconnect(5)
+    assert upstream.completed == 0
