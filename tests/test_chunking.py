@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from rag.chunking import split_text
@@ -24,7 +26,7 @@ def test_chunks_are_bounded_cover_the_text_and_overlap(size: int, overlap: int) 
     for i in range(200):
         assert any(f"Sentence number {i} says" in c for c in chunks)
     if overlap:
-        for left, right in zip(chunks, chunks[1:], strict=False):
+        for left, right in itertools.pairwise(chunks):
             assert right[:20] in left, "neighbouring chunks should share text"
 
 
