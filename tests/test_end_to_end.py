@@ -1,0 +1,89 @@
+"""The out-of-the-box configuration, for real: bundled embedder, local SmolLM2 through llama.cpp, live server."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from llm.local import LocalChatModel
+from llm.types import GenerationOptions, Message
+from main import create_app
+from tests.conftest import make_settings
+from tests.servers import serve
+from tests.sse import iter_data, read_stream
+
+
+@pytest.fixture(scope="module")
+def default_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    settings = make_settings(tmp_path_factory.mktemp("e2e"), llm_provider="local", llm_max_tokens=48)
+    assert settings.resolved_llm_provider == "local"
+    with serve(create_app(settings)) as url:
+        yield url
+
+
+def test_add_documents_and_chat_with_the_local_model(default_service: str) -> None:
+    with httpx.Client(base_url=default_service, timeout=120) as client:
+        health = client.get("/api/v1/health").json()
+        assert health["llm"] == {"provider": "local", "model": "SmolLM2-135M-Instruct.Q4_1"}
+        added = client.post(
+            "/api/v1/documents/add",
+            json={
+                "documents": [
+                    "The Eiffel Tower is in Paris. It was completed in 1889 and is 330 metres tall.",
+                    "Bananas are rich in potassium and grow in tropical climates.",
+                ],
+                "metadatas": [{"title": "eiffel.txt"}, {"title": "bananas.txt"}],
+            },
+        )
+        assert added.status_code == 200
+        question = {"messages": [{"role": "user", "content": "When was the Eiffel Tower completed?"}]}
+        with client.stream("POST", "/api/v1/chat", json=question) as response:
+            assert response.status_code == 200
+            payloads, done = read_stream(response)
+    assert done
+    sources = payloads[0]["sources"]
+    assert sources[0]["metadata"] == {"title": "eiffel.txt"}
+    tokens = [p["content"] for p in payloads if p["content"]]
+    assert len(tokens) > 1, "the answer should arrive as several tokens"
+    assert "".join(tokens).strip()
+    usage = next(p["usage"] for p in payloads if "usage" in p)
+    assert usage["completion_tokens"] == len(tokens)
+    assert usage["prompt_tokens"] > 20  # the system prompt with the context is in there
+
+
+def test_leaving_mid_answer_frees_the_local_model(default_service: str) -> None:
+    question = {"messages": [{"role": "user", "content": "Write a very long story about a dragon."}], "max_tokens": 400}
+    with httpx.Client(base_url=default_service, timeout=120) as client:
+        with client.stream("POST", "/api/v1/chat", json=question) as response:
+            for data in iter_data(response):
+                if json.loads(data)["content"]:
+                    break
+        # The next answer can only start once the first generation has stopped and released the model.
+        answer = client.post("/api/v1/chat", json={"messages": [{"role": "user", "content": "Hi"}], "stream": False})
+    assert answer.status_code == 200
+    assert answer.json()["usage"]["completion_tokens"] >= 1
+
+
+async def test_closing_the_local_stream_stops_generation() -> None:
+    model = await LocalChatModel.load(None, 2048, None, 400, None)
+    try:
+        stream = model.stream([Message("user", "Count from one to one thousand in words.")], GenerationOptions())
+        await anext(stream)
+        await stream.aclose()
+        assert not any(t.name == "local-llm" and t.is_alive() for t in threading.enumerate())
+        # llama.cpp's context holds the prompt plus what was generated: far fewer than the 400 tokens asked for.
+        assert model._llama.n_tokens < 100
+    finally:
+        await model.aclose()
+
+
+async def test_missing_model_file_is_a_clear_error(tmp_path: Path) -> None:
+    from llm.errors import ModelUnavailable
+
+    with pytest.raises(ModelUnavailable, match="not a file"):
+        await LocalChatModel.load(tmp_path / "nope.gguf", 2048, None, 16, None)
