@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,10 @@ from main import create_app
 from rag.embedder import SentenceTransformerEmbedder
 from tests.fake_upstream import FakeUpstream
 from tests.servers import serve
+
+# The tests describe their settings explicitly; a developer's exported OPENAI_API_KEY or DATA_DIR must not leak in.
+for _name in Settings.model_fields:
+    os.environ.pop(_name.upper(), None)
 
 
 def make_settings(data_dir: Path, upstream_url: str | None = None, **overrides: Any) -> Settings:

@@ -1,0 +1,128 @@
+"""Retrieval quality on SciFact (BEIR layout) through the service's own chunker, embedder, store and retriever.
+
+Prints nDCG@10 and recall@10 over the test queries, the ingest and query throughput, and the distribution of
+similarity scores of relevant versus non-relevant passages, which is what SIMILARITY_THRESHOLD is chosen from.
+
+    .venv/bin/python bench/retrieval.py                       # defaults from Settings
+    .venv/bin/python bench/retrieval.py --chunk-size 100000   # one chunk per document
+
+Documents are "title text", as MTEB embeds them. A document's score is its best chunk's score.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from config import PROJECT_DIR, Settings
+from rag.embedder import SentenceTransformerEmbedder
+from rag.ingest import Indexer
+from rag.numpy_store import NumpyVectorStore
+from rag.retriever import Retriever
+
+DEFAULT_DATASET = PROJECT_DIR.parent / "shared" / "datasets" / "scifact"
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    with path.open(encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def read_qrels(path: Path) -> dict[str, dict[str, int]]:
+    qrels: dict[str, dict[str, int]] = defaultdict(dict)
+    with path.open(encoding="utf-8") as handle:
+        next(handle)  # header
+        for line in handle:
+            query_id, doc_id, score = line.rstrip("\n").split("\t")
+            qrels[query_id][doc_id] = int(score)
+    return qrels
+
+
+def ndcg_at_k(ranked: list[str], relevant: dict[str, int], k: int) -> float:
+    dcg = sum(relevant.get(doc, 0) / math.log2(i + 2) for i, doc in enumerate(ranked[:k]))
+    ideal = sorted(relevant.values(), reverse=True)[:k]
+    idcg = sum(rel / math.log2(i + 2) for i, rel in enumerate(ideal))
+    return dcg / idcg if idcg else 0.0
+
+
+def recall_at_k(ranked: list[str], relevant: dict[str, int], k: int) -> float:
+    hits = sum(1 for doc in ranked[:k] if relevant.get(doc, 0) > 0)
+    return hits / sum(1 for v in relevant.values() if v > 0)
+
+
+async def run(args: argparse.Namespace) -> None:
+    settings = Settings(_env_file=None)
+    chunk_size = args.chunk_size or settings.chunk_size
+    chunk_overlap = args.chunk_overlap if args.chunk_overlap is not None else settings.chunk_overlap
+    corpus = read_jsonl(args.dataset / "corpus.jsonl")
+    queries = {q["_id"]: q["text"] for q in read_jsonl(args.dataset / "queries.jsonl")}
+    qrels = read_qrels(args.dataset / "qrels_test.tsv")
+    query_ids = [q for q in qrels if q in queries][: args.limit]
+
+    embedder = await SentenceTransformerEmbedder.load(settings.embedding_model, settings.embedding_batch_size)
+    with tempfile.TemporaryDirectory() as tmp:
+        store = await NumpyVectorStore.open(Path(tmp), embedder.model_name, embedder.dimension)
+        indexer = Indexer(embedder, store, chunk_size, chunk_overlap)
+        started = time.perf_counter()
+        for i in range(0, len(corpus), args.batch):
+            batch = corpus[i : i + args.batch]
+            await indexer.add(
+                [f"{d.get('title', '')} {d['text']}".strip() for d in batch], None, [d["_id"] for d in batch]
+            )
+        ingest_s = time.perf_counter() - started
+
+        retriever = Retriever(embedder, store, top_k=args.depth, threshold=None)
+        ndcgs, recalls, relevant_scores, other_scores = [], [], [], []
+        started = time.perf_counter()
+        for query_id in query_ids:
+            hits = await retriever.retrieve(queries[query_id], top_k=args.depth, threshold=-1.0)
+            best: dict[str, float] = {}
+            for hit in hits:  # best first, so the first score seen per document is its best
+                best.setdefault(hit.chunk.document_id, hit.score)
+            ranked = list(best)
+            ndcgs.append(ndcg_at_k(ranked, qrels[query_id], 10))
+            recalls.append(recall_at_k(ranked, qrels[query_id], 10))
+            for doc in ranked[:10]:
+                (relevant_scores if qrels[query_id].get(doc, 0) > 0 else other_scores).append(best[doc])
+        query_s = time.perf_counter() - started
+
+    rel, other = np.array(relevant_scores), np.array(other_scores)
+    print(f"dataset            {args.dataset.name}: {len(corpus)} documents, {len(query_ids)} test queries")
+    print(f"chunks             {store.count} (size {chunk_size}, overlap {chunk_overlap})")
+    print(f"ingest             {ingest_s:.1f} s ({store.count / ingest_s:.0f} chunks/s)")
+    print(f"queries            {query_s:.1f} s ({1000 * query_s / len(query_ids):.1f} ms/query, embed + search)")
+    print(f"nDCG@10            {np.mean(ndcgs):.4f}")
+    print(f"recall@10          {np.mean(recalls):.4f}")
+    print("score percentiles  p5    p10   p25   p50   p75")
+    for name, values in (("relevant in top10", rel), ("others in top10", other)):
+        p = np.percentile(values, [5, 10, 25, 50, 75])
+        print(f"  {name:17} " + " ".join(f"{v:.3f}" for v in p))
+    print("threshold  relevant kept  others kept")
+    for threshold in (0.7, 0.6, 0.5, 0.4, 0.3, 0.25, 0.2, 0.1):
+        print(f"  {threshold:<8} {np.mean(rel >= threshold):>13.1%}  {np.mean(other >= threshold):>11.1%}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", type=Path, default=DEFAULT_DATASET, help="BEIR-layout directory")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N test queries")
+    parser.add_argument("--chunk-size", type=int, default=None, help="default: CHUNK_SIZE")
+    parser.add_argument("--chunk-overlap", type=int, default=None, help="default: CHUNK_OVERLAP")
+    parser.add_argument("--depth", type=int, default=100, help="chunks retrieved per query before ranking documents")
+    parser.add_argument("--batch", type=int, default=500, help="documents per add call")
+    asyncio.run(run(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from config import PROJECT_DIR, Settings
+
+
+def test_provider_defaults_to_local_without_key_or_url() -> None:
+    assert Settings(_env_file=None).resolved_llm_provider == "local"
+
+
+@pytest.mark.parametrize("values", [{"openai_api_key": "sk-x"}, {"openai_base_url": "http://127.0.0.1:1/v1"}])
+def test_provider_defaults_to_openai_with_key_or_url(values: dict) -> None:
+    assert Settings(_env_file=None, **values).resolved_llm_provider == "openai"
+
+
+def test_explicit_provider_wins() -> None:
+    assert Settings(_env_file=None, openai_api_key="sk-x", llm_provider="local").resolved_llm_provider == "local"
+
+
+def test_seed_keys_are_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_MODEL", "deepseek-chat")
+    monkeypatch.setenv("TOP_K_RESULTS", "7")
+    monkeypatch.setenv("SIMILARITY_THRESHOLD", "0.5")
+    monkeypatch.setenv("USE_OPENAI_EMBEDDINGS", "true")
+    settings = Settings(_env_file=None)
+    assert (settings.openai_model, settings.top_k_results, settings.similarity_threshold) == ("deepseek-chat", 7, 0.5)
+    assert settings.use_openai_embeddings is True
+
+
+def test_api_key_is_secret() -> None:
+    settings = Settings(_env_file=None, openai_api_key="sk-very-secret")
+    assert "sk-very-secret" not in repr(settings)
+
+
+def test_relative_data_dir_is_anchored_to_the_project() -> None:
+    assert Settings(_env_file=None, data_dir=Path("store-x")).data_dir == PROJECT_DIR / "store-x"
+
+
+@pytest.mark.parametrize("values", [{"chunk_size": 100, "chunk_overlap": 100}, {"top_k_results": 60, "max_top_k": 50}])
+def test_inconsistent_settings_are_refused(values: dict) -> None:
+    with pytest.raises(ValidationError):
+        Settings(_env_file=None, **values)
+
+
+def test_env_example_lists_every_setting() -> None:
+    example = (PROJECT_DIR / ".env.example").read_text()
+    keys = {line.split("=", 1)[0] for line in example.splitlines() if "=" in line and not line.startswith("#")}
+    assert keys == {name.upper() for name in Settings.model_fields}
