@@ -62,6 +62,13 @@ class Settings(BaseSettings):
         None, ge=1, description="CPU threads for the local model; unset: llama.cpp picks."
     )
 
+    show_reasoning: bool = Field(True, description="Stream reasoning models' reasoning to clients.")
+    reasoning_starts_inside: bool | None = Field(
+        None,
+        description="The model's output starts inside an implicit <think> (deepseek-r1 distills); "
+        "unset: guessed from the model name.",
+    )
+
     # --- embeddings -------------------------------------------------------------------------------
     embedding_model: str = Field(
         DEFAULT_EMBEDDING_MODEL,
@@ -79,6 +86,14 @@ class Settings(BaseSettings):
         ge=-1,
         le=1,
         description="Chunks scoring below this cosine similarity are dropped (see README for the measurement).",
+    )
+    history_token_budget: int = Field(
+        2000, ge=100, description="Most (estimated) tokens of earlier conversation turns put into the prompt."
+    )
+    query_rewrite: Literal["rule", "llm", "off"] = Field(
+        "rule",
+        description="How a follow-up becomes a retrieval query: 'rule' (no LLM call), 'llm' (the chat model "
+        "rewrites it) or 'off' (the last message as is).",
     )
     chunk_size: int = Field(1000, ge=50, description="Characters per chunk.")
     chunk_overlap: int = Field(200, ge=0, description="Characters shared by neighbouring chunks.")

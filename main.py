@@ -13,20 +13,33 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
-from api import chat, documents, health
+from api import chat, chats, documents, health, websocket
 from api.deps import Services
 from api.errors import install_error_handlers
 from config import Settings, get_settings
 from llm.factory import build_chat_model
+from llm.types import ChatModel
+from rag.conversations import ConversationStore
 from rag.embedder import build_embedder
+from rag.history import QueryRewriter
 from rag.ingest import Indexer
 from rag.numpy_store import NumpyVectorStore
-from rag.pipeline import ChatPipeline
+from rag.pipeline import ChatPipeline, Condenser, condense_with_rule, last_user_message
 from rag.retriever import Retriever
 
 logger = logging.getLogger("rag_service")
 
 API_PREFIX = "/api/v1"
+
+
+def build_condenser(settings: Settings, llm: ChatModel) -> Condenser:
+    match settings.query_rewrite:
+        case "rule":
+            return condense_with_rule
+        case "llm":
+            return QueryRewriter(llm)
+        case "off":
+            return last_user_message
 
 
 async def build_services(settings: Settings, stack: contextlib.AsyncExitStack) -> Services:
@@ -35,9 +48,19 @@ async def build_services(settings: Settings, stack: contextlib.AsyncExitStack) -
     stack.push_async_callback(embedder.aclose)
     store = await NumpyVectorStore.open(settings.data_dir / "store", embedder.model_name, embedder.dimension)
     stack.push_async_callback(store.aclose)
+    conversations = await ConversationStore.open(settings.data_dir / "chats.sqlite3")
+    stack.push_async_callback(conversations.aclose)
     llm = await build_chat_model(settings)
     stack.push_async_callback(llm.aclose)
     retriever = Retriever(embedder, store, settings.top_k_results, settings.similarity_threshold)
+    pipeline = ChatPipeline(
+        retriever,
+        llm,
+        conversations=conversations,
+        condense=build_condenser(settings, llm),
+        history_budget_tokens=settings.history_token_budget,
+        show_reasoning=settings.show_reasoning,
+    )
     return Services(
         settings=settings,
         embedder=embedder,
@@ -45,7 +68,8 @@ async def build_services(settings: Settings, stack: contextlib.AsyncExitStack) -
         retriever=retriever,
         indexer=Indexer(embedder, store, settings.chunk_size, settings.chunk_overlap),
         llm=llm,
-        pipeline=ChatPipeline(retriever, llm),
+        pipeline=pipeline,
+        conversations=conversations,
     )
 
 
@@ -74,8 +98,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    for router in (chat.router, documents.router, health.router):
+    for router in (chat.router, chats.router, documents.router, health.router, websocket.router):
         app.include_router(router, prefix=API_PREFIX)
+    app.include_router(chat.legacy_router)
+    app.include_router(websocket.legacy_router)
     return app
 
 

@@ -1,41 +1,61 @@
-"""`POST /api/v1/chat`: retrieval-augmented chat, streamed as the seed's SSE or returned whole."""
+"""`POST /api/v1/chat`: retrieval-augmented chat, streamed as the seed's SSE or returned whole; and `POST /stream`,
+the same for request bodies of the Elasticsearch services we replace."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter
+from fastapi.responses import JSONResponse
 
 from api.deps import ServicesDep
 from api.errors import error_response
-from api.schemas import ChatAnswer, ChatBody, ErrorBody, Source, UsageBody
+from api.schemas import ChatAnswer, ChatBody, ErrorBody, LegacyStreamBody, Source, UsageBody
 from api.sse import seed_sse_response
+from config import Settings
+from llm.types import GenerationOptions, Message
+from rag.conversations import ChatOwner
 from rag.errors import InvalidRequest
-from rag.pipeline import ChatRequest
+from rag.pipeline import ChatRef, ChatRequest, ChatStream
 
 router = APIRouter(tags=["chat"])
+legacy_router = APIRouter(tags=["chat"])
 
-_ERRORS = {code: {"model": ErrorBody} for code in (422, 429, 502, 504)}
+_ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (403, 422, 429, 502, 504)}
+_SSE_OR_JSON: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"text/event-stream": {}}, "description": "SSE stream, or JSON when stream=false"}
+}
 
 
-@router.post(
-    "/chat",
-    response_model=ChatAnswer,
-    responses={200: {"content": {"text/event-stream": {}}, "description": "SSE stream, or JSON when stream=false"}}
-    | _ERRORS,
-)
-async def chat(body: ChatBody, services: ServicesDep):
-    """Ask the last user message against the stored documents."""
-    if body.top_k is not None and body.top_k > services.settings.max_top_k:
-        raise InvalidRequest(f"top_k must be at most {services.settings.max_top_k}")
-    request = ChatRequest(
-        messages=[m.to_message() for m in body.messages],
-        top_k=body.top_k,
-        filters=body.filters,
-        options=body.options(),
+def build_chat_request(
+    settings: Settings,
+    messages: list[Message],
+    *,
+    top_k: int | None = None,
+    filters: dict[str, Any] | None = None,
+    options: GenerationOptions | None = None,
+    user_id: str | None = None,
+    org_id: str | None = None,
+    chat_id: str | None = None,
+    title: str | None = None,
+) -> ChatRequest:
+    """The pipeline's request from any transport's fields, with the limits every transport shares."""
+    if top_k is not None and top_k > settings.max_top_k:
+        raise InvalidRequest(f"top_k must be at most {settings.max_top_k}")
+    if chat_id is not None and user_id is None:
+        raise InvalidRequest("chatId needs userId: a chat belongs to a user")
+    chat = ChatRef(chat_id, ChatOwner(user_id, org_id), title) if chat_id is not None and user_id else None
+    return ChatRequest(
+        messages=messages,
+        top_k=top_k,
+        filters=filters,
+        options=options or GenerationOptions(),
+        org_id=org_id,
+        chat=chat,
     )
-    # Everything that can fail with a status code happens here, before the response starts.
-    stream = await services.pipeline.start(request)
-    if body.stream:
-        return seed_sse_response(stream, services.settings)
+
+
+async def answer_json(stream: ChatStream) -> ChatAnswer | JSONResponse:
     answer = await stream.collect()
     if answer.error is not None:
         # Not streaming, a half answer is no answer: report the failure as the status it is.
@@ -43,13 +63,46 @@ async def chat(body: ChatBody, services: ServicesDep):
     return ChatAnswer(
         content=answer.content,
         sources=[Source.of(hit) for hit in answer.sources],
-        usage=UsageBody(
-            prompt_tokens=answer.usage.prompt_tokens,
-            completion_tokens=answer.usage.completion_tokens,
-            total_tokens=answer.usage.total_tokens,
-        )
-        if answer.usage
-        else None,
+        usage=UsageBody(**answer.usage.as_dict()) if answer.usage else None,
         reasoning=answer.reasoning or None,
         finish_reason=answer.finish_reason,
     )
+
+
+@router.post("/chat", response_model=ChatAnswer, responses=_SSE_OR_JSON | _ERRORS)
+async def chat(body: ChatBody, services: ServicesDep):
+    """Ask the last user message against the stored documents."""
+    request = build_chat_request(
+        services.settings,
+        [m.to_message() for m in body.messages],
+        top_k=body.top_k,
+        filters=body.filters,
+        options=body.options(),
+        user_id=body.userId,
+        org_id=body.orgId,
+        chat_id=body.chatId,
+        title=body.chatTitle,
+    )
+    # Everything that can fail with a status code happens here, before the response starts.
+    stream = await services.pipeline.start(request)
+    if body.stream:
+        return seed_sse_response(stream, services.settings)
+    return await answer_json(stream)
+
+
+@legacy_router.post("/stream", responses=_SSE_OR_JSON | _ERRORS)
+@legacy_router.post("/api/v1/stream", responses=_SSE_OR_JSON | _ERRORS, include_in_schema=False)
+async def legacy_stream(body: LegacyStreamBody, services: ServicesDep):
+    """The Elasticsearch services' streaming route: their body, our SSE format."""
+    request = build_chat_request(
+        services.settings,
+        body.messages(),
+        top_k=body.top_k,
+        filters=body.filters,
+        user_id=body.userId,
+        org_id=body.orgId,
+        chat_id=body.chatId,
+        title=body.chatTitle,
+    )
+    stream = await services.pipeline.start(request)
+    return seed_sse_response(stream, services.settings)

@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 
 from config import Settings
 from llm.types import ChatModel
+from rag.conversations import ConversationStore
 from rag.ingest import Indexer
 from rag.numpy_store import NumpyVectorStore
 from rag.pipeline import ChatPipeline
@@ -25,6 +26,7 @@ class Services:
     indexer: Indexer
     llm: ChatModel
     pipeline: ChatPipeline
+    conversations: ConversationStore
 
 
 def get_services(request: Request) -> Services:

@@ -21,6 +21,7 @@ from llm.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from rag.conversations import ChatForbidden, ChatNotFound
 from rag.errors import DocumentNotFound, EmbeddingError, InvalidRequest, RAGError, StoreCorrupt, StoreIncompatible
 
 logger = logging.getLogger(__name__)
@@ -29,6 +30,8 @@ logger = logging.getLogger(__name__)
 STATUS_TABLE: list[tuple[type[Exception], int]] = [
     (InvalidRequest, 422),
     (DocumentNotFound, 404),
+    (ChatNotFound, 404),
+    (ChatForbidden, 403),
     (EmbeddingError, 502),
     (StoreIncompatible, 500),
     (StoreCorrupt, 500),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from llm.types import GenerationOptions, Message
 from rag.types import Hit
@@ -33,9 +33,23 @@ class ChatBody(BaseModel):
     )
     max_tokens: int | None = Field(None, ge=1, description="Most tokens to generate; default LLM_MAX_TOKENS.")
     temperature: float | None = Field(None, ge=0, le=2, description="Sampling temperature.")
+    userId: str | None = Field(None, min_length=1, max_length=256, description="The user; required with chatId.")
+    orgId: str | None = Field(
+        None, min_length=1, max_length=256, description="Only this organisation's documents are retrieved."
+    )
+    chatId: str | None = Field(
+        None, min_length=1, max_length=256, description="Store this turn in that chat; its history is used."
+    )
+    chatTitle: str | None = Field(None, max_length=500, description="Title for a new chat.")
 
     def options(self) -> GenerationOptions:
         return GenerationOptions(max_tokens=self.max_tokens, temperature=self.temperature)
+
+    @model_validator(mode="after")
+    def _chat_needs_user(self) -> ChatBody:
+        if self.chatId is not None and self.userId is None:
+            raise ValueError("chatId needs userId: a chat belongs to a user")
+        return self
 
 
 class Source(BaseModel):
@@ -116,3 +130,71 @@ class ErrorDetail(BaseModel):
 
 class ErrorBody(BaseModel):
     error: ErrorDetail
+
+
+class LegacyMessage(BaseModel):
+    # The Elasticsearch services wrote "assist" for the assistant's turns.
+    role: Literal["system", "user", "assistant", "assist"]
+    content: str
+
+    def to_message(self) -> Message:
+        return Message("assistant" if self.role == "assist" else self.role, self.content)
+
+
+class LegacyStreamBody(BaseModel):
+    """`POST /stream`: the request body of the Elasticsearch chat services, accepted as they sent it."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "userId": "testuser",
+                    "orgId": "1",
+                    "chatId": "01",
+                    "question": "Should I carry umbrella?",
+                    "chatTitle": "test1",
+                    "updateTime": "2022/06/01",
+                    "history": [
+                        {"role": "user", "content": "What's the weather?"},
+                        {"role": "assist", "content": "It's sunny outside."},
+                    ],
+                }
+            ]
+        }
+    )
+
+    question: str = Field(min_length=1, description="The question to answer.")
+    userId: str = Field(min_length=1, max_length=256)
+    orgId: str | None = Field(None, min_length=1, max_length=256)
+    chatId: str | None = Field(None, min_length=1, max_length=256)
+    chatTitle: str | None = Field(None, max_length=500)
+    updateTime: str | None = Field(None, description="Accepted for compatibility; the server keeps its own times.")
+    history: list[LegacyMessage] = Field(default_factory=list, description="Earlier turns, oldest first.")
+    top_k: int | None = Field(None, ge=1)
+    filters: dict[str, Any] | None = None
+
+    def messages(self) -> list[Message]:
+        return [*(m.to_message() for m in self.history), Message("user", self.question)]
+
+
+class ChatSummaryBody(BaseModel):
+    chatId: str
+    userId: str
+    orgId: str | None
+    title: str
+    createdAt: float
+    updatedAt: float
+
+
+class ChatList(BaseModel):
+    chats: list[ChatSummaryBody]
+
+
+class StoredMessageBody(BaseModel):
+    role: str
+    content: str
+    createdAt: float
+
+
+class ChatDetail(ChatSummaryBody):
+    messages: list[StoredMessageBody]

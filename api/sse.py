@@ -29,14 +29,7 @@ def seed_payload(event: ChatEvent) -> dict[str, Any] | None:
         case ReasoningEvent(text):
             return {"content": "", "reasoning": text}
         case UsageEvent(usage):
-            return {
-                "content": "",
-                "usage": {
-                    "prompt_tokens": usage.prompt_tokens,
-                    "completion_tokens": usage.completion_tokens,
-                    "total_tokens": usage.total_tokens,
-                },
-            }
+            return {"content": "", "usage": usage.as_dict()}
         case ErrorEvent(type_, message):
             return {"content": "", "error": {"type": type_, "message": message}}
         case DoneEvent():

@@ -33,6 +33,30 @@ from rag.retriever import Retriever
 
 DEFAULT_DATASET = PROJECT_DIR.parent / "shared" / "datasets" / "scifact"
 
+# Questions a user might type that no scientific abstract answers: their best scores show where "unrelated" lies.
+OFF_TOPIC = [
+    "What's the weather like in Paris tomorrow?",
+    "Should I carry an umbrella today?",
+    "How do I reset my router password?",
+    "Who won the football world cup in 2018?",
+    "Recommend a good pizza place near the station.",
+    "How do I change a flat tyre on a bicycle?",
+    "What time does the train to Berlin leave?",
+    "Write a haiku about autumn leaves.",
+    "How much does a new iPhone cost?",
+    "What is the capital of Australia?",
+    "How do I bake sourdough bread?",
+    "Which programming language should I learn first?",
+    "Translate 'good morning' into Spanish.",
+    "When is the next public holiday?",
+    "How do I file my tax return online?",
+    "What are the rules of chess castling?",
+    "Tell me a joke about cats.",
+    "How long should I boil an egg?",
+    "What's the best way to learn the guitar?",
+    "Book a table for two at eight tonight.",
+]
+
 
 def read_jsonl(path: Path) -> list[dict]:
     with path.open(encoding="utf-8") as handle:
@@ -80,6 +104,7 @@ async def run(args: argparse.Namespace) -> None:
             await indexer.add(
                 [f"{d.get('title', '')} {d['text']}".strip() for d in batch], None, [d["_id"] for d in batch]
             )
+            print(f"  ingested {i + len(batch)}/{len(corpus)}", file=sys.stderr, flush=True)
         ingest_s = time.perf_counter() - started
 
         retriever = Retriever(embedder, store, top_k=args.depth, threshold=None)
@@ -96,6 +121,7 @@ async def run(args: argparse.Namespace) -> None:
             for doc in ranked[:10]:
                 (relevant_scores if qrels[query_id].get(doc, 0) > 0 else other_scores).append(best[doc])
         query_s = time.perf_counter() - started
+        off_topic = [(await retriever.retrieve(q, top_k=1, threshold=-1.0))[0].score for q in OFF_TOPIC]
 
     rel, other = np.array(relevant_scores), np.array(other_scores)
     print(f"dataset            {args.dataset.name}: {len(corpus)} documents, {len(query_ids)} test queries")
@@ -108,9 +134,13 @@ async def run(args: argparse.Namespace) -> None:
     for name, values in (("relevant in top10", rel), ("others in top10", other)):
         p = np.percentile(values, [5, 10, 25, 50, 75])
         print(f"  {name:17} " + " ".join(f"{v:.3f}" for v in p))
-    print("threshold  relevant kept  others kept")
+    off = np.array(off_topic)
+    print(f"  {'off-topic top1':17} " + " ".join(f"{v:.3f}" for v in np.percentile(off, [5, 10, 25, 50, 75])))
+    print(f"  off-topic best score max {off.max():.3f} over {len(off)} questions")
+    print("threshold  relevant kept  others kept  off-topic top1 kept")
     for threshold in (0.7, 0.6, 0.5, 0.4, 0.3, 0.25, 0.2, 0.1):
-        print(f"  {threshold:<8} {np.mean(rel >= threshold):>13.1%}  {np.mean(other >= threshold):>11.1%}")
+        kept = (np.mean(rel >= threshold), np.mean(other >= threshold), np.mean(off >= threshold))
+        print(f"  {threshold:<8} {kept[0]:>13.1%}  {kept[1]:>11.1%}  {kept[2]:>19.1%}")
 
 
 def main() -> None:

@@ -15,6 +15,7 @@ import openai
 
 from config import Settings
 from llm.errors import LLMError, UpstreamProtocolError, UpstreamRateLimited, UpstreamTimeout, UpstreamUnavailable
+from llm.reasoning import ThinkTagSplitter
 from llm.types import Delta, GenerationOptions, Message, Usage
 
 logger = logging.getLogger(__name__)
@@ -67,11 +68,19 @@ def _reasoning_of(delta: Any) -> str:
 class OpenAIChatModel:
     provider = "openai"
 
-    def __init__(self, client: openai.AsyncOpenAI, model: str, max_tokens: int, temperature: float | None) -> None:
+    def __init__(
+        self,
+        client: openai.AsyncOpenAI,
+        model: str,
+        max_tokens: int,
+        temperature: float | None,
+        think_starts_inside: bool = False,
+    ) -> None:
         self._client = client
         self.model = model
         self._max_tokens = max_tokens
         self._temperature = temperature
+        self._think_starts_inside = think_starts_inside
 
     def _request_args(self, messages: list[Message], options: GenerationOptions) -> dict[str, Any]:
         args: dict[str, Any] = {
@@ -94,6 +103,8 @@ class OpenAIChatModel:
         except openai.OpenAIError as exc:
             raise map_error(exc) from exc
         finished = False
+        # Reasoning written inline as <think>...</think> is split off the answer; a separate reasoning field wins.
+        splitter = ThinkTagSplitter(self._think_starts_inside)
         try:
             async for chunk in response:
                 usage = None
@@ -106,12 +117,12 @@ class OpenAIChatModel:
                     continue
                 choice = chunk.choices[0]
                 finished = finished or choice.finish_reason is not None
-                yield Delta(
-                    content=choice.delta.content or "" if choice.delta else "",
-                    reasoning=_reasoning_of(choice.delta) if choice.delta else "",
-                    usage=usage,
-                    finish_reason=choice.finish_reason,
-                )
+                content, inline_reasoning = splitter.feed(choice.delta.content or "" if choice.delta else "")
+                if choice.finish_reason is not None:
+                    rest, rest_reasoning = splitter.flush()
+                    content, inline_reasoning = content + rest, inline_reasoning + rest_reasoning
+                reasoning = (_reasoning_of(choice.delta) if choice.delta else "") + inline_reasoning
+                yield Delta(content=content, reasoning=reasoning, usage=usage, finish_reason=choice.finish_reason)
         except openai.OpenAIError as exc:
             raise map_error(exc) from exc
         except ValueError as exc:  # a chunk that is not JSON

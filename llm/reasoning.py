@@ -88,3 +88,12 @@ class ThinkTagSplitter:
         """The held-back text at the end of the stream."""
         rest, self._pending = self._pending, ""
         return ("", rest) if self._inside else (rest, "")
+
+
+_THINK_BLOCK = re.compile(r"^\s*(?:<think>)?.*?</think>\s*|<think>.*?(?:</think>\s*|$)", re.DOTALL)
+
+
+def strip_reasoning(text: str) -> str:
+    """An assistant message without its reasoning, for sending a conversation back upstream
+    (deepseek answers HTTP 400 to a request that carries reasoning back)."""
+    return _THINK_BLOCK.sub("", text, count=1) if "</think>" in text or "<think>" in text else text

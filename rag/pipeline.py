@@ -10,13 +10,15 @@ Closing the stream (or cancelling whoever iterates it) closes the model's stream
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 from llm.errors import LLMError
 from llm.types import ChatModel, Delta, GenerationOptions, Message, Usage
+from rag.conversations import ChatOwner, ConversationStore
 from rag.errors import InvalidRequest
 from rag.filters import Filters
+from rag.history import condense_by_rule, fit_history
 from rag.prompt import build_messages
 from rag.retriever import Retriever
 from rag.types import (
@@ -33,12 +35,45 @@ from rag.types import (
 logger = logging.getLogger(__name__)
 
 
+TENANT_KEY = "orgId"
+
+Condenser = Callable[[list[Message]], Awaitable[str]]
+OnComplete = Callable[[str], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class ChatRef:
+    """The stored chat a request belongs to."""
+
+    chat_id: str
+    owner: ChatOwner
+    title: str | None = None
+
+
 @dataclass(frozen=True)
 class ChatRequest:
     messages: list[Message]
     top_k: int | None = None
     filters: Filters | None = None
     options: GenerationOptions = field(default_factory=GenerationOptions)
+    org_id: str | None = None  # when set, only this organisation's documents can be retrieved
+    chat: ChatRef | None = None
+
+
+async def condense_with_rule(messages: list[Message]) -> str:
+    return condense_by_rule(messages)
+
+
+async def last_user_message(messages: list[Message]) -> str:
+    return retrieval_query(messages)
+
+
+def scoped_filters(filters: Filters | None, org_id: str | None) -> Filters | None:
+    """The request's filters, restricted to one organisation; a filter of the client's own on the tenant key is
+    replaced, never combined, so that it cannot widen the scope."""
+    if org_id is None:
+        return filters
+    return {**(filters or {}), TENANT_KEY: org_id}
 
 
 @dataclass
@@ -64,20 +99,31 @@ def retrieval_query(messages: list[Message]) -> str:
 class ChatStream:
     """The events of one answer. Iterate `events()` once; `aclose()` is safe to call at any time."""
 
-    def __init__(self, hits: list[Hit], first: Delta | None, deltas: AsyncIterator[Delta]) -> None:
+    def __init__(
+        self,
+        hits: list[Hit],
+        first: Delta | None,
+        deltas: AsyncIterator[Delta],
+        show_reasoning: bool = True,
+        on_complete: OnComplete | None = None,
+    ) -> None:
         self.hits = hits
         self._first = first
         self._deltas = deltas
+        self._show_reasoning = show_reasoning
+        self._on_complete = on_complete
 
     async def events(self) -> AsyncIterator[ChatEvent]:
         yield SourcesEvent(self.hits)
         finish_reason: str | None = None
+        answer: list[str] = []
         try:
             delta = self._first
             while delta is not None:
-                if delta.reasoning:
+                if delta.reasoning and self._show_reasoning:
                     yield ReasoningEvent(delta.reasoning)
                 if delta.content:
+                    answer.append(delta.content)
                     yield TokenEvent(delta.content)
                 if delta.usage is not None:
                     yield UsageEvent(delta.usage)
@@ -93,6 +139,13 @@ class ChatStream:
             finish_reason = "error"
         finally:
             await self.aclose()
+        if finish_reason != "error" and self._on_complete is not None:
+            # Before DoneEvent: a client that saw the end can rely on the turn being stored.
+            try:
+                await self._on_complete("".join(answer))
+            except Exception:
+                logger.exception("could not store the conversation turn")
+                yield ErrorEvent("storage_error", "the answer could not be saved to the chat history")
         yield DoneEvent(finish_reason)
 
     async def collect(self) -> Answer:
@@ -122,19 +175,59 @@ class ChatStream:
 
 
 class ChatPipeline:
-    def __init__(self, retriever: Retriever, llm: ChatModel) -> None:
+    def __init__(
+        self,
+        retriever: Retriever,
+        llm: ChatModel,
+        *,
+        conversations: ConversationStore | None = None,
+        condense: Condenser = condense_with_rule,
+        history_budget_tokens: int = 2000,
+        show_reasoning: bool = True,
+    ) -> None:
         self.retriever = retriever
         self.llm = llm
+        self.conversations = conversations
+        self.condense = condense
+        self.history_budget_tokens = history_budget_tokens
+        self.show_reasoning = show_reasoning
+
+    async def _with_stored_history(self, request: ChatRequest) -> list[Message]:
+        """The request's conversation; when it names a chat and sends no earlier turns, the stored ones first."""
+        messages = request.messages
+        if request.chat is None or self.conversations is None:
+            return messages
+        stored = await self.conversations.history(request.chat.chat_id, request.chat.owner)  # checks ownership
+        if sum(1 for m in messages if m.role != "system") > 1:
+            return messages  # the client sent its own history: it wins
+        system = [m for m in messages if m.role == "system"]
+        return [*system, *stored, *(m for m in messages if m.role != "system")]
+
+    def _saver(self, request: ChatRequest, question: str) -> OnComplete | None:
+        if request.chat is None or self.conversations is None:
+            return None
+        conversations, chat = self.conversations, request.chat
+
+        async def save(answer: str) -> None:
+            turn = [Message("user", question), Message("assistant", answer)]
+            await conversations.append(chat.chat_id, chat.owner, turn, chat.title)
+
+        return save
 
     async def start(self, request: ChatRequest) -> ChatStream:
         """Retrieve, build the prompt and open the model's stream; raises before any event is produced."""
-        query = retrieval_query(request.messages)
-        hits = await self.retriever.retrieve(query, request.top_k, request.filters)
-        prompt = build_messages(hits, request.messages)
+        question = retrieval_query(request.messages)
+        if not question.strip():
+            raise InvalidRequest("the question is empty")
+        messages = await self._with_stored_history(request)
+        query = await self.condense(messages)
+        filters = scoped_filters(request.filters, request.org_id)
+        hits = await self.retriever.retrieve(query or question, request.top_k, filters)
+        prompt = build_messages(hits, fit_history(messages, self.history_budget_tokens))
         deltas = self.llm.stream(prompt, request.options)
         try:
             first = await anext(deltas, None)
         except BaseException:
             await deltas.aclose()  # type: ignore[attr-defined]
             raise
-        return ChatStream(hits, first, deltas)
+        return ChatStream(hits, first, deltas, self.show_reasoning, self._saver(request, question))

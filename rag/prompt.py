@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from llm.reasoning import strip_reasoning
 from llm.types import Message
 from rag.types import Hit
 
@@ -32,4 +33,9 @@ def build_messages(hits: list[Hit], conversation: list[Message]) -> list[Message
     """Our system prompt (plus any system messages the client sent), then the user/assistant turns in order."""
     client_system = [m.content for m in conversation if m.role == "system"]
     system = "\n\n".join([SYSTEM_PROMPT, *client_system, "Context:\n" + format_context(hits)])
-    return [Message("system", system), *(m for m in conversation if m.role != "system")]
+    turns = [
+        Message(m.role, strip_reasoning(m.content)) if m.role == "assistant" else m
+        for m in conversation
+        if m.role != "system"
+    ]
+    return [Message("system", system), *turns]

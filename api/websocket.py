@@ -1,0 +1,217 @@
+"""WebSocket chat (`/api/v1/ws/chat`, and `/ws_chat` as the Elasticsearch services named it).
+
+One connection serves many questions in turn. The client sends JSON frames:
+    {"question": "...", "userId": "...", "orgId": "...", "chatId": "...", "history": [...], "stream": true}
+    (or "messages" instead of "question"/"history"; "id" is echoed on every answer frame)
+    {"type": "cancel"}   stops the current answer, upstream included
+    {"type": "ping"}     answered with {"type": "pong"}
+The server answers with {"type": "sources" | "token" | "reasoning" | "usage" | "error" | "done", ...}, or one
+{"type": "answer", ...} frame for "stream": false. A malformed frame gets an error frame; the connection stays open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from typing import Any
+
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from api.chat import build_chat_request
+from api.deps import Services
+from api.errors import status_of
+from api.schemas import ChatMessage, LegacyMessage
+from llm.errors import LLMError
+from llm.types import GenerationOptions, Message
+from rag.errors import InvalidRequest, RAGError
+from rag.types import ChatEvent, DoneEvent, ErrorEvent, ReasoningEvent, SourcesEvent, TokenEvent, UsageEvent
+
+logger = logging.getLogger(__name__)
+
+router = APIRouter()
+legacy_router = APIRouter()
+
+
+class QuestionFrame(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    id: str | int | None = None
+    question: str | None = None
+    messages: list[ChatMessage] | None = None
+    history: list[LegacyMessage] = Field(default_factory=list)
+    userId: str | None = Field(None, min_length=1, max_length=256)
+    orgId: str | None = Field(None, min_length=1, max_length=256)
+    chatId: str | None = Field(None, min_length=1, max_length=256)
+    chatTitle: str | None = Field(None, max_length=500)
+    model: str | None = None  # the old services named the model per request; ours is configured on the server
+    stream: bool = True
+    top_k: int | None = Field(None, ge=1)
+    filters: dict[str, Any] | None = None
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+
+    def conversation(self) -> list[Message]:
+        earlier = [m.to_message() for m in self.history]
+        if self.messages:
+            return [*earlier, *(m.to_message() for m in self.messages)]
+        if self.question and self.question.strip():
+            return [*earlier, Message("user", self.question)]
+        raise InvalidRequest("a question frame needs 'question' or 'messages'")
+
+
+def event_frame(event: ChatEvent) -> dict[str, Any]:
+    match event:
+        case SourcesEvent(hits):
+            return {"type": "sources", "sources": [hit.as_dict() for hit in hits]}
+        case TokenEvent(text):
+            return {"type": "token", "content": text}
+        case ReasoningEvent(text):
+            return {"type": "reasoning", "content": text}
+        case UsageEvent(usage):
+            return {"type": "usage", "usage": usage.as_dict()}
+        case ErrorEvent(type_, message):
+            return {"type": "error", "error": {"type": type_, "message": message}}
+        case DoneEvent(reason):
+            return {"type": "done", "finish_reason": reason}
+
+
+def error_frame(type_: str, message: str, status: int | None = None) -> dict[str, Any]:
+    frame: dict[str, Any] = {"type": "error", "error": {"type": type_, "message": message}}
+    if status is not None:
+        frame["status"] = status
+    return frame
+
+
+class ChatSession:
+    """One WebSocket connection: reads frames, runs at most one answer at a time, and cancels it on request."""
+
+    def __init__(self, websocket: WebSocket, services: Services) -> None:
+        self.websocket = websocket
+        self.services = services
+        self._answer: asyncio.Task[None] | None = None
+        self._send_lock = asyncio.Lock()  # frames from the reader and the answer task must not interleave
+
+    async def send(self, frame: dict[str, Any], request_id: str | int | None = None) -> None:
+        if request_id is not None:
+            frame = {**frame, "id": request_id}
+        async with self._send_lock:
+            await self.websocket.send_text(json.dumps(frame, ensure_ascii=False))
+
+    async def run(self) -> None:
+        try:
+            while True:
+                message = await self.websocket.receive()
+                if message["type"] == "websocket.disconnect":
+                    break
+                await self._on_frame(message.get("text"))
+        except WebSocketDisconnect:
+            pass
+        finally:
+            # The client is gone: stop the answer (and with it the upstream request).
+            await self._cancel_answer(notify=False)
+
+    async def _on_frame(self, text: str | None) -> None:
+        if text is None:
+            await self.send(error_frame("invalid_frame", "frames must be JSON text"))
+            return
+        try:
+            data = json.loads(text)
+        except ValueError:
+            await self.send(error_frame("invalid_frame", "the frame is not valid JSON"))
+            return
+        if not isinstance(data, dict):
+            await self.send(error_frame("invalid_frame", "the frame must be a JSON object"))
+            return
+        kind = data.get("type", "question")
+        if kind == "cancel":
+            if not await self._cancel_answer(notify=True):
+                await self.send(error_frame("nothing_to_cancel", "no answer is in progress"))
+            return
+        if kind == "ping":
+            await self.send({"type": "pong"})
+            return
+        if kind != "question":
+            await self.send(error_frame("invalid_frame", f"unknown frame type {kind!r}"))
+            return
+        if self._answer is not None and not self._answer.done():
+            await self.send(error_frame("busy", "an answer is in progress: wait for 'done' or send a cancel frame"))
+            return
+        try:
+            frame = QuestionFrame.model_validate(data)
+        except ValidationError as exc:
+            details = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            await self.send(error_frame("validation_error", details, 422), data.get("id"))
+            return
+        self._answer = asyncio.create_task(self._run_answer(frame))
+
+    async def _cancel_answer(self, notify: bool) -> bool:
+        task, self._answer = self._answer, None
+        if task is None or task.done():
+            return False
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        if notify:
+            await self.send({"type": "done", "finish_reason": "cancelled"})
+        return True
+
+    async def _run_answer(self, frame: QuestionFrame) -> None:
+        rid = frame.id
+        try:
+            request = build_chat_request(
+                self.services.settings,
+                frame.conversation(),
+                top_k=frame.top_k,
+                filters=frame.filters,
+                options=GenerationOptions(max_tokens=frame.max_tokens, temperature=frame.temperature),
+                user_id=frame.userId,
+                org_id=frame.orgId,
+                chat_id=frame.chatId,
+                title=frame.chatTitle,
+            )
+            stream = await self.services.pipeline.start(request)
+        except (RAGError, LLMError) as exc:
+            await self.send(error_frame(exc.error_type, str(exc), status_of(exc)), rid)
+            await self.send({"type": "done", "finish_reason": "error"}, rid)
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("websocket answer failed before it started")
+            await self.send(error_frame("internal_error", "the answer failed unexpectedly", 500), rid)
+            await self.send({"type": "done", "finish_reason": "error"}, rid)
+            return
+        try:
+            if not frame.stream:
+                answer = await stream.collect()
+                await self.send(
+                    {
+                        "type": "answer",
+                        "content": answer.content,
+                        "reasoning": answer.reasoning or None,
+                        "sources": [hit.as_dict() for hit in answer.sources],
+                        "usage": answer.usage.as_dict() if answer.usage else None,
+                        "finish_reason": answer.finish_reason,
+                        "error": {"type": answer.error.type, "message": answer.error.message} if answer.error else None,
+                    },
+                    rid,
+                )
+                return
+            async with contextlib.aclosing(stream.events()) as events:
+                async for event in events:
+                    await self.send(event_frame(event), rid)
+        except WebSocketDisconnect:
+            pass  # the reader notices too, and ends the session
+        finally:
+            await stream.aclose()
+
+
+async def chat_socket(websocket: WebSocket) -> None:
+    await websocket.accept()
+    await ChatSession(websocket, websocket.app.state.services).run()
+
+
+router.add_api_websocket_route("/ws/chat", chat_socket)
+legacy_router.add_api_websocket_route("/ws_chat", chat_socket)

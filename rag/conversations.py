@@ -1,0 +1,193 @@
+"""Conversations kept in SQLite (WAL mode) under DATA_DIR: chats owned by a user (and an org), and their messages.
+
+Only the question and the final answer of each turn are stored, never the reasoning. All SQL runs in worker threads
+on short-lived connections, so that a slow disk never stalls the event loop and several workers can share the file.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+
+from llm.types import Message
+from rag.errors import RAGError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS chats (
+    chat_id    TEXT PRIMARY KEY,
+    user_id    TEXT NOT NULL,
+    org_id     TEXT,
+    title      TEXT NOT NULL DEFAULT '',
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS chats_by_user ON chats (user_id, updated_at);
+CREATE TABLE IF NOT EXISTS messages (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    chat_id    TEXT NOT NULL REFERENCES chats (chat_id) ON DELETE CASCADE,
+    role       TEXT NOT NULL,
+    content    TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS messages_by_chat ON messages (chat_id, id);
+"""
+
+
+class ChatNotFound(RAGError):
+    """No such chat for this user (another user's chat looks the same: its existence is not revealed)."""
+
+    error_type = "not_found"
+
+
+class ChatForbidden(RAGError):
+    """The chat id is taken by another user or organisation."""
+
+    error_type = "forbidden"
+
+
+@dataclass(frozen=True, slots=True)
+class ChatOwner:
+    user_id: str
+    org_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChatSummary:
+    chat_id: str
+    user_id: str
+    org_id: str | None
+    title: str
+    created_at: float
+    updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    role: str
+    content: str
+    created_at: float
+
+
+class ConversationStore:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @classmethod
+    async def open(cls, path: Path) -> ConversationStore:
+        store = cls(path)
+        await anyio.to_thread.run_sync(store._init)
+        return store
+
+    def _init(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.executescript(SCHEMA)
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.path, timeout=30)
+        try:
+            db.execute("PRAGMA foreign_keys=ON")
+            db.execute("PRAGMA synchronous=FULL")  # an acknowledged turn survives a power cut
+            with db:  # one transaction: commit on success, roll back on error
+                yield db
+        finally:
+            db.close()
+
+    # --- reading ---------------------------------------------------------------------------------
+
+    def _owned(self, db: sqlite3.Connection, chat_id: str, owner: ChatOwner) -> ChatSummary:
+        row = db.execute(
+            "SELECT chat_id, user_id, org_id, title, created_at, updated_at FROM chats WHERE chat_id = ?", (chat_id,)
+        ).fetchone()
+        if row is None or row[1] != owner.user_id or (owner.org_id is not None and row[2] != owner.org_id):
+            raise ChatNotFound(f"no chat {chat_id!r} for this user")
+        return ChatSummary(*row)
+
+    def _get(self, chat_id: str, owner: ChatOwner) -> tuple[ChatSummary, list[StoredMessage]]:
+        with self._connect() as db:
+            chat = self._owned(db, chat_id, owner)
+            rows = db.execute(
+                "SELECT role, content, created_at FROM messages WHERE chat_id = ? ORDER BY id", (chat_id,)
+            ).fetchall()
+        return chat, [StoredMessage(*row) for row in rows]
+
+    async def get(self, chat_id: str, owner: ChatOwner) -> tuple[ChatSummary, list[StoredMessage]]:
+        return await anyio.to_thread.run_sync(self._get, chat_id, owner)
+
+    async def history(self, chat_id: str, owner: ChatOwner) -> list[Message]:
+        """The stored turns of a chat the owner may use; empty for a chat that does not exist yet."""
+        try:
+            _, messages = await self.get(chat_id, owner)
+        except ChatNotFound:
+            await anyio.to_thread.run_sync(self._check_free, chat_id, owner)
+            return []
+        return [Message(m.role, m.content) for m in messages if m.role in ("user", "assistant")]  # type: ignore[arg-type]
+
+    def _check_free(self, chat_id: str, owner: ChatOwner) -> None:
+        with self._connect() as db:
+            if db.execute("SELECT 1 FROM chats WHERE chat_id = ?", (chat_id,)).fetchone():
+                raise ChatForbidden(f"chat {chat_id!r} belongs to another user")
+
+    def _list(self, owner: ChatOwner, limit: int, offset: int) -> list[ChatSummary]:
+        query = "SELECT chat_id, user_id, org_id, title, created_at, updated_at FROM chats WHERE user_id = ?"
+        params: list[object] = [owner.user_id]
+        if owner.org_id is not None:
+            query += " AND org_id = ?"
+            params.append(owner.org_id)
+        query += " ORDER BY updated_at DESC LIMIT ? OFFSET ?"
+        with self._connect() as db:
+            return [ChatSummary(*row) for row in db.execute(query, [*params, limit, offset]).fetchall()]
+
+    async def list(self, owner: ChatOwner, limit: int = 50, offset: int = 0) -> list[ChatSummary]:
+        return await anyio.to_thread.run_sync(self._list, owner, limit, offset)
+
+    # --- writing ---------------------------------------------------------------------------------
+
+    def _append(self, chat_id: str, owner: ChatOwner, title: str | None, messages: list[Message]) -> None:
+        now = time.time()
+        with self._connect() as db:
+            row = db.execute("SELECT user_id, org_id FROM chats WHERE chat_id = ?", (chat_id,)).fetchone()
+            if row is None:
+                db.execute(
+                    "INSERT INTO chats (chat_id, user_id, org_id, title, created_at, updated_at) VALUES (?,?,?,?,?,?)",
+                    (chat_id, owner.user_id, owner.org_id, title or _title_from(messages), now, now),
+                )
+            elif row[0] != owner.user_id or (owner.org_id is not None and row[1] != owner.org_id):
+                raise ChatForbidden(f"chat {chat_id!r} belongs to another user")
+            else:
+                db.execute(
+                    "UPDATE chats SET updated_at = ?, title = COALESCE(NULLIF(?, ''), title) WHERE chat_id = ?",
+                    (now, title or "", chat_id),
+                )
+            db.executemany(
+                "INSERT INTO messages (chat_id, role, content, created_at) VALUES (?,?,?,?)",
+                [(chat_id, m.role, m.content, now) for m in messages],
+            )
+
+    async def append(self, chat_id: str, owner: ChatOwner, messages: list[Message], title: str | None = None) -> None:
+        """Add a turn to a chat, creating the chat for `owner` when it is new."""
+        await anyio.to_thread.run_sync(self._append, chat_id, owner, title, messages)
+
+    def _delete(self, chat_id: str, owner: ChatOwner) -> None:
+        with self._connect() as db:
+            self._owned(db, chat_id, owner)
+            db.execute("DELETE FROM chats WHERE chat_id = ?", (chat_id,))
+
+    async def delete(self, chat_id: str, owner: ChatOwner) -> None:
+        await anyio.to_thread.run_sync(self._delete, chat_id, owner)
+
+    async def aclose(self) -> None:
+        """Nothing to close: connections live only as long as each call."""
+
+
+def _title_from(messages: list[Message]) -> str:
+    first = next((m.content for m in messages if m.role == "user"), "")
+    return first[:80]
