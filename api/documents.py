@@ -20,6 +20,7 @@ from api.schemas import (
     Source,
 )
 from rag.errors import InvalidRequest
+from rag.pipeline import scoped_filters
 
 router = APIRouter(prefix="/documents", tags=["documents"])
 
@@ -51,11 +52,12 @@ async def search_documents(
     query: Annotated[str, Query(min_length=1, description="Text to search for.")],
     top_k: Annotated[int, Query(ge=1, description="How many chunks to return (at most MAX_TOP_K).")] = 5,
     filters: Annotated[str | None, Query(description='Metadata filters as JSON, e.g. {"lang": "en"}.')] = None,
+    orgId: Annotated[str | None, Query(min_length=1, description="Only this organisation's documents.")] = None,
 ) -> SearchAnswer:
     """Ranked chunks for a query, no generation. The similarity threshold applies here as in chat."""
     if top_k > services.settings.max_top_k:
         raise InvalidRequest(f"top_k must be at most {services.settings.max_top_k}")
-    hits = await services.retriever.retrieve(query, top_k, _parse_filters(filters))
+    hits = await services.retriever.retrieve(query, top_k, scoped_filters(_parse_filters(filters), orgId))
     return SearchAnswer(results=[Source.of(hit) for hit in hits])
 
 
