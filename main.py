@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
-from api import chat, chats, documents, health, websocket
+from api import chat, chats, documents, health, openai_api, websocket
 from api.deps import Services
 from api.errors import install_error_handlers
 from config import Settings, get_settings
@@ -101,6 +101,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (chat.router, chats.router, documents.router, health.router, websocket.router):
         app.include_router(router, prefix=API_PREFIX)
     app.include_router(chat.legacy_router)
+    app.include_router(openai_api.router)
     app.include_router(websocket.legacy_router)
     return app
 

@@ -1,5 +1,7 @@
 """One table from exceptions to HTTP statuses, and the stable error body `{"error": {"type", "message"}}`.
 
+Under `/v1/` (the OpenAI-compatible API) the same errors take OpenAI's shape, which OpenAI's SDKs parse:
+`{"error": {"message", "type", "param", "code"}}`, with our stable type as `code`, and 400 for invalid requests.
 Unexpected exceptions are logged with their traceback and answered with a generic 500: never a stack trace,
 never an upstream's raw body, to a client.
 """
@@ -56,8 +58,42 @@ _HTTP_TYPES = {
 }
 
 
+OPENAI_PREFIX = "/v1/"
+_OPENAI_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
 def error_response(status: int, type_: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": {"type": type_, "message": message}}, status_code=status, headers=headers)
+
+
+def openai_error_response(
+    status: int, code: str, message: str, param: str | None = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    # OpenAI answers invalid requests with 400 where we use 422.
+    status = 400 if status == 422 else status
+    body = {"message": message, "type": _OPENAI_TYPES.get(status, "server_error"), "param": param, "code": code}
+    return JSONResponse({"error": body}, status_code=status, headers=headers)
+
+
+def render_error(
+    request: Request,
+    status: int,
+    type_: str,
+    message: str,
+    headers: dict[str, str] | None = None,
+    param: str | None = None,
+) -> JSONResponse:
+    if request.url.path.startswith(OPENAI_PREFIX):
+        return openai_error_response(status, type_, message, param, headers)
+    return error_response(status, type_, message, headers)
 
 
 def status_of(exc: Exception) -> int:
@@ -67,11 +103,10 @@ def status_of(exc: Exception) -> int:
     return 500
 
 
-def domain_error_response(exc: RAGError | LLMError) -> JSONResponse:
-    headers = None
+def retry_headers(exc: Exception) -> dict[str, str] | None:
     if isinstance(exc, UpstreamRateLimited):
-        headers = {"Retry-After": str(max(1, round(exc.retry_after or 1)))}
-    return error_response(status_of(exc), exc.error_type, str(exc), headers)
+        return {"Retry-After": str(max(1, round(exc.retry_after or 1)))}
+    return None
 
 
 def _describe_validation(exc: RequestValidationError) -> str:
@@ -82,25 +117,33 @@ def _describe_validation(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "invalid request"
 
 
-async def _on_validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-    return error_response(422, "validation_error", _describe_validation(exc))
+def _first_param(exc: RequestValidationError) -> str | None:
+    for error in exc.errors():
+        where = [str(p) for p in error.get("loc", ()) if p not in ("body", "query", "path")]
+        if where:
+            return ".".join(where)
+    return None
 
 
-async def _on_http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+async def _on_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+    return render_error(request, 422, "validation_error", _describe_validation(exc), param=_first_param(exc))
+
+
+async def _on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     type_ = _HTTP_TYPES.get(exc.status_code, "http_error")
-    return error_response(exc.status_code, type_, str(exc.detail), dict(exc.headers or {}) or None)
+    return render_error(request, exc.status_code, type_, str(exc.detail), dict(exc.headers or {}) or None)
 
 
-async def _on_domain(_: Request, exc: Exception) -> JSONResponse:
+async def _on_domain(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RAGError | LLMError)
     if status_of(exc) >= 500:
         logger.warning("request failed: %s: %s", type(exc).__name__, exc)
-    return domain_error_response(exc)
+    return render_error(request, status_of(exc), exc.error_type, str(exc), retry_headers(exc))
 
 
-async def _on_unexpected(_: Request, exc: Exception) -> JSONResponse:
+async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
     logger.error("unhandled error", exc_info=exc)
-    return error_response(500, "internal_error", "the server failed to handle this request")
+    return render_error(request, 500, "internal_error", "the server failed to handle this request")
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -10,15 +10,13 @@ async def build_chat_model(settings: Settings) -> ChatModel:
     match settings.resolved_llm_provider:
         case "openai":
             from llm.openai_client import OpenAIChatModel, make_async_client
-            from llm.reasoning import starts_inside_think
 
-            inside = settings.reasoning_starts_inside
             return OpenAIChatModel(
                 make_async_client(settings),
                 settings.openai_model,
                 settings.llm_max_tokens,
                 settings.llm_temperature,
-                think_starts_inside=starts_inside_think(settings.openai_model) if inside is None else inside,
+                think_starts_inside=settings.reasoning_starts_inside,
             )
         case "local":
             from llm.local import LocalChatModel

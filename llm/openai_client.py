@@ -15,7 +15,7 @@ import openai
 
 from config import Settings
 from llm.errors import LLMError, UpstreamProtocolError, UpstreamRateLimited, UpstreamTimeout, UpstreamUnavailable
-from llm.reasoning import ThinkTagSplitter
+from llm.reasoning import ThinkTagSplitter, starts_inside_think
 from llm.types import Delta, GenerationOptions, Message, Usage
 
 logger = logging.getLogger(__name__)
@@ -74,17 +74,17 @@ class OpenAIChatModel:
         model: str,
         max_tokens: int,
         temperature: float | None,
-        think_starts_inside: bool = False,
+        think_starts_inside: bool | None = None,
     ) -> None:
         self._client = client
         self.model = model
         self._max_tokens = max_tokens
         self._temperature = temperature
-        self._think_starts_inside = think_starts_inside
+        self._think_starts_inside = think_starts_inside  # None: guess from the model's name
 
     def _request_args(self, messages: list[Message], options: GenerationOptions) -> dict[str, Any]:
         args: dict[str, Any] = {
-            "model": self.model,
+            "model": options.model or self.model,
             "messages": [{"role": m.role, "content": m.content} for m in messages],
             "stream": True,
             "stream_options": {"include_usage": True},
@@ -104,7 +104,8 @@ class OpenAIChatModel:
             raise map_error(exc) from exc
         finished = False
         # Reasoning written inline as <think>...</think> is split off the answer; a separate reasoning field wins.
-        splitter = ThinkTagSplitter(self._think_starts_inside)
+        inside = self._think_starts_inside
+        splitter = ThinkTagSplitter(starts_inside_think(options.model or self.model) if inside is None else inside)
         try:
             async for chunk in response:
                 usage = None

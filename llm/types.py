@@ -22,6 +22,7 @@ class GenerationOptions:
     max_tokens: int | None = None
     temperature: float | None = None
     stop: tuple[str, ...] = ()
+    model: str | None = None  # another model of the same provider, where it serves several
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,170 @@
+"""The OpenAI-compatible API: our RAG pipeline behind OpenAI's wire format, for tools that already speak it
+(the official SDKs, LangChain's ChatOpenAI, Open WebUI...).
+
+`POST /v1/chat/completions` streams `chat.completion.chunk` objects as OpenAI does (one id and `created` for the
+whole stream, the role in the first delta, `finish_reason` in the last, an optional usage chunk, `data: [DONE]`),
+with reasoning as `delta.reasoning_content` and the retrieved sources as an extra `sources` field on the last chunk.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+from sse_starlette import ServerSentEvent
+
+from api.chat import build_chat_request
+from api.deps import ServicesDep
+from api.errors import openai_error_response
+from api.openai_schemas import ChatCompletionBody, EmbeddingsBody
+from api.sse import DONE, event_source
+from llm.types import Usage
+from rag.errors import InvalidRequest
+from rag.history import estimate_tokens
+from rag.pipeline import ChatStream
+from rag.types import DoneEvent, ErrorEvent, Hit, ReasoningEvent, SourcesEvent, TokenEvent, UsageEvent
+
+router = APIRouter(prefix="/v1", tags=["openai"])
+
+OWNER = "rag-service"
+MAX_EMBEDDING_INPUTS = 2048
+
+
+class CompletionIds:
+    """What every chunk of one completion shares."""
+
+    def __init__(self, model: str) -> None:
+        self.id = f"chatcmpl-{uuid.uuid4().hex}"
+        self.created = int(time.time())
+        self.model = model
+
+    def chunk(self, choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+            **extra,
+        }
+
+    def delta(self, delta: dict[str, Any], finish_reason: str | None = None, **extra: Any) -> dict[str, Any]:
+        return self.chunk([{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}], **extra)
+
+
+def _sources(hits: list[Hit]) -> list[dict[str, Any]]:
+    return [hit.as_dict() for hit in hits]
+
+
+def _finish(reason: str | None) -> str:
+    return reason if reason in ("stop", "length", "content_filter") else "stop"
+
+
+async def _completion_chunks(stream: ChatStream, ids: CompletionIds, include_usage: bool) -> AsyncIterator[str]:
+    yield json.dumps(ids.delta({"role": "assistant", "content": ""}))
+    hits: list[Hit] = []
+    usage: Usage | None = None
+    async for event in stream.events():
+        match event:
+            case SourcesEvent(found):
+                hits = found
+            case TokenEvent(text):
+                yield json.dumps(ids.delta({"content": text}), ensure_ascii=False)
+            case ReasoningEvent(text):
+                yield json.dumps(ids.delta({"reasoning_content": text}), ensure_ascii=False)
+            case UsageEvent(counted):
+                usage = counted
+            case ErrorEvent(type_, message):
+                # OpenAI's SDKs raise an APIError on a stream event that carries "error".
+                yield json.dumps({"error": {"message": message, "type": "server_error", "param": None, "code": type_}})
+                return
+            case DoneEvent(reason):
+                yield json.dumps(ids.delta({}, _finish(reason), sources=_sources(hits)), ensure_ascii=False)
+    if include_usage:
+        yield json.dumps(ids.chunk([], usage=(usage or Usage(0, 0)).as_dict()))
+
+
+async def _sse(stream: ChatStream, ids: CompletionIds, include_usage: bool) -> AsyncIterator[ServerSentEvent]:
+    try:
+        async for data in _completion_chunks(stream, ids, include_usage):
+            yield ServerSentEvent(data=data)
+        yield ServerSentEvent(data=DONE)
+    finally:
+        await stream.aclose()
+
+
+@router.post("/chat/completions")
+async def chat_completions(body: ChatCompletionBody, services: ServicesDep):
+    """Retrieval-augmented chat completions in OpenAI's format."""
+    messages = [m for m in (message.to_message() for message in body.messages) if m is not None]
+    served = services.llm.model
+    passes_model = services.llm.provider == "openai"
+    request = build_chat_request(
+        services.settings,
+        messages,
+        top_k=body.top_k,
+        filters=body.filters,
+        options=body.options(served, passes_model),
+    )
+    model = body.model if passes_model else served
+    stream = await services.pipeline.start(request)
+    ids = CompletionIds(model)
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return event_source(_sse(stream, ids, include_usage), services.settings)
+    answer = await stream.collect()
+    if answer.error is not None:
+        return openai_error_response(502, answer.error.type, answer.error.message)
+    message: dict[str, Any] = {"role": "assistant", "content": answer.content}
+    if answer.reasoning:
+        message["reasoning_content"] = answer.reasoning
+    return {
+        "id": ids.id,
+        "object": "chat.completion",
+        "created": ids.created,
+        "model": model,
+        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": _finish(answer.finish_reason)}],
+        "usage": (answer.usage or Usage(0, 0)).as_dict(),
+        "sources": _sources(answer.sources),
+    }
+
+
+@router.get("/models")
+async def list_models(services: ServicesDep) -> dict[str, Any]:
+    """The chat model the service answers with, and its embedding model."""
+    models = [services.llm.model, services.embedder.model_name]
+    return {
+        "object": "list",
+        "data": [{"id": name, "object": "model", "created": 0, "owned_by": OWNER} for name in dict.fromkeys(models)],
+    }
+
+
+@router.post("/embeddings")
+async def embeddings(body: EmbeddingsBody, services: ServicesDep) -> JSONResponse:
+    """Embed texts with the service's own embedder (the vectors its store holds)."""
+    texts = [body.input] if isinstance(body.input, str) else body.input
+    if len(texts) > MAX_EMBEDDING_INPUTS:
+        raise InvalidRequest(f"at most {MAX_EMBEDDING_INPUTS} inputs per request")
+    vectors = await services.embedder.embed(texts)
+    data = []
+    for i, vector in enumerate(vectors):
+        if body.encoding_format == "base64":
+            encoded: Any = base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
+        else:
+            encoded = vector.tolist()
+        data.append({"object": "embedding", "index": i, "embedding": encoded})
+    tokens = sum(estimate_tokens(text) for text in texts)
+    return JSONResponse(
+        {
+            "object": "list",
+            "data": data,
+            "model": services.embedder.model_name,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+    )
