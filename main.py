@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from api import chat, chats, documents, health, openai_api, websocket
 from api.deps import Services
 from api.errors import install_error_handlers
+from api.web_page import mount_web_page
 from config import Settings, get_settings
 from llm.factory import build_chat_model
 from llm.types import ChatModel
@@ -102,6 +103,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router, prefix=API_PREFIX)
     app.include_router(chat.legacy_router)
     app.include_router(openai_api.router)
+    mount_web_page(app)
     app.include_router(websocket.legacy_router)
     return app
 

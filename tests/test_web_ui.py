@@ -1,0 +1,173 @@
+"""The web chat page in a real browser: Debian's Chromium driven headless by Playwright, against the live service."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from config import PROJECT_DIR
+from tests.fake_upstream import FakeUpstream, Script
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = PROJECT_DIR / "test-artifacts"
+# Without these, Chromium tries to reach Google's services at start, and this machine's network refuses them.
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync",
+]  # fmt: skip
+
+pytestmark = pytest.mark.skipif(
+    not Path(CHROMIUM).exists() and os.environ.get("CI") != "true",
+    reason="Chromium is not installed (make test installs it)",
+)
+
+LAST_ANSWER = ".message.assistant:last-child"
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, live_url: str, upstream: FakeUpstream):
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    page.set_default_timeout(15_000)
+    page.goto(live_url)
+    page.wait_for_function("document.querySelector('#status').textContent.includes('openai')")
+    yield page
+    context.close()
+
+
+def answer_state(page) -> str:
+    return page.get_attribute(LAST_ANSWER, "data-state")
+
+
+def ask(page, question: str) -> None:
+    page.fill("#question", question)
+    page.click("#send")
+
+
+def test_add_ask_stream_sources_and_stop(page, upstream: FakeUpstream) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.fill("#doc-title", "lighthouse.txt")
+    page.fill("#doc-text", "The lighthouse keeper feeds his cat fresh sardines every morning at seven.")
+    page.click("#add-text")
+    page.wait_for_function("document.querySelector('#add-result').textContent.startsWith('Added 1 document')")
+
+    tokens = [f"word{i} " for i in range(25)]
+    upstream.reset(Script(tokens=tokens, delay=0.12))
+    ask(page, "What does the lighthouse keeper feed his cat?")
+    # Tokens arrive while the answer is still being generated.
+    page.wait_for_function(
+        f"(() => {{ const m = document.querySelector('{LAST_ANSWER}');"
+        " return m && m.dataset.state === 'streaming' && m.querySelector('.text').textContent.length > 0; })()"
+    )
+    partial = page.text_content(f"{LAST_ANSWER} .text")
+    assert partial.startswith("word0")
+    assert partial != "".join(tokens)
+    page.wait_for_function(f"document.querySelector('{LAST_ANSWER}').dataset.state === 'done'")
+    assert page.text_content(f"{LAST_ANSWER} .text") == "".join(tokens)
+
+    # The sources are shown under the answer, expandable, with score and metadata.
+    summary = page.locator(f"{LAST_ANSWER} .sources > summary")
+    assert summary.text_content().startswith("Sources (")
+    summary.click()
+    source = page.locator(f"{LAST_ANSWER} .sources li").first
+    assert "lighthouse.txt" in source.text_content()
+    assert "score 0." in source.text_content()
+    source.locator("summary").click()
+    assert "sardines" in source.locator(".snippet").text_content()
+    assert '"title": "lighthouse.txt"' in source.locator(".metadata").text_content()
+    page.screenshot(path=str(ARTIFACTS / "web-chat.png"), full_page=True)
+
+    # Stop on a slow answer: the request is aborted and the service stops the upstream.
+    upstream.reset(Script(tokens=["x"] * 300, delay=0.05))
+    ask(page, "Tell me everything.")
+    page.wait_for_function(f"document.querySelector('{LAST_ANSWER} .text').textContent.length > 0")
+    page.click("#stop")
+    page.wait_for_function(f"document.querySelector('{LAST_ANSWER}').dataset.state === 'stopped'")
+    assert upstream.wait_disconnect(5)
+    assert upstream.completed == 0
+    assert page.is_enabled("#send")
+
+
+def test_reasoning_is_collapsible(page, upstream: FakeUpstream) -> None:
+    upstream.reset(Script(reasoning=["First I check ", "the documents."], tokens=["Answer."]))
+    ask(page, "Why?")
+    page.wait_for_function(f"document.querySelector('{LAST_ANSWER}').dataset.state === 'done'")
+    reasoning = page.locator(f"{LAST_ANSWER} details.reasoning")
+    assert reasoning.get_attribute("open") is None  # collapsed until asked for
+    reasoning.locator("summary").click()
+    assert reasoning.locator(".body").text_content() == "First I check the documents."
+    assert page.text_content(f"{LAST_ANSWER} .text") == "Answer."
+
+
+def test_conversation_is_kept_per_chat(page, upstream: FakeUpstream, live_url: str) -> None:
+    ask(page, "Remember the word banana.")
+    page.wait_for_function(f"document.querySelector('{LAST_ANSWER}').dataset.state === 'done'")
+    page.reload()
+    page.wait_for_selector(".message.user")
+    assert page.text_content(".message.user") == "Remember the word banana."
+    assert page.locator("#chat-list li").count() >= 1
+    page.click("#new-chat")
+    assert page.locator(".message").count() == 0
+
+
+def test_errors_are_shown_clearly(page, upstream: FakeUpstream) -> None:
+    upstream.reset(Script(status=500))
+    ask(page, "Will this work?")
+    page.wait_for_function(f"document.querySelector('{LAST_ANSWER}').dataset.state === 'failed'")
+    assert "status 500" in page.text_content("#error")
+
+    upstream.reset(Script(tokens=["half", " an", " answer"], cut_after=2, delay=0.05))
+    ask(page, "And this?")
+    page.wait_for_function(f"document.querySelector('{LAST_ANSWER}').dataset.state === 'failed'")
+    assert page.text_content(f"{LAST_ANSWER} .text") == "half an"
+    assert "The answer failed" in page.text_content(f"{LAST_ANSWER} .failure")
+
+    page.route("**/api/v1/chat", lambda route: route.abort())
+    ask(page, "Server down?")
+    page.wait_for_function(f"document.querySelector('{LAST_ANSWER}').dataset.state === 'failed'")
+    assert "Cannot reach the server" in page.text_content("#error")
+
+
+def test_search_panel(page, upstream: FakeUpstream) -> None:
+    page.set_input_files(
+        "#doc-files",
+        files=[{"name": "volcano.md", "mimeType": "text/markdown",
+                "buffer": b"# Volcanoes\nMount Etna is an active volcano on Sicily."}],
+    )  # fmt: skip
+    page.wait_for_function("document.querySelector('#add-result').textContent.startsWith('Added 1 document')")
+    page.fill("#search-query", "active volcano in Sicily")
+    page.click("#search-form button")
+    page.wait_for_selector("#search-results li details")
+    assert "volcano.md" in page.text_content("#search-results li")
+
+
+def test_phone_sized_window(browser, live_url: str, upstream: FakeUpstream) -> None:
+    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)
+    page = context.new_page()
+    page.goto(live_url)
+    assert page.is_visible("#toggle-docs")
+    assert not page.is_visible("#docs")
+    page.click("#toggle-docs")
+    assert page.is_visible("#doc-text")
+    page.click("#toggle-docs")
+    ask(page, "Hello from a phone")
+    page.wait_for_function(f"document.querySelector('{LAST_ANSWER}').dataset.state === 'done'")
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= 390  # nothing overflows sideways
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "web-chat-phone.png"))
+    context.close()
