@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PROJECT_DIR = Path(__file__).resolve().parent
 DEFAULT_EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -31,6 +31,26 @@ class Settings(BaseSettings):
         PROJECT_DIR / "data",
         description="Where the vector store lives; a relative path is taken from the project directory.",
     )
+
+    # --- security and limits ----------------------------------------------------------------------
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated API keys; when set, every route but health, docs and the page's assets needs "
+        "one (Authorization: Bearer KEY or X-API-Key: KEY). Empty: no authentication.",
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Comma-separated origins allowed by CORS."
+    )
+    max_body_bytes: int = Field(4_000_000, ge=1024, description="Largest request body; bigger ones get 413.")
+    max_messages: int = Field(100, ge=1, description="Most messages in one chat request.")
+    max_message_chars: int = Field(32_000, ge=1, description="Longest message or question, in characters.")
+    max_documents_per_add: int = Field(256, ge=1, description="Most documents in one add request.")
+    max_document_chars: int = Field(1_000_000, ge=1, description="Longest document, in characters.")
+    rate_limit_per_minute: int = Field(
+        0, ge=0, description="Chat and add requests per minute per API key (or client address); 0: no limit."
+    )
+    log_format: Literal["json", "text"] = Field("json", description="Log lines as JSON objects or plain text.")
+    log_prompts: bool = Field(False, description="Log questions and answers (debugging only: they are user data).")
 
     # --- LLM --------------------------------------------------------------------------------------
     llm_provider: Literal["openai", "local"] | None = Field(
@@ -101,6 +121,14 @@ class Settings(BaseSettings):
     # --- streaming --------------------------------------------------------------------------------
     sse_ping_seconds: float = Field(15.0, gt=0, description="Keep-alive comment interval on SSE streams.")
     sse_send_timeout: float = Field(30.0, gt=0, description="Seconds a stalled client may block one send.")
+
+    @field_validator("api_keys", "cors_origins", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        # "a,b" in the environment; a list when given in code.
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

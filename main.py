@@ -1,6 +1,6 @@
 """The app factory and entry point.
 
-`create_app(settings=None)` assembles the service; its lifespan loads the embedder, opens the store and the chat
+`create_app(settings=None)` assembles the service; its lifespan loads the embedder, opens the stores and the chat
 model, and closes them on shutdown. Importing this module does no I/O: `uvicorn main:app` builds the app on first
 access of `app`, and `python main.py` runs uvicorn with HOST and PORT from the settings.
 """
@@ -11,11 +11,15 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from api import chat, chats, documents, health, openai_api, websocket
 from api.deps import Services
 from api.errors import install_error_handlers
+from api.metrics import ChatMetrics
+from api.middleware import BodyLimit, RequestContext, configure_logging
+from api.security import RateLimiter, require_api_key
 from api.web_page import mount_web_page
 from config import Settings, get_settings
 from llm.factory import build_chat_model
@@ -43,7 +47,7 @@ def build_condenser(settings: Settings, llm: ChatModel) -> Condenser:
             return last_user_message
 
 
-async def build_services(settings: Settings, stack: contextlib.AsyncExitStack) -> Services:
+async def build_services(settings: Settings, metrics: ChatMetrics, stack: contextlib.AsyncExitStack) -> Services:
     """Build every shared component; each is registered on `stack` so that it is closed on the way out."""
     embedder = await build_embedder(settings)
     stack.push_async_callback(embedder.aclose)
@@ -61,7 +65,9 @@ async def build_services(settings: Settings, stack: contextlib.AsyncExitStack) -
         condense=build_condenser(settings, llm),
         history_budget_tokens=settings.history_token_budget,
         show_reasoning=settings.show_reasoning,
+        observer=metrics,
     )
+    metrics.store_chunks.read_from(lambda: store.count)
     return Services(
         settings=settings,
         embedder=embedder,
@@ -71,26 +77,31 @@ async def build_services(settings: Settings, stack: contextlib.AsyncExitStack) -
         llm=llm,
         pipeline=pipeline,
         conversations=conversations,
+        metrics=metrics,
+        rate_limiter=RateLimiter(settings.rate_limit_per_minute),
     )
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    metrics = ChatMetrics()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
-            app.state.services = await build_services(settings, stack)
-            services = app.state.services
+            services = await build_services(settings, metrics, stack)
+            app.state.services = services
             logger.info(
-                "ready: embedder %s (%d), llm %s/%s, %d chunks",
+                "ready: embedder %s (%d), llm %s/%s, %d chunks, authentication %s",
                 services.embedder.model_name,
                 services.embedder.dimension,
                 services.llm.provider,
                 services.llm.model,
                 services.store.count,
+                "on" if settings.api_keys else "off",
             )
             yield
+            logger.info("shutting down")
 
     app = FastAPI(
         title="RAG chat service",
@@ -99,19 +110,36 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    for router in (chat.router, chats.router, documents.router, health.router, websocket.router):
-        app.include_router(router, prefix=API_PREFIX)
-    app.include_router(chat.legacy_router)
-    app.include_router(openai_api.router)
-    mount_web_page(app)
-    app.include_router(websocket.legacy_router)
+    authenticated = [Depends(require_api_key)]
+    for router in (chat.router, chats.router, documents.router, websocket.router):
+        app.include_router(router, prefix=API_PREFIX, dependencies=authenticated)
+    app.include_router(health.router, prefix=API_PREFIX)  # open: load balancers probe it
+    app.include_router(health.metrics_router, dependencies=authenticated)
+    app.include_router(chat.legacy_router, dependencies=authenticated)
+    app.include_router(websocket.legacy_router, dependencies=authenticated)
+    app.include_router(openai_api.router, dependencies=authenticated)
+    mount_web_page(app)  # open: the page asks for a key when the API wants one
+
+    # Outermost last: the request id and timing wrap everything, the body limit applies before any parsing.
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type", "X-Request-ID"],
+            expose_headers=["X-Request-ID", "Retry-After"],
+        )
+    app.add_middleware(RequestContext, metrics=metrics)
     return app
 
 
 def __getattr__(name: str) -> FastAPI:
     # `uvicorn main:app` looks the attribute up; building it lazily keeps `import main` free of side effects.
     if name == "app":
-        return create_app()
+        settings = get_settings()
+        configure_logging(settings.log_level, settings.log_format)
+        return create_app(settings)
     raise AttributeError(name)
 
 
@@ -119,8 +147,16 @@ def main() -> None:
     import uvicorn
 
     settings = get_settings()
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        log_config=None,  # keep our handlers: JSON lines with request ids
+        access_log=False,
+        timeout_graceful_shutdown=10,
+    )
 
 
 if __name__ == "__main__":

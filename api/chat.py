@@ -10,7 +10,9 @@ from fastapi.responses import JSONResponse
 
 from api.deps import ServicesDep
 from api.errors import error_response
+from api.limits import check_conversation
 from api.schemas import ChatAnswer, ChatBody, ErrorBody, LegacyStreamBody, Source, UsageBody
+from api.security import RateLimited
 from api.sse import seed_sse_response
 from config import Settings
 from llm.types import GenerationOptions, Message
@@ -40,8 +42,7 @@ def build_chat_request(
     title: str | None = None,
 ) -> ChatRequest:
     """The pipeline's request from any transport's fields, with the limits every transport shares."""
-    if top_k is not None and top_k > settings.max_top_k:
-        raise InvalidRequest(f"top_k must be at most {settings.max_top_k}")
+    check_conversation(settings, messages, top_k)
     if chat_id is not None and user_id is None:
         raise InvalidRequest("chatId needs userId: a chat belongs to a user")
     chat = ChatRef(chat_id, ChatOwner(user_id, org_id), title) if chat_id is not None and user_id else None
@@ -69,7 +70,7 @@ async def answer_json(stream: ChatStream) -> ChatAnswer | JSONResponse:
     )
 
 
-@router.post("/chat", response_model=ChatAnswer, responses=_SSE_OR_JSON | _ERRORS)
+@router.post("/chat", response_model=ChatAnswer, responses=_SSE_OR_JSON | _ERRORS, dependencies=[RateLimited])
 async def chat(body: ChatBody, services: ServicesDep):
     """Ask the last user message against the stored documents."""
     request = build_chat_request(
@@ -90,8 +91,10 @@ async def chat(body: ChatBody, services: ServicesDep):
     return await answer_json(stream)
 
 
-@legacy_router.post("/stream", responses=_SSE_OR_JSON | _ERRORS)
-@legacy_router.post("/api/v1/stream", responses=_SSE_OR_JSON | _ERRORS, include_in_schema=False)
+@legacy_router.post("/stream", responses=_SSE_OR_JSON | _ERRORS, dependencies=[RateLimited])
+@legacy_router.post(
+    "/api/v1/stream", responses=_SSE_OR_JSON | _ERRORS, include_in_schema=False, dependencies=[RateLimited]
+)
 async def legacy_stream(body: LegacyStreamBody, services: ServicesDep):
     """The Elasticsearch services' streaming route: their body, our SSE format."""
     request = build_chat_request(

@@ -7,6 +7,8 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from api.metrics import ChatMetrics
+from api.security import RateLimiter
 from config import Settings
 from llm.types import ChatModel
 from rag.conversations import ConversationStore
@@ -27,6 +29,8 @@ class Services:
     llm: ChatModel
     pipeline: ChatPipeline
     conversations: ConversationStore
+    metrics: ChatMetrics
+    rate_limiter: RateLimiter
 
 
 def get_services(request: Request) -> Services:

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 
 from api.deps import ServicesDep
+from api.limits import check_documents
 from api.schemas import (
     AddDocumentsAnswer,
     AddDocumentsBody,
@@ -19,15 +20,19 @@ from api.schemas import (
     SearchAnswer,
     Source,
 )
+from api.security import RateLimited
 from rag.errors import InvalidRequest
 from rag.pipeline import scoped_filters
 
 router = APIRouter(prefix="/documents", tags=["documents"])
 
 
-@router.post("/add", response_model=AddDocumentsAnswer, responses={422: {"model": ErrorBody}})
+@router.post(
+    "/add", response_model=AddDocumentsAnswer, responses={422: {"model": ErrorBody}}, dependencies=[RateLimited]
+)
 async def add_documents(body: AddDocumentsBody, services: ServicesDep) -> AddDocumentsAnswer:
     """Store documents; the answer comes once they are on disk."""
+    check_documents(services.settings, body.documents)
     added = await services.indexer.add(body.documents, body.metadatas, body.ids)
     return AddDocumentsAnswer(
         ids=[doc.id for doc in added], documents=[AddedDocumentBody(id=doc.id, chunks=doc.chunks) for doc in added]
@@ -56,7 +61,7 @@ async def search_documents(
 ) -> SearchAnswer:
     """Ranked chunks for a query, no generation. The similarity threshold applies here as in chat."""
     if top_k > services.settings.max_top_k:
-        raise InvalidRequest(f"top_k must be at most {services.settings.max_top_k}")
+        raise InvalidRequest(f"top_k must be at most {services.settings.max_top_k} (MAX_TOP_K)")
     hits = await services.retriever.retrieve(query, top_k, scoped_filters(_parse_filters(filters), orgId))
     return SearchAnswer(results=[Source.of(hit) for hit in hits])
 

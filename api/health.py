@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
+from fastapi.responses import PlainTextResponse
 
 from api.deps import ServicesDep
 
 router = APIRouter(tags=["health"])
+metrics_router = APIRouter(tags=["health"])
 
 
 @router.get("/health")
 async def health(services: ServicesDep) -> dict:
+    await services.store.refresh()  # another worker may have written since
     return {
         "status": "ok",
         "embedder": {"model": services.embedder.model_name, "dimension": services.embedder.dimension},
@@ -21,3 +24,10 @@ async def health(services: ServicesDep) -> dict:
         },
         "llm": {"provider": services.llm.provider, "model": services.llm.model},
     }
+
+
+@metrics_router.get("/metrics", response_class=PlainTextResponse)
+async def metrics(services: ServicesDep) -> PlainTextResponse:
+    """Prometheus text format: requests, latency, time to first token, tokens, streams, upstream errors, store size."""
+    await services.store.refresh()
+    return PlainTextResponse(services.metrics.render(), media_type="text/plain; version=0.0.4")

@@ -23,6 +23,7 @@ from api.chat import build_chat_request
 from api.deps import ServicesDep
 from api.errors import openai_error_response
 from api.openai_schemas import ChatCompletionBody, EmbeddingsBody
+from api.security import RateLimited
 from api.sse import DONE, event_source
 from llm.types import Usage
 from rag.errors import InvalidRequest
@@ -99,7 +100,7 @@ async def _sse(stream: ChatStream, ids: CompletionIds, include_usage: bool) -> A
         await stream.aclose()
 
 
-@router.post("/chat/completions")
+@router.post("/chat/completions", dependencies=[RateLimited])
 async def chat_completions(body: ChatCompletionBody, services: ServicesDep):
     """Retrieval-augmented chat completions in OpenAI's format."""
     messages = [m for m in (message.to_message() for message in body.messages) if m is not None]

@@ -9,7 +9,9 @@ Closing the stream (or cancelling whoever iterates it) closes the model's stream
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -23,11 +25,13 @@ from rag.prompt import build_messages
 from rag.retriever import Retriever
 from rag.types import (
     ChatEvent,
+    ChatObserver,
     DoneEvent,
     ErrorEvent,
     Hit,
     ReasoningEvent,
     SourcesEvent,
+    StreamObserver,
     TokenEvent,
     UsageEvent,
 )
@@ -106,14 +110,24 @@ class ChatStream:
         deltas: AsyncIterator[Delta],
         show_reasoning: bool = True,
         on_complete: OnComplete | None = None,
+        observer: StreamObserver | None = None,
     ) -> None:
         self.hits = hits
         self._first = first
         self._deltas = deltas
         self._show_reasoning = show_reasoning
         self._on_complete = on_complete
+        self._observer = observer
 
     async def events(self) -> AsyncIterator[ChatEvent]:
+        # aclosing: closing this generator must close the inner one too, which closes the model's stream.
+        async with contextlib.aclosing(self._events()) as events:
+            async for event in events:
+                if self._observer is not None:
+                    self._observer.on_event(event)
+                yield event
+
+    async def _events(self) -> AsyncIterator[ChatEvent]:
         yield SourcesEvent(self.hits)
         finish_reason: str | None = None
         answer: list[str] = []
@@ -169,6 +183,8 @@ class ChatStream:
         return Answer("".join(content), "".join(reasoning), self.hits, usage, finish_reason, error)
 
     async def aclose(self) -> None:
+        if self._observer is not None:
+            self._observer.close()
         aclose = getattr(self._deltas, "aclose", None)
         if aclose is not None:
             await aclose()
@@ -184,6 +200,7 @@ class ChatPipeline:
         condense: Condenser = condense_with_rule,
         history_budget_tokens: int = 2000,
         show_reasoning: bool = True,
+        observer: ChatObserver | None = None,
     ) -> None:
         self.retriever = retriever
         self.llm = llm
@@ -191,6 +208,7 @@ class ChatPipeline:
         self.condense = condense
         self.history_budget_tokens = history_budget_tokens
         self.show_reasoning = show_reasoning
+        self.observer = observer
 
     async def _with_stored_history(self, request: ChatRequest) -> list[Message]:
         """The request's conversation; when it names a chat and sends no earlier turns, the stored ones first."""
@@ -216,6 +234,7 @@ class ChatPipeline:
 
     async def start(self, request: ChatRequest) -> ChatStream:
         """Retrieve, build the prompt and open the model's stream; raises before any event is produced."""
+        started_at = time.monotonic()
         question = retrieval_query(request.messages)
         if not question.strip():
             raise InvalidRequest("the question is empty")
@@ -227,7 +246,10 @@ class ChatPipeline:
         deltas = self.llm.stream(prompt, request.options)
         try:
             first = await anext(deltas, None)
-        except BaseException:
+        except BaseException as exc:
             await deltas.aclose()  # type: ignore[attr-defined]
+            if isinstance(exc, LLMError) and self.observer is not None:
+                self.observer.start_failed(exc.error_type)
             raise
-        return ChatStream(hits, first, deltas, self.show_reasoning, self._saver(request, question))
+        observation = self.observer.stream_opened(started_at) if self.observer is not None else None
+        return ChatStream(hits, first, deltas, self.show_reasoning, self._saver(request, question), observation)

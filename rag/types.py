@@ -96,3 +96,19 @@ class DoneEvent:
 
 
 ChatEvent = SourcesEvent | TokenEvent | ReasoningEvent | UsageEvent | ErrorEvent | DoneEvent
+
+
+class StreamObserver(Protocol):
+    """Watches one answer: every event it yields, and its end."""
+
+    def on_event(self, event: ChatEvent) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class ChatObserver(Protocol):
+    """Watches the pipeline (metrics): answers that failed to start, and those that did."""
+
+    def start_failed(self, error_type: str) -> None: ...
+
+    def stream_opened(self, started_at: float) -> StreamObserver: ...

@@ -61,13 +61,13 @@ def ask(page, question: str) -> None:
 def test_add_ask_stream_sources_and_stop(page, upstream: FakeUpstream) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     page.fill("#doc-title", "lighthouse.txt")
-    page.fill("#doc-text", "The lighthouse keeper feeds his cat fresh sardines every morning at seven.")
+    page.fill("#doc-text", "Keeper Ezekiel Thornbury of the Skerry lighthouse feeds his cat Marmalade anchovies at seven.")
     page.click("#add-text")
     page.wait_for_function("document.querySelector('#add-result').textContent.startsWith('Added 1 document')")
 
     tokens = [f"word{i} " for i in range(25)]
     upstream.reset(Script(tokens=tokens, delay=0.12))
-    ask(page, "What does the lighthouse keeper feed his cat?")
+    ask(page, "What does Ezekiel Thornbury feed his cat Marmalade?")
     # Tokens arrive while the answer is still being generated.
     page.wait_for_function(
         f"(() => {{ const m = document.querySelector('{LAST_ANSWER}');"
@@ -83,11 +83,11 @@ def test_add_ask_stream_sources_and_stop(page, upstream: FakeUpstream) -> None:
     summary = page.locator(f"{LAST_ANSWER} .sources > summary")
     assert summary.text_content().startswith("Sources (")
     summary.click()
-    source = page.locator(f"{LAST_ANSWER} .sources li").first
-    assert "lighthouse.txt" in source.text_content()
+    # Other tests share this server's store: find our document among the sources.
+    source = page.locator(f"{LAST_ANSWER} .sources li", has_text="lighthouse.txt")
     assert "score 0." in source.text_content()
     source.locator("summary").click()
-    assert "sardines" in source.locator(".snippet").text_content()
+    assert "anchovies" in source.locator(".snippet").text_content()
     assert '"title": "lighthouse.txt"' in source.locator(".metadata").text_content()
     page.screenshot(path=str(ARTIFACTS / "web-chat.png"), full_page=True)
 

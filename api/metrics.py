@@ -1,0 +1,172 @@
+"""Prometheus metrics, kept in-process and rendered in the text exposition format at `GET /metrics`.
+
+A small registry of our own (counters, gauges, histograms with labels) rather than a dependency: the service needs
+a dozen series. Each worker process keeps its own counts, as Prometheus' client does without its multiprocess mode.
+The chat pipeline reports to `ChatMetrics` through its observer hooks, so every transport is counted the same way.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+
+from rag.types import ChatEvent, ErrorEvent, TokenEvent
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+Labels = tuple[tuple[str, str], ...]
+
+
+def _labels(labels: Labels) -> str:
+    if not labels:
+        return ""
+    inner = ",".join(f'{k}="{v.replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"' for k, v in labels)
+    return "{" + inner + "}"
+
+
+class _Metric:
+    kind = "untyped"
+
+    def __init__(self, name: str, help_: str) -> None:
+        self.name = name
+        self.help = help_
+        self._lock = threading.Lock()
+
+    def header(self) -> list[str]:
+        return [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} {self.kind}"]
+
+
+class Counter(_Metric):
+    kind = "counter"
+
+    def __init__(self, name: str, help_: str) -> None:
+        super().__init__(name, help_)
+        self._values: dict[Labels, float] = defaultdict(float)
+
+    def inc(self, amount: float = 1.0, **labels: str) -> None:
+        with self._lock:
+            self._values[tuple(sorted(labels.items()))] += amount
+
+    def value(self, **labels: str) -> float:
+        return self._values.get(tuple(sorted(labels.items())), 0.0)
+
+    def render(self) -> list[str]:
+        return [f"{self.name}{_labels(k)} {v:g}" for k, v in sorted(self._values.items())]
+
+
+class Gauge(_Metric):
+    kind = "gauge"
+
+    def __init__(self, name: str, help_: str, read: Callable[[], float] | None = None) -> None:
+        super().__init__(name, help_)
+        self._value = 0.0
+        self._read = read  # a gauge read at scrape time, such as the store's size
+
+    def read_from(self, read: Callable[[], float]) -> None:
+        self._read = read
+
+    def add(self, amount: float) -> None:
+        with self._lock:
+            self._value += amount
+
+    def value(self) -> float:
+        return self._read() if self._read is not None else self._value
+
+    def render(self) -> list[str]:
+        return [f"{self.name} {self.value():g}"]
+
+
+class Histogram(_Metric):
+    kind = "histogram"
+
+    def __init__(self, name: str, help_: str, buckets: Iterable[float] = LATENCY_BUCKETS) -> None:
+        super().__init__(name, help_)
+        self.buckets = tuple(buckets)
+        self._series: dict[Labels, list[float]] = {}  # bucket counts..., +Inf count, sum
+
+    def observe(self, value: float, **labels: str) -> None:
+        key = tuple(sorted(labels.items()))
+        with self._lock:
+            series = self._series.setdefault(key, [0.0] * (len(self.buckets) + 2))
+            for i, bound in enumerate(self.buckets):
+                if value <= bound:
+                    series[i] += 1
+            series[-2] += 1
+            series[-1] += value
+
+    def count(self, **labels: str) -> float:
+        series = self._series.get(tuple(sorted(labels.items())))
+        return series[-2] if series else 0.0
+
+    def render(self) -> list[str]:
+        lines = []
+        for key, series in sorted(self._series.items()):
+            for bound, count in zip(self.buckets, series, strict=False):
+                lines.append(f"{self.name}_bucket{_labels((*key, ('le', f'{bound:g}')))} {count:g}")
+            lines.append(f"{self.name}_bucket{_labels((*key, ('le', '+Inf')))} {series[-2]:g}")
+            lines.append(f"{self.name}_count{_labels(key)} {series[-2]:g}")
+            lines.append(f"{self.name}_sum{_labels(key)} {series[-1]:g}")
+        return lines
+
+
+class ChatMetrics:
+    """Everything `/metrics` reports. Also the pipeline's observer (`stream_opened`, `on_event`, ...)."""
+
+    def __init__(self) -> None:
+        self.requests = Counter("rag_http_requests_total", "HTTP requests by route, method and status.")
+        self.latency = Histogram("rag_http_request_duration_seconds", "Time to the end of the response, by route.")
+        self.ttft = Histogram("rag_time_to_first_token_seconds", "From the request to the first answer token.")
+        self.tokens = Counter("rag_tokens_streamed_total", "Answer tokens sent to clients.")
+        self.active_streams = Gauge("rag_active_streams", "Answers being streamed now.")
+        self.upstream_errors = Counter("rag_upstream_errors_total", "Model failures, by error type.")
+        self.store_chunks = Gauge("rag_store_chunks", "Chunks in the vector store.", read=lambda: math.nan)
+        self._all: list[_Metric] = [
+            self.requests,
+            self.latency,
+            self.ttft,
+            self.tokens,
+            self.active_streams,
+            self.upstream_errors,
+            self.store_chunks,
+        ]
+
+    def render(self) -> str:
+        lines: list[str] = []
+        for metric in self._all:
+            lines += metric.header() + metric.render()  # type: ignore[attr-defined]
+        return "\n".join(lines) + "\n"
+
+    # --- the pipeline's observer hooks ---------------------------------------------------------------
+
+    def start_failed(self, error_type: str) -> None:
+        self.upstream_errors.inc(type=error_type)
+
+    def stream_opened(self, started_at: float) -> StreamObservation:
+        self.active_streams.add(1)
+        return StreamObservation(self, started_at)
+
+
+class StreamObservation:
+    """What one answer reports while it streams."""
+
+    def __init__(self, metrics: ChatMetrics, started_at: float) -> None:
+        self._metrics = metrics
+        self._started_at = started_at
+        self._first_token = True
+        self._closed = False
+
+    def on_event(self, event: ChatEvent) -> None:
+        if isinstance(event, TokenEvent):
+            if self._first_token:
+                self._first_token = False
+                self._metrics.ttft.observe(time.monotonic() - self._started_at)
+            self._metrics.tokens.inc()
+        elif isinstance(event, ErrorEvent):
+            self._metrics.upstream_errors.inc(type=event.type)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._metrics.active_streams.add(-1)

@@ -1,0 +1,151 @@
+"""Pure ASGI middleware (no BaseHTTPMiddleware: it would buffer streams and hide disconnects).
+
+`RequestContext` gives every request an id (a client's `X-Request-ID` is kept, and echoed), counts and times it
+for the metrics, and writes one access-log line. `BodyLimit` refuses bodies over the configured size with 413,
+from the Content-Length header when there is one and by counting otherwise.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.errors import error_response
+from api.metrics import ChatMetrics
+
+logger = logging.getLogger("rag_service.access")
+
+request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+_VALID_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def _route_of(scope: Scope) -> str:
+    route = scope.get("route")
+    # The route's template (/api/v1/chats/{chatId}), never the raw path: raw paths would explode the label count.
+    return getattr(route, "path", None) or "unmatched"
+
+
+class RequestContext:
+    def __init__(self, app: ASGIApp, metrics: ChatMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        given = headers.get(b"x-request-id", b"").decode("latin-1")
+        request_id = given if _VALID_ID.match(given) else uuid.uuid4().hex
+        token = request_id_var.set(request_id)
+        started = time.monotonic()
+        status = 500 if scope["type"] == "http" else 101
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            elapsed = time.monotonic() - started
+            route = _route_of(scope)
+            method = scope.get("method", "WS")
+            self.metrics.requests.inc(route=route, method=method, status=str(status))
+            self.metrics.latency.observe(elapsed, route=route)
+            logger.info(
+                "%s %s %s",
+                method,
+                route,
+                status,
+                extra={"route": route, "method": method, "status": status, "duration_ms": round(elapsed * 1000, 1)},
+            )
+            request_id_var.reset(token)
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class BodyLimit:
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        too_large = error_response(
+            413, "payload_too_large", f"the request body is larger than the limit of {self.max_bytes} bytes"
+        )
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            await too_large(scope, receive, send)
+            return
+        received = 0
+        started = False
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise BodyTooLarge
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, tracking_send)
+        except BodyTooLarge:
+            if not started:
+                await too_large(scope, receive, send)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, with the request id of the request being served."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        import json
+
+        entry: dict[str, Any] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+            "request_id": request_id_var.get(),
+        }
+        for key in ("route", "method", "status", "duration_ms"):
+            if key in record.__dict__:
+                entry[key] = record.__dict__[key]
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def configure_logging(level: str, fmt: str) -> None:
+    handler = logging.StreamHandler()
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # Our access log replaces uvicorn's (which has no request id).
+    logging.getLogger("uvicorn.access").disabled = True
