@@ -26,9 +26,15 @@ _VALID_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 def _route_of(scope: Scope) -> str:
-    route = scope.get("route")
-    # The route's template (/api/v1/chats/{chatId}), never the raw path: raw paths would explode the label count.
-    return getattr(route, "path", None) or "unmatched"
+    """The matched route's template (/api/v1/chats/{chatId}), never the raw path: raw paths would give every chat
+    its own metric series. Rebuilt from the path and its parameters, since an included router's route object only
+    knows its path relative to the router's prefix."""
+    if scope.get("route") is None:
+        return "unmatched"
+    path: str = scope["path"]
+    for name, value in (scope.get("path_params") or {}).items():
+        path = path.replace(f"/{value}", f"/{{{name}}}", 1)
+    return path
 
 
 class RequestContext:
@@ -73,8 +79,9 @@ class RequestContext:
             request_id_var.reset(token)
 
 
-class BodyTooLarge(Exception):
-    pass
+class BodyTooLarge(BaseException):
+    """Raised from `receive`. A BaseException on purpose: FastAPI turns any Exception raised while it reads a body
+    into a 400 'error parsing the body', and this must reach `BodyLimit` to become a 413."""
 
 
 class BodyLimit:

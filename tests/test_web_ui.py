@@ -61,7 +61,9 @@ def ask(page, question: str) -> None:
 def test_add_ask_stream_sources_and_stop(page, upstream: FakeUpstream) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     page.fill("#doc-title", "lighthouse.txt")
-    page.fill("#doc-text", "Keeper Ezekiel Thornbury of the Skerry lighthouse feeds his cat Marmalade anchovies at seven.")
+    page.fill(
+        "#doc-text", "Keeper Ezekiel Thornbury of the Skerry lighthouse feeds his cat Marmalade anchovies at seven."
+    )
     page.click("#add-text")
     page.wait_for_function("document.querySelector('#add-result').textContent.startsWith('Added 1 document')")
 

@@ -30,14 +30,25 @@ class ApiError extends Error {
   }
 }
 
-// fetch that turns every failure into one readable message.
-async function request(path, options = {}) {
+// fetch that sends the API key when one is stored, asks for one when the service answers 401, and turns every
+// failure into one readable message.
+async function request(path, options = {}, retried = false) {
+  const headers = new Headers(options.headers ?? {});
+  const key = localStorage.getItem("rag.apiKey");
+  if (key) headers.set("X-API-Key", key);
   let response;
   try {
-    response = await fetch(path, options);
+    response = await fetch(path, { ...options, headers });
   } catch (err) {
     if (err.name === "AbortError") throw err;
     throw new ApiError(0, "network", "Cannot reach the server. Is it running?");
+  }
+  if (response.status === 401 && !retried) {
+    const entered = window.prompt("This service needs an API key:");
+    if (entered) {
+      localStorage.setItem("rag.apiKey", entered.trim());
+      return request(path, options, true);
+    }
   }
   if (!response.ok) {
     let type = "http_error";
