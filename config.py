@@ -102,7 +102,7 @@ class Settings(BaseSettings):
     top_k_results: int = Field(5, ge=1, le=100, description="Chunks retrieved per question by default.")
     max_top_k: int = Field(50, ge=1, le=1000, description="Largest top_k a request may ask for.")
     similarity_threshold: float = Field(
-        0.25,
+        0.4,
         ge=-1,
         le=1,
         description="Chunks scoring below this cosine similarity are dropped (see README for the measurement).",

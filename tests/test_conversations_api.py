@@ -157,21 +157,27 @@ def test_tenant_isolation(client: httpx.Client, upstream: FakeUpstream) -> None:
                   "ids": [f"{org}-{i}" for i in range(len(texts))]},
         )  # fmt: skip
         assert response.status_code == 200
-    words = " ".join(texts).replace(".", "").split()
     rng = random.Random(7)
+
+    def random_query(size: int) -> str:
+        # A random window of one text, and a word of another: close enough to retrieve, never the same query twice.
+        words = rng.choice(texts).rstrip(".").split()
+        start = rng.randrange(len(words) - size)
+        return " ".join([*words[start : start + size], rng.choice(rng.choice(texts).split())])
+
     found = cited = 0
     for n in range(30):
-        query = " ".join(rng.sample(words, 4))
+        query = random_query(4)
         # A client-supplied filter naming the other org must not widen the scope.
         filters = json.dumps({"orgId": org_b}) if n % 3 == 0 else None
         params = {"query": query, "top_k": 50, "orgId": org_a} | ({"filters": filters} if filters else {})
         results = client.get("/api/v1/documents/search", params=params).json()["results"]
         assert all(r["metadata"]["orgId"] == org_a for r in results), query
         assert all(r["document_id"].startswith(org_a) for r in results)
-        found += len(results)
+        found += bool(results)
     for n in range(10):
         upstream.reset()
-        query = " ".join(rng.sample(words, 5))
+        query = random_query(5)
         body = {"messages": [{"role": "user", "content": query}], "orgId": org_a, "top_k": 50,
                 "filters": {"orgId": {"$in": [org_a, org_b]}} if n % 2 else None}  # fmt: skip
         with client.stream("POST", "/api/v1/chat", json=body) as response:
@@ -179,6 +185,7 @@ def test_tenant_isolation(client: httpx.Client, upstream: FakeUpstream) -> None:
         sources = payloads[0]["sources"]
         assert all(s["metadata"]["orgId"] == org_a for s in sources)
         assert org_b not in upstream.requests[0]["messages"][0]["content"]
-        cited += len(sources)
-    assert found > 30  # the queries did retrieve: isolation was tested, not an empty result
-    assert cited > 10
+        cited += bool(sources)
+    # Most queries did retrieve: isolation was tested on results, not on empty lists.
+    assert found >= 20
+    assert cited >= 6
