@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from fastapi import APIRouter
 from fastapi.responses import PlainTextResponse
 
@@ -16,6 +18,7 @@ async def health(services: ServicesDep) -> dict:
     await services.store.refresh()  # another worker may have written since
     return {
         "status": "ok",
+        "worker": os.getpid(),  # which process answered, when several workers share the port
         "embedder": {"model": services.embedder.model_name, "dimension": services.embedder.dimension},
         "store": {
             "backend": services.store.backend,

@@ -24,7 +24,7 @@ from api.deps import ServicesDep
 from api.errors import openai_error_response
 from api.openai_schemas import ChatCompletionBody, EmbeddingsBody
 from api.security import RateLimited
-from api.sse import DONE, event_source
+from api.sse import DONE, SHUTDOWN_ERROR, event_source
 from llm.types import Usage
 from rag.errors import InvalidRequest
 from rag.history import estimate_tokens
@@ -118,7 +118,14 @@ async def chat_completions(body: ChatCompletionBody, services: ServicesDep):
     ids = CompletionIds(model)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return event_source(_sse(stream, ids, include_usage), services.settings)
+        error = {
+            "message": SHUTDOWN_ERROR["message"],
+            "type": "server_error",
+            "param": None,
+            "code": SHUTDOWN_ERROR["type"],
+        }
+        farewell = [ServerSentEvent(data=json.dumps({"error": error})), ServerSentEvent(data=DONE)]
+        return event_source(_sse(stream, ids, include_usage), services.settings, farewell)
     answer = await stream.collect()
     if answer.error is not None:
         return openai_error_response(502, answer.error.type, answer.error.message)

@@ -6,10 +6,13 @@ A client that only prints `content` therefore keeps working whatever else we sen
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from config import Settings
@@ -17,6 +20,8 @@ from rag.pipeline import ChatStream
 from rag.types import ChatEvent, DoneEvent, ErrorEvent, ReasoningEvent, SourcesEvent, TokenEvent, UsageEvent
 
 DONE = "[DONE]"
+SHUTDOWN_GRACE_SECONDS = 5.0  # less than uvicorn's graceful shutdown timeout (10 s in main.py)
+SHUTDOWN_ERROR = {"type": "server_shutting_down", "message": "the server is restarting: ask again in a moment"}
 
 
 def seed_payload(event: ChatEvent) -> dict[str, Any] | None:
@@ -36,6 +41,34 @@ def seed_payload(event: ChatEvent) -> dict[str, Any] | None:
             return None
 
 
+async def until_shutdown(
+    events: AsyncIterator[ServerSentEvent], shutdown: anyio.Event, farewell: list[ServerSentEvent]
+) -> AsyncIterator[ServerSentEvent]:
+    """Relay `events` until the server shuts down; then stop them (closing the model's stream) and send `farewell`,
+    so that a client learns the answer ended, and why, instead of seeing the connection drop."""
+    stopping = asyncio.ensure_future(shutdown.wait())
+    step: asyncio.Future[ServerSentEvent] | None = None
+    try:
+        while True:
+            step = asyncio.ensure_future(anext(events))
+            await asyncio.wait({step, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if not step.done():
+                break
+            try:
+                yield step.result()
+            except StopAsyncIteration:
+                return
+        for event in farewell:
+            yield event
+    finally:
+        for task in (step, stopping):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+        await events.aclose()  # type: ignore[attr-defined]
+
+
 async def _seed_events(stream: ChatStream) -> AsyncIterator[ServerSentEvent]:
     try:
         async for event in stream.events():
@@ -47,15 +80,25 @@ async def _seed_events(stream: ChatStream) -> AsyncIterator[ServerSentEvent]:
         await stream.aclose()
 
 
-def event_source(events: AsyncIterator[ServerSentEvent], settings: Settings) -> EventSourceResponse:
-    """An SSE response with keep-alive pings, a send timeout against stalled clients and no proxy buffering."""
+def event_source(
+    events: AsyncIterator[ServerSentEvent], settings: Settings, farewell: list[ServerSentEvent]
+) -> EventSourceResponse:
+    """An SSE response with keep-alive pings, a send timeout against stalled clients, no proxy buffering, and
+    `farewell` sent when the server shuts down mid-stream."""
+    shutdown = anyio.Event()  # sse-starlette sets it when uvicorn is asked to exit
     return EventSourceResponse(
-        events,
+        until_shutdown(events, shutdown, farewell),
         ping=settings.sse_ping_seconds,
         send_timeout=settings.sse_send_timeout,
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        shutdown_event=shutdown,
+        shutdown_grace_period=SHUTDOWN_GRACE_SECONDS,
     )
 
 
 def seed_sse_response(stream: ChatStream, settings: Settings) -> EventSourceResponse:
-    return event_source(_seed_events(stream), settings)
+    farewell = [
+        ServerSentEvent(data=json.dumps({"content": "", "error": SHUTDOWN_ERROR})),
+        ServerSentEvent(data=DONE),
+    ]
+    return event_source(_seed_events(stream), settings, farewell)

@@ -1,0 +1,75 @@
+"""Start the service as a real process (`python main.py`, or uvicorn with several workers) for scripts and tests
+that kill, signal or load it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ServiceProcess:
+    def __init__(self, data_dir: Path, upstream_url: str, workers: int = 1, **settings: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "LLM_", "API_KEYS"))},
+            "DATA_DIR": str(data_dir),
+            "LLM_PROVIDER": "openai",
+            "OPENAI_BASE_URL": upstream_url,
+            "OPENAI_API_KEY": "test",
+            "OPENAI_MAX_RETRIES": "0",
+            "HOST": "127.0.0.1",
+            "PORT": str(self.port),
+            "LOG_LEVEL": "warning",
+            **{key.upper(): value for key, value in settings.items()},
+        }
+        if workers == 1:
+            command = [sys.executable, "main.py"]
+        else:
+            command = [sys.executable, "-m", "uvicorn", "main:app", "--host", "127.0.0.1", "--port", str(self.port)]
+            command += ["--workers", str(workers), "--log-level", "warning", "--timeout-graceful-shutdown", "10"]
+        self.process = subprocess.Popen(command, cwd=PROJECT_DIR, env=self.env)
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the service exited with {self.process.returncode} before it was ready")
+            try:
+                if httpx.get(f"{self.url}/api/v1/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError("the service did not become ready")
+
+    def kill(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+    def terminate(self, timeout: float = 30.0) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=timeout)
+
+    def __enter__(self) -> ServiceProcess:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=30)
