@@ -3,10 +3,11 @@ use are checked."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from api.schemas import JsonObject
 from llm.types import GenerationOptions, Message
 
 
@@ -62,7 +63,7 @@ class ChatCompletionBody(BaseModel):
     n: int = Field(1, ge=1, le=1, description="Only one choice is generated.")
     # Retrieval options of ours; standard clients send them through `extra_body`.
     top_k: int | None = Field(None, ge=1)
-    filters: dict[str, Any] | None = None
+    filters: JsonObject | None = None
     user: str | None = None
 
     @field_validator("stop")

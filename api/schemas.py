@@ -2,12 +2,30 @@
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from llm.types import GenerationOptions, Message
 from rag.types import Hit
+
+
+def _finite(value: Any) -> Any:
+    """Reject NaN and infinities anywhere inside: Python's JSON reader accepts them, no JSON writer may emit them,
+    and a stored NaN would break every later response that carries it."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("numbers must be finite (NaN and Infinity are not JSON)")
+    if isinstance(value, dict):
+        for item in value.values():
+            _finite(item)
+    elif isinstance(value, list):
+        for item in value:
+            _finite(item)
+    return value
+
+
+JsonObject = Annotated[dict[str, Any], AfterValidator(_finite)]
 
 
 class ChatMessage(BaseModel):
@@ -28,7 +46,7 @@ class ChatBody(BaseModel):
     messages: list[ChatMessage] = Field(min_length=1, description="The conversation; the last user turn is asked.")
     stream: bool = Field(True, description="Stream server-sent events (true) or return one JSON object (false).")
     top_k: int | None = Field(None, ge=1, description="Chunks to retrieve; default TOP_K_RESULTS.")
-    filters: dict[str, Any] | None = Field(
+    filters: JsonObject | None = Field(
         None, description='Metadata conditions: {"key": value}, {"key": {"$in": [...]}}, {"key": {"$ne": value}}.'
     )
     max_tokens: int | None = Field(None, ge=1, description="Most tokens to generate; default LLM_MAX_TOKENS.")
@@ -84,7 +102,7 @@ class AddDocumentsBody(BaseModel):
     """`POST /api/v1/documents/add`."""
 
     documents: list[str] = Field(min_length=1, description="Document texts; long ones are split into chunks.")
-    metadatas: list[dict[str, Any]] | None = Field(None, description="One metadata object per document.")
+    metadatas: list[JsonObject] | None = Field(None, description="One metadata object per document.")
     ids: list[Annotated[str, Field(min_length=1, max_length=256)]] | None = Field(
         None, description="One id per document; an id already stored replaces that document. Default: random ids."
     )
@@ -171,7 +189,7 @@ class LegacyStreamBody(BaseModel):
     updateTime: str | None = Field(None, description="Accepted for compatibility; the server keeps its own times.")
     history: list[LegacyMessage] = Field(default_factory=list, description="Earlier turns, oldest first.")
     top_k: int | None = Field(None, ge=1)
-    filters: dict[str, Any] | None = None
+    filters: JsonObject | None = None
 
     def messages(self) -> list[Message]:
         return [*(m.to_message() for m in self.history), Message("user", self.question)]

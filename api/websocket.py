@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from api.chat import build_chat_request
 from api.deps import Services
 from api.errors import status_of
-from api.schemas import ChatMessage, LegacyMessage
+from api.schemas import ChatMessage, JsonObject, LegacyMessage
 from llm.errors import LLMError
 from llm.types import GenerationOptions, Message
 from rag.errors import InvalidRequest, RAGError
@@ -49,7 +49,7 @@ class QuestionFrame(BaseModel):
     model: str | None = None  # the old services named the model per request; ours is configured on the server
     stream: bool = True
     top_k: int | None = Field(None, ge=1)
-    filters: dict[str, Any] | None = None
+    filters: JsonObject | None = None
     max_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)
 
