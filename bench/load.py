@@ -1,0 +1,157 @@
+"""Load: N concurrent streaming chats against the service (a real process) backed by the fake upstream.
+
+    .venv/bin/python bench/load.py --levels 1 50 200 --chats-per-client 3
+
+For each level prints the streams run, errors (non-200, error events, no [DONE]), time to first token p50/p99,
+whole-answer time p50, and the service's peak resident memory. Loopback only, bounded in count and time. The fake
+upstream (its own process) streams 20 tokens 20 ms apart, so the figures show the service's own overhead: embedding
+the question, retrieval over the stored chunks, and relaying tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.service_process import PROJECT_DIR, ServiceProcess, free_port
+
+TOKENS, DELAY = 20, 0.02
+
+
+def serve_upstream(port: int) -> None:
+    import uvicorn
+
+    from tests.fake_upstream import FakeUpstream, Script
+
+    fake = FakeUpstream()
+    fake.script = Script(tokens=[f"tok{i} " for i in range(TOKENS)], delay=DELAY)
+    uvicorn.run(fake.app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+def rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+async def one_chat(client: httpx.AsyncClient, question: str) -> tuple[float | None, float, bool]:
+    """(time to first token, total time, ok)"""
+    started = time.perf_counter()
+    first: float | None = None
+    done = failed = False
+    try:
+        async with client.stream(
+            "POST", "/api/v1/chat", json={"messages": [{"role": "user", "content": question}]}
+        ) as r:
+            if r.status_code != 200:
+                return None, time.perf_counter() - started, False
+            async for line in r.aiter_lines():
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    done = True
+                    break
+                event = json.loads(data)
+                failed = failed or "error" in event
+                if event["content"] and first is None:
+                    first = time.perf_counter() - started
+    except httpx.HTTPError:
+        return None, time.perf_counter() - started, False
+    return first, time.perf_counter() - started, done and not failed
+
+
+async def run_level(url: str, concurrency: int, chats_per_client: int) -> list[tuple[float | None, float, bool]]:
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(120), limits=limits) as client:
+
+        async def client_loop(n: int) -> list[tuple[float | None, float, bool]]:
+            return [await one_chat(client, f"question {n}-{i} about topic {n % 17}") for i in range(chats_per_client)]
+
+        results = await asyncio.gather(*(client_loop(n) for n in range(concurrency)))
+    return [r for rs in results for r in rs]
+
+
+def percentile(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, round(q * (len(values) - 1)))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--levels", type=int, nargs="+", default=[1, 50, 200])
+    parser.add_argument("--chats-per-client", type=int, default=3)
+    parser.add_argument("--documents", type=int, default=500, help="documents stored before the load")
+    parser.add_argument("--serve-upstream", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve_upstream:
+        serve_upstream(args.serve_upstream)
+        return
+
+    upstream_port = free_port()
+    upstream = subprocess.Popen(
+        [sys.executable, "bench/load.py", "--serve-upstream", str(upstream_port)], cwd=PROJECT_DIR
+    )
+    try:
+        with (
+            tempfile.TemporaryDirectory() as tmp,
+            ServiceProcess(Path(tmp), f"http://127.0.0.1:{upstream_port}/v1", sse_ping_seconds="15") as service,
+        ):
+            service.wait_ready()
+            texts = [
+                f"Document {i} discusses topic {i % 17} in some detail, with facts {i} and {i * 7}."
+                for i in range(args.documents)
+            ]
+            for start in range(0, len(texts), 250):
+                httpx.post(
+                    f"{service.url}/api/v1/documents/add", json={"documents": texts[start : start + 250]}, timeout=300
+                )
+            rss = rss_mib(service.process.pid)
+            print(f"service pid {service.process.pid}, {args.documents} documents stored, RSS {rss:.0f} MiB")
+            print(f"upstream: {TOKENS} tokens, {DELAY * 1000:.0f} ms apart (about {TOKENS * DELAY:.1f} s per answer)")
+            print("concurrent  streams  errors  ttft p50  ttft p99  total p50  peak RSS")
+            for level in args.levels:
+                peak = [rss_mib(service.process.pid)]
+                stop = threading.Event()
+
+                def sample(peak: list[float] = peak, stop: threading.Event = stop) -> None:
+                    while not stop.is_set():
+                        peak[0] = max(peak[0], rss_mib(service.process.pid))
+                        time.sleep(0.05)
+
+                sampler = threading.Thread(target=sample)
+                sampler.start()
+                results = asyncio.run(run_level(service.url, level, args.chats_per_client))
+                stop.set()
+                sampler.join()
+                ttfts = [r[0] for r in results if r[0] is not None]
+                errors = sum(1 for r in results if not r[2])
+                p50, p99 = percentile(ttfts, 0.5) * 1000, percentile(ttfts, 0.99) * 1000
+                total = statistics.median(r[1] for r in results) * 1000
+                print(
+                    f"{level:>10}  {len(results):>7}  {errors:>6}  {p50:>6.0f} ms  {p99:>6.0f} ms  {total:>7.0f} ms"
+                    f"  {peak[0]:>6.0f} MiB",
+                    flush=True,
+                )
+            service.terminate()
+    finally:
+        upstream.terminate()
+        upstream.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    main()
