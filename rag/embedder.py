@@ -6,6 +6,7 @@ worker thread: a forward pass must never stall the event loop that streams other
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -44,6 +45,11 @@ def resolve_model_path(name: str) -> str:
 
 
 class SentenceTransformerEmbedder:
+    """Small requests (questions) that arrive while a forward pass runs are coalesced into the next pass: under
+    load, fifty questions cost one batch instead of fifty passes in a row."""
+
+    COALESCE_MAX_TEXTS = 8  # requests up to this size are coalesced; larger ones (ingestion) go on their own
+
     def __init__(self, model: Any, model_name: str, batch_size: int) -> None:
         self._model = model
         self.model_name = model_name
@@ -51,6 +57,9 @@ class SentenceTransformerEmbedder:
         self._batch_size = batch_size
         # One forward pass at a time: torch already uses every core, and parallel passes only thrash.
         self._limiter = anyio.CapacityLimiter(1)
+        self._pending: list[tuple[list[str], asyncio.Future[np.ndarray]]] = []
+        self._draining: asyncio.Task[None] | None = None
+        self.forward_passes = 0
 
     @classmethod
     async def load(cls, model_name: str, batch_size: int) -> SentenceTransformerEmbedder:
@@ -61,6 +70,7 @@ class SentenceTransformerEmbedder:
         return cls(model, model_name, batch_size)
 
     def _encode(self, texts: list[str]) -> np.ndarray:
+        self.forward_passes += 1
         return self._model.encode(
             texts,
             batch_size=self._batch_size,
@@ -72,10 +82,39 @@ class SentenceTransformerEmbedder:
     async def embed(self, texts: list[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
-        vectors = await anyio.to_thread.run_sync(self._encode, texts, limiter=self._limiter)
-        return _normalise(vectors)
+        if len(texts) > self.COALESCE_MAX_TEXTS:
+            return _normalise(await anyio.to_thread.run_sync(self._encode, texts, limiter=self._limiter))
+        future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
+        self._pending.append((texts, future))
+        if self._draining is None or self._draining.done():
+            self._draining = asyncio.create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        """Run the pending requests as batches until none is left. A request whose caller went away (its future
+        cancelled) is dropped before its batch runs, or its result is dropped after."""
+        while self._pending:
+            batch, self._pending = self._pending[: self._batch_size], self._pending[self._batch_size :]
+            batch = [(texts, future) for texts, future in batch if not future.done()]
+            if not batch:
+                continue
+            texts = [text for request, _ in batch for text in request]
+            try:
+                vectors = _normalise(await anyio.to_thread.run_sync(self._encode, texts, limiter=self._limiter))
+            except Exception as exc:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            start = 0
+            for request, future in batch:
+                if not future.done():
+                    future.set_result(vectors[start : start + len(request)])
+                start += len(request)
 
     async def aclose(self) -> None:
+        if self._draining is not None:
+            await asyncio.gather(self._draining, return_exceptions=True)
         self._model = None
 
 

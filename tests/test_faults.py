@@ -63,7 +63,9 @@ def test_malformed_chunk_mid_stream_is_a_final_error_event(faulty_url: str, upst
 
 
 @pytest.mark.parametrize(("status", "expected"), [(500, 502), (502, 502), (503, 502), (429, 429)])
-def test_upstream_status_before_first_token(faulty_url: str, upstream: FakeUpstream, status: int, expected: int) -> None:
+def test_upstream_status_before_first_token(
+    faulty_url: str, upstream: FakeUpstream, status: int, expected: int
+) -> None:
     upstream.reset(Script(status=status, retry_after="4"))
     response = httpx.post(f"{faulty_url}/api/v1/chat", json=ASK, timeout=30)
     assert response.status_code == expected

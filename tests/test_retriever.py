@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from rag.embedder import SentenceTransformerEmbedder
@@ -77,3 +79,24 @@ async def test_long_document_is_chunked_with_its_id_and_metadata(tmp_path: Path,
     hits = await Retriever(embedder, store, 5, None).retrieve("sample number 33 was measured")
     assert all(h.chunk.document_id == "lab" and h.chunk.metadata == {"source": "lab.txt"} for h in hits)
     assert "33" in hits[0].chunk.text
+
+
+async def test_concurrent_questions_share_forward_passes(embedder: SentenceTransformerEmbedder) -> None:
+    questions = [f"question number {i} about cats and energy" for i in range(24)]
+    alone = [(await embedder.embed([q]))[0] for q in questions[:3]]
+    before = embedder.forward_passes
+    together = await asyncio.gather(*(embedder.embed([q]) for q in questions))
+    passes = embedder.forward_passes - before
+    assert passes < len(questions) / 2  # coalesced, not one pass per question
+    for single, batched in zip(alone, together, strict=False):
+        np.testing.assert_allclose(single, batched[0], atol=1e-5)
+    assert all(vectors.shape == (1, embedder.dimension) for vectors in together)
+
+
+async def test_a_cancelled_question_does_not_break_the_others(embedder: SentenceTransformerEmbedder) -> None:
+    tasks = [asyncio.create_task(embedder.embed([f"q{i}"])) for i in range(6)]
+    await asyncio.sleep(0)
+    tasks[2].cancel()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert isinstance(results[2], asyncio.CancelledError)
+    assert all(isinstance(r, np.ndarray) for i, r in enumerate(results) if i != 2)
