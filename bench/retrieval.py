@@ -89,7 +89,7 @@ async def run(args: argparse.Namespace) -> None:
     settings = Settings(_env_file=None)
     chunk_size = args.chunk_size or settings.chunk_size
     chunk_overlap = args.chunk_overlap if args.chunk_overlap is not None else settings.chunk_overlap
-    corpus = read_jsonl(args.dataset / "corpus.jsonl")
+    corpus = read_jsonl(args.dataset / "corpus.jsonl")[: args.documents]
     queries = {q["_id"]: q["text"] for q in read_jsonl(args.dataset / "queries.jsonl")}
     qrels = read_qrels(args.dataset / "qrels_test.tsv")
     query_ids = [q for q in qrels if q in queries][: args.limit]
@@ -147,6 +147,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", type=Path, default=DEFAULT_DATASET, help="BEIR-layout directory")
     parser.add_argument("--limit", type=int, default=None, help="only the first N test queries")
+    parser.add_argument("--documents", type=int, default=None, help="only the first N documents (quick runs)")
     parser.add_argument("--chunk-size", type=int, default=None, help="default: CHUNK_SIZE")
     parser.add_argument("--chunk-overlap", type=int, default=None, help="default: CHUNK_OVERLAP")
     parser.add_argument("--depth", type=int, default=100, help="chunks retrieved per query before ranking documents")
