@@ -66,6 +66,7 @@ async def build_services(settings: Settings, metrics: ChatMetrics, stack: contex
         history_budget_tokens=settings.history_token_budget,
         show_reasoning=settings.show_reasoning,
         observer=metrics,
+        log_prompts=settings.log_prompts,
     )
     metrics.store_chunks.read_from(lambda: store.count)
     return Services(

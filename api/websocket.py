@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 from typing import Any
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
@@ -24,6 +25,7 @@ from api.chat import build_chat_request
 from api.deps import Services
 from api.errors import status_of
 from api.schemas import ChatMessage, JsonObject, LegacyMessage
+from api.security import client_identity
 from llm.errors import LLMError
 from llm.types import GenerationOptions, Message
 from rag.errors import InvalidRequest, RAGError
@@ -138,6 +140,14 @@ class ChatSession:
             return
         if self._answer is not None and not self._answer.done():
             await self.send(error_frame("busy", "an answer is in progress: wait for 'done' or send a cancel frame"))
+            return
+        wait = self.services.rate_limiter.acquire(client_identity(self.websocket))
+        if wait is not None:
+            limit = self.services.rate_limiter.per_minute
+            message = f"rate limit of {limit} questions per minute exceeded; retry in {math.ceil(wait)} s"
+            await self.send(
+                error_frame("rate_limited", message, 429) | {"retry_after": math.ceil(wait)}, data.get("id")
+            )
             return
         try:
             frame = QuestionFrame.model_validate(data)

@@ -201,6 +201,7 @@ class ChatPipeline:
         history_budget_tokens: int = 2000,
         show_reasoning: bool = True,
         observer: ChatObserver | None = None,
+        log_prompts: bool = False,
     ) -> None:
         self.retriever = retriever
         self.llm = llm
@@ -209,6 +210,7 @@ class ChatPipeline:
         self.history_budget_tokens = history_budget_tokens
         self.show_reasoning = show_reasoning
         self.observer = observer
+        self.log_prompts = log_prompts  # questions and answers are user data: off unless debugging
 
     async def _with_stored_history(self, request: ChatRequest) -> list[Message]:
         """The request's conversation; when it names a chat and sends no earlier turns, the stored ones first."""
@@ -240,6 +242,8 @@ class ChatPipeline:
             raise InvalidRequest("the question is empty")
         messages = await self._with_stored_history(request)
         query = await self.condense(messages)
+        if self.log_prompts:
+            logger.info("question %r, retrieval query %r", question, query)
         filters = scoped_filters(request.filters, request.org_id)
         hits = await self.retriever.retrieve(query or question, request.top_k, filters)
         prompt = build_messages(hits, fit_history(messages, self.history_budget_tokens))

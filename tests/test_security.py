@@ -16,7 +16,8 @@ from tests.conftest import make_settings
 from tests.fake_upstream import FakeUpstream, Script
 from tests.servers import serve
 
-KEYS = ["key-one-0123456789", "key-two-9876543210", "key-three-5555555555"]
+# Rate limits are per key: tests that spend a bucket each have a key of their own.
+KEYS = ["key-one-0123456789", "key-two-9876543210", "key-three-5555555555", "key-four-4444444444", "key-five-333333"]
 ASK = {"messages": [{"role": "user", "content": "hello?"}], "stream": False}
 
 
@@ -87,7 +88,7 @@ def test_open_routes(anonymous: httpx.Client, path: str) -> None:
 
 
 @pytest.mark.parametrize("header", ["Authorization", "X-API-Key"])
-@pytest.mark.parametrize("key", KEYS)
+@pytest.mark.parametrize("key", KEYS[:2])
 def test_either_key_in_either_header(secured_url: str, upstream: FakeUpstream, header: str, key: str) -> None:
     value = f"Bearer {key}" if header == "Authorization" else key
     with httpx.Client(base_url=secured_url, timeout=30, headers={header: value}) as client:
@@ -99,7 +100,7 @@ def test_websocket_authenticates_at_connect(secured_url: str, upstream: FakeUpst
     with pytest.raises(InvalidStatus) as info:
         connect(ws_url, open_timeout=10)
     assert info.value.response.status_code == 403
-    with connect(f"{ws_url}?api_key={KEYS[1]}", open_timeout=10) as ws:
+    with connect(f"{ws_url}?api_key={KEYS[4]}", open_timeout=10) as ws:
         ws.send(json.dumps({"question": "hi"}))
         frames = []
         while not frames or frames[-1]["type"] != "done":
@@ -109,15 +110,33 @@ def test_websocket_authenticates_at_connect(secured_url: str, upstream: FakeUpst
         assert json.loads(ws.recv(timeout=10)) == {"type": "pong"}
 
 
+def test_websocket_questions_are_rate_limited(secured_url: str, upstream: FakeUpstream) -> None:
+    # A key of its own, so that this bucket starts full: 8 questions pass, the 9th is refused, the socket stays open.
+    ws_url = secured_url.replace("http", "ws") + f"/ws_chat?api_key={KEYS[3]}"
+    with connect(ws_url, open_timeout=10) as ws:
+        for n in range(9):
+            ws.send(json.dumps({"question": "hi", "id": n}))
+            frame = json.loads(ws.recv(timeout=10))
+            while n < 8 and frame["type"] != "done":
+                frame = json.loads(ws.recv(timeout=10))
+        assert frame["type"] == "error"
+        assert (frame["status"], frame["error"]["type"], frame["id"]) == (429, "rate_limited", 8)
+        assert frame["retry_after"] >= 1
+        ws.send(json.dumps({"type": "ping"}))
+        assert json.loads(ws.recv(timeout=10)) == {"type": "pong"}
+
+
 def test_keys_are_never_logged(secured_url: str, upstream: FakeUpstream, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     with keyed(secured_url) as client:
         client.get("/api/v1/documents")
         client.get("/api/v1/documents", headers={"Authorization": "Bearer not-a-real-key-555"})
+        client.post("/api/v1/chat", json=ASK)
     text = "\n".join(r.getMessage() + json.dumps(r.__dict__, default=str) for r in caplog.records)
     assert "/api/v1/documents" in text  # the access log did log these requests
     assert KEYS[0] not in text
     assert "not-a-real-key-555" not in text
+    assert "hello?" not in text  # nor questions, while LOG_PROMPTS is off
 
 
 def test_rate_limit_per_key(secured_url: str, upstream: FakeUpstream) -> None:
