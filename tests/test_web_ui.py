@@ -10,7 +10,10 @@ from pathlib import Path
 import pytest
 
 from config import PROJECT_DIR
+from main import create_app
+from tests.conftest import make_settings
 from tests.fake_upstream import FakeUpstream, Script
+from tests.servers import serve
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = PROJECT_DIR / "test-artifacts"
@@ -173,3 +176,24 @@ def test_phone_sized_window(browser, live_url: str, upstream: FakeUpstream) -> N
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "web-chat-phone.png"))
     context.close()
+
+
+def test_page_asks_for_the_api_key_once(browser, fake_upstream: FakeUpstream, tmp_path: Path) -> None:
+    fake_upstream.reset()
+    settings = make_settings(tmp_path, fake_upstream.url, api_keys=["page-key-123"])  # type: ignore[attr-defined]
+    with serve(create_app(settings)) as url:
+        context = browser.new_context()
+        page = context.new_page()
+        prompts: list[str] = []
+
+        def answer(dialog) -> None:
+            prompts.append(dialog.message)
+            dialog.accept("page-key-123")
+
+        page.on("dialog", answer)
+        page.goto(url)
+        ask(page, "Hello with a key")
+        page.wait_for_function(f"document.querySelector('{LAST_ANSWER}').dataset.state === 'done'")
+        assert page.text_content(f"{LAST_ANSWER} .text") == "Hello, world!"
+        assert prompts == ["This service needs an API key:"]
+        context.close()

@@ -44,7 +44,9 @@ async function request(path, options = {}, retried = false) {
     throw new ApiError(0, "network", "Cannot reach the server. Is it running?");
   }
   if (response.status === 401 && !retried) {
-    const entered = window.prompt("This service needs an API key:");
+    // Several requests can fail at once: ask only if nobody has entered a new key since this one was sent.
+    const current = localStorage.getItem("rag.apiKey");
+    const entered = current && current !== key ? current : window.prompt("This service needs an API key:");
     if (entered) {
       localStorage.setItem("rag.apiKey", entered.trim());
       return request(path, options, true);
