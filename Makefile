@@ -39,12 +39,13 @@ browser:
 run: install
 	$(PY) main.py
 
-test: install-dev browser
+test: install-dev browser lint
 	$(PY) -m pytest
 
 lint: install-dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 bench: install
 	$(PY) bench/retrieval.py

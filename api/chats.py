@@ -37,7 +37,7 @@ async def list_chats(
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> ChatList:
     """A user's chats, most recently updated first."""
-    chats = await services.conversations.list(ChatOwner(userId, orgId), limit, offset)
+    chats = await services.conversations.list_chats(ChatOwner(userId, orgId), limit, offset)
     return ChatList(chats=[ChatSummaryBody(**_summary(c)) for c in chats])
 
 

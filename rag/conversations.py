@@ -146,7 +146,7 @@ class ConversationStore:
         with self._connect() as db:
             return [ChatSummary(*row) for row in db.execute(query, [*params, limit, offset]).fetchall()]
 
-    async def list(self, owner: ChatOwner, limit: int = 50, offset: int = 0) -> list[ChatSummary]:
+    async def list_chats(self, owner: ChatOwner, limit: int = 50, offset: int = 0) -> list[ChatSummary]:
         return await anyio.to_thread.run_sync(self._list, owner, limit, offset)
 
     # --- writing ---------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 from llm.errors import LLMError
@@ -119,7 +119,7 @@ class ChatStream:
         self._on_complete = on_complete
         self._observer = observer
 
-    async def events(self) -> AsyncIterator[ChatEvent]:
+    async def events(self) -> AsyncGenerator[ChatEvent, None]:
         # aclosing: closing this generator must close the inner one too, which closes the model's stream.
         async with contextlib.aclosing(self._events()) as events:
             async for event in events:
@@ -127,7 +127,7 @@ class ChatStream:
                     self._observer.on_event(event)
                 yield event
 
-    async def _events(self) -> AsyncIterator[ChatEvent]:
+    async def _events(self) -> AsyncGenerator[ChatEvent, None]:
         yield SourcesEvent(self.hits)
         finish_reason: str | None = None
         answer: list[str] = []

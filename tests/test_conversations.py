@@ -30,9 +30,9 @@ async def test_list_is_per_user_newest_first(tmp_path: Path) -> None:
     await store.append("b", ChatOwner("u1"), TURN)
     await store.append("x", ChatOwner("u2"), TURN)
     await store.append("a", ChatOwner("u1"), TURN)  # a is now the most recent
-    assert [c.chat_id for c in await store.list(ChatOwner("u1"))] == ["a", "b"]
-    assert [c.chat_id for c in await store.list(ChatOwner("u2"))] == ["x"]
-    assert (await store.list(ChatOwner("u1")))[1].title == "What's the weather?"
+    assert [c.chat_id for c in await store.list_chats(ChatOwner("u1"))] == ["a", "b"]
+    assert [c.chat_id for c in await store.list_chats(ChatOwner("u2"))] == ["x"]
+    assert (await store.list_chats(ChatOwner("u1")))[1].title == "What's the weather?"
 
 
 async def test_other_users_cannot_read_write_or_delete(tmp_path: Path) -> None:

@@ -124,7 +124,7 @@ async def test_failed_answer_is_not_stored(parts) -> None:
     model = ScriptedChatModel(DELTAS, fail_with=UpstreamUnavailable("gone"), fail_after=2)
     pipeline = ChatPipeline(retriever, model, conversations=conversations)
     await events_of(pipeline, ask("cat?", chat=ChatRef("c2", ChatOwner("u1"))))
-    assert await conversations.list(ChatOwner("u1")) == []
+    assert await conversations.list_chats(ChatOwner("u1")) == []
 
 
 async def test_another_users_chat_is_refused(parts) -> None:
