@@ -151,3 +151,32 @@ async def test_empty_question_is_refused(parts) -> None:
     retriever, _ = parts
     with pytest.raises(InvalidRequest):
         await ChatPipeline(retriever, ScriptedChatModel(DELTAS)).start(ask("   "))
+
+
+async def test_llm_rewriter_makes_follow_ups_standalone() -> None:
+    from rag.history import QueryRewriter
+
+    model = ScriptedChatModel([Delta(content="What is the weather "), Delta(content="in Paris?", finish_reason="stop")])
+    rewrite = QueryRewriter(model)
+    conversation = [
+        Message("user", "What is the weather in London?"),
+        Message("assistant", "Rainy."),
+        Message("user", "and Paris?"),
+    ]
+    assert await rewrite(conversation) == "What is the weather in Paris?"
+    assert "and Paris?" in model.prompts[0][-1].content  # the transcript went to the model
+    # A first question needs no rewrite, and no model call.
+    assert await rewrite([Message("user", "Hello there")]) == "Hello there"
+    assert len(model.prompts) == 1
+
+
+async def test_llm_rewriter_falls_back_to_the_rule_when_the_model_fails() -> None:
+    from rag.history import QueryRewriter
+
+    model = ScriptedChatModel(DELTAS, fail_with=UpstreamUnavailable("down"), fail_after=0)
+    conversation = [
+        Message("user", "Weather in London?"),
+        Message("assistant", "Rainy."),
+        Message("user", "and Paris?"),
+    ]
+    assert await QueryRewriter(model)(conversation) == "Weather in London? and Paris?"
