@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 
 from api.deps import ServicesDep
-from api.limits import check_documents
+from api.limits import check_documents, check_top_k
 from api.schemas import (
     AddDocumentsAnswer,
     AddDocumentsBody,
@@ -60,8 +60,7 @@ async def search_documents(
     orgId: Annotated[str | None, Query(min_length=1, description="Only this organisation's documents.")] = None,
 ) -> SearchAnswer:
     """Ranked chunks for a query, no generation. The similarity threshold applies here as in chat."""
-    if top_k > services.settings.max_top_k:
-        raise InvalidRequest(f"top_k must be at most {services.settings.max_top_k} (MAX_TOP_K)")
+    check_top_k(services.settings, top_k)
     hits = await services.retriever.retrieve(query, top_k, scoped_filters(_parse_filters(filters), orgId))
     return SearchAnswer(results=[Source.of(hit) for hit in hits])
 

@@ -18,6 +18,10 @@ def check_conversation(settings: Settings, messages: list[Message], top_k: int |
                 f"message {n} has {len(message.content)} characters; the limit is {settings.max_message_chars} "
                 "(MAX_MESSAGE_CHARS)"
             )
+    check_top_k(settings, top_k)
+
+
+def check_top_k(settings: Settings, top_k: int | None) -> None:
     if top_k is not None and top_k > settings.max_top_k:
         raise InvalidRequest(f"top_k must be at most {settings.max_top_k} (MAX_TOP_K)")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from llm.types import GenerationOptions, Message
 from rag.types import Hit
@@ -62,12 +62,6 @@ class ChatBody(BaseModel):
 
     def options(self) -> GenerationOptions:
         return GenerationOptions(max_tokens=self.max_tokens, temperature=self.temperature)
-
-    @model_validator(mode="after")
-    def _chat_needs_user(self) -> ChatBody:
-        if self.chatId is not None and self.userId is None:
-            raise ValueError("chatId needs userId: a chat belongs to a user")
-        return self
 
 
 class Source(BaseModel):
