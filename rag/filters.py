@@ -5,8 +5,10 @@ Filters are validated once, up front, so a bad one is a 422 before any search ru
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any
+
+import numpy as np
 
 from rag.errors import InvalidRequest
 
@@ -47,6 +49,48 @@ def _condition(key: str, condition: Any) -> Callable[[dict[str, Any]], bool]:
 
 
 def compile_filters(filters: Filters) -> Callable[[dict[str, Any]], bool]:
-    """A predicate over a chunk's metadata that is true when every condition holds."""
+    """A predicate over one chunk's metadata that is true when every condition holds: the reference definition of
+    what filters mean. The store uses the faster `filter_mask`; a test checks that both always agree."""
     checks = [_condition(key, condition) for key, condition in filters.items()]
     return lambda meta: all(check(meta) for check in checks)
+
+
+MISSING = object()  # the index's key for chunks whose metadata lacks the field
+ValueIndex = dict[Hashable, np.ndarray]  # value -> indexes of the chunks that have it
+
+
+def build_value_index(metadatas: list[dict[str, Any]], key: str) -> ValueIndex:
+    """Chunk indexes by their value for `key`. Unhashable values (lists, objects) are left out: no scalar filter
+    can equal them."""
+    groups: dict[Hashable, list[int]] = {}
+    for i, meta in enumerate(metadatas):
+        value = meta.get(key, MISSING)
+        try:
+            groups.setdefault(value, []).append(i)
+        except TypeError:
+            continue
+    return {value: np.asarray(indexes, dtype=np.int64) for value, indexes in groups.items()}
+
+
+def filter_mask(filters: Filters, index_of: Callable[[str], ValueIndex], size: int) -> np.ndarray:
+    """The chunks that satisfy every condition, as a boolean mask, computed from value indexes: the same answers as
+    `compile_filters`, without a Python call per chunk."""
+    mask = np.ones(size, dtype=bool)
+    for key, condition in filters.items():
+        index = index_of(key)
+        if isinstance(condition, dict) and "$ne" in condition:
+            keep = np.ones(size, dtype=bool)
+            # meta.get(key) != operand: a chunk without the field has None, so `$ne: null` also drops those.
+            excluded = [condition["$ne"], MISSING] if condition["$ne"] is None else [condition["$ne"]]
+            for value in excluded:
+                keep[index.get(value, _EMPTY)] = False
+        else:
+            values = condition["$in"] if isinstance(condition, dict) else [condition]
+            keep = np.zeros(size, dtype=bool)
+            for value in values:
+                keep[index.get(value, _EMPTY)] = True
+        mask &= keep
+    return mask
+
+
+_EMPTY = np.zeros(0, dtype=np.int64)

@@ -33,7 +33,7 @@ import anyio
 import numpy as np
 
 from rag.errors import DocumentNotFound, StoreCorrupt, StoreIncompatible
-from rag.filters import Filters, compile_filters
+from rag.filters import Filters, ValueIndex, build_value_index, filter_mask
 from rag.types import Chunk, DocumentSummary, Hit
 
 logger = logging.getLogger(__name__)
@@ -53,6 +53,15 @@ class _Snapshot:
     manifest_stamp: tuple[int, int] | None = None
     # document id -> indexes of its chunks, in insertion order
     documents: dict[str, list[int]] = field(default_factory=dict)
+    # metadata key -> value index, built on the first filter on that key and kept as long as this snapshot
+    _value_indexes: dict[str, ValueIndex] = field(default_factory=dict)
+
+    def value_index(self, key: str) -> ValueIndex:
+        index = self._value_indexes.get(key)
+        if index is None:
+            index = build_value_index([chunk.metadata for chunk in self.chunks], key)
+            self._value_indexes[key] = index
+        return index
 
     @classmethod
     def build(
@@ -283,9 +292,7 @@ class NumpyVectorStore:
             return []
         scores = snap.vectors @ query.astype(np.float32, copy=False)
         if filters:
-            match = compile_filters(filters)
-            allowed = np.fromiter((match(c.metadata) for c in snap.chunks), dtype=bool, count=len(snap.chunks))
-            scores = np.where(allowed, scores, -np.inf)
+            scores = np.where(filter_mask(filters, snap.value_index, len(snap.chunks)), scores, -np.inf)
         k = min(top_k, len(scores))
         best = np.argpartition(-scores, k - 1)[:k]
         best = best[np.argsort(-scores[best], kind="stable")]

@@ -143,3 +143,42 @@ async def test_threshold_drops_weak_matches(tmp_path: Path) -> None:
     await store.upsert([Chunk(f"d{i}:0", f"d{i}", "t") for i in range(5)], vectors)
     hits = await store.search(vectors[0], 5, threshold=0.99)
     assert [h.chunk.document_id for h in hits] == ["d0"]
+
+
+FILTER_CASES = [
+    {"lang": "en"},
+    {"lang": {"$in": ["en", "fr"]}},
+    {"lang": {"$ne": "en"}},
+    {"lang": {"$ne": None}},
+    {"lang": None},
+    {"n": 1},
+    {"n": {"$in": [1, 2.0, True]}},
+    {"tags": "a"},
+    {"lang": "fr", "n": {"$ne": 3}},
+    {"missing": {"$ne": "x"}},
+]
+
+
+@pytest.mark.parametrize("filters", FILTER_CASES)
+async def test_indexed_filters_agree_with_the_reference_predicate(tmp_path: Path, filters: dict) -> None:
+    """The store's index-based filtering selects exactly what the plain predicate selects, edge cases included
+    (missing fields, None, numbers of different types, unhashable values)."""
+    from rag.filters import compile_filters
+
+    metadatas = [
+        {"lang": "en", "n": 1},
+        {"lang": "fr", "n": 2},
+        {"lang": None, "n": 1.0},
+        {"n": True},
+        {"lang": "fr", "n": 3, "tags": ["a", "b"]},
+        {},
+        {"lang": "de", "tags": "a"},
+    ]
+    store = await open_store(tmp_path)
+    chunks = [Chunk(f"d{i}:0", f"d{i}", "t", meta) for i, meta in enumerate(metadatas)]
+    vectors = unit(20, len(chunks))
+    await store.upsert(chunks, vectors)
+    predicate = compile_filters(filters)
+    expected = {c.document_id for c in chunks if predicate(c.metadata)}
+    found = {h.chunk.document_id for h in await store.search(vectors[0], 50, filters)}
+    assert found == expected
