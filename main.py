@@ -22,10 +22,12 @@ from api.middleware import BodyLimit, RequestContext, configure_logging
 from api.security import RateLimiter, require_api_key
 from api.web_page import mount_web_page
 from config import Settings, get_settings
+from llm.errors import LLMError
 from llm.factory import build_chat_model
 from llm.types import ChatModel
 from rag.conversations import ConversationStore
 from rag.embedder import build_embedder
+from rag.errors import RAGError
 from rag.history import QueryRewriter
 from rag.ingest import Indexer
 from rag.numpy_store import NumpyVectorStore
@@ -90,7 +92,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
-            services = await build_services(settings, metrics, stack)
+            try:
+                services = await build_services(settings, metrics, stack)
+            except (RAGError, LLMError) as exc:
+                # A configuration problem (store of another model, missing model file...): say it in one line.
+                logger.error("cannot start: %s", exc)
+                raise
             app.state.services = services
             logger.info(
                 "ready: embedder %s (%d), llm %s/%s, %d chunks, authentication %s",

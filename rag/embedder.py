@@ -64,7 +64,9 @@ class SentenceTransformerEmbedder:
     @classmethod
     async def load(cls, model_name: str, batch_size: int) -> SentenceTransformerEmbedder:
         from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as transformers_logging
 
+        transformers_logging.disable_progress_bar()  # a progress bar has no place in a service's JSON logs
         path = resolve_model_path(model_name)
         model = await anyio.to_thread.run_sync(lambda: SentenceTransformer(path, device="cpu"))
         return cls(model, model_name, batch_size)
