@@ -97,3 +97,26 @@ def test_two_workers_share_one_data_dir(tmp_path: Path, fake_upstream: FakeUpstr
                 break
         assert len(answered_by) == 2
         assert service.terminate() in (0, -15)
+
+
+def test_sigterm_closes_websockets_with_1012_and_stops_the_upstream(
+    tmp_path: Path, fake_upstream: FakeUpstream
+) -> None:
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    fake_upstream.reset(Script(tokens=["tick "] * 400, delay=0.05))
+    with ServiceProcess(tmp_path, fake_upstream.url) as service:  # type: ignore[attr-defined]
+        service.wait_ready()
+        with connect(service.url.replace("http", "ws") + "/ws_chat", open_timeout=10) as ws:
+            ws.send(json.dumps({"question": "Go on."}))
+            while json.loads(ws.recv(timeout=10))["type"] != "token":
+                pass
+            service.process.send_signal(15)  # SIGTERM
+            with pytest.raises(ConnectionClosed) as closed:
+                while True:
+                    ws.recv(timeout=30)
+        assert closed.value.rcvd is not None
+        assert closed.value.rcvd.code == 1012  # "service restart": come back in a moment
+        assert fake_upstream.wait_disconnect(10)
+        assert service.process.wait(timeout=30) in (0, -15)
