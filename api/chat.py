@@ -45,7 +45,7 @@ def build_chat_request(
     check_conversation(settings, messages, top_k)
     if chat_id is not None and user_id is None:
         raise InvalidRequest("chatId needs userId: a chat belongs to a user")
-    chat = ChatRef(chat_id, ChatOwner(user_id, org_id), title) if chat_id is not None and user_id else None
+    chat = ChatRef(chat_id, ChatOwner(user_id, org_id), title) if chat_id is not None and user_id is not None else None
     return ChatRequest(
         messages=messages,
         top_k=top_k,

@@ -9,6 +9,8 @@ never an upstream's raw body, to a client.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -109,24 +111,20 @@ def retry_headers(exc: Exception) -> dict[str, str] | None:
     return None
 
 
-def _describe_validation(exc: RequestValidationError) -> str:
-    parts = []
-    for error in exc.errors():
-        where = ".".join(str(p) for p in error.get("loc", ()) if p not in ("body", "query", "path"))
-        parts.append(f"{where}: {error.get('msg')}" if where else str(error.get("msg")))
+def _location(error: Mapping[str, Any]) -> str:
+    """Where a validation error is (`messages.0.role`), without the request part it came from."""
+    return ".".join(str(p) for p in error.get("loc", ()) if p not in ("body", "query", "path"))
+
+
+def describe_validation(errors: Sequence[Mapping[str, Any]]) -> str:
+    """Pydantic's errors as one readable line, for HTTP bodies and WebSocket frames alike."""
+    parts = [f"{_location(e)}: {e.get('msg')}" if _location(e) else str(e.get("msg")) for e in errors]
     return "; ".join(parts) or "invalid request"
 
 
-def _first_param(exc: RequestValidationError) -> str | None:
-    for error in exc.errors():
-        where = [str(p) for p in error.get("loc", ()) if p not in ("body", "query", "path")]
-        if where:
-            return ".".join(where)
-    return None
-
-
 async def _on_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-    return render_error(request, 422, "validation_error", _describe_validation(exc), param=_first_param(exc))
+    param = next((where for where in map(_location, exc.errors()) if where), None)
+    return render_error(request, 422, "validation_error", describe_validation(exc.errors()), param=param)
 
 
 async def _on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -49,9 +49,6 @@ class Counter(_Metric):
         with self._lock:
             self._values[tuple(sorted(labels.items()))] += amount
 
-    def value(self, **labels: str) -> float:
-        return self._values.get(tuple(sorted(labels.items())), 0.0)
-
     def render(self) -> list[str]:
         return [f"{self.name}{_labels(k)} {v:g}" for k, v in sorted(self._values.items())]
 
@@ -95,10 +92,6 @@ class Histogram(_Metric):
                     series[i] += 1
             series[-2] += 1
             series[-1] += value
-
-    def count(self, **labels: str) -> float:
-        series = self._series.get(tuple(sorted(labels.items())))
-        return series[-2] if series else 0.0
 
     def render(self) -> list[str]:
         lines = []

@@ -93,12 +93,9 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        too_large = error_response(
-            413, "payload_too_large", f"the request body is larger than the limit of {self.max_bytes} bytes"
-        )
         length = dict(scope.get("headers") or []).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            await too_large(scope, receive, send)
+            await self._refuse(scope, receive, send)
             return
         received = 0
         started = False
@@ -121,7 +118,11 @@ class BodyLimit:
             await self.app(scope, counting_receive, tracking_send)
         except BodyTooLarge:
             if not started:
-                await too_large(scope, receive, send)
+                await self._refuse(scope, receive, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        message = f"the request body is larger than the limit of {self.max_bytes} bytes"
+        await error_response(413, "payload_too_large", message)(scope, receive, send)
 
 
 class JsonFormatter(logging.Formatter):

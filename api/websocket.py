@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from api.chat import build_chat_request
 from api.deps import Services
-from api.errors import status_of
+from api.errors import describe_validation, status_of
 from api.schemas import ChatMessage, JsonObject, LegacyMessage
 from api.security import client_identity
 from llm.errors import LLMError
@@ -75,7 +75,7 @@ def event_frame(event: ChatEvent) -> dict[str, Any]:
         case UsageEvent(usage):
             return {"type": "usage", "usage": usage.as_dict()}
         case ErrorEvent(type_, message):
-            return {"type": "error", "error": {"type": type_, "message": message}}
+            return error_frame(type_, message)
         case DoneEvent(reason):
             return {"type": "done", "finish_reason": reason}
 
@@ -152,8 +152,7 @@ class ChatSession:
         try:
             frame = QuestionFrame.model_validate(data)
         except ValidationError as exc:
-            details = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-            await self.send(error_frame("validation_error", details, 422), data.get("id"))
+            await self.send(error_frame("validation_error", describe_validation(exc.errors()), 422), data.get("id"))
             return
         self._answer = asyncio.create_task(self._run_answer(frame))
 

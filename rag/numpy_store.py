@@ -280,10 +280,6 @@ class NumpyVectorStore:
     def document_count(self) -> int:
         return len(self._snapshot.documents)
 
-    @property
-    def generation(self) -> int:
-        return self._snapshot.generation
-
     def _search_sync(
         self, query: np.ndarray, top_k: int, filters: Filters | None, threshold: float | None
     ) -> list[Hit]:
