@@ -98,7 +98,14 @@ class Settings(BaseSettings):
     openai_embedding_model: str = Field("text-embedding-3-small", description="Model for USE_OPENAI_EMBEDDINGS.")
     embedding_batch_size: int = Field(64, ge=1, le=4096, description="Texts encoded per batch.")
 
-    # --- retrieval --------------------------------------------------------------------------------
+    # --- storage and retrieval ------------------------------------------------------------------------
+    vector_store: Literal["numpy"] = Field(
+        "numpy", description="Storage backend: 'numpy' (embedded: .npy segments and SQLite under DATA_DIR)."
+    )
+    retrieval_mode: Literal["hybrid", "dense", "keyword"] = Field(
+        "hybrid",
+        description="'hybrid' (dense and BM25 keyword legs fused), 'dense' (cosine only) or 'keyword' (BM25 only).",
+    )
     top_k_results: int = Field(5, ge=1, le=100, description="Chunks retrieved per question by default.")
     max_top_k: int = Field(50, ge=1, le=1000, description="Largest top_k a request may ask for.")
     similarity_threshold: float = Field(

@@ -30,9 +30,9 @@ from rag.embedder import build_embedder
 from rag.errors import RAGError
 from rag.history import QueryRewriter
 from rag.ingest import Indexer
-from rag.numpy_store import NumpyVectorStore
 from rag.pipeline import ChatPipeline, Condenser, condense_with_rule, last_user_message
 from rag.retriever import Retriever
+from rag.stores import open_store
 
 logger = logging.getLogger("rag_service")
 
@@ -53,13 +53,15 @@ async def build_services(settings: Settings, metrics: ChatMetrics, stack: contex
     """Build every shared component; each is registered on `stack` so that it is closed on the way out."""
     embedder = await build_embedder(settings)
     stack.push_async_callback(embedder.aclose)
-    store = await NumpyVectorStore.open(settings.data_dir / "store", embedder.model_name, embedder.dimension)
+    store = await open_store(settings.vector_store, settings.data_dir, embedder.model_name, embedder.dimension)
     stack.push_async_callback(store.aclose)
     conversations = await ConversationStore.open(settings.data_dir / "chats.sqlite3")
     stack.push_async_callback(conversations.aclose)
     llm = await build_chat_model(settings)
     stack.push_async_callback(llm.aclose)
-    retriever = Retriever(embedder, store, settings.top_k_results, settings.similarity_threshold)
+    retriever = Retriever(
+        embedder, store, settings.top_k_results, settings.similarity_threshold, settings.retrieval_mode
+    )
     pipeline = ChatPipeline(
         retriever,
         llm,

@@ -13,9 +13,9 @@ from config import Settings
 from llm.types import ChatModel
 from rag.conversations import ConversationStore
 from rag.ingest import Indexer
-from rag.numpy_store import NumpyVectorStore
 from rag.pipeline import ChatPipeline
 from rag.retriever import Retriever
+from rag.stores import VectorStore
 from rag.types import Embedder
 
 
@@ -23,7 +23,7 @@ from rag.types import Embedder
 class Services:
     settings: Settings
     embedder: Embedder
-    store: NumpyVectorStore
+    store: VectorStore
     retriever: Retriever
     indexer: Indexer
     llm: ChatModel

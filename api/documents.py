@@ -23,6 +23,7 @@ from api.schemas import (
 from api.security import RateLimited
 from rag.errors import InvalidRequest
 from rag.pipeline import scoped_filters
+from rag.stores import RetrievalMode
 
 router = APIRouter(prefix="/documents", tags=["documents"])
 
@@ -58,10 +59,14 @@ async def search_documents(
     top_k: Annotated[int, Query(ge=1, description="How many chunks to return (at most MAX_TOP_K).")] = 5,
     filters: Annotated[str | None, Query(description='Metadata filters as JSON, e.g. {"lang": "en"}.')] = None,
     orgId: Annotated[str | None, Query(min_length=1, description="Only this organisation's documents.")] = None,
+    mode: Annotated[
+        RetrievalMode | None,
+        Query(description="'hybrid', 'dense' or 'keyword'; default RETRIEVAL_MODE. Each hit says which legs found it."),
+    ] = None,
 ) -> SearchAnswer:
     """Ranked chunks for a query, no generation. The similarity threshold applies here as in chat."""
     check_top_k(services.settings, top_k)
-    hits = await services.retriever.retrieve(query, top_k, scoped_filters(_parse_filters(filters), orgId))
+    hits = await services.retriever.retrieve(query, top_k, scoped_filters(_parse_filters(filters), orgId), mode=mode)
     return SearchAnswer(results=[Source.of(hit) for hit in hits])
 
 

@@ -69,7 +69,10 @@ class Source(BaseModel):
     document_id: str
     text: str
     metadata: dict[str, Any]
-    score: float
+    score: float = Field(description="Cosine similarity to the question (BM25 score in keyword mode).")
+    found_by: list[Literal["dense", "keyword"]] = Field(description="The retrieval legs that found this chunk.")
+    keyword_score: float | None = Field(None, description="BM25 score, when the keyword leg found it.")
+    fused_score: float | None = Field(None, description="The hybrid ranking score (higher ranks first).")
 
     @classmethod
     def of(cls, hit: Hit) -> Source:

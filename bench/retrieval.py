@@ -28,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from config import PROJECT_DIR, Settings
 from rag.embedder import SentenceTransformerEmbedder
 from rag.ingest import Indexer
-from rag.numpy_store import NumpyVectorStore
 from rag.retriever import Retriever
+from rag.stores.numpy_store import NumpyVectorStore
 
 DEFAULT_DATASET = PROJECT_DIR.parent / "shared" / "datasets" / "scifact"
 

@@ -19,7 +19,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from rag.numpy_store import NumpyVectorStore
+from rag.stores.numpy_store import NumpyVectorStore
 from rag.types import Chunk
 
 DIMENSION = 384

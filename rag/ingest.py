@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from rag.chunking import split_text
 from rag.errors import InvalidRequest
-from rag.numpy_store import NumpyVectorStore
+from rag.stores import VectorStore
 from rag.types import Chunk, Embedder, Metadata
 
 
@@ -18,7 +18,7 @@ class AddedDocument:
 
 
 class Indexer:
-    def __init__(self, embedder: Embedder, store: NumpyVectorStore, chunk_size: int, chunk_overlap: int) -> None:
+    def __init__(self, embedder: Embedder, store: VectorStore, chunk_size: int, chunk_overlap: int) -> None:
         self.embedder = embedder
         self.store = store
         self.chunk_size = chunk_size

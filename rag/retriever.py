@@ -1,19 +1,27 @@
-"""The retriever: embeds a query and asks the store for the closest chunks, above a similarity floor."""
+"""The retriever: embeds a query (unless the search is keyword-only) and asks the store for the best chunks."""
 
 from __future__ import annotations
 
 from rag.errors import InvalidRequest
 from rag.filters import Filters, validate_filters
-from rag.numpy_store import NumpyVectorStore
+from rag.stores import RetrievalMode, SearchRequest, VectorStore
 from rag.types import Embedder, Hit
 
 
 class Retriever:
-    def __init__(self, embedder: Embedder, store: NumpyVectorStore, top_k: int, threshold: float | None) -> None:
+    def __init__(
+        self,
+        embedder: Embedder,
+        store: VectorStore,
+        top_k: int,
+        threshold: float | None,
+        mode: RetrievalMode = "hybrid",
+    ) -> None:
         self.embedder = embedder
         self.store = store
         self.top_k = top_k
         self.threshold = threshold
+        self.mode = mode
 
     async def retrieve(
         self,
@@ -21,13 +29,16 @@ class Retriever:
         top_k: int | None = None,
         filters: Filters | None = None,
         threshold: float | None = None,
+        mode: RetrievalMode | None = None,
     ) -> list[Hit]:
-        """Chunks most similar to `query`, best first; `threshold` overrides the configured floor."""
+        """Chunks for `query`, best first; `threshold` and `mode` override the configured ones."""
         if not query.strip():
             raise InvalidRequest("the query is empty")
         filters = validate_filters(filters)
         if self.store.count == 0:
             return []  # nothing to find: skip the forward pass
-        (vector,) = await self.embedder.embed([query])
+        mode = mode or self.mode
+        vector = None if mode == "keyword" else (await self.embedder.embed([query]))[0]
         floor = self.threshold if threshold is None else threshold
-        return await self.store.search(vector, top_k or self.top_k, filters, floor)
+        request = SearchRequest(query, vector, top_k or self.top_k, filters, floor, mode)
+        return await self.store.search(request)

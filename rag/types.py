@@ -24,19 +24,29 @@ class Chunk:
 
 @dataclass(frozen=True, slots=True)
 class Hit:
-    """A chunk found by a search, with its cosine similarity to the query."""
+    """A chunk found by a search. `score` is its cosine similarity to the query (its BM25 score in keyword mode);
+    `found_by` names the legs whose candidates held it; a hybrid search ranks by `fused_score`."""
 
     chunk: Chunk
     score: float
+    found_by: tuple[str, ...] = ("dense",)
+    keyword_score: float | None = None
+    fused_score: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        body: dict[str, Any] = {
             "id": self.chunk.id,
             "document_id": self.chunk.document_id,
             "text": self.chunk.text,
             "metadata": self.chunk.metadata,
             "score": round(self.score, 6),
+            "found_by": list(self.found_by),
         }
+        if self.keyword_score is not None:
+            body["keyword_score"] = round(self.keyword_score, 6)
+        if self.fused_score is not None:
+            body["fused_score"] = round(self.fused_score, 6)
+        return body
 
 
 @dataclass(frozen=True, slots=True)

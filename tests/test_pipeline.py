@@ -12,9 +12,9 @@ from rag.conversations import ChatForbidden, ChatOwner, ConversationStore
 from rag.embedder import SentenceTransformerEmbedder
 from rag.errors import InvalidRequest
 from rag.ingest import Indexer
-from rag.numpy_store import NumpyVectorStore
 from rag.pipeline import ChatPipeline, ChatRef, ChatRequest
 from rag.retriever import Retriever
+from rag.stores.numpy_store import NumpyVectorStore
 from rag.types import DoneEvent, ErrorEvent, ReasoningEvent, SourcesEvent, TokenEvent, UsageEvent
 from tests.fakes import ScriptedChatModel
 

@@ -11,8 +11,8 @@ import pytest
 from rag.embedder import SentenceTransformerEmbedder
 from rag.errors import InvalidRequest
 from rag.ingest import Indexer
-from rag.numpy_store import NumpyVectorStore
 from rag.retriever import Retriever
+from rag.stores.numpy_store import NumpyVectorStore
 
 DOCS = {
     "paris": ("Paris is the capital and largest city of France.", {"topic": "geo", "lang": "en"}),
@@ -40,11 +40,22 @@ async def test_most_relevant_first_and_top_k(retriever: Retriever) -> None:
 
 
 async def test_threshold_keeps_only_close_chunks(retriever: Retriever) -> None:
-    everything = await retriever.retrieve("How do cells get energy?", top_k=5, threshold=-1.0)
+    everything = await retriever.retrieve("How do cells get energy?", top_k=5, threshold=-1.0, mode="dense")
     assert len(everything) == 5
     cutoff = (everything[0].score + everything[1].score) / 2
-    close = await retriever.retrieve("How do cells get energy?", top_k=5, threshold=cutoff)
+    close = await retriever.retrieve("How do cells get energy?", top_k=5, threshold=cutoff, mode="dense")
     assert [h.chunk.document_id for h in close] == [everything[0].chunk.document_id]
+
+
+async def test_hybrid_threshold_is_a_gate_for_off_topic_questions(retriever: Retriever) -> None:
+    question = "How do cells get energy?"
+    best = (await retriever.retrieve(question, top_k=1, threshold=-1.0, mode="dense"))[0].score
+    assert await retriever.retrieve(question, top_k=5, threshold=best + 0.01) == []  # hybrid is the default
+    passed = await retriever.retrieve(question, top_k=5, threshold=best - 0.01)
+    assert len(passed) == 5 and "keyword" in passed[0].found_by + passed[1].found_by
+    keyword_only = await retriever.retrieve("mitochondrion energy", top_k=5, mode="keyword")
+    assert [h.chunk.document_id for h in keyword_only][:2] == ["cell", "photo"]
+    assert all(h.found_by == ("keyword",) for h in keyword_only)
 
 
 async def test_filters_restrict_the_candidates(retriever: Retriever) -> None:

@@ -1,15 +1,21 @@
+"""What only the embedded NumPy store promises: append-only segments, tombstones, compaction that changes no answer,
+crash safety at each step, and the migration of stores written by the previous format.
+
+The behaviour every backend shares is in `test_store_conformance.py`."""
+
 from __future__ import annotations
 
 import json
-import os
+import random
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from rag import numpy_store
-from rag.errors import DocumentNotFound, StoreIncompatible
-from rag.numpy_store import NumpyVectorStore
+from rag.stores import SearchRequest
+from rag.stores.catalog import Catalog
+from rag.stores.numpy_store import NumpyVectorStore
+from rag.stores.segments import plan_merge, write_segment
 from rag.types import Chunk
 
 DIM = 8
@@ -20,165 +26,213 @@ def unit(seed: int, n: int = 1) -> np.ndarray:
     return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
 
-def chunks_of(doc_id: str, n: int, **meta: object) -> list[Chunk]:
-    return [Chunk(f"{doc_id}:{i}", doc_id, f"{doc_id} part {i}", dict(meta)) for i in range(n)]
+def chunks_of(doc_id: str, n: int) -> list[Chunk]:
+    return [Chunk(f"{doc_id}:{i}", doc_id, f"{doc_id} part {i}", {"doc": doc_id}) for i in range(n)]
 
 
-async def open_store(path: Path, model: str = "toy", dim: int = DIM) -> NumpyVectorStore:
-    return await NumpyVectorStore.open(path, model, dim)
+def files(directory: Path) -> dict[str, tuple[int, int]]:
+    """Segment files with their inode and modification time: a rewrite changes one of them."""
+    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in directory.glob("seg-*")}
 
 
-async def test_round_trip_through_disk(tmp_path: Path) -> None:
-    store = await open_store(tmp_path)
-    vectors = unit(1, 3)
-    await store.upsert(chunks_of("a", 2, lang="en") + chunks_of("b", 1, lang="fr"), vectors)
-
-    reopened = await open_store(tmp_path)
-    assert reopened.count == 3
-    assert reopened.document_count == 2
-    hits = await reopened.search(vectors[2], top_k=1)
-    assert hits[0].chunk == Chunk("b:0", "b", "b part 0", {"lang": "fr"})
-    assert hits[0].score == pytest.approx(1.0, abs=1e-5)
+async def dense(store: NumpyVectorStore, query: np.ndarray, k: int = 10) -> list[tuple[str, float]]:
+    hits = await store.search(SearchRequest("", query, k))
+    return [(h.chunk.id, round(h.score, 5)) for h in hits]
 
 
-async def test_search_ranks_by_cosine_and_respects_top_k(tmp_path: Path) -> None:
-    store = await open_store(tmp_path)
-    vectors = unit(2, 10)
-    await store.upsert([Chunk(f"d{i}:0", f"d{i}", "t") for i in range(10)], vectors)
-    query = vectors[4]
-    hits = await store.search(query, top_k=3)
-    expected = np.argsort(-(vectors @ query))[:3]
-    assert [h.chunk.document_id for h in hits] == [f"d{i}" for i in expected]
-    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
-    assert len(await store.search(query, top_k=50)) == 10
+def brute_force(model: dict[str, tuple[Chunk, np.ndarray]], query: np.ndarray, k: int = 10) -> list[tuple[str, float]]:
+    scored = sorted(((float(v @ query), cid) for cid, (_, v) in model.items()), reverse=True)[:k]
+    return [(cid, round(score, 5)) for score, cid in scored]
 
 
-async def test_add_appends_and_same_id_replaces(tmp_path: Path) -> None:
-    store = await open_store(tmp_path)
-    await store.upsert(chunks_of("a", 3), unit(3, 3))
-    await store.upsert(chunks_of("b", 1), unit(4, 1))
-    assert store.count == 4
-    await store.upsert(chunks_of("a", 1), unit(5, 1))  # a new version of document a
-    reopened = await open_store(tmp_path)
-    _, docs = await reopened.list_documents(0, 10)
-    assert {(d.id, d.chunks) for d in docs} == {("a", 1), ("b", 1)}
+async def test_an_add_writes_only_its_own_segment(tmp_path: Path) -> None:
+    store = await NumpyVectorStore.open(tmp_path, "toy", DIM, auto_compact=False)
+    await store.upsert(chunks_of("a", 50), unit(1, 50))
+    before = files(tmp_path)
+    await store.upsert(chunks_of("b", 3), unit(2, 3))
+    after = files(tmp_path)
+    assert {name: after[name] for name in before} == before  # nothing written was touched
+    new = sorted(set(after) - set(before))
+    assert len(new) == 2 and new[0].endswith(".keys.npy") and np.load(tmp_path / new[1]).shape == (3, DIM)
+    assert store.layout() == {"segments": 2, "rows": 53, "tombstoned": 0}
+    await store.aclose()
 
 
-async def test_delete_removes_every_chunk_and_persists(tmp_path: Path) -> None:
-    store = await open_store(tmp_path)
-    vectors = unit(6, 4)
-    await store.upsert(chunks_of("a", 3) + chunks_of("b", 1), vectors)
-    assert await store.delete("a") == 3
-    reopened = await open_store(tmp_path)
-    assert reopened.count == 1
-    hits = await reopened.search(vectors[0], top_k=5)
-    assert [h.chunk.document_id for h in hits] == ["b"]
-    with pytest.raises(DocumentNotFound):
-        await reopened.delete("a")
+async def test_delete_and_replace_write_tombstones_that_compaction_drops(tmp_path: Path) -> None:
+    store = await NumpyVectorStore.open(tmp_path, "toy", DIM, auto_compact=False)
+    vectors = unit(3, 12)
+    await store.upsert(chunks_of("a", 4), vectors[:4])
+    await store.upsert(chunks_of("b", 4), vectors[4:8])
+    before = files(tmp_path)
+    await store.delete("a")
+    await store.upsert(chunks_of("b", 2), vectors[8:10])  # replaces b's four chunks
+    assert {name: files(tmp_path)[name] for name in before} == before
+    assert store.layout() == {"segments": 3, "rows": 10, "tombstoned": 8}
+    expected = [("b:1", round(float(vectors[9] @ vectors[9]), 5)), ("b:0", round(float(vectors[8] @ vectors[9]), 5))]
+    assert await dense(store, vectors[9]) == expected
+
+    assert await store.compact() >= 1
+    assert store.layout() == {"segments": 1, "rows": 2, "tombstoned": 0}
+    assert await dense(store, vectors[9]) == expected
+    assert not set(before) & set(files(tmp_path))  # the merged-away files are gone
+    await store.aclose()
+    reopened = await NumpyVectorStore.open(tmp_path, "toy", DIM)
+    assert await dense(reopened, vectors[9]) == expected
+    await reopened.aclose()
 
 
-async def test_store_of_another_model_or_dimension_is_refused(tmp_path: Path) -> None:
-    store = await open_store(tmp_path)
-    await store.upsert(chunks_of("a", 1), unit(7))
-    with pytest.raises(StoreIncompatible, match="other-model"):
-        await open_store(tmp_path, model="other-model")
-    with pytest.raises(StoreIncompatible, match="dimension 16"):
-        await open_store(tmp_path, dim=16)
+async def test_random_operations_with_background_compaction_match_brute_force(tmp_path: Path) -> None:
+    rng = random.Random(7)
+    store = await NumpyVectorStore.open(tmp_path, "toy", DIM)
+    model: dict[str, tuple[Chunk, np.ndarray]] = {}
+    documents: set[str] = set()
+    for step in range(120):
+        if documents and rng.random() < 0.25:
+            doc = rng.choice(sorted(documents))
+            await store.delete(doc)
+            documents.discard(doc)
+            model = {cid: item for cid, item in model.items() if item[0].document_id != doc}
+        else:
+            doc = f"d{rng.randint(0, 60)}"  # often an id already stored: a replacement
+            n = rng.randint(1, 6)
+            vectors = unit(1000 + step, n)
+            await store.upsert(chunks_of(doc, n), vectors)
+            model = {cid: item for cid, item in model.items() if item[0].document_id != doc}
+            model |= {c.id: (c, v) for c, v in zip(chunks_of(doc, n), vectors, strict=True)}
+            documents.add(doc)
+        if step % 10 == 0:
+            query = unit(5000 + step)[0]
+            assert await dense(store, query) == brute_force(model, query), step
+    await store.wait_for_compaction()
+    assert store.compactions > 0
+    layout = store.layout()
+    assert layout["rows"] - layout["tombstoned"] == len(model) == store.count
+    assert layout["segments"] <= 10  # geometric sizes: a handful, not one per add
+    await store.aclose()
+    reopened = await NumpyVectorStore.open(tmp_path, "toy", DIM)
+    for seed in range(5):
+        query = unit(9000 + seed)[0]
+        assert await dense(reopened, query, 50) == brute_force(model, query, 50)
+    await reopened.aclose()
 
 
-async def test_write_interrupted_before_manifest_replace_keeps_old_store(
+async def test_an_add_that_fails_before_its_commit_leaves_the_store_as_it_was(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    store = await open_store(tmp_path)
-    await store.upsert(chunks_of("old", 2), unit(8, 2))
+    store = await NumpyVectorStore.open(tmp_path, "toy", DIM)
+    vectors = unit(8, 2)
+    await store.upsert(chunks_of("old", 2), vectors)
+    before = files(tmp_path)
 
-    real_replace = os.replace
+    def crash(*args: object) -> None:
+        raise OSError("simulated crash inside the commit")
 
-    def crash_on_manifest(src: str, dst: str | Path) -> None:
-        if Path(dst).name == "manifest.json":
-            raise OSError("simulated crash between temp file and replace")
-        real_replace(src, dst)
-
-    monkeypatch.setattr(numpy_store.os, "replace", crash_on_manifest)
+    monkeypatch.setattr(Catalog, "insert_segment", crash)
     with pytest.raises(OSError, match="simulated crash"):
-        await store.upsert(chunks_of("new", 1), unit(9))
-    monkeypatch.setattr(numpy_store.os, "replace", real_replace)
-
-    reopened = await open_store(tmp_path)
-    _, docs = await reopened.list_documents(0, 10)
-    assert [d.id for d in docs] == ["old"]
-    # The orphaned files of the failed generation were cleaned up on open.
-    names = sorted(p.name for p in tmp_path.iterdir())
-    manifest = json.loads((tmp_path / "manifest.json").read_text())
-    assert names == sorted([".lock", "manifest.json", manifest["vectors"], manifest["chunks"]])
+        await store.upsert(chunks_of("new", 1) + chunks_of("old", 1), unit(9, 2))
+    monkeypatch.undo()
+    assert files(tmp_path) == before  # the new segment's files went with the failed commit
+    assert [cid for cid, _ in await dense(store, vectors[0])] == ["old:0", "old:1"]
+    await store.aclose()
 
 
-async def test_second_instance_sees_writes_of_the_first(tmp_path: Path) -> None:
-    # Two stores on one directory stand for two worker processes.
-    first = await open_store(tmp_path)
-    second = await open_store(tmp_path)
-    await first.upsert(chunks_of("a", 1), unit(10))
-    await second.upsert(chunks_of("b", 1), unit(11))  # must not drop a
-    assert {d.id for d in (await first.list_documents(0, 10))[1]} == {"a", "b"}
-    assert second.count == 2
+async def test_files_of_a_crash_before_commit_are_removed_at_start(tmp_path: Path) -> None:
+    store = await NumpyVectorStore.open(tmp_path, "toy", DIM)
+    await store.upsert(chunks_of("kept", 2), unit(10, 2))
+    await store.aclose()
+    committed = files(tmp_path)
+    # what a process killed between writing its segment and committing it leaves behind
+    write_segment(tmp_path, unit(11, 4), np.arange(100, 104))
+    (tmp_path / ".seg-half-written.npy.123.tmp").write_bytes(b"\x93NUMPY")
+    reopened = await NumpyVectorStore.open(tmp_path, "toy", DIM)
+    assert files(tmp_path) == committed
+    assert not list(tmp_path.glob("*.tmp"))
+    assert reopened.count == 2
+    await reopened.aclose()
 
 
-async def test_filters(tmp_path: Path) -> None:
-    store = await open_store(tmp_path)
-    vectors = unit(12, 3)
-    await store.upsert(
-        chunks_of("en", 1, lang="en", org="1") + chunks_of("fr", 1, lang="fr", org="1") + chunks_of("x", 1, org="2"),
-        vectors,
-    )
-    q = vectors[0]
-    assert [h.chunk.document_id for h in await store.search(q, 5, {"lang": "fr"})] == ["fr"]
-    assert {h.chunk.document_id for h in await store.search(q, 5, {"lang": {"$in": ["en", "fr"]}})} == {"en", "fr"}
-    assert {h.chunk.document_id for h in await store.search(q, 5, {"org": {"$ne": "1"}})} == {"x"}
-    assert await store.search(q, 5, {"lang": "de"}) == []
+async def test_a_merge_that_fails_before_its_commit_changes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = await NumpyVectorStore.open(tmp_path, "toy", DIM, auto_compact=False)
+    vectors = unit(12, 6)
+    for i in range(3):
+        await store.upsert(chunks_of(f"d{i}", 2), vectors[2 * i : 2 * i + 2])
+    await store.delete("d1")
+    before, answer = files(tmp_path), await dense(store, vectors[0])
+    real_bump = Catalog.bump
+
+    def crash(self: Catalog, conn: object, **changes: int) -> None:
+        raise OSError("simulated crash while swapping segments")
+
+    monkeypatch.setattr(Catalog, "bump", crash)
+    with pytest.raises(OSError, match="simulated crash"):
+        await store.compact()
+    monkeypatch.setattr(Catalog, "bump", real_bump)
+    assert files(tmp_path) == before
+    assert await dense(store, vectors[0]) == answer
+    assert await store.compact() >= 1  # and a later compaction succeeds
+    assert await dense(store, vectors[0]) == answer
+    await store.aclose()
 
 
-async def test_threshold_drops_weak_matches(tmp_path: Path) -> None:
-    store = await open_store(tmp_path)
-    vectors = unit(13, 5)
-    await store.upsert([Chunk(f"d{i}:0", f"d{i}", "t") for i in range(5)], vectors)
-    hits = await store.search(vectors[0], 5, threshold=0.99)
-    assert [h.chunk.document_id for h in hits] == ["d0"]
+async def test_another_process_keeps_searching_across_a_compaction(tmp_path: Path) -> None:
+    writer = await NumpyVectorStore.open(tmp_path, "toy", DIM, auto_compact=False)
+    reader = await NumpyVectorStore.open(tmp_path, "toy", DIM, auto_compact=False)
+    vectors = unit(13, 8)
+    for i in range(4):
+        await writer.upsert(chunks_of(f"d{i}", 2), vectors[2 * i : 2 * i + 2])
+    answer = await dense(reader, vectors[3])
+    assert len(answer) == 8
+    await writer.compact()  # unlinks the segments the reader has mapped
+    assert writer.layout()["segments"] == 1
+    assert await dense(reader, vectors[3]) == answer
+    assert reader.layout()["segments"] == 1
+    await writer.aclose()
+    await reader.aclose()
 
 
-FILTER_CASES = [
-    {"lang": "en"},
-    {"lang": {"$in": ["en", "fr"]}},
-    {"lang": {"$ne": "en"}},
-    {"lang": {"$ne": None}},
-    {"lang": None},
-    {"n": 1},
-    {"n": {"$in": [1, 2.0, True]}},
-    {"tags": "a"},
-    {"lang": "fr", "n": {"$ne": 3}},
-    {"missing": {"$ne": "x"}},
-]
-
-
-@pytest.mark.parametrize("filters", FILTER_CASES)
-async def test_indexed_filters_agree_with_the_reference_predicate(tmp_path: Path, filters: dict) -> None:
-    """The store's index-based filtering selects exactly what the plain predicate selects, edge cases included
-    (missing fields, None, numbers of different types, unhashable values)."""
-    from rag.filters import compile_filters
-
-    metadatas = [
-        {"lang": "en", "n": 1},
-        {"lang": "fr", "n": 2},
-        {"lang": None, "n": 1.0},
-        {"n": True},
-        {"lang": "fr", "n": 3, "tags": ["a", "b"]},
-        {},
-        {"lang": "de", "tags": "a"},
+async def test_a_store_of_the_previous_format_is_migrated(tmp_path: Path) -> None:
+    vectors = unit(14, 3)
+    rows = [
+        {"id": "a:0", "document_id": "a", "text": "alpha one", "metadata": {"orgId": "x"}},
+        {"id": "a:1", "document_id": "a", "text": "alpha two", "metadata": {"orgId": "x"}},
+        {"id": "b:0", "document_id": "b", "text": "beta", "metadata": {}},
     ]
-    store = await open_store(tmp_path)
-    chunks = [Chunk(f"d{i}:0", f"d{i}", "t", meta) for i, meta in enumerate(metadatas)]
-    vectors = unit(20, len(chunks))
-    await store.upsert(chunks, vectors)
-    predicate = compile_filters(filters)
-    expected = {c.document_id for c in chunks if predicate(c.metadata)}
-    found = {h.chunk.document_id for h in await store.search(vectors[0], 50, filters)}
-    assert found == expected
+    np.save(tmp_path / "vectors-00000004.npy", vectors)
+    (tmp_path / "chunks-00000004.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    manifest = {
+        "format_version": 1,
+        "embedding_model": "toy",
+        "dimension": DIM,
+        "generation": 4,
+        "count": 3,
+        "vectors": "vectors-00000004.npy",
+        "chunks": "chunks-00000004.jsonl",
+    }
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+
+    store = await NumpyVectorStore.open(tmp_path, "toy", DIM)
+    assert (store.count, store.document_count) == (3, 2)
+    assert not list(tmp_path.glob("vectors-*")) and not (tmp_path / "manifest.json").exists()
+    hits = await store.search(SearchRequest("alpha", vectors[1], 1, {"orgId": "x"}, mode="hybrid"))
+    assert hits[0].chunk == Chunk("a:1", "a", "alpha two", {"orgId": "x"})
+    _, docs = await store.list_documents(0, 10)
+    assert [(d.id, d.chunks) for d in docs] == [("a", 2), ("b", 1)]
+    await store.upsert(chunks_of("c", 1), unit(15))  # and it grows as any other
+    await store.aclose()
+
+
+@pytest.mark.parametrize(
+    ("live", "dead", "plan"),
+    [
+        ([256], [0], None),
+        ([256, 256], [0, 0], (0, 2)),
+        ([4096, 1024, 256], [0, 0, 0], None),
+        ([4096, 512, 256, 256], [0, 0, 0, 0], (1, 4)),
+        ([4096, 300], [2000, 0], (0, 1)),  # more than a quarter tombstoned: rewritten alone
+        ([1_000_000, 256], [0, 0], None),  # a big segment is not rewritten for a small add
+    ],
+)
+def test_merge_plan_keeps_sizes_geometric(live: list[int], dead: list[int], plan: tuple[int, int] | None) -> None:
+    assert plan_merge(live, dead) == plan

@@ -1,0 +1,100 @@
+"""The keyword leg's query: a question turned into an FTS5 expression that BM25 can score.
+
+Each word becomes a quoted term (quoting disarms FTS5 syntax in user text: `AND`, `*`, `"`, `:`), joined by OR so
+that a chunk matching some of the words still scores. Common English words are dropped: they carry almost no
+weight in BM25, and a term like "the" matches nearly every chunk, which makes SQLite score them all.
+"""
+
+from __future__ import annotations
+
+import re
+
+MAX_TERMS = 32
+
+# The stop words of Lucene's English analyzer (what BM25 baselines such as Pyserini's use), plus question words.
+STOP_WORDS = frozenset(
+    [
+        "a",
+        "an",
+        "and",
+        "are",
+        "as",
+        "at",
+        "be",
+        "but",
+        "by",
+        "for",
+        "if",
+        "in",
+        "into",
+        "is",
+        "it",
+        "no",
+        "not",
+        "of",
+        "on",
+        "or",
+        "such",
+        "that",
+        "the",
+        "their",
+        "then",
+        "there",
+        "these",
+        "they",
+        "this",
+        "to",
+        "was",
+        "will",
+        "with",
+        "what",
+        "which",
+        "who",
+        "whom",
+        "whose",
+        "when",
+        "where",
+        "why",
+        "how",
+        "does",
+        "do",
+        "did",
+        "can",
+        "could",
+        "should",
+        "would",
+        "i",
+        "you",
+        "we",
+        "me",
+        "my",
+        "our",
+        "your",
+        "he",
+        "she",
+        "his",
+        "her",
+        "its",
+        "them",
+        "from",
+        "has",
+        "have",
+        "had",
+        "been",
+        "being",
+        "am",
+    ]
+)
+
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+def match_expression(text: str) -> str | None:
+    """The FTS5 MATCH expression for a question, or None when it has no searchable word."""
+    terms: list[str] = []
+    for word in _WORD.findall(text.lower()):
+        if word not in STOP_WORDS and word not in terms:
+            terms.append(word)
+    if not terms:
+        return None
+    return " OR ".join(f'"{term}"' for term in terms[:MAX_TERMS])

@@ -1,0 +1,485 @@
+"""The embedded store (the default): NumPy vector segments on disk plus a SQLite catalog, append-only.
+
+Under its directory:
+    catalog.sqlite3      chunk texts and metadata, documents, the list of segments, tombstones, the FTS5 index
+    seg-<name>.npy       vectors of one segment (float32, memory-mapped); seg-<name>.keys.npy their chunk keys
+
+An add writes only its own new segment (fsynced), then commits it in one catalog transaction together with its
+chunks and the tombstones of the chunks it replaces: the commit is the moment the add exists, and a crash before it
+leaves orphan files that the next start removes. A delete writes tombstones only. A background compaction merges
+adjacent segments and drops tombstoned rows (see `segments.plan_merge`); it writes its new segment outside every
+lock and takes the write lock only to swap, so neither searches nor adds wait for it.
+
+Several processes (uvicorn workers) may share the directory: writes take an `flock`, every commit moves a
+generation counter in the catalog, and a search first catches up when the generation moved. Searches read an
+immutable snapshot; each write or catch-up builds a new one and swaps the reference.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+import numpy as np
+
+from rag.errors import DocumentNotFound, StoreCorrupt, StoreIncompatible
+from rag.filters import Filters
+from rag.stores.base import SearchRequest
+from rag.stores.catalog import SCHEMA_VERSION, Catalog
+from rag.stores.fusion import fuse
+from rag.stores.keyword import match_expression
+from rag.stores.legacy import migrate_generation_store
+from rag.stores.segments import (
+    Segment,
+    plan_merge,
+    remove_segment,
+    segment_name,
+    write_merged_segment,
+    write_segment,
+)
+from rag.types import Chunk, DocumentSummary, Hit
+
+logger = logging.getLogger(__name__)
+
+CATALOG = "catalog.sqlite3"
+WRITE_LOCK = ".lock"
+COMPACTION_LOCK = ".compaction.lock"
+HYBRID_POOL = 100  # candidates taken from each leg before fusion (the pool the fusion was tuned with)
+GATHER_BELOW = 0.5  # a filter keeping less than this share of rows scores only those rows
+
+
+# A ranked row: (row, similarity or BM25 score, legs that found it, BM25 score, fused score)
+_Ranked = tuple[int, float, tuple[str, ...], float | None, float | None]
+
+
+@dataclass(frozen=True, eq=False)
+class _Snapshot:
+    generation: int
+    segments: tuple[Segment, ...]
+    chunks: int
+    documents: int
+    offsets: np.ndarray  # row where each segment starts in the concatenated view, and the total at the end
+    keys: np.ndarray  # every row's chunk key, ascending
+    dead_rows: np.ndarray  # rows whose chunk is tombstoned
+    dead: tuple[np.ndarray, ...]  # the same, per segment, as local positions
+
+    @classmethod
+    def build(
+        cls, generation: int, segments: tuple[Segment, ...], tombstones: np.ndarray, chunks: int, documents: int
+    ) -> _Snapshot:
+        offsets = np.zeros(len(segments) + 1, dtype=np.int64)
+        np.cumsum([s.rows for s in segments], out=offsets[1:])
+        keys = np.concatenate([s.keys for s in segments]) if segments else np.zeros(0, dtype=np.int64)
+        positions = np.searchsorted(keys, tombstones)
+        inside = positions < keys.shape[0]
+        positions = positions[inside]
+        dead_rows = positions[keys[positions] == tombstones[inside]]
+        bounds = np.searchsorted(dead_rows, offsets)
+        dead = tuple(dead_rows[bounds[i] : bounds[i + 1]] - offsets[i] for i in range(len(segments)))
+        return cls(generation, segments, chunks, documents, offsets, keys, dead_rows, dead)
+
+    @property
+    def rows(self) -> int:
+        return int(self.offsets[-1])
+
+    def rows_of_keys(self, keys: np.ndarray) -> np.ndarray:
+        """Rows of the given chunk keys; -1 for a key this snapshot does not hold."""
+        rows = np.searchsorted(self.keys, keys)
+        rows[rows >= self.keys.shape[0]] = 0
+        found = self.keys[rows] == keys if self.keys.shape[0] else np.zeros(keys.shape, dtype=bool)
+        return np.where(found, rows, -1)
+
+    def vectors_of(self, rows: np.ndarray) -> np.ndarray:
+        segment_of = np.searchsorted(self.offsets, rows, side="right") - 1
+        out = np.empty((rows.shape[0], self.segments[0].vectors.shape[1]), dtype=np.float32)
+        for s in np.unique(segment_of):
+            picked = segment_of == s
+            out[picked] = self.segments[s].vectors[rows[picked] - self.offsets[s]]
+        return out
+
+
+class NumpyVectorStore:
+    backend = "numpy"
+
+    def __init__(self, directory: Path, embedding_model: str, dimension: int, auto_compact: bool = True) -> None:
+        self.directory = directory
+        self.auto_compact = auto_compact  # off only in tests that look at segments before compaction
+        self.embedding_model = embedding_model
+        self.dimension = dimension
+        self._catalog: Catalog | None = None
+        self._snapshot = _Snapshot.build(0, (), np.zeros(0, dtype=np.int64), 0, 0)
+        self._write_lock = asyncio.Lock()
+        self._state_lock = threading.Lock()
+        self._compaction: asyncio.Task[None] | None = None
+        self._closing = False
+        self.compactions = 0
+
+    @property
+    def catalog(self) -> Catalog:
+        assert self._catalog is not None, "the store is not open"
+        return self._catalog
+
+    # --- opening -------------------------------------------------------------------------------
+
+    @classmethod
+    async def open(
+        cls, directory: Path, embedding_model: str, dimension: int, auto_compact: bool = True
+    ) -> NumpyVectorStore:
+        """Open the store in `directory` (created when missing); fail clearly on another model or dimension."""
+        store = cls(directory, embedding_model, dimension, auto_compact)
+        await anyio.to_thread.run_sync(store._open_sync)
+        store._schedule_compaction()  # a crash may have left segments to merge
+        return store
+
+    def _open_sync(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with self._file_lock(WRITE_LOCK):
+            self._catalog = Catalog(self.directory / CATALOG)
+            identity = self.catalog.create_or_check(self.embedding_model, self.dimension)
+            if identity is not None:
+                self._check_identity(identity)
+            migrate_generation_store(self.directory, self.catalog, self.embedding_model, self.dimension)
+            self._remove_orphans()
+            self._reload()
+        snap = self._snapshot
+        logger.info(
+            "vector store at %s: %d chunks in %d segments (%d tombstoned rows)",
+            self.directory,
+            snap.chunks,
+            len(snap.segments),
+            snap.dead_rows.shape[0],
+        )
+
+    def _check_identity(self, identity: dict[str, str]) -> None:
+        if identity.get("format_version") != str(SCHEMA_VERSION):
+            raise StoreIncompatible(
+                f"{self.directory / CATALOG} has format version {identity.get('format_version')!r}; "
+                f"this service reads {SCHEMA_VERSION}"
+            )
+        if identity.get("embedding_model") != self.embedding_model or identity.get("dimension") != str(self.dimension):
+            raise StoreIncompatible(
+                f"the store in {self.directory} was built with embedding model {identity.get('embedding_model')!r} "
+                f"(dimension {identity.get('dimension')}), but this service embeds with {self.embedding_model!r} "
+                f"(dimension {self.dimension}). Set DATA_DIR to another directory, or set EMBEDDING_MODEL back and "
+                "re-ingest before switching."
+            )
+
+    def _remove_orphans(self) -> None:
+        """Delete files no commit names: segments of adds or merges that crashed before committing. Runs under the
+        write lock; a merge in progress elsewhere holds the compaction lock, and then its files are left alone."""
+        with self._file_lock(COMPACTION_LOCK, blocking=False) as acquired:
+            if not acquired:
+                return
+            named = {row.file for row in self.catalog.state().segments}
+            for path in self.directory.iterdir():
+                name = segment_name(path)
+                if path.name.endswith(".tmp") or (name is not None and name not in named):
+                    with contextlib.suppress(FileNotFoundError):
+                        path.unlink()
+
+    @contextlib.contextmanager
+    def _file_lock(self, name: str, shared: bool = False, blocking: bool = True) -> Iterator[bool]:
+        with open(self.directory / name, "a+b") as handle:
+            flags = (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if blocking else fcntl.LOCK_NB)
+            try:
+                fcntl.flock(handle, flags)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    # --- the snapshot ----------------------------------------------------------------------------
+
+    def _reload(self) -> None:
+        """Build the snapshot from the catalog; the caller holds a file lock, so no segment vanishes meanwhile."""
+        with self._state_lock:
+            state = self.catalog.state()
+            if state.generation == self._snapshot.generation and self._snapshot.generation:
+                return
+            # By file name, never by id: a name is used once, while SQLite may give a freed id out again.
+            known = {segment.name: segment for segment in self._snapshot.segments}
+            try:
+                segments = tuple(
+                    known.get(row.file) or Segment.open(self.directory, row.id, row.file) for row in state.segments
+                )
+            except (OSError, ValueError) as exc:
+                raise StoreCorrupt(f"cannot read the segments of {self.directory}: {exc}") from exc
+            tombstones = np.asarray(state.tombstones, dtype=np.int64)
+            self._snapshot = _Snapshot.build(state.generation, segments, tombstones, state.chunks, state.documents)
+
+    def _catch_up(self) -> _Snapshot:
+        """The current snapshot, after loading what other processes committed (one tiny query when nothing did)."""
+        if self.catalog.generation() != self._snapshot.generation:
+            with self._file_lock(WRITE_LOCK, shared=True):
+                self._reload()
+        return self._snapshot
+
+    async def refresh(self) -> None:
+        await anyio.to_thread.run_sync(self._catch_up)
+
+    @property
+    def count(self) -> int:
+        return self._snapshot.chunks
+
+    def layout(self) -> dict[str, int]:
+        """Segments, vector rows and tombstoned rows of the current snapshot (for logs, tests and benchmarks)."""
+        snap = self._snapshot
+        return {"segments": len(snap.segments), "rows": snap.rows, "tombstoned": int(snap.dead_rows.shape[0])}
+
+    @property
+    def document_count(self) -> int:
+        return self._snapshot.documents
+
+    # --- writing -------------------------------------------------------------------------------
+
+    def _upsert_sync(self, chunks: list[Chunk], vectors: np.ndarray) -> None:
+        with self._file_lock(WRITE_LOCK):
+            first_key = int(self.catalog.meta("next_key") or 0)  # stable: every writer holds this lock
+            keys = np.arange(first_key, first_key + len(chunks), dtype=np.int64)
+            name = write_segment(self.directory, vectors, keys)
+            try:
+                with self.catalog.transaction() as conn:
+                    counters = self.catalog.counters(conn)
+                    if counters["next_key"] != first_key:
+                        raise StoreCorrupt("the catalog's next key moved while the write lock was held")
+                    document_ids = list(dict.fromkeys(chunk.document_id for chunk in chunks))
+                    removed_chunks, removed_docs = self.catalog.remove_documents(conn, document_ids)
+                    added_docs = self.catalog.insert_chunks(conn, first_key, chunks, counters["next_seq"])
+                    self.catalog.insert_segment(conn, name, first_key, int(keys[-1]), len(chunks))
+                    self.catalog.bump(
+                        conn,
+                        next_key=len(chunks),
+                        next_seq=added_docs,
+                        chunks=len(chunks) - removed_chunks,
+                        documents=added_docs - removed_docs,
+                    )
+            except BaseException:
+                remove_segment(self.directory, name)
+                raise
+            self._reload()
+
+    async def upsert(self, chunks: list[Chunk], vectors: np.ndarray) -> None:
+        if vectors.shape != (len(chunks), self.dimension):
+            raise ValueError(f"expected vectors of shape ({len(chunks)}, {self.dimension}), got {vectors.shape}")
+        if not chunks:
+            return
+        async with self._write_lock:
+            await anyio.to_thread.run_sync(self._upsert_sync, chunks, vectors)
+        self._schedule_compaction()
+
+    def _delete_sync(self, document_id: str) -> int:
+        with self._file_lock(WRITE_LOCK):
+            with self.catalog.transaction() as conn:
+                removed_chunks, removed_docs = self.catalog.remove_documents(conn, [document_id])
+                if not removed_docs:
+                    raise DocumentNotFound(f"no document with id {document_id!r}")
+                self.catalog.bump(conn, chunks=-removed_chunks, documents=-removed_docs)
+            self._reload()
+            return removed_chunks
+
+    async def delete(self, document_id: str) -> int:
+        async with self._write_lock:
+            removed = await anyio.to_thread.run_sync(self._delete_sync, document_id)
+        self._schedule_compaction()
+        return removed
+
+    # --- compaction ----------------------------------------------------------------------------
+
+    def _schedule_compaction(self) -> None:
+        if self.auto_compact and not self._closing and (self._compaction is None or self._compaction.done()):
+            self._compaction = asyncio.create_task(self._compact_in_background())
+
+    async def compact(self) -> int:
+        """Merge until the plan asks for nothing more; returns how many merges ran."""
+        merges = 0
+        while not self._closing and await anyio.to_thread.run_sync(self._merge_once):
+            merges += 1
+            self.compactions += 1
+        return merges
+
+    async def _compact_in_background(self) -> None:
+        try:
+            await self.compact()
+        except Exception:
+            logger.exception("compaction failed; the store is unchanged and the next write retries it")
+
+    def _merge_once(self) -> bool:
+        """Run one merge the plan asks for; False when there is none (or another process is compacting)."""
+        with self._file_lock(COMPACTION_LOCK, blocking=False) as acquired:
+            if not acquired:
+                return False
+            snap = self._catch_up()
+            live = [segment.rows - dead.shape[0] for segment, dead in zip(snap.segments, snap.dead, strict=True)]
+            plan = plan_merge(live, [dead.shape[0] for dead in snap.dead])
+            if plan is None:
+                return False
+            inputs = snap.segments[plan[0] : plan[1]]
+            parts, kept_keys, dropped = [], [], []
+            for segment, dead in zip(inputs, snap.dead[plan[0] : plan[1]], strict=True):
+                keep = np.ones(segment.rows, dtype=bool)
+                keep[dead] = False
+                parts.append((segment.vectors, keep))
+                kept_keys.append(segment.keys[keep])
+                dropped.append(segment.keys[dead])
+            keys = np.concatenate(kept_keys)
+            name = write_merged_segment(self.directory, parts, keys) if keys.shape[0] else None
+            with self._file_lock(WRITE_LOCK):
+                try:
+                    with self.catalog.transaction() as conn:
+                        ids = [segment.id for segment in inputs]
+                        marks = ",".join("?" * len(ids))
+                        if conn.execute(f"DELETE FROM segments WHERE id IN ({marks})", ids).rowcount != len(ids):
+                            raise StoreCorrupt("segments being merged vanished from the catalog")
+                        if name is not None:
+                            self.catalog.insert_segment(conn, name, int(keys[0]), int(keys[-1]), keys.shape[0])
+                        dropped_keys = np.concatenate(dropped).tolist()
+                        conn.executemany("DELETE FROM tombstones WHERE key = ?", ((k,) for k in dropped_keys))
+                        self.catalog.bump(conn)
+                except BaseException:
+                    if name is not None:
+                        remove_segment(self.directory, name)
+                    raise
+                for segment in inputs:
+                    remove_segment(self.directory, segment.name)  # mapped pages stay valid until unmapped
+                self._reload()
+            return True
+
+    async def wait_for_compaction(self) -> None:
+        """Let a running compaction finish (tests and benchmarks use it to observe a quiet store)."""
+        while self._compaction is not None and not self._compaction.done():
+            await asyncio.shield(self._compaction)
+
+    # --- searching -----------------------------------------------------------------------------
+
+    def _eligible(self, snap: _Snapshot, filters: Filters | None) -> np.ndarray | None:
+        """Rows that may be returned (live, and passing the filters) as a mask; None means every live row."""
+        if not filters:
+            return None
+        mask = np.empty(snap.rows, dtype=bool)
+        for segment, start in zip(snap.segments, snap.offsets.tolist(), strict=False):
+            mask[start : start + segment.rows] = segment.mask(filters, self.catalog.field_values)
+        mask[snap.dead_rows] = False
+        return mask
+
+    def _dense(self, snap: _Snapshot, query: np.ndarray, eligible: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, cosine similarities) of the rows a search may return."""
+        query = np.ascontiguousarray(query, dtype=np.float32)
+        if eligible is not None:
+            rows = np.flatnonzero(eligible)
+            if rows.shape[0] < GATHER_BELOW * snap.rows:  # score only the rows the filter keeps
+                return rows, snap.vectors_of(rows) @ query
+        scores = np.empty(snap.rows, dtype=np.float32)
+        for segment, start in zip(snap.segments, snap.offsets.tolist(), strict=False):
+            np.matmul(segment.vectors, query, out=scores[start : start + segment.rows])
+        if eligible is not None:
+            return rows, scores[rows]
+        scores[snap.dead_rows] = -np.inf
+        return np.arange(snap.rows), scores
+
+    @staticmethod
+    def _best(rows: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        k = min(k, scores.shape[0])
+        if k == 0:
+            return rows[:0], scores[:0]
+        best = np.argpartition(-scores, k - 1)[:k]
+        best = best[np.argsort(-scores[best], kind="stable")]
+        best = best[np.isfinite(scores[best])]
+        return rows[best], scores[best]
+
+    def _keyword(self, snap: _Snapshot, text: str, k: int, eligible: np.ndarray | None) -> dict[int, float]:
+        """Row -> BM25 score of the best `k` eligible rows. Filters apply after FTS5 ranks, so the candidate list
+        grows until it holds k eligible rows or every match was seen."""
+        expression = match_expression(text)
+        if expression is None or snap.rows == 0:
+            return {}
+        limit = max(k, 10)
+        while True:
+            found = self.catalog.keyword_search(expression, limit)
+            keys = np.asarray([key for key, _ in found], dtype=np.int64)
+            rows = snap.rows_of_keys(keys)
+            ok = rows >= 0
+            if eligible is not None:
+                ok &= eligible[np.maximum(rows, 0)]
+            if ok.sum() >= k or len(found) < limit:
+                picked = np.flatnonzero(ok)[:k]
+                return {int(rows[i]): found[i][1] for i in picked}
+            limit *= 4
+
+    def _search_sync(self, request: SearchRequest) -> list[Hit]:
+        snap = self._catch_up()
+        if snap.chunks == 0 or request.top_k < 1:
+            return []
+        eligible = self._eligible(snap, request.filters)
+        if eligible is not None and not eligible.any():
+            return []
+        if request.mode == "keyword":
+            keyword = self._keyword(snap, request.text, request.top_k, eligible)
+            by_bm25 = sorted(keyword.items(), key=lambda item: item[1], reverse=True)
+            return self._hits(snap, [(row, score, ("keyword",), score, None) for row, score in by_bm25])
+        if request.vector is None:
+            raise ValueError(f"{request.mode} search needs a query vector")
+        rows, scores = self._dense(snap, request.vector, eligible)
+        pool = request.top_k if request.mode == "dense" else max(request.top_k, HYBRID_POOL)
+        rows, scores = self._best(rows, scores, pool)
+        floor = request.threshold
+        if request.mode == "dense":
+            keep = scores >= floor if floor is not None else np.ones(scores.shape, dtype=bool)
+            return self._hits(
+                snap,
+                [(int(r), float(s), ("dense",), None, None) for r, s in zip(rows[keep], scores[keep], strict=True)],
+            )
+        if floor is not None and (scores.shape[0] == 0 or scores[0] < floor):
+            return []  # hybrid: no chunk is similar enough, the question is off-topic
+        dense = {int(r): float(s) for r, s in zip(rows.tolist(), scores.tolist(), strict=True)}
+        keyword = self._keyword(snap, request.text, pool, eligible)
+        only_keyword = [row for row in keyword if row not in dense]
+        similarity = dict(dense)
+        if only_keyword:  # their similarity is known too: score them, so both legs rank every candidate
+            found = snap.vectors_of(np.asarray(only_keyword)) @ request.vector.astype(np.float32)
+            similarity |= dict(zip(only_keyword, found.tolist(), strict=True))
+        ranked: list[_Ranked] = []
+        for row, fused in fuse(similarity, keyword)[: request.top_k]:
+            legs = tuple(leg for leg, pool_of in (("dense", dense), ("keyword", keyword)) if row in pool_of)
+            ranked.append((row, similarity[row], legs, keyword.get(row), fused))
+        return self._hits(snap, ranked)
+
+    def _hits(self, snap: _Snapshot, ranked: list[_Ranked]) -> list[Hit]:
+        keys = [int(snap.keys[row]) for row, *_ in ranked]
+        chunks = self.catalog.chunks(keys)
+        hits = []
+        for key, (_, score, found_by, keyword_score, fused_score) in zip(keys, ranked, strict=True):
+            chunk = chunks.get(key)
+            if chunk is not None:  # None: deleted by another process after this snapshot
+                hits.append(Hit(chunk, score, found_by, keyword_score, fused_score))
+        return hits
+
+    async def search(self, request: SearchRequest) -> list[Hit]:
+        return await anyio.to_thread.run_sync(self._search_sync, request)
+
+    # --- listing and closing -------------------------------------------------------------------
+
+    def _list_sync(self, offset: int, limit: int) -> tuple[int, list[DocumentSummary]]:
+        snap = self._catch_up()
+        return snap.documents, self.catalog.list_documents(offset, limit)
+
+    async def list_documents(self, offset: int, limit: int) -> tuple[int, list[DocumentSummary]]:
+        return await anyio.to_thread.run_sync(self._list_sync, offset, limit)
+
+    async def aclose(self) -> None:
+        self._closing = True
+        async with self._write_lock:  # an in-flight write finishes: it is acknowledged only once durable
+            if self._compaction is not None:
+                await asyncio.gather(self._compaction, return_exceptions=True)
+            if self._catalog is not None:
+                self._catalog.close()
+                self._catalog = None

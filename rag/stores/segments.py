@@ -1,0 +1,189 @@
+"""Vector segments of the embedded store: immutable `.npy` files, memory-mapped, and the plan for merging them.
+
+A segment is two files written once and never changed: `seg-<name>.npy` (float32 rows, one per chunk) and
+`seg-<name>.keys.npy` (each row's chunk key, int64, ascending). Keys only grow, and only adjacent segments are
+merged, so the segments, in key order, also hold every key in ascending order: a key is found with a binary search.
+The catalog decides which segments exist; a file it does not name is a leftover of a crash and is removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import uuid
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rag.filters import MISSING, Filters, ValueIndex, filter_mask
+
+PREFIX = "seg-"
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _save_atomic(path: Path, array: np.ndarray) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            np.save(handle, array, allow_pickle=False)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def segment_files(directory: Path, name: str) -> tuple[Path, Path]:
+    return directory / f"{PREFIX}{name}.npy", directory / f"{PREFIX}{name}.keys.npy"
+
+
+def write_segment(directory: Path, vectors: np.ndarray, keys: np.ndarray) -> str:
+    """Write a new segment's two files durably (files and directory fsynced); returns its name."""
+    return write_merged_segment(directory, [(vectors, None)], np.ascontiguousarray(keys, dtype=np.int64))
+
+
+def write_merged_segment(
+    directory: Path, parts: Sequence[tuple[np.ndarray, np.ndarray | None]], keys: np.ndarray, block: int = 65_536
+) -> str:
+    """Write the rows of `parts` (each a matrix and an optional boolean mask of the rows to keep) as one segment.
+
+    Rows are copied block by block into a memory-mapped file, so merging segments of a million rows needs no more
+    RAM than one block."""
+    name = uuid.uuid4().hex
+    vectors_path, keys_path = segment_files(directory, name)
+    dimension = parts[0][0].shape[1]
+    fd, tmp = tempfile.mkstemp(prefix=f".{vectors_path.name}.", suffix=".tmp", dir=directory)
+    os.close(fd)
+    try:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(keys), dimension))
+        row = 0
+        for matrix, keep in parts:
+            for start in range(0, matrix.shape[0], block):
+                rows = matrix[start : start + block]
+                if keep is not None:
+                    rows = rows[keep[start : start + block]]
+                out[row : row + rows.shape[0]] = rows
+                row += rows.shape[0]
+        if row != len(keys):
+            raise ValueError(f"segment of {row} rows for {len(keys)} keys")
+        out.flush()
+        del out
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, vectors_path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _save_atomic(keys_path, keys)
+    fsync_dir(directory)
+    return name
+
+
+def remove_segment(directory: Path, name: str) -> None:
+    for path in segment_files(directory, name):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def segment_name(path: Path) -> str | None:
+    """The segment a file belongs to, or None for a file that is not a segment's."""
+    if not path.name.startswith(PREFIX) or not path.name.endswith(".npy"):
+        return None
+    return path.name[len(PREFIX) :].removesuffix(".npy").removesuffix(".keys")
+
+
+ValuesOf = Callable[[str, int, int], Iterable[tuple[int, Any]]]  # (field, first key, last key) -> (key, value)
+
+
+@dataclass(eq=False)
+class Segment:
+    """One open segment. Its vectors are a read-only memory map: opening costs nothing, and the pages are the
+    kernel's to share between worker processes and to drop under memory pressure."""
+
+    id: int
+    name: str
+    vectors: np.ndarray
+    keys: np.ndarray
+    # metadata field -> value -> local row positions; built on the first filter on that field, kept for the
+    # segment's life (a segment never changes, so neither do its indexes)
+    _indexes: dict[str, ValueIndex] = field(default_factory=dict)
+
+    @classmethod
+    def open(cls, directory: Path, segment_id: int, name: str) -> Segment:
+        vectors_path, keys_path = segment_files(directory, name)
+        vectors = np.load(vectors_path, mmap_mode="r", allow_pickle=False)
+        keys = np.load(keys_path, allow_pickle=False)
+        if vectors.ndim != 2 or keys.shape != (vectors.shape[0],):
+            raise ValueError(f"segment {name}: {vectors.shape[0]} vectors but {keys.shape[0]} keys")
+        return cls(segment_id, name, vectors, keys)
+
+    @property
+    def rows(self) -> int:
+        return int(self.keys.shape[0])
+
+    @property
+    def first_key(self) -> int:
+        return int(self.keys[0])
+
+    @property
+    def last_key(self) -> int:
+        return int(self.keys[-1])
+
+    def value_index(self, key: str, values_of: ValuesOf) -> ValueIndex:
+        index = self._indexes.get(key)
+        if index is None:
+            groups: dict[Hashable, list[int]] = {}
+            chunk_keys: list[int] = []
+            values: list[Any] = []
+            for chunk_key, value in values_of(key, self.first_key, self.last_key):
+                chunk_keys.append(chunk_key)
+                values.append(value)
+            positions = np.searchsorted(self.keys, np.asarray(chunk_keys, dtype=np.int64))
+            present = np.zeros(self.rows, dtype=bool)
+            for position, value in zip(positions.tolist(), values, strict=True):
+                present[position] = True
+                with contextlib.suppress(TypeError):  # unhashable: no scalar filter can equal it
+                    groups.setdefault(value, []).append(position)
+            index = {value: np.asarray(rows, dtype=np.int64) for value, rows in groups.items()}
+            index[MISSING] = np.flatnonzero(~present)
+            self._indexes[key] = index
+        return index
+
+    def mask(self, filters: Filters, values_of: ValuesOf) -> np.ndarray:
+        """The rows whose chunk satisfies every filter, as a boolean mask."""
+        return filter_mask(filters, lambda key: self.value_index(key, values_of), self.rows)
+
+
+def plan_merge(live_rows: list[int], dead_rows: list[int]) -> tuple[int, int] | None:
+    """Which adjacent segments to merge next, as a [start, stop) range, or None when nothing pays off.
+
+    The rule keeps segment sizes geometric, like a binary counter: starting from the newest segment, an older one
+    joins the merge while it holds no more live rows than everything newer in the merge. Every row is rewritten
+    about log2(total / add size) times over its life, and a store of a million chunks added 256 at a time has about
+    a dozen segments. A segment with more than a quarter of its rows tombstoned is rewritten on its own.
+    """
+    for i, (live, dead) in enumerate(zip(live_rows, dead_rows, strict=True)):
+        if dead and dead * 4 > live + dead:
+            return i, i + 1
+    if len(live_rows) < 2:
+        return None
+    start = len(live_rows) - 1
+    newer = live_rows[start]
+    while start > 0 and live_rows[start - 1] <= newer:
+        start -= 1
+        newer += live_rows[start]
+    return (start, len(live_rows)) if len(live_rows) - start >= 2 else None
