@@ -24,6 +24,7 @@ async def health(services: ServicesDep) -> dict:
             "backend": services.store.backend,
             "chunks": services.store.count,
             "documents": services.store.document_count,
+            **services.store.layout(),
         },
         "llm": {"provider": services.llm.provider, "model": services.llm.model},
     }

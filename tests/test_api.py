@@ -64,8 +64,15 @@ def test_add_search_list_delete(client: httpx.Client) -> None:
     results = client.get("/api/v1/documents/search", params={"query": "what does the cat eat", "top_k": 3}).json()
     top = results["results"][0]
     assert top["document_id"] == f"{tag}-note"
-    assert set(top) == {"id", "document_id", "text", "metadata", "score"}
+    assert set(top) == {"id", "document_id", "text", "metadata", "score", "found_by", "keyword_score", "fused_score"}
     assert top["metadata"] == {"tag": tag, "kind": "note"}
+    assert "dense" in top["found_by"] and top["fused_score"] is not None  # hybrid by default
+    for mode, legs in (("dense", ["dense"]), ("keyword", ["keyword"])):
+        only = client.get("/api/v1/documents/search", params={"query": f"{tag} sardines", "mode": mode}).json()
+        assert only["results"][0]["document_id"] == f"{tag}-note"
+        assert {tuple(r["found_by"]) for r in only["results"]} == {tuple(legs)}
+    bad = client.get("/api/v1/documents/search", params={"query": "cat", "mode": "fuzzy"})
+    assert bad.status_code == 422 and bad.json()["error"]["type"]
 
     filtered = client.get(
         "/api/v1/documents/search",

@@ -63,6 +63,10 @@ class VectorStore(Protocol):
         """One page of documents in the order they were (last) added, and the total."""
         ...
 
+    def layout(self) -> dict[str, int]:
+        """Backend-specific figures for the health route (segments, tombstones, ...)."""
+        ...
+
     async def refresh(self) -> None:
         """Catch up with writes committed by other processes."""
         ...

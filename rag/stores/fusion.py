@@ -15,7 +15,7 @@ K = TypeVar("K", bound=Hashable)  # whatever identifies a candidate: a row, a ch
 
 RRF_K = 60  # the constant of the original paper; it damps the head of each ranking
 DEFAULT_METHOD: FusionMethod = "minmax"
-DEFAULT_DENSE_WEIGHT = 0.5
+DEFAULT_DENSE_WEIGHT = 0.7
 
 
 def _normalised(scores: dict[K, float]) -> dict[K, float]:

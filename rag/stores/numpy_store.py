@@ -234,7 +234,12 @@ class NumpyVectorStore:
     def layout(self) -> dict[str, int]:
         """Segments, vector rows and tombstoned rows of the current snapshot (for logs, tests and benchmarks)."""
         snap = self._snapshot
-        return {"segments": len(snap.segments), "rows": snap.rows, "tombstoned": int(snap.dead_rows.shape[0])}
+        return {
+            "segments": len(snap.segments),
+            "rows": snap.rows,
+            "tombstoned": int(snap.dead_rows.shape[0]),
+            "compactions": self.compactions,  # merges this process ran since it started
+        }
 
     @property
     def document_count(self) -> int:
@@ -403,6 +408,9 @@ class NumpyVectorStore:
         if expression is None or snap.rows == 0:
             return {}
         limit = max(k, 10)
+        if eligible is not None:  # expect the filter to keep its share of the matches: ask for enough at once
+            share = max(float(eligible.mean()), 1e-4)
+            limit = max(limit, int(k / share * 1.5))
         while True:
             found = self.catalog.keyword_search(expression, limit)
             keys = np.asarray([key for key, _ in found], dtype=np.int64)
