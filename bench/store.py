@@ -36,7 +36,8 @@ from rag.types import Chunk
 
 DIMENSION = 384
 TENANTS = 50
-WORDS = "cell protein gene tumour dose trial mouse virus brain heart liver blood risk therapy model".split()
+WORDS = ["cell", "protein", "gene", "tumour", "dose", "trial", "mouse", "virus", "brain", "heart", "liver", "blood"]
+WORDS += ["risk", "therapy", "model"]
 
 
 def unit_rows(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -103,7 +104,8 @@ async def run(size: int, repeats: int) -> None:
             matrix[row : row + part] = unit_rows(rng, part)
             await store.upsert(chunks(row, part), matrix[row : row + part])
             row += part
-        print(f"{size:>9,} chunks: built in {time.perf_counter() - started:.0f} s, {store.layout()['segments']} segments")
+        built = time.perf_counter() - started
+        print(f"{size:>9,} chunks: built in {built:.0f} s, {store.layout()['segments']} segments")
 
         add_times, save_times = [], []
         for n in range(repeats // 5):
@@ -144,7 +146,8 @@ async def run(size: int, repeats: int) -> None:
                 await store.search(request)
                 timings.append(time.perf_counter() - started)
             ms = median_ms(timings)
-            print(f"{'':10} search {name:<22} {ms:8.2f} ms   bare product {reference:7.2f} ms   ({ms / reference:.2f}x)")
+            ratio = ms / reference
+            print(f"{'':10} search {name:<22} {ms:8.2f} ms   bare product {reference:7.2f} ms   ({ratio:.2f}x)")
         await store.aclose()
         del matrix
 
