@@ -166,7 +166,7 @@ def test_chat_streams_seed_format(client: httpx.Client, upstream: FakeUpstream) 
     assert done
     assert all(isinstance(p["content"], str) for p in payloads)
     assert payloads[0]["content"] == ""
-    assert payloads[0]["sources"][0]["document_id"] == tag
+    assert tag in {source["document_id"] for source in payloads[0]["sources"]}  # other tests add similar documents
     assert "".join(p["content"] for p in payloads) == "Hello, world!"
     usage = [p["usage"] for p in payloads if "usage" in p]
     assert usage == [{"prompt_tokens": 7, "completion_tokens": 4, "total_tokens": 11}]

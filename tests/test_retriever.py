@@ -51,8 +51,11 @@ async def test_hybrid_threshold_is_a_gate_for_off_topic_questions(retriever: Ret
     question = "How do cells get energy?"
     best = (await retriever.retrieve(question, top_k=1, threshold=-1.0, mode="dense"))[0].score
     assert await retriever.retrieve(question, top_k=5, threshold=best + 0.01) == []  # hybrid is the default
-    passed = await retriever.retrieve(question, top_k=5, threshold=best - 0.01)
-    assert len(passed) == 5 and "keyword" in passed[0].found_by + passed[1].found_by
+    floor = best - 0.01
+    passed = await retriever.retrieve(question, top_k=5, threshold=floor)
+    # past the gate: the chunks that reach the threshold, and those below it that match the question's words
+    assert any(h.found_by == ("keyword",) and h.score < floor for h in passed)
+    assert all(h.score >= floor for h in passed if "dense" in h.found_by)
     keyword_only = await retriever.retrieve("mitochondrion energy", top_k=5, mode="keyword")
     assert [h.chunk.document_id for h in keyword_only][:2] == ["cell", "photo"]
     assert all(h.found_by == ("keyword",) for h in keyword_only)

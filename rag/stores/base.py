@@ -22,9 +22,11 @@ RetrievalMode = Literal["hybrid", "dense", "keyword"]
 class SearchRequest:
     """One search. `vector` is the normalised query embedding (None in keyword mode), `text` the query itself.
 
-    `threshold` is a cosine similarity. In dense mode each chunk below it is dropped; in hybrid mode it decides
-    whether the question gets any context at all: when no chunk reaches it, the search returns nothing (the question
-    is off-topic), otherwise the best fused chunks are returned. Keyword mode has no similarity and ignores it.
+    `threshold` is a cosine similarity. In dense mode each chunk below it is dropped. In hybrid mode it first
+    decides whether the question gets any context at all: when no chunk reaches it, the search returns nothing (the
+    question is off-topic); otherwise the dense leg's candidates are the chunks that reach it, the keyword leg's are
+    the chunks that match the question's words, and the best of both, fused, are returned. Keyword mode has no
+    similarity and ignores it.
     """
 
     text: str

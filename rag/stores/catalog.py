@@ -220,6 +220,10 @@ class Catalog:
         return [(int(key), float(score)) for key, score in rows]
 
     def list_documents(self, offset: int, limit: int) -> list[DocumentSummary]:
+        offset, limit = (
+            min(offset, 2**62),
+            min(limit, 2**62),
+        )  # SQLite integers are 64-bit; any page past the end is empty
         rows = self._reader().execute(
             "SELECT id, chunks, metadata, preview FROM documents ORDER BY seq LIMIT ? OFFSET ?", (limit, offset)
         )

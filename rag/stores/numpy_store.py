@@ -446,8 +446,10 @@ class NumpyVectorStore:
                 snap,
                 [(int(r), float(s), ("dense",), None, None) for r, s in zip(rows[keep], scores[keep], strict=True)],
             )
-        if floor is not None and (scores.shape[0] == 0 or scores[0] < floor):
-            return []  # hybrid: no chunk is similar enough, the question is off-topic
+        if floor is not None:
+            if scores.shape[0] == 0 or scores[0] < floor:
+                return []  # hybrid: no chunk is similar enough, the question is off-topic
+            rows, scores = rows[scores >= floor], scores[scores >= floor]  # the dense leg's candidates pass its bar
         dense = {int(r): float(s) for r, s in zip(rows.tolist(), scores.tolist(), strict=True)}
         keyword = self._keyword(snap, request.text, pool, eligible)
         only_keyword = [row for row in keyword if row not in dense]
