@@ -23,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.retrieval import DEFAULT_DATASET, ndcg_at_k, read_jsonl, read_qrels, recall_at_k
+from bench.retrieval import DEFAULT_DATASET, OFF_TOPIC, ndcg_at_k, read_jsonl, read_qrels, recall_at_k
 from config import PROJECT_DIR, Settings
 from rag.chunking import split_text
 from rag.embedder import SentenceTransformerEmbedder
@@ -101,6 +101,35 @@ async def collect(store, embedder, vectors_by_id, queries, qrels) -> list[tuple[
     return runs
 
 
+async def as_served(store, embedder, queries, qrels, settings: Settings) -> list[str]:
+    """The store's own hybrid search with the defaults (what the service does), without and with the threshold, and
+    the off-topic questions that still get context."""
+    lines = []
+    ids = [q for q in qrels if q in queries]
+    vectors = await embedder.embed([queries[q] for q in ids])
+    for threshold in (None, settings.similarity_threshold):
+        ndcgs, empty = [], 0
+        for query_id, vector in zip(ids, vectors, strict=True):
+            hits = await store.search(SearchRequest(queries[query_id], vector, 50, None, threshold, "hybrid"))
+            empty += not hits
+            ranked = rank_documents([(h.chunk.id, h.fused_score or 0.0) for h in hits])
+            ndcgs.append(ndcg_at_k(ranked, qrels[query_id], 10))
+        lines.append(
+            f"store hybrid search, threshold {threshold}: test nDCG@10 {np.mean(ndcgs):.4f}, "
+            f"{empty} of {len(ids)} test questions get no context"
+        )
+    off = await embedder.embed(OFF_TOPIC)
+    answered = 0
+    for text, vector in zip(OFF_TOPIC, off, strict=True):
+        request = SearchRequest(text, vector, 5, None, settings.similarity_threshold, "hybrid")
+        answered += bool(await store.search(request))
+    lines.append(
+        f"off-topic questions that get context (hybrid, threshold {settings.similarity_threshold}): "
+        f"{answered} of {len(OFF_TOPIC)}"
+    )
+    return lines
+
+
 async def run(args: argparse.Namespace) -> None:
     settings = Settings(_env_file=None)
     embedder = await SentenceTransformerEmbedder.load(settings.embedding_model, 32)
@@ -119,6 +148,7 @@ async def run(args: argparse.Namespace) -> None:
             path = args.dataset / f"qrels_{split}.tsv"
             if path.exists():
                 splits[split] = await collect(store, embedder, vectors_by_id, queries, read_qrels(path))
+        served = await as_served(store, embedder, queries, read_qrels(args.dataset / "qrels_test.tsv"), settings)
         await store.aclose()
 
     print(f"{args.dataset.name}: {len(chunks)} chunks; nDCG@10 / recall@10 (documents ranked by their best chunk)")
@@ -139,6 +169,7 @@ async def run(args: argparse.Namespace) -> None:
             f"chosen on train: {best[0]} with dense weight {best[1]:.1f}"
             + (f"; test nDCG@10 {test[0]:.4f}, recall@10 {test[1]:.4f}" if test else "")
         )
+    print("\n".join(served))
 
 
 def main() -> None:

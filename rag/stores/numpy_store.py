@@ -376,8 +376,10 @@ class NumpyVectorStore:
         mask[snap.dead_rows] = False
         return mask
 
-    def _dense(self, snap: _Snapshot, query: np.ndarray, eligible: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        """(rows, cosine similarities) of the rows a search may return."""
+    def _dense(
+        self, snap: _Snapshot, query: np.ndarray, eligible: np.ndarray | None
+    ) -> tuple[np.ndarray | None, np.ndarray]:
+        """(rows, cosine similarities) of the rows a search may return; rows None means every row, in order."""
         query = np.ascontiguousarray(query, dtype=np.float32)
         if eligible is not None:
             rows = np.flatnonzero(eligible)
@@ -389,17 +391,16 @@ class NumpyVectorStore:
         if eligible is not None:
             return rows, scores[rows]
         scores[snap.dead_rows] = -np.inf
-        return np.arange(snap.rows), scores
+        return None, scores
 
     @staticmethod
-    def _best(rows: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def _best(rows: np.ndarray | None, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The `k` best (rows, scores), best first."""
         k = min(k, scores.shape[0])
-        if k == 0:
-            return rows[:0], scores[:0]
-        best = np.argpartition(-scores, k - 1)[:k]
+        best = np.argpartition(-scores, k - 1)[:k] if k else np.zeros(0, dtype=np.int64)
         best = best[np.argsort(-scores[best], kind="stable")]
         best = best[np.isfinite(scores[best])]
-        return rows[best], scores[best]
+        return (best if rows is None else rows[best]), scores[best]
 
     def _keyword(self, snap: _Snapshot, text: str, k: int, eligible: np.ndarray | None) -> dict[int, float]:
         """Row -> BM25 score of the best `k` eligible rows. Filters apply after FTS5 ranks, so the candidate list
