@@ -36,8 +36,18 @@ class Settings(BaseSettings):
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list,
         description="Comma-separated API keys; when set, every route but health, docs and the page's assets needs "
-        "one (Authorization: Bearer KEY or X-API-Key: KEY). Empty: no authentication.",
+        "one (Authorization: Bearer KEY or X-API-Key: KEY). KEY:ORG_ID binds a key to one organisation; a plain KEY "
+        "is trusted to name any tenant. Empty (and no JWT key): no authentication.",
     )
+    jwt_secret: SecretStr | None = Field(
+        None, description="HS256 secret that signs user tokens (JWT); a valid token is a credential of its own."
+    )
+    jwt_public_key: str | None = Field(
+        None, description="PEM public key (or a path to one) that verifies RS256/ES256 user tokens."
+    )
+    jwt_audience: str | None = Field(None, description="Required `aud` of user tokens; unset: not checked.")
+    jwt_org_claim: str = Field("orgId", min_length=1, description="The token claim that names the organisation.")
+    jwt_leeway_seconds: int = Field(30, ge=0, le=300, description="Clock skew allowed on exp and nbf, in seconds.")
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Comma-separated origins allowed by CORS."
     )
@@ -129,6 +139,12 @@ class Settings(BaseSettings):
     sse_ping_seconds: float = Field(15.0, gt=0, description="Keep-alive comment interval on SSE streams.")
     sse_send_timeout: float = Field(30.0, gt=0, description="Seconds a stalled client may block one send.")
 
+    @field_validator("jwt_secret", "jwt_public_key", "jwt_audience", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # `JWT_SECRET=` in a .env copied from .env.example means "not set", never "an empty secret".
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("api_keys", "cors_origins", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
@@ -141,6 +157,8 @@ class Settings(BaseSettings):
     def _check(self) -> Settings:
         if self.chunk_overlap >= self.chunk_size:
             raise ValueError("CHUNK_OVERLAP must be smaller than CHUNK_SIZE")
+        if self.jwt_secret is not None and self.jwt_public_key:
+            raise ValueError("set JWT_SECRET (HS256) or JWT_PUBLIC_KEY (RS256/ES256), not both")
         if self.top_k_results > self.max_top_k:
             raise ValueError("TOP_K_RESULTS must not exceed MAX_TOP_K")
         if not self.data_dir.is_absolute():

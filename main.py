@@ -15,11 +15,12 @@ from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from api import chat, chats, documents, health, openai_api, websocket
+from api.auth import Authenticator, authenticate
 from api.deps import Services
 from api.errors import install_error_handlers
 from api.metrics import ChatMetrics
 from api.middleware import BodyLimit, RequestContext, configure_logging
-from api.security import RateLimiter, require_api_key
+from api.security import RateLimiter
 from api.web_page import mount_web_page
 from config import Settings, get_settings
 from llm.errors import LLMError
@@ -84,6 +85,7 @@ async def build_services(settings: Settings, metrics: ChatMetrics, stack: contex
         conversations=conversations,
         metrics=metrics,
         rate_limiter=RateLimiter(settings.rate_limit_per_minute),
+        authenticator=Authenticator(settings),
     )
 
 
@@ -108,7 +110,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 services.llm.provider,
                 services.llm.model,
                 services.store.count,
-                "on" if settings.api_keys else "off",
+                "on" if services.authenticator.enabled else "off",
             )
             yield
             logger.info("shutting down")
@@ -120,7 +122,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    authenticated = [Depends(require_api_key)]
+    authenticated = [Depends(authenticate)]
     for router in (chat.router, chats.router, documents.router, websocket.router):
         app.include_router(router, prefix=API_PREFIX, dependencies=authenticated)
     app.include_router(health.router, prefix=API_PREFIX)  # open: load balancers probe it

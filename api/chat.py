@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
+from api.auth import Principal, PrincipalDep
 from api.deps import ServicesDep
 from api.errors import error_response
 from api.limits import check_conversation
@@ -31,6 +32,7 @@ _SSE_OR_JSON: dict[int | str, dict[str, Any]] = {
 
 def build_chat_request(
     settings: Settings,
+    principal: Principal,
     messages: list[Message],
     *,
     top_k: int | None = None,
@@ -41,8 +43,10 @@ def build_chat_request(
     chat_id: str | None = None,
     title: str | None = None,
 ) -> ChatRequest:
-    """The pipeline's request from any transport's fields, with the limits every transport shares."""
+    """The pipeline's request from any transport's fields, with the limits and the tenant rule every transport
+    shares: the credential's user and organisation win over the request's."""
     check_conversation(settings, messages, top_k)
+    user_id, org_id = principal.scope(user_id, org_id)
     if chat_id is not None and user_id is None:
         raise InvalidRequest("chatId needs userId: a chat belongs to a user")
     chat = ChatRef(chat_id, ChatOwner(user_id, org_id), title) if chat_id is not None and user_id is not None else None
@@ -71,10 +75,11 @@ async def answer_json(stream: ChatStream) -> ChatAnswer | JSONResponse:
 
 
 @router.post("/chat", response_model=ChatAnswer, responses=_SSE_OR_JSON | _ERRORS, dependencies=[RateLimited])
-async def chat(body: ChatBody, services: ServicesDep):
+async def chat(body: ChatBody, services: ServicesDep, principal: PrincipalDep):
     """Ask the last user message against the stored documents."""
     request = build_chat_request(
         services.settings,
+        principal,
         [m.to_message() for m in body.messages],
         top_k=body.top_k,
         filters=body.filters,
@@ -95,10 +100,11 @@ async def chat(body: ChatBody, services: ServicesDep):
 @legacy_router.post(
     "/api/v1/stream", responses=_SSE_OR_JSON | _ERRORS, include_in_schema=False, dependencies=[RateLimited]
 )
-async def legacy_stream(body: LegacyStreamBody, services: ServicesDep):
+async def legacy_stream(body: LegacyStreamBody, services: ServicesDep, principal: PrincipalDep):
     """The Elasticsearch services' streaming route: their body, our SSE format."""
     request = build_chat_request(
         services.settings,
+        principal,
         body.messages(),
         top_k=body.top_k,
         filters=body.filters,

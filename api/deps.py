@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from api.auth import Authenticator
 from api.metrics import ChatMetrics
 from api.security import RateLimiter
 from config import Settings
@@ -31,6 +32,7 @@ class Services:
     conversations: ConversationStore
     metrics: ChatMetrics
     rate_limiter: RateLimiter
+    authenticator: Authenticator
 
 
 def get_services(request: Request) -> Services:

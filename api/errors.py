@@ -26,7 +26,15 @@ from llm.errors import (
     UpstreamUnavailable,
 )
 from rag.conversations import ChatForbidden, ChatNotFound
-from rag.errors import DocumentNotFound, EmbeddingError, InvalidRequest, RAGError, StoreCorrupt, StoreIncompatible
+from rag.errors import (
+    DocumentNotFound,
+    EmbeddingError,
+    InvalidRequest,
+    RAGError,
+    StoreCorrupt,
+    StoreIncompatible,
+    TenantForbidden,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +44,7 @@ STATUS_TABLE: list[tuple[type[Exception], int]] = [
     (DocumentNotFound, 404),
     (ChatNotFound, 404),
     (ChatForbidden, 403),
+    (TenantForbidden, 403),
     (EmbeddingError, 502),
     (StoreIncompatible, 500),
     (StoreCorrupt, 500),

@@ -19,6 +19,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from sse_starlette import ServerSentEvent
 
+from api.auth import PrincipalDep
 from api.chat import build_chat_request
 from api.deps import ServicesDep
 from api.errors import openai_error_response
@@ -101,17 +102,22 @@ async def _sse(stream: ChatStream, ids: CompletionIds, include_usage: bool) -> A
 
 
 @router.post("/chat/completions", dependencies=[RateLimited])
-async def chat_completions(body: ChatCompletionBody, services: ServicesDep):
+async def chat_completions(body: ChatCompletionBody, services: ServicesDep, principal: PrincipalDep):
     """Retrieval-augmented chat completions in OpenAI's format."""
     messages = [m for m in (message.to_message() for message in body.messages) if m is not None]
     served = services.llm.model
     passes_model = services.llm.provider == "openai"
     request = build_chat_request(
         services.settings,
+        principal,
         messages,
         top_k=body.top_k,
         filters=body.filters,
         options=body.options(served, passes_model),
+        user_id=body.userId,
+        org_id=body.orgId,
+        chat_id=body.chatId,
+        title=body.chatTitle,
     )
     model = body.model if passes_model else served
     stream = await services.pipeline.start(request)

@@ -65,6 +65,12 @@ class ChatCompletionBody(BaseModel):
     top_k: int | None = Field(None, ge=1)
     filters: JsonObject | None = None
     user: str | None = None
+    userId: str | None = Field(None, min_length=1, max_length=256, description="The user; required with chatId.")
+    orgId: str | None = Field(
+        None, min_length=1, max_length=256, description="Only this organisation's documents are retrieved."
+    )
+    chatId: str | None = Field(None, min_length=1, max_length=256, description="Store this turn in that chat.")
+    chatTitle: str | None = Field(None, max_length=500, description="Title for a new chat.")
 
     @field_validator("stop")
     @classmethod

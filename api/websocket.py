@@ -21,6 +21,7 @@ from typing import Any
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from api.auth import Principal, PrincipalDep
 from api.chat import build_chat_request
 from api.deps import Services
 from api.errors import describe_validation, status_of
@@ -90,9 +91,10 @@ def error_frame(type_: str, message: str, status: int | None = None) -> dict[str
 class ChatSession:
     """One WebSocket connection: reads frames, runs at most one answer at a time, and cancels it on request."""
 
-    def __init__(self, websocket: WebSocket, services: Services) -> None:
+    def __init__(self, websocket: WebSocket, services: Services, principal: Principal) -> None:
         self.websocket = websocket
         self.services = services
+        self.principal = principal  # authenticated at connect; every question is scoped by it
         self._answer: asyncio.Task[None] | None = None
         self._send_lock = asyncio.Lock()  # frames from the reader and the answer task must not interleave
 
@@ -171,6 +173,7 @@ class ChatSession:
         try:
             request = build_chat_request(
                 self.services.settings,
+                self.principal,
                 frame.conversation(),
                 top_k=frame.top_k,
                 filters=frame.filters,
@@ -217,9 +220,9 @@ class ChatSession:
             await stream.aclose()
 
 
-async def chat_socket(websocket: WebSocket) -> None:
+async def chat_socket(websocket: WebSocket, principal: PrincipalDep) -> None:
     await websocket.accept()
-    await ChatSession(websocket, websocket.app.state.services).run()
+    await ChatSession(websocket, websocket.app.state.services, principal).run()
 
 
 router.add_api_websocket_route("/ws/chat", chat_socket)

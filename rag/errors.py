@@ -15,6 +15,12 @@ class InvalidRequest(RAGError):
     error_type = "invalid_request"
 
 
+class TenantForbidden(RAGError):
+    """A request names another user or organisation than its credential is bound to."""
+
+    error_type = "forbidden"
+
+
 class DocumentNotFound(RAGError):
     error_type = "not_found"
 

@@ -6,9 +6,9 @@ import uuid
 from dataclasses import dataclass
 
 from rag.chunking import split_text
-from rag.errors import InvalidRequest
+from rag.errors import InvalidRequest, TenantForbidden
 from rag.stores import VectorStore
-from rag.types import Chunk, Embedder, Metadata
+from rag.types import TENANT_KEY, Chunk, Embedder, Metadata
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,8 +29,11 @@ class Indexer:
         texts: list[str],
         metadatas: list[Metadata] | None = None,
         ids: list[str] | None = None,
+        org_id: str | None = None,
     ) -> list[AddedDocument]:
-        """Chunk, embed and store documents; a document whose id is already stored is replaced.
+        """Chunk, embed and store documents; a document whose id is already stored is replaced. With `org_id`,
+        every document is stamped with it, and one naming another organisation, or replacing one of another
+        organisation's documents, is refused.
 
         Nothing is written unless every document is valid, and the call returns only once the write is on disk.
         """
@@ -49,9 +52,13 @@ class Indexer:
             if not pieces:
                 raise InvalidRequest(f"document {n} is empty")
             metadata = dict(metadatas[n]) if metadatas else {}
+            if org_id is not None:  # the caller's organisation owns what it adds; naming another is refused
+                if metadata.get(TENANT_KEY, org_id) != org_id:
+                    raise TenantForbidden(f"document {n}: its {TENANT_KEY} is another organisation than yours")
+                metadata[TENANT_KEY] = org_id
             chunks.extend(Chunk(f"{doc_id}:{i}", doc_id, piece, metadata) for i, piece in enumerate(pieces))
             added.append(AddedDocument(doc_id, len(pieces)))
 
         vectors = await self.embedder.embed([chunk.text for chunk in chunks])
-        await self.store.upsert(chunks, vectors)
+        await self.store.upsert(chunks, vectors, org_id)
         return added

@@ -24,6 +24,7 @@ from rag.history import condense_by_rule, fit_history
 from rag.prompt import build_messages
 from rag.retriever import Retriever
 from rag.types import (
+    TENANT_KEY,
     ChatEvent,
     ChatObserver,
     DoneEvent,
@@ -38,8 +39,6 @@ from rag.types import (
 
 logger = logging.getLogger(__name__)
 
-
-TENANT_KEY = "orgId"
 
 Condenser = Callable[[list[Message]], Awaitable[str]]
 OnComplete = Callable[[str], Awaitable[None]]

@@ -11,6 +11,9 @@ from llm.types import Usage
 
 Metadata = dict[str, Any]
 
+# The metadata field that names a chunk's organisation: requests are scoped by it, and stores index it for speed.
+TENANT_KEY = "orgId"
+
 
 @dataclass(frozen=True, slots=True)
 class Chunk:

@@ -48,21 +48,26 @@ class VectorStore(Protocol):
     @property
     def document_count(self) -> int: ...
 
-    async def upsert(self, chunks: list[Chunk], vectors: np.ndarray) -> None:
+    async def upsert(self, chunks: list[Chunk], vectors: np.ndarray, org_id: str | None = None) -> None:
         """Store `chunks` (row i of `vectors` is chunk i's), replacing every earlier chunk of the same documents.
-        Returns once the write is durable."""
+        Returns once the write is durable. With `org_id`, replacing a document of another organisation raises
+        TenantForbidden and writes nothing."""
         ...
 
-    async def delete(self, document_id: str) -> int:
-        """Remove a document's chunks; returns how many. Raises DocumentNotFound."""
+    async def delete(self, document_id: str, org_id: str | None = None) -> int:
+        """Remove a document's chunks; returns how many. Raises DocumentNotFound, also for a document of another
+        organisation than `org_id`, when given."""
         ...
 
     async def search(self, request: SearchRequest) -> list[Hit]:
         """The best `top_k` chunks, best first."""
         ...
 
-    async def list_documents(self, offset: int, limit: int) -> tuple[int, list[DocumentSummary]]:
-        """One page of documents in the order they were (last) added, and the total."""
+    async def list_documents(
+        self, offset: int, limit: int, org_id: str | None = None
+    ) -> tuple[int, list[DocumentSummary]]:
+        """One page of documents in the order they were (last) added, and the total; with `org_id`, only the
+        documents whose metadata names that organisation."""
         ...
 
     def layout(self) -> dict[str, int]:

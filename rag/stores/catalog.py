@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rag.types import Chunk, DocumentSummary
+from rag.types import TENANT_KEY, Chunk, DocumentSummary
 
 SCHEMA_VERSION = 2  # 1 was the whole-store generations of manifest.json
 
@@ -31,22 +31,24 @@ CREATE TABLE IF NOT EXISTS segments (
     last_key INTEGER NOT NULL, rows INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS chunks (
     key INTEGER PRIMARY KEY, id TEXT NOT NULL, document_id TEXT NOT NULL, text TEXT NOT NULL,
-    metadata TEXT NOT NULL);
+    metadata TEXT NOT NULL, tenant TEXT);
 CREATE INDEX IF NOT EXISTS chunks_by_document ON chunks (document_id);
 CREATE TABLE IF NOT EXISTS documents (
     id TEXT PRIMARY KEY, seq INTEGER NOT NULL UNIQUE, chunks INTEGER NOT NULL, metadata TEXT NOT NULL,
     preview TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS documents_by_tenant ON documents (json_extract(metadata, '$."orgId"'), seq);
 CREATE TABLE IF NOT EXISTS tombstones (key INTEGER PRIMARY KEY);
 CREATE VIRTUAL TABLE IF NOT EXISTS chunks_fts USING fts5(
-    text, content='chunks', content_rowid='key', tokenize='porter unicode61 remove_diacritics 2');
+    text, tenant, content='chunks', content_rowid='key', tokenize='porter unicode61 remove_diacritics 2');
 CREATE TRIGGER IF NOT EXISTS chunks_fts_insert AFTER INSERT ON chunks BEGIN
-    INSERT INTO chunks_fts (rowid, text) VALUES (new.key, new.text);
+    INSERT INTO chunks_fts (rowid, text, tenant) VALUES (new.key, new.text, new.tenant);
 END;
 CREATE TRIGGER IF NOT EXISTS chunks_fts_delete AFTER DELETE ON chunks BEGIN
-    INSERT INTO chunks_fts (chunks_fts, rowid, text) VALUES ('delete', old.key, old.text);
+    INSERT INTO chunks_fts (chunks_fts, rowid, text, tenant) VALUES ('delete', old.key, old.text, old.tenant);
 END;
 """
 
+_DOCUMENT_TENANT = """json_extract(metadata, '$."orgId"')"""  # as in the index documents_by_tenant
 _COUNTERS = ("generation", "next_key", "next_seq", "chunks", "documents")
 
 
@@ -76,6 +78,12 @@ def _connect(path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
     return conn
+
+
+def tenant_token(org_id: object) -> str | None:
+    """The single FTS5 token that stands for an organisation: the keyword leg matches it together with the words,
+    so a tenant's search reads only that tenant's postings. Hex keeps any id one exact token."""
+    return "t" + org_id.encode("utf-8").hex() if isinstance(org_id, str) else None
 
 
 def _json_path(key: str) -> str | None:
@@ -210,24 +218,47 @@ class Catalog:
             else:  # null, integer, real, text: SQLite hands back the Python value
                 yield chunk_key, value
 
-    def keyword_search(self, match: str, limit: int) -> list[tuple[int, float]]:
-        """(chunk key, BM25 score, higher is better) of the best `limit` matches of an FTS5 expression."""
+    def keyword_search(self, match: str, limit: int, org_id: str | None = None) -> list[tuple[int, float]]:
+        """(chunk key, BM25 score, higher is better) of the best `limit` matches of an FTS5 expression over chunk
+        text, within one organisation's chunks when `org_id` is given. The tenant column weighs 0 in BM25."""
+        expression = f"text : ({match})"
+        if org_id is not None:
+            expression = f'tenant : "{tenant_token(org_id)}" AND {expression}'
         rows = self._reader().execute(
-            "SELECT rowid, -bm25(chunks_fts) AS score FROM chunks_fts WHERE chunks_fts MATCH ? "
-            "ORDER BY bm25(chunks_fts) LIMIT ?",
-            (match, limit),
+            "SELECT rowid, -bm25(chunks_fts, 1.0, 0.0) AS score FROM chunks_fts WHERE chunks_fts MATCH ? "
+            "ORDER BY bm25(chunks_fts, 1.0, 0.0) LIMIT ?",
+            (expression, limit),
         )
         return [(int(key), float(score)) for key, score in rows]
 
-    def list_documents(self, offset: int, limit: int) -> list[DocumentSummary]:
-        offset, limit = (
-            min(offset, 2**62),
-            min(limit, 2**62),
-        )  # SQLite integers are 64-bit; any page past the end is empty
-        rows = self._reader().execute(
-            "SELECT id, chunks, metadata, preview FROM documents ORDER BY seq LIMIT ? OFFSET ?", (limit, offset)
+    def list_documents(
+        self, offset: int, limit: int, org_id: str | None = None
+    ) -> tuple[int | None, list[DocumentSummary]]:
+        """One page in insertion order; with `org_id`, only that organisation's documents, and their total."""
+        # SQLite integers are 64-bit; any page past the end is empty anyway
+        offset, limit = min(offset, 2**62), min(limit, 2**62)
+        conn = self._reader()
+        if org_id is None:
+            rows = conn.execute(
+                "SELECT id, chunks, metadata, preview FROM documents ORDER BY seq LIMIT ? OFFSET ?", (limit, offset)
+            )
+            return None, [DocumentSummary(doc_id, n, json.loads(meta), preview) for doc_id, n, meta, preview in rows]
+        (total,) = conn.execute(f"SELECT count(*) FROM documents WHERE {_DOCUMENT_TENANT} = ?", (org_id,)).fetchone()
+        rows = conn.execute(
+            f"SELECT id, chunks, metadata, preview FROM documents WHERE {_DOCUMENT_TENANT} = ? "
+            "ORDER BY seq LIMIT ? OFFSET ?",
+            (org_id, limit, offset),
         )
-        return [DocumentSummary(doc_id, n, json.loads(meta), preview) for doc_id, n, meta, preview in rows]
+        return total, [DocumentSummary(doc_id, n, json.loads(meta), preview) for doc_id, n, meta, preview in rows]
+
+    def foreign_documents(self, conn: sqlite3.Connection, document_ids: list[str], org_id: str) -> list[str]:
+        """Those of `document_ids` that are stored and belong to another organisation than `org_id`."""
+        foreign = []
+        for doc_id in document_ids:
+            row = conn.execute(f"SELECT {_DOCUMENT_TENANT} FROM documents WHERE id = ?", (doc_id,)).fetchone()
+            if row is not None and row[0] != org_id:
+                foreign.append(doc_id)
+        return foreign
 
     def document_keys(self, conn: sqlite3.Connection, document_ids: list[str]) -> list[int]:
         keys: list[int] = []
@@ -262,9 +293,16 @@ class Catalog:
     def insert_chunks(self, conn: sqlite3.Connection, first_key: int, chunks: list[Chunk], first_seq: int) -> int:
         """Insert chunks with consecutive keys, and their documents in order; returns how many documents."""
         conn.executemany(
-            "INSERT INTO chunks (key, id, document_id, text, metadata) VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO chunks (key, id, document_id, text, metadata, tenant) VALUES (?, ?, ?, ?, ?, ?)",
             (
-                (first_key + i, c.id, c.document_id, c.text, json.dumps(c.metadata, ensure_ascii=False))
+                (
+                    first_key + i,
+                    c.id,
+                    c.document_id,
+                    c.text,
+                    json.dumps(c.metadata, ensure_ascii=False),
+                    tenant_token(c.metadata.get(TENANT_KEY)),
+                )
                 for i, c in enumerate(chunks)
             ),
         )

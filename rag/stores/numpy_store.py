@@ -29,7 +29,7 @@ from pathlib import Path
 import anyio
 import numpy as np
 
-from rag.errors import DocumentNotFound, StoreCorrupt, StoreIncompatible
+from rag.errors import DocumentNotFound, StoreCorrupt, StoreIncompatible, TenantForbidden
 from rag.filters import Filters
 from rag.stores.base import SearchRequest
 from rag.stores.catalog import SCHEMA_VERSION, Catalog
@@ -44,7 +44,7 @@ from rag.stores.segments import (
     write_merged_segment,
     write_segment,
 )
-from rag.types import Chunk, DocumentSummary, Hit
+from rag.types import TENANT_KEY, Chunk, DocumentSummary, Hit
 
 logger = logging.getLogger(__name__)
 
@@ -247,7 +247,7 @@ class NumpyVectorStore:
 
     # --- writing -------------------------------------------------------------------------------
 
-    def _upsert_sync(self, chunks: list[Chunk], vectors: np.ndarray) -> None:
+    def _upsert_sync(self, chunks: list[Chunk], vectors: np.ndarray, org_id: str | None) -> None:
         with self._file_lock(WRITE_LOCK):
             first_key = int(self.catalog.meta("next_key") or 0)  # stable: every writer holds this lock
             keys = np.arange(first_key, first_key + len(chunks), dtype=np.int64)
@@ -258,6 +258,8 @@ class NumpyVectorStore:
                     if counters["next_key"] != first_key:
                         raise StoreCorrupt("the catalog's next key moved while the write lock was held")
                     document_ids = list(dict.fromkeys(chunk.document_id for chunk in chunks))
+                    if org_id is not None and self.catalog.foreign_documents(conn, document_ids, org_id):
+                        raise TenantForbidden("a document with one of these ids belongs to another organisation")
                     removed_chunks, removed_docs = self.catalog.remove_documents(conn, document_ids)
                     added_docs = self.catalog.insert_chunks(conn, first_key, chunks, counters["next_seq"])
                     self.catalog.insert_segment(conn, name, first_key, int(keys[-1]), len(chunks))
@@ -273,18 +275,20 @@ class NumpyVectorStore:
                 raise
             self._reload()
 
-    async def upsert(self, chunks: list[Chunk], vectors: np.ndarray) -> None:
+    async def upsert(self, chunks: list[Chunk], vectors: np.ndarray, org_id: str | None = None) -> None:
         if vectors.shape != (len(chunks), self.dimension):
             raise ValueError(f"expected vectors of shape ({len(chunks)}, {self.dimension}), got {vectors.shape}")
         if not chunks:
             return
         async with self._write_lock:
-            await anyio.to_thread.run_sync(self._upsert_sync, chunks, vectors)
+            await anyio.to_thread.run_sync(self._upsert_sync, chunks, vectors, org_id)
         self._schedule_compaction()
 
-    def _delete_sync(self, document_id: str) -> int:
+    def _delete_sync(self, document_id: str, org_id: str | None) -> int:
         with self._file_lock(WRITE_LOCK):
             with self.catalog.transaction() as conn:
+                if org_id is not None and self.catalog.foreign_documents(conn, [document_id], org_id):
+                    raise DocumentNotFound(f"no document with id {document_id!r}")  # another tenant's: not for you
                 removed_chunks, removed_docs = self.catalog.remove_documents(conn, [document_id])
                 if not removed_docs:
                     raise DocumentNotFound(f"no document with id {document_id!r}")
@@ -292,9 +296,9 @@ class NumpyVectorStore:
             self._reload()
             return removed_chunks
 
-    async def delete(self, document_id: str) -> int:
+    async def delete(self, document_id: str, org_id: str | None = None) -> int:
         async with self._write_lock:
-            removed = await anyio.to_thread.run_sync(self._delete_sync, document_id)
+            removed = await anyio.to_thread.run_sync(self._delete_sync, document_id, org_id)
         self._schedule_compaction()
         return removed
 
@@ -402,18 +406,23 @@ class NumpyVectorStore:
         best = best[np.isfinite(scores[best])]
         return (best if rows is None else rows[best]), scores[best]
 
-    def _keyword(self, snap: _Snapshot, text: str, k: int, eligible: np.ndarray | None) -> dict[int, float]:
+    def _keyword(
+        self, snap: _Snapshot, text: str, k: int, filters: Filters | None, eligible: np.ndarray | None
+    ) -> dict[int, float]:
         """Row -> BM25 score of the best `k` eligible rows. Filters apply after FTS5 ranks, so the candidate list
         grows until it holds k eligible rows or every match was seen."""
         expression = match_expression(text)
         if expression is None or snap.rows == 0:
             return {}
         limit = max(k, 10)
-        if eligible is not None:  # expect the filter to keep its share of the matches: ask for enough at once
-            share = max(float(eligible.mean()), 1e-4)
-            limit = max(limit, int(k / share * 1.5))
+        tenant = filters.get(TENANT_KEY) if filters else None
+        if not isinstance(tenant, str):
+            tenant = None  # a tenant named by a string is matched inside FTS5; anything else is filtered after
+            if eligible is not None:  # expect the filter to keep its share of the matches: ask for enough at once
+                share = max(float(eligible.mean()), 1e-4)
+                limit = max(limit, int(k / share * 1.5))
         while True:
-            found = self.catalog.keyword_search(expression, limit)
+            found = self.catalog.keyword_search(expression, limit, tenant)
             keys = np.asarray([key for key, _ in found], dtype=np.int64)
             rows = snap.rows_of_keys(keys)
             ok = rows >= 0
@@ -432,7 +441,7 @@ class NumpyVectorStore:
         if eligible is not None and not eligible.any():
             return []
         if request.mode == "keyword":
-            keyword = self._keyword(snap, request.text, request.top_k, eligible)
+            keyword = self._keyword(snap, request.text, request.top_k, request.filters, eligible)
             by_bm25 = sorted(keyword.items(), key=lambda item: item[1], reverse=True)
             return self._hits(snap, [(row, score, ("keyword",), score, None) for row, score in by_bm25])
         if request.vector is None:
@@ -452,7 +461,7 @@ class NumpyVectorStore:
                 return []  # hybrid: no chunk is similar enough, the question is off-topic
             rows, scores = rows[scores >= floor], scores[scores >= floor]  # the dense leg's candidates pass its bar
         dense = {int(r): float(s) for r, s in zip(rows.tolist(), scores.tolist(), strict=True)}
-        keyword = self._keyword(snap, request.text, pool, eligible)
+        keyword = self._keyword(snap, request.text, pool, request.filters, eligible)
         only_keyword = [row for row in keyword if row not in dense]
         similarity = dict(dense)
         if only_keyword:  # their similarity is known too: score them, so both legs rank every candidate
@@ -479,12 +488,15 @@ class NumpyVectorStore:
 
     # --- listing and closing -------------------------------------------------------------------
 
-    def _list_sync(self, offset: int, limit: int) -> tuple[int, list[DocumentSummary]]:
+    def _list_sync(self, offset: int, limit: int, org_id: str | None) -> tuple[int, list[DocumentSummary]]:
         snap = self._catch_up()
-        return snap.documents, self.catalog.list_documents(offset, limit)
+        total, page = self.catalog.list_documents(offset, limit, org_id)
+        return (snap.documents if total is None else total), page
 
-    async def list_documents(self, offset: int, limit: int) -> tuple[int, list[DocumentSummary]]:
-        return await anyio.to_thread.run_sync(self._list_sync, offset, limit)
+    async def list_documents(
+        self, offset: int, limit: int, org_id: str | None = None
+    ) -> tuple[int, list[DocumentSummary]]:
+        return await anyio.to_thread.run_sync(self._list_sync, offset, limit, org_id)
 
     async def aclose(self) -> None:
         self._closing = True
