@@ -195,5 +195,43 @@ def test_page_asks_for_the_api_key_once(browser, fake_upstream: FakeUpstream, tm
         ask(page, "Hello with a key")
         page.wait_for_function(f"document.querySelector('{LAST_ANSWER}').dataset.state === 'done'")
         assert page.text_content(f"{LAST_ANSWER} .text") == "Hello, world!"
-        assert prompts == ["This service needs an API key:"]
+        assert prompts == ["This service needs an API key or a user token:"]
+        context.close()
+
+
+def test_page_uses_a_token_handed_in_by_the_embedding_site(
+    browser, fake_upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """`/#token=...`: the page keeps the token, drops it from the address, acts as the token's user, and what it
+    retrieves and sends upstream is the token's organisation's only."""
+    import json
+    import time
+
+    import httpx
+    import jwt
+
+    fake_upstream.reset()
+    secret = "page-token-secret-0123456789-abcdefghijklmnop"
+    settings = make_settings(tmp_path, fake_upstream.url, api_keys=["page-admin-key"], jwt_secret=secret)  # type: ignore[attr-defined]
+    with serve(create_app(settings)) as url:
+        admin = {"Authorization": "Bearer page-admin-key"}
+        for org, code in (("orgA", "1111"), ("orgB", "2222")):
+            body = {"documents": [f"The harbour gate code is {code}."], "metadatas": [{"orgId": org}]}
+            assert httpx.post(f"{url}/api/v1/documents/add", json=body, headers=admin, timeout=60).status_code == 200
+        token = jwt.encode({"sub": "dana", "orgId": "orgA", "exp": int(time.time()) + 300}, secret, algorithm="HS256")
+        context = browser.new_context()
+        page = context.new_page()
+        page.set_default_timeout(15_000)
+        dialogs: list[str] = []
+        page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+        page.goto(f"{url}/#token={token}")
+        assert "token" not in page.url
+        ask(page, "What is the harbour gate code?")
+        page.wait_for_function(f"document.querySelector('{LAST_ANSWER}').dataset.state === 'done'")
+        assert page.text_content(f"{LAST_ANSWER} .text") == "Hello, world!"
+        assert dialogs == []  # the handed-in token was enough: no prompt for a key
+        sent = json.dumps(fake_upstream.requests)
+        assert "1111" in sent and "2222" not in sent
+        chats = httpx.get(f"{url}/api/v1/chats", params={"userId": "dana", "orgId": "orgA"}, headers=admin).json()
+        assert len(chats["chats"]) == 1  # the page stored the turn as the token's user
         context.close()

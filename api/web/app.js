@@ -9,8 +9,30 @@ const el = (tag, className, text) => {
   return node;
 };
 
+// A site that embeds the page can hand it a user token in the address: https://rag.example.com/#token=eyJ...
+// It is kept like a pasted key and removed from the address bar (and so from the history).
+const handedToken = new URLSearchParams(location.hash.slice(1)).get("token");
+if (handedToken) {
+  localStorage.setItem("rag.apiKey", handedToken);
+  history.replaceState(null, "", location.pathname + location.search);
+}
+
+// The claims of a user token (JWT), or null for an API key. Read, never verified: the server verifies.
+function tokenClaims(credential) {
+  const parts = (credential ?? "").split(".");
+  if (parts.length !== 3 || !parts[0].startsWith("eyJ")) return null;
+  try {
+    return JSON.parse(atob(parts[1].replace(/-/g, "+").replace(/_/g, "/")));
+  } catch {
+    return null;
+  }
+}
+
 const store = {
   get userId() {
+    // With a user token the page acts as the token's user: the server refuses any other userId.
+    const claims = tokenClaims(localStorage.getItem("rag.apiKey"));
+    if (claims?.sub) return claims.sub;
     let id = localStorage.getItem("rag.userId");
     if (!id) {
       id = `web-${crypto.randomUUID()}`;
@@ -46,7 +68,7 @@ async function request(path, options = {}, retried = false) {
   if (response.status === 401 && !retried) {
     // Several requests can fail at once: ask only if nobody has entered a new key since this one was sent.
     const current = localStorage.getItem("rag.apiKey");
-    const entered = current && current !== key ? current : window.prompt("This service needs an API key:");
+    const entered = current && current !== key ? current : window.prompt("This service needs an API key or a user token:");
     if (entered) {
       localStorage.setItem("rag.apiKey", entered.trim());
       return request(path, options, true);
