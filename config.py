@@ -104,6 +104,15 @@ class Settings(BaseSettings):
         DEFAULT_EMBEDDING_MODEL,
         description="sentence-transformers model name or path; the default loads from the bundled package.",
     )
+    embedder_backend: Literal["onnx", "torch"] = Field(
+        "onnx",
+        description="'onnx' (ONNX Runtime; the graph is exported once from the model's weights into ONNX_DIR) or "
+        "'torch' (sentence-transformers).",
+    )
+    onnx_dir: Path = Field(
+        PROJECT_DIR / ".cache" / "onnx",
+        description="Where exported ONNX graphs are kept; a relative path is taken from the project directory.",
+    )
     use_openai_embeddings: bool = Field(False, description="Embed through the OpenAI embeddings API instead.")
     openai_embedding_model: str = Field("text-embedding-3-small", description="Model for USE_OPENAI_EMBEDDINGS.")
     embedding_batch_size: int = Field(64, ge=1, le=4096, description="Texts encoded per batch.")
@@ -163,6 +172,8 @@ class Settings(BaseSettings):
             raise ValueError("TOP_K_RESULTS must not exceed MAX_TOP_K")
         if not self.data_dir.is_absolute():
             self.data_dir = PROJECT_DIR / self.data_dir
+        if not self.onnx_dir.is_absolute():
+            self.onnx_dir = PROJECT_DIR / self.onnx_dir
         return self
 
     @property

@@ -6,8 +6,6 @@ A client that only prints `content` therefore keeps working whatever else we sen
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -45,27 +43,21 @@ async def until_shutdown(
     events: AsyncIterator[ServerSentEvent], shutdown: anyio.Event, farewell: list[ServerSentEvent]
 ) -> AsyncIterator[ServerSentEvent]:
     """Relay `events` until the server shuts down; then stop them (closing the model's stream) and send `farewell`,
-    so that a client learns the answer ended, and why, instead of seeing the connection drop."""
-    stopping = asyncio.ensure_future(shutdown.wait())
-    step: asyncio.Future[ServerSentEvent] | None = None
+    so that a client learns the answer ended, and why, instead of seeing the connection drop.
+
+    The flag is looked at between events: no task or future per token. sse-starlette sets it, then waits
+    SHUTDOWN_GRACE_SECONDS before cancelling; a model that sends nothing at all in that time has its stream
+    cancelled without the farewell (the connection closes, and the model's stream with it)."""
     try:
-        while True:
-            step = asyncio.ensure_future(anext(events))
-            await asyncio.wait({step, stopping}, return_when=asyncio.FIRST_COMPLETED)
-            if not step.done():
+        async for event in events:
+            if shutdown.is_set():
                 break
-            try:
-                yield step.result()
-            except StopAsyncIteration:
-                return
+            yield event
+        else:
+            return
         for event in farewell:
             yield event
     finally:
-        for task in (step, stopping):
-            if task is not None and not task.done():
-                task.cancel()
-                with contextlib.suppress(BaseException):
-                    await task
         await events.aclose()  # type: ignore[attr-defined]
 
 

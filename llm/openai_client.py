@@ -1,16 +1,21 @@
 """The OpenAI-compatible chat model: OpenAI itself, DeepSeek, vLLM, Ollama, llama.cpp's server...
 
-The `openai` SDK does the HTTP and the retries (with backoff, on 429, 5xx and connection errors); since it
-retries only until the response headers arrive, a retry can never repeat tokens a client already has. This
-module maps the SDK's errors onto ours and turns chunks into `Delta`s, reasoning included.
+The `openai` SDK does what it is good at: configuration, the HTTP request, the retries (with backoff, on 429, 5xx
+and connection errors; only until the response headers arrive, so a retry can never repeat tokens a client already
+has) and its errors, which this module maps onto ours. The streamed chunks are read here instead: the response's
+lines, `json.loads`, plain dicts. The SDK's stream builds a validated model object per chunk, which was most of the
+service's CPU per relayed token; the chunks' shape is the same, so the behaviour is too (reasoning fields, `<think>`
+splitting, usage, finish reasons, cancellation by closing the response).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx2
 import openai
 
 from config import Settings
@@ -55,14 +60,29 @@ def map_error(exc: openai.OpenAIError) -> LLMError:
             return UpstreamProtocolError("the model provider sent a response that could not be read")
 
 
-def _reasoning_of(delta: Any) -> str:
-    # DeepSeek names it `reasoning_content`, vLLM `reasoning`; neither is in the SDK's schema, so both arrive as
-    # extra attributes.
+def _reasoning_of(delta: dict[str, Any]) -> str:
+    # DeepSeek names it `reasoning_content`, vLLM `reasoning`.
     for name in ("reasoning_content", "reasoning"):
-        value = getattr(delta, name, None)
+        value = delta.get(name)
         if isinstance(value, str) and value:
             return value
     return ""
+
+
+async def _chunks(lines: AsyncIterator[str]) -> AsyncIterator[dict[str, Any]]:
+    """The JSON objects of an OpenAI stream's `data:` lines, up to `[DONE]`."""
+    async for line in lines:
+        if not line.startswith("data:"):
+            continue  # blank separators, comments (`: keep-alive`), `event:` lines
+        data = line[5:].strip()
+        if data == "[DONE]":
+            return
+        chunk = json.loads(data)  # ValueError on a chunk that is not JSON
+        if not isinstance(chunk, dict):
+            raise ValueError("a chunk that is not a JSON object")
+        if "error" in chunk:  # some servers report a failure mid-stream as a chunk
+            raise UpstreamUnavailable("the model provider reported an error mid-stream")
+        yield chunk
 
 
 class OpenAIChatModel:
@@ -98,8 +118,9 @@ class OpenAIChatModel:
         return args
 
     async def stream(self, messages: list[Message], options: GenerationOptions) -> AsyncIterator[Delta]:
+        request = self._client.chat.completions.with_streaming_response.create(**self._request_args(messages, options))
         try:
-            response = await self._client.chat.completions.create(**self._request_args(messages, options))
+            response = await request.__aenter__()
         except openai.OpenAIError as exc:
             raise map_error(exc) from exc
         finished = False
@@ -107,30 +128,37 @@ class OpenAIChatModel:
         inside = self._think_starts_inside
         splitter = ThinkTagSplitter(starts_inside_think(options.model or self.model) if inside is None else inside)
         try:
-            async for chunk in response:
+            async for chunk in _chunks(response.iter_lines()):
                 usage = None
-                if chunk.usage is not None:
-                    usage = Usage(chunk.usage.prompt_tokens or 0, chunk.usage.completion_tokens or 0)
+                if raw_usage := chunk.get("usage"):
+                    usage = Usage(raw_usage.get("prompt_tokens") or 0, raw_usage.get("completion_tokens") or 0)
                     finished = True  # the usage chunk comes after the finish reason
-                if not chunk.choices:
+                choices = chunk.get("choices")
+                if not choices:
                     if usage is not None:
                         yield Delta(usage=usage)
                     continue
-                choice = chunk.choices[0]
-                finished = finished or choice.finish_reason is not None
-                content, inline_reasoning = splitter.feed(choice.delta.content or "" if choice.delta else "")
-                if choice.finish_reason is not None:
+                choice = choices[0]
+                delta = choice.get("delta") or {}
+                finish_reason = choice.get("finish_reason")
+                finished = finished or finish_reason is not None
+                content, inline_reasoning = splitter.feed(delta.get("content") or "")
+                if finish_reason is not None:
                     rest, rest_reasoning = splitter.flush()
                     content, inline_reasoning = content + rest, inline_reasoning + rest_reasoning
-                reasoning = (_reasoning_of(choice.delta) if choice.delta else "") + inline_reasoning
-                yield Delta(content=content, reasoning=reasoning, usage=usage, finish_reason=choice.finish_reason)
+                reasoning = _reasoning_of(delta) + inline_reasoning
+                yield Delta(content=content, reasoning=reasoning, usage=usage, finish_reason=finish_reason)
         except openai.OpenAIError as exc:
             raise map_error(exc) from exc
-        except ValueError as exc:  # a chunk that is not JSON
+        except httpx2.TimeoutException as exc:
+            raise UpstreamTimeout("the model provider stopped sending in time") from exc
+        except httpx2.HTTPError as exc:  # the connection broke off mid-stream
+            raise UpstreamProtocolError("the model provider's stream broke off") from exc
+        except (ValueError, AttributeError, TypeError) as exc:  # a chunk that is not JSON, or not a chunk
             raise UpstreamProtocolError("the model provider sent a chunk that could not be read") from exc
         finally:
             # Closing the response closes the connection: the upstream stops generating (and billing).
-            await response.close()
+            await request.__aexit__(None, None, None)
         if not finished:
             raise UpstreamProtocolError("the model provider's stream ended before the answer was complete")
 

@@ -1,0 +1,202 @@
+"""Relay cost: the service's CPU per relayed token and its time to first token, beside a minimal relay, in one run.
+
+    .venv/bin/python bench/relay.py
+
+Three processes on 127.0.0.1: the fake OpenAI-compatible upstream, the service (`python main.py`, no documents
+stored, so no question is embedded and only relaying is measured), and a minimal relay: a Starlette app that posts
+to the same upstream with httpx, iterates its lines, `json.loads` each chunk and streams `data: {"content": ...}`
+back through a `StreamingResponse`: the bare parts the service is made of.
+
+- CPU per token: each relay answers 10 requests of 2,000 tokens sent back to back (no delay); the relay process's
+  user+system CPU time (from /proc) divided by the tokens relayed. For `/api/v1/chat` and `/v1/chat/completions`.
+- Time to first token at 1 and 50 concurrent streams, when the upstream sends 20 tokens 20 ms apart: through the
+  service, through the minimal relay, and straight from the upstream; p50 of each, and what the relay adds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.service_process import PROJECT_DIR, ServiceProcess, free_port
+
+QUESTION = [{"role": "user", "content": "Tell me something."}]
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as handle:
+        fields = handle.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / 100  # utime + stime, in clock ticks of 1/100 s
+
+
+def serve_upstream(port: int, tokens: int, delay: float) -> None:
+    import uvicorn
+
+    from tests.fake_upstream import FakeUpstream, Script
+
+    fake = FakeUpstream()
+    fake.script = Script(tokens=[f"t{i} " for i in range(tokens)], delay=delay)
+    uvicorn.run(fake.app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+def serve_minimal_relay(port: int, upstream: str) -> None:
+    """The reference: what relaying costs with nothing but httpx, json and Starlette."""
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import StreamingResponse
+    from starlette.routing import Route
+
+    client = httpx.AsyncClient(base_url=upstream, timeout=60)
+
+    async def relay(request: Request) -> StreamingResponse:
+        body = await request.json()
+
+        async def lines():
+            payload = {"model": "m", "messages": body["messages"], "stream": True}
+            async with client.stream("POST", "/chat/completions", json=payload) as response:
+                async for line in response.aiter_lines():
+                    if not line.startswith("data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        break
+                    choices = json.loads(data).get("choices") or [{}]
+                    text = (choices[0].get("delta") or {}).get("content")
+                    if text:
+                        yield f"data: {json.dumps({'content': text})}\n\n"
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(lines(), media_type="text/event-stream")
+
+    app = Starlette(routes=[Route("/relay", relay, methods=["POST"])])
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+def spawn(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, __file__, *args], cwd=PROJECT_DIR)
+
+
+def wait_up(url: str, method: str = "GET") -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            httpx.request(method, url, timeout=2)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    raise TimeoutError(url)
+
+
+async def stream_once(client: httpx.AsyncClient, url: str, body: dict) -> tuple[float | None, int]:
+    """(seconds to the first token, tokens received)"""
+    started = time.perf_counter()
+    first, tokens = None, 0
+    async with client.stream("POST", url, json=body) as response:
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            if not line.startswith("data:") or line[5:].strip() == "[DONE]":
+                continue
+            event = json.loads(line[5:])
+            text = event.get("content")
+            if text is None:  # OpenAI's chunk format
+                choices = event.get("choices") or [{}]
+                text = (choices[0].get("delta") or {}).get("content")
+            if text:
+                tokens += 1
+                if first is None:
+                    first = time.perf_counter() - started
+    return first, tokens
+
+
+async def cpu_per_token(pid: int, url: str, body: dict, requests: int) -> tuple[float, int]:
+    async with httpx.AsyncClient(timeout=120) as client:
+        await stream_once(client, url, body)  # warm-up
+        before = cpu_seconds(pid)
+        tokens = 0
+        for _ in range(requests):
+            tokens += (await stream_once(client, url, body))[1]
+        return (cpu_seconds(pid) - before) / tokens * 1e6, tokens
+
+
+async def ttft(url: str, body: dict, concurrency: int, rounds: int) -> float:
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+        await stream_once(client, url, body)
+        firsts = []
+        for _ in range(rounds):
+            results = await asyncio.gather(*(stream_once(client, url, body) for _ in range(concurrency)))
+            firsts += [first for first, _ in results if first is not None]
+    return statistics.median(firsts) * 1000
+
+
+def run(requests: int) -> None:
+    fast_port, slow_port, minimal_port, minimal_slow_port = (free_port() for _ in range(4))
+    processes = [
+        spawn("--upstream", str(fast_port), "2000", "0"),
+        spawn("--upstream", str(slow_port), "20", "0.02"),
+    ]
+    fast, slow = f"http://127.0.0.1:{fast_port}/v1", f"http://127.0.0.1:{slow_port}/v1"
+    processes += [spawn("--minimal", str(minimal_port), fast), spawn("--minimal", str(minimal_slow_port), slow)]
+    try:
+        for port in (fast_port, slow_port, minimal_port, minimal_slow_port):
+            wait_up(f"http://127.0.0.1:{port}/")
+        minimal_pid = processes[2].pid
+        chat = {"messages": QUESTION}
+        completion = {"model": "m", "messages": QUESTION, "stream": True}
+        with tempfile.TemporaryDirectory() as tmp, ServiceProcess(Path(tmp), fast) as service:
+            service.wait_ready()
+            pid = service.process.pid
+            ref, _ = asyncio.run(cpu_per_token(minimal_pid, f"http://127.0.0.1:{minimal_port}/relay", chat, requests))
+            ours, tokens = asyncio.run(cpu_per_token(pid, f"{service.url}/api/v1/chat", chat, requests))
+            openai_api, _ = asyncio.run(cpu_per_token(pid, f"{service.url}/v1/chat/completions", completion, requests))
+            print(f"CPU per relayed token ({requests} answers of {tokens // requests} tokens each):")
+            print(f"  minimal relay (httpx + json + Starlette)  {ref:7.1f} us")
+            print(f"  /api/v1/chat                              {ours:7.1f} us  ({ours / ref:.2f}x)")
+            print(f"  /v1/chat/completions                      {openai_api:7.1f} us  ({openai_api / ref:.2f}x)")
+        with tempfile.TemporaryDirectory() as tmp, ServiceProcess(Path(tmp), slow) as service:
+            service.wait_ready()
+            print("time to first token p50 (upstream: 20 tokens, 20 ms apart):")
+            for concurrency in (1, 50):
+                rounds = 20 if concurrency == 1 else 3
+                direct = asyncio.run(ttft(f"{slow}/chat/completions", completion, concurrency, rounds))
+                minimal = asyncio.run(ttft(f"http://127.0.0.1:{minimal_slow_port}/relay", chat, concurrency, rounds))
+                service_ms = asyncio.run(ttft(f"{service.url}/api/v1/chat", chat, concurrency, rounds))
+                print(
+                    f"  {concurrency:3} streams: upstream direct {direct:6.1f} ms, minimal relay {minimal:6.1f} ms "
+                    f"(+{minimal - direct:5.1f}), service {service_ms:6.1f} ms (+{service_ms - direct:5.1f})"
+                )
+            service.terminate()
+    finally:
+        for process in processes:
+            process.kill()
+            process.wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=10)
+    parser.add_argument("--upstream", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--minimal", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.upstream:
+        serve_upstream(int(args.upstream[0]), int(args.upstream[1]), float(args.upstream[2]))
+    elif args.minimal:
+        serve_minimal_relay(int(args.minimal[0]), args.minimal[1])
+    else:
+        run(args.requests)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""The default embedder: the bundled all-MiniLM-L6-v2 as one ONNX graph run by ONNX Runtime, tokenized by
+`tokenizers`. torch is never imported here (only `rag/onnx_export.py` needs it, once, to produce the graph).
+
+Threads, chosen for serving on a few cores: the session runs each batch on the calling thread alone
+(`intra_op_num_threads=1`). Parallelism comes from running several batches at once instead, one per core, in
+worker threads: no thread pool spins waiting for work, so a busy machine slows an encode down in proportion, never
+pathologically (torch with two intra-op threads under contention took 17 times longer per question). Questions
+have a lane of their own (one batch at a time, coalesced), so an ingestion of thousands of chunks, which fills
+the ingestion lane, never makes a question wait behind it.
+
+Ingestion batches are formed after sorting the texts by length, so that a batch pads to about its own length
+instead of the longest text's; the vectors are put back in the caller's order.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import anyio
+import numpy as np
+
+from rag.embedder import LocalEmbedder, resolve_model_path
+from rag.errors import EmbeddingError
+from rag.onnx_export import export, onnx_file
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_TOKENS = 256  # all-MiniLM-L6-v2's max_seq_length; a model's own sentence_bert_config.json wins
+
+
+def _max_tokens(model_dir: Path) -> int:
+    try:
+        config = json.loads((model_dir / "sentence_bert_config.json").read_text(encoding="utf-8"))
+        return int(config.get("max_seq_length", DEFAULT_MAX_TOKENS))
+    except (OSError, ValueError):
+        return DEFAULT_MAX_TOKENS
+
+
+class OnnxEmbedder(LocalEmbedder):
+    def __init__(self, session: Any, tokenizer: Any, model_name: str, dimension: int, batch_size: int) -> None:
+        cores = os.cpu_count() or 1
+        super().__init__(batch_size, anyio.CapacityLimiter(1), anyio.CapacityLimiter(cores))
+        self._session = session
+        self._tokenizer = tokenizer
+        self.model_name = model_name
+        self.dimension = dimension
+
+    @classmethod
+    async def load(cls, model_name: str, onnx_dir: Path, batch_size: int) -> OnnxEmbedder:
+        return await anyio.to_thread.run_sync(cls._open, model_name, onnx_dir, batch_size)
+
+    @classmethod
+    def _open(cls, model_name: str, onnx_dir: Path, batch_size: int) -> OnnxEmbedder:
+        model_dir = Path(resolve_model_path(model_name))
+        if not model_dir.is_dir():
+            raise EmbeddingError(
+                f"the ONNX backend needs a local model directory, and {model_name!r} is not one: "
+                "give EMBEDDING_MODEL a path, or set EMBEDDER_BACKEND=torch"
+            )
+        graph = onnx_file(onnx_dir, model_name)
+        if not graph.exists():
+            logger.info("exporting %s to ONNX (once): %s", model_name, graph)
+            export(model_dir, graph)
+
+        import onnxruntime
+        from tokenizers import Tokenizer
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
+        options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        session = onnxruntime.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+        tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        tokenizer.enable_truncation(_max_tokens(model_dir))
+        tokenizer.enable_padding()
+        probe = cls(session, tokenizer, model_name, 0, batch_size)
+        dimension = int(probe._encode(["dimension probe"]).shape[1])
+        return cls(session, tokenizer, model_name, dimension, batch_size)
+
+    def _encode(self, texts: list[str]) -> np.ndarray:
+        """One batch through the graph (padded to its longest text)."""
+        self.forward_passes += 1
+        encodings = self._tokenizer.encode_batch(texts)
+        ids = np.array([e.ids for e in encodings], dtype=np.int64)
+        mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
+        feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+        (vectors,) = self._session.run(None, feed)
+        return np.asarray(vectors, dtype=np.float32)
+
+    async def _encode_many(self, texts: list[str]) -> np.ndarray:
+        """Ingestion: batches of similar lengths, several at once (one per core), in the caller's order."""
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        batches = [order[i : i + self._batch_size] for i in range(0, len(order), self._batch_size)]
+        out = np.empty((len(texts), self.dimension), dtype=np.float32)
+
+        async def run(batch: list[int]) -> None:
+            vectors = await anyio.to_thread.run_sync(self._encode, [texts[i] for i in batch], limiter=self._ingest_lane)
+            out[batch] = vectors
+
+        async with anyio.create_task_group() as group:
+            for batch in batches:
+                group.start_soon(run, batch)
+        return out
+
+    async def aclose(self) -> None:
+        await super().aclose()
+        self._session = None

@@ -1,0 +1,70 @@
+"""The default ONNX embedder against its reference, sentence-transformers on torch, with the same bundled weights."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from config import PROJECT_DIR, Settings
+from rag.embedder import SentenceTransformerEmbedder
+from rag.onnx_embedder import OnnxEmbedder
+
+SCIFACT = PROJECT_DIR.parent / "shared" / "datasets" / "scifact" / "corpus.jsonl"
+
+
+@pytest.fixture(scope="module")
+async def onnx_embedder() -> OnnxEmbedder:
+    settings = Settings(_env_file=None)
+    return await OnnxEmbedder.load(settings.embedding_model, settings.onnx_dir, 32)
+
+
+def passages(n: int) -> list[str]:
+    with SCIFACT.open(encoding="utf-8") as handle:
+        docs = [json.loads(line) for _, line in zip(range(n), handle, strict=False)]
+    # chunk-sized texts, as the service embeds them; several are longer than the model's 256-token window
+    return [f"{d['title']} {d['text']}"[:1000] for d in docs]
+
+
+@pytest.mark.skipif(not SCIFACT.exists(), reason="needs ../shared/datasets/scifact")
+async def test_onnx_vectors_match_sentence_transformers_on_500_passages(
+    onnx_embedder: OnnxEmbedder, embedder: SentenceTransformerEmbedder
+) -> None:
+    texts = passages(500)
+    ours = await onnx_embedder.embed(texts)
+    reference = await embedder.embed(texts)
+    assert ours.shape == reference.shape == (500, 384)
+    cosine = np.sum(ours * reference, axis=1)
+    assert cosine.min() >= 0.9999, cosine.min()
+    np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
+
+
+async def test_ingestion_order_survives_length_sorting_and_questions_coalesce(onnx_embedder: OnnxEmbedder) -> None:
+    texts = [("word " * (i % 37 + 1)) + str(i) for i in range(150)]  # lengths shuffled against the order
+    together = await onnx_embedder.embed(texts)
+    for i in (0, 5, 77, 149):
+        alone = (await onnx_embedder.embed([texts[i]]))[0]
+        np.testing.assert_allclose(together[i], alone, atol=1e-5)
+
+
+def test_the_default_path_never_imports_torch(tmp_path: Path) -> None:
+    """A service process with default settings (ONNX embedder) serves a search without torch in memory."""
+    code = f"""
+import sys
+from fastapi.testclient import TestClient
+from config import Settings
+from main import create_app
+settings = Settings(_env_file=None, data_dir={str(tmp_path)!r}, llm_provider="openai",
+                    openai_base_url="http://127.0.0.1:9/v1", openai_api_key="unused")
+with TestClient(create_app(settings)) as client:
+    assert client.post("/api/v1/documents/add", json={{"documents": ["torch-free text"]}}).status_code == 200
+    assert client.get("/api/v1/documents/search", params={{"query": "text"}}).status_code == 200
+print("torch" in sys.modules, "sentence_transformers" in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_DIR, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-2:] == ["False", "False"]
