@@ -1,0 +1,134 @@
+"""The default embedder's figures, each beside the bare encoder doing the same work, in one run.
+
+    .venv/bin/python bench/embedding.py
+
+- a question alone: p50 of 200 single-question `embed()` calls through `OnnxEmbedder` (worker thread, lane,
+  coalescing) against the bare ONNX Runtime session called inline with the same tokenization;
+- ingestion: chunks per second embedding 2,000 SciFact chunks (the service's chunker, as an add would) through
+  `OnnxEmbedder.embed` against the bare session over the same texts in batches of EMBEDDING_BATCH_SIZE, in order;
+- the sentence-transformers (torch) backend on the same question and chunks, for comparison;
+- the service's resident memory after start-up with the default settings (`python main.py`: ONNX embedder, the
+  local SmolLM2 model, an empty store), read from /proc once /api/v1/health answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.retrieval import DEFAULT_DATASET
+from config import Settings
+from rag.chunking import split_text
+from rag.onnx_embedder import OnnxEmbedder
+
+QUESTION = "Does vitamin D supplementation reduce the risk of fractures in older adults?"
+
+
+def chunk_texts(settings: Settings, limit: int) -> list[str]:
+    texts: list[str] = []
+    with (DEFAULT_DATASET / "corpus.jsonl").open(encoding="utf-8") as handle:
+        for line in handle:
+            doc = json.loads(line)
+            texts += split_text(f"{doc['title']} {doc['text']}", settings.chunk_size, settings.chunk_overlap)
+            if len(texts) >= limit:
+                return texts[:limit]
+    return texts
+
+
+def default_service_rss(data_dir: Path) -> float:
+    import os
+    import subprocess
+
+    from bench.service_process import PROJECT_DIR, free_port
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "LLM_", "API_KEYS", "EMBEDDER"))}
+    env |= {"DATA_DIR": str(data_dir), "PORT": str(port), "LOG_LEVEL": "warning"}
+    process = subprocess.Popen([sys.executable, "main.py"], cwd=PROJECT_DIR, env=env)
+    try:
+        import httpx
+
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/api/v1/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        with open(f"/proc/{process.pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        return float("nan")
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+async def run() -> None:
+    settings = Settings(_env_file=None)
+    embedder = await OnnxEmbedder.load(settings.embedding_model, settings.onnx_dir, settings.embedding_batch_size)
+    bare = embedder._encode  # the session run inline: tokenization and the graph, nothing of ours around it
+
+    bare(["warm up"])
+    await embedder.embed([QUESTION])
+    bare_times, ours = [], []
+    for _ in range(200):
+        started = time.perf_counter()
+        bare([QUESTION])
+        bare_times.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        await embedder.embed([QUESTION])
+        ours.append(time.perf_counter() - started)
+    q_bare, q_ours = statistics.median(bare_times) * 1000, statistics.median(ours) * 1000
+    print(
+        f"question alone, p50:  OnnxEmbedder {q_ours:.2f} ms   bare session {q_bare:.2f} ms   ({q_ours / q_bare:.2f}x)"
+    )
+
+    texts = chunk_texts(settings, 2000)
+    started = time.perf_counter()
+    for i in range(0, len(texts), settings.embedding_batch_size):
+        bare(texts[i : i + settings.embedding_batch_size])
+    bare_rate = len(texts) / (time.perf_counter() - started)
+    started = time.perf_counter()
+    vectors = await embedder.embed(texts)
+    our_rate = len(texts) / (time.perf_counter() - started)
+    assert vectors.shape == (len(texts), embedder.dimension)
+    print(
+        f"ingestion, {len(texts)} chunks:  OnnxEmbedder {our_rate:.1f} chunks/s   bare session {bare_rate:.1f} "
+        f"chunks/s   ({our_rate / bare_rate:.2f}x)"
+    )
+
+    from rag.embedder import SentenceTransformerEmbedder
+
+    torch_embedder = await SentenceTransformerEmbedder.load(settings.embedding_model, settings.embedding_batch_size)
+    await torch_embedder.embed([QUESTION])
+    times = []
+    for _ in range(50):
+        started = time.perf_counter()
+        await torch_embedder.embed([QUESTION])
+        times.append(time.perf_counter() - started)
+    started = time.perf_counter()
+    reference = await torch_embedder.embed(texts)
+    torch_rate = len(texts) / (time.perf_counter() - started)
+    cosine = float(np.min(np.sum(vectors * reference, axis=1)))
+    print(
+        f"torch backend (sentence-transformers):  question p50 {statistics.median(times) * 1000:.2f} ms, "
+        f"ingestion {torch_rate:.1f} chunks/s; lowest cosine to ONNX over the chunks {cosine:.6f}"
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        rss = default_service_rss(Path(tmp))
+    print(f"service resident memory after start-up (defaults): {rss:.0f} MiB")
+
+
+if __name__ == "__main__":
+    asyncio.run(run())
