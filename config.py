@@ -118,9 +118,18 @@ class Settings(BaseSettings):
     embedding_batch_size: int = Field(64, ge=1, le=4096, description="Texts encoded per batch.")
 
     # --- storage and retrieval ------------------------------------------------------------------------
-    vector_store: Literal["numpy"] = Field(
-        "numpy", description="Storage backend: 'numpy' (embedded: .npy segments and SQLite under DATA_DIR)."
+    vector_store: Literal["numpy", "postgres"] = Field(
+        "numpy",
+        description="Storage backend: 'numpy' (embedded: .npy segments and SQLite under DATA_DIR) or 'postgres' "
+        "(PostgreSQL with pgvector at DATABASE_URL, shared by any number of replicas).",
     )
+    database_url: SecretStr | None = Field(
+        None,
+        description="PostgreSQL URL (postgresql://user:password@host:5432/db). Set: chats live there; with "
+        "VECTOR_STORE=postgres, documents too.",
+    )
+    pg_ef_search: int = Field(100, ge=10, le=1000, description="HNSW candidates per search (recall against speed).")
+    pg_pool_size: int = Field(10, ge=1, le=200, description="Connections each replica keeps to PostgreSQL.")
     retrieval_mode: Literal["hybrid", "dense", "keyword"] = Field(
         "hybrid",
         description="'hybrid' (dense and BM25 keyword legs fused), 'dense' (cosine only) or 'keyword' (BM25 only).",
@@ -148,7 +157,7 @@ class Settings(BaseSettings):
     sse_ping_seconds: float = Field(15.0, gt=0, description="Keep-alive comment interval on SSE streams.")
     sse_send_timeout: float = Field(30.0, gt=0, description="Seconds a stalled client may block one send.")
 
-    @field_validator("jwt_secret", "jwt_public_key", "jwt_audience", mode="before")
+    @field_validator("jwt_secret", "jwt_public_key", "jwt_audience", "database_url", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         # `JWT_SECRET=` in a .env copied from .env.example means "not set", never "an empty secret".
@@ -168,6 +177,8 @@ class Settings(BaseSettings):
             raise ValueError("CHUNK_OVERLAP must be smaller than CHUNK_SIZE")
         if self.jwt_secret is not None and self.jwt_public_key:
             raise ValueError("set JWT_SECRET (HS256) or JWT_PUBLIC_KEY (RS256/ES256), not both")
+        if self.vector_store == "postgres" and self.database_url is None:
+            raise ValueError("VECTOR_STORE=postgres needs DATABASE_URL")
         if self.top_k_results > self.max_top_k:
             raise ValueError("TOP_K_RESULTS must not exceed MAX_TOP_K")
         if not self.data_dir.is_absolute():

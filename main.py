@@ -26,7 +26,7 @@ from config import Settings, get_settings
 from llm.errors import LLMError
 from llm.factory import build_chat_model
 from llm.types import ChatModel
-from rag.conversations import ConversationStore
+from rag.conversations import Conversations, ConversationStore
 from rag.embedder import build_embedder
 from rag.errors import RAGError
 from rag.history import QueryRewriter
@@ -54,9 +54,15 @@ async def build_services(settings: Settings, metrics: ChatMetrics, stack: contex
     """Build every shared component; each is registered on `stack` so that it is closed on the way out."""
     embedder = await build_embedder(settings)
     stack.push_async_callback(embedder.aclose)
-    store = await open_store(settings.vector_store, settings.data_dir, embedder.model_name, embedder.dimension)
+    store = await open_store(settings, embedder.model_name, embedder.dimension)
     stack.push_async_callback(store.aclose)
-    conversations = await ConversationStore.open(settings.data_dir / "chats.sqlite3")
+    conversations: Conversations
+    if settings.database_url is not None:  # replicas share one database: a chat continues on any of them
+        from rag.pg_conversations import PgConversationStore
+
+        conversations = await PgConversationStore.open(settings.database_url.get_secret_value())
+    else:
+        conversations = await ConversationStore.open(settings.data_dir / "chats.sqlite3")
     stack.push_async_callback(conversations.aclose)
     llm = await build_chat_model(settings)
     stack.push_async_callback(llm.aclose)

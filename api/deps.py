@@ -12,7 +12,7 @@ from api.metrics import ChatMetrics
 from api.security import RateLimiter
 from config import Settings
 from llm.types import ChatModel
-from rag.conversations import ConversationStore
+from rag.conversations import Conversations
 from rag.ingest import Indexer
 from rag.pipeline import ChatPipeline
 from rag.retriever import Retriever
@@ -29,7 +29,7 @@ class Services:
     indexer: Indexer
     llm: ChatModel
     pipeline: ChatPipeline
-    conversations: ConversationStore
+    conversations: Conversations
     metrics: ChatMetrics
     rate_limiter: RateLimiter
     authenticator: Authenticator

@@ -33,6 +33,7 @@ from rag.errors import (
     RAGError,
     StoreCorrupt,
     StoreIncompatible,
+    StoreUnavailable,
     TenantForbidden,
 )
 
@@ -46,6 +47,7 @@ STATUS_TABLE: list[tuple[type[Exception], int]] = [
     (ChatForbidden, 403),
     (TenantForbidden, 403),
     (EmbeddingError, 502),
+    (StoreUnavailable, 503),
     (StoreIncompatible, 500),
     (StoreCorrupt, 500),
     (RAGError, 500),

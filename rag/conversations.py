@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import anyio
 
@@ -72,6 +73,25 @@ class StoredMessage:
     role: str
     content: str
     created_at: float
+
+
+class Conversations(Protocol):
+    """Where chats live: SQLite under DATA_DIR (`ConversationStore`), or PostgreSQL when DATABASE_URL is set
+    (`rag.pg_conversations.PgConversationStore`, shared by replicas). Both answer the same questions the same way."""
+
+    async def get(self, chat_id: str, owner: ChatOwner) -> tuple[ChatSummary, list[StoredMessage]]: ...
+
+    async def history(self, chat_id: str, owner: ChatOwner) -> list[Message]: ...
+
+    async def list_chats(self, owner: ChatOwner, limit: int = 50, offset: int = 0) -> list[ChatSummary]: ...
+
+    async def append(
+        self, chat_id: str, owner: ChatOwner, messages: list[Message], title: str | None = None
+    ) -> None: ...
+
+    async def delete(self, chat_id: str, owner: ChatOwner) -> None: ...
+
+    async def aclose(self) -> None: ...
 
 
 class ConversationStore:
@@ -158,7 +178,7 @@ class ConversationStore:
             if row is None:
                 db.execute(
                     "INSERT INTO chats (chat_id, user_id, org_id, title, created_at, updated_at) VALUES (?,?,?,?,?,?)",
-                    (chat_id, owner.user_id, owner.org_id, title or _title_from(messages), now, now),
+                    (chat_id, owner.user_id, owner.org_id, title or title_from(messages), now, now),
                 )
             elif row[0] != owner.user_id or (owner.org_id is not None and row[1] != owner.org_id):
                 raise ChatForbidden(f"chat {chat_id!r} belongs to another user")
@@ -188,6 +208,6 @@ class ConversationStore:
         """Nothing to close: connections live only as long as each call."""
 
 
-def _title_from(messages: list[Message]) -> str:
+def title_from(messages: list[Message]) -> str:
     first = next((m.content for m in messages if m.role == "user"), "")
     return first[:80]

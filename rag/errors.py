@@ -37,6 +37,12 @@ class StoreCorrupt(RAGError):
     error_type = "store_corrupt"
 
 
+class StoreUnavailable(RAGError):
+    """The store's database cannot be reached right now (restarting, network cut); the request may be retried."""
+
+    error_type = "store_unavailable"
+
+
 class EmbeddingError(RAGError):
     """The embedder failed (a remote embeddings API down, a bad vector...)."""
 

