@@ -36,7 +36,9 @@ class Retriever:
             raise InvalidRequest("the query is empty")
         filters = validate_filters(filters)
         if self.store.count == 0:
-            return []  # nothing to find: skip the forward pass
+            await self.store.refresh()  # another worker or replica may have added since this one last looked
+            if self.store.count == 0:
+                return []  # nothing to find: skip the forward pass
         mode = mode or self.mode
         vector = None if mode == "keyword" else (await self.embedder.embed([query]))[0]
         floor = self.threshold if threshold is None else threshold
