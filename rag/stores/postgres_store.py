@@ -237,11 +237,13 @@ class PostgresVectorStore:
     async def _dense(self, request: SearchRequest, k: int) -> list[asyncpg.Record]:
         params = SqlParams(np.asarray(request.vector, dtype=np.float32))
         where = where_clause(request.filters, params)
-        rows = await self._fetch(
-            "SELECT key, id, document_id, text, metadata, 1 - (embedding <=> $1) AS similarity FROM rag_chunks "
-            f"WHERE {where} ORDER BY embedding <=> $1 LIMIT {int(k)}",
-            params,
-        )
+        select = "SELECT key, id, document_id, text, metadata, 1 - (embedding <=> $1) AS similarity FROM rag_chunks"
+        rows = await self._fetch(f"{select} WHERE {where} ORDER BY embedding <=> $1 LIMIT {int(k)}", params)
+        if request.filters and len(rows) < k:
+            # A small tenant among many: the iterative index scan can stop (hnsw.max_scan_tuples) before it has seen
+            # k of its rows. An exact scan of the filtered rows (the ORDER BY no longer matches the index) finds
+            # every one; it is cheap precisely because the filter keeps few rows.
+            rows = await self._fetch(f"{select} WHERE {where} ORDER BY (embedding <=> $1) + 0 LIMIT {int(k)}", params)
         return sorted(rows, key=lambda row: row["similarity"], reverse=True)  # relaxed order: sort again
 
     async def _keyword(self, request: SearchRequest, k: int) -> list[asyncpg.Record]:
