@@ -7,10 +7,11 @@ replicas adding the same document at once serialise instead of failing. PostgreS
 made durable, so every replica sees an acknowledged add on its next request.
 
 pgvector's HNSW applies a WHERE clause after the index scan, so a filtered top k could come back short; searches
-run with `hnsw.iterative_scan = relaxed_order`, which keeps scanning until k rows pass (pgvector 0.8+), and
-re-sort what comes back. The keyword leg ranks with `ts_rank_cd` (PostgreSQL has no BM25). The schema is created
-and migrated at start-up under an advisory lock, so replicas starting together do it once; a table built for
-another embedding model is refused, as the embedded store refuses one.
+run with `hnsw.iterative_scan = relaxed_order`, which keeps scanning until k rows pass (pgvector 0.8+), re-sort
+what comes back, and scan a filter's rows exactly when the index scan still gave up early. The keyword leg is BM25
+computed in SQL over the `tsvector`s (PostgreSQL's own ranks lack IDF). The schema is created and migrated at
+start-up under an advisory lock, so replicas starting together do it once; a table built for another embedding
+model is refused, as the embedded store refuses one.
 
 A lost connection (PostgreSQL restarting, a network cut) is `StoreUnavailable`, a 503; the pool reconnects by
 itself once the server is back.
@@ -45,8 +46,10 @@ MIGRATIONS = [
     """
     CREATE EXTENSION IF NOT EXISTS vector;
     CREATE TABLE rag_meta (key text PRIMARY KEY, value text NOT NULL);
-    CREATE TABLE rag_counters (id int PRIMARY KEY CHECK (id = 1), chunks bigint NOT NULL, documents bigint NOT NULL);
-    INSERT INTO rag_counters VALUES (1, 0, 0);
+    CREATE TABLE rag_counters (
+        id int PRIMARY KEY CHECK (id = 1), chunks bigint NOT NULL, documents bigint NOT NULL,
+        lexemes bigint NOT NULL);
+    INSERT INTO rag_counters VALUES (1, 0, 0, 0);
     CREATE TABLE rag_documents (
         id text PRIMARY KEY, seq bigserial UNIQUE, org_id text, chunks int NOT NULL, metadata jsonb NOT NULL,
         preview text NOT NULL);
@@ -180,6 +183,9 @@ class PostgresVectorStore:
                 "SELECT count(*) FROM rag_documents WHERE id = ANY($1) AND org_id IS DISTINCT FROM $2", ids, org_id
             ):
                 raise TenantForbidden("a document with one of these ids belongs to another organisation")
+            removed_lexemes = await conn.fetchval(
+                "SELECT coalesce(sum(length(tsv)), 0) FROM rag_chunks WHERE document_id = ANY($1)", ids
+            )
             removed = await conn.fetchrow(
                 "WITH gone AS (DELETE FROM rag_documents WHERE id = ANY($1) RETURNING chunks) "
                 "SELECT count(*) AS documents, coalesce(sum(chunks), 0) AS chunks FROM gone",
@@ -200,17 +206,24 @@ class PostgresVectorStore:
                     for c, vector in zip(chunks, vectors.astype(np.float32, copy=False), strict=True)
                 ],
             )
+            added_lexemes = await conn.fetchval(
+                "SELECT coalesce(sum(length(tsv)), 0) FROM rag_chunks WHERE document_id = ANY($1)", ids
+            )
             counts = await conn.fetchrow(
-                "UPDATE rag_counters SET chunks = chunks + $1, documents = documents + $2 WHERE id = 1 "
-                "RETURNING chunks, documents",
+                "UPDATE rag_counters SET chunks = chunks + $1, documents = documents + $2, lexemes = lexemes + $3 "
+                "WHERE id = 1 RETURNING chunks, documents",
                 len(chunks) - int(removed["chunks"]),
                 len(documents) - int(removed["documents"]),
+                int(added_lexemes) - int(removed_lexemes),
             )
         self._counts = (int(counts["chunks"]), int(counts["documents"]))
 
     async def delete(self, document_id: str, org_id: str | None = None) -> int:
         async with self._connection() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", document_id)
+            lexemes = await conn.fetchval(
+                "SELECT coalesce(sum(length(tsv)), 0) FROM rag_chunks WHERE document_id = $1", document_id
+            )
             chunks = await conn.fetchval(
                 "DELETE FROM rag_documents WHERE id = $1 AND ($2::text IS NULL OR org_id = $2) RETURNING chunks",
                 document_id,
@@ -219,9 +232,10 @@ class PostgresVectorStore:
             if chunks is None:
                 raise DocumentNotFound(f"no document with id {document_id!r}")
             counts = await conn.fetchrow(
-                "UPDATE rag_counters SET chunks = chunks - $1, documents = documents - 1 WHERE id = 1 "
-                "RETURNING chunks, documents",
+                "UPDATE rag_counters SET chunks = chunks - $1, documents = documents - 1, lexemes = lexemes - $2 "
+                "WHERE id = 1 RETURNING chunks, documents",
                 chunks,
+                int(lexemes),
             )
         self._counts = (int(counts["chunks"]), int(counts["documents"]))
         return int(chunks)
@@ -247,19 +261,41 @@ class PostgresVectorStore:
         return sorted(rows, key=lambda row: row["similarity"], reverse=True)  # relaxed order: sort again
 
     async def _keyword(self, request: SearchRequest, k: int) -> list[asyncpg.Record]:
+        """BM25 (k1 1.2, b 0.75), computed in SQL from the `tsvector`s: PostgreSQL's own ranks have no IDF, and
+        without IDF a word in every chunk counts as much as a rare one. A term's document frequency is counted with
+        the GIN index; a chunk's length is its number of distinct lexemes."""
         terms = query_terms(request.text)
         if not terms:
             return []
         with_vector = request.vector is not None
-        params = SqlParams(" | ".join(terms), *([np.asarray(request.vector, dtype=np.float32)] if with_vector else []))
-        similarity = "1 - (embedding <=> $2)" if with_vector else "NULL::float8"
+        params = SqlParams(" ".join(terms), *([np.asarray(request.vector, dtype=np.float32)] if with_vector else []))
+        similarity = "1 - (c.embedding <=> $2)" if with_vector else "NULL::float8"
         where = where_clause(request.filters, params)
-        return await self._fetch(
-            f"SELECT key, id, document_id, text, metadata, ts_rank_cd(tsv, query) AS rank, {similarity} AS similarity "
-            f"FROM rag_chunks, to_tsquery('english', $1) query WHERE tsv @@ query AND {where} "
-            f"ORDER BY rank DESC, key LIMIT {int(k)}",
-            params,
-        )
+        sql = f"""
+            WITH query_lexemes AS (
+                SELECT DISTINCT lexeme FROM unnest(to_tsvector('english', $1)) AS t(lexeme, positions, weights)),
+            corpus AS (
+                SELECT greatest(chunks, 1) AS n, greatest(lexemes::float8 / greatest(chunks, 1), 1) AS avgdl
+                FROM rag_counters WHERE id = 1),
+            idf AS (
+                SELECT q.lexeme, ln(1 + (corpus.n - d.df + 0.5) / (d.df + 0.5)) AS weight
+                FROM query_lexemes q CROSS JOIN corpus
+                CROSS JOIN LATERAL (
+                    SELECT count(*) AS df FROM rag_chunks WHERE tsv @@ quote_literal(q.lexeme)::tsquery) d),
+            matches AS (
+                SELECT key, tsv FROM rag_chunks
+                WHERE tsv @@ (SELECT string_agg(quote_literal(lexeme), ' | ')::tsquery FROM query_lexemes)
+                AND {where}),
+            scored AS (
+                SELECT m.key, sum(idf.weight * cardinality(u.positions) * 2.2 / (cardinality(u.positions)
+                       + 1.2 * (0.25 + 0.75 * length(m.tsv) / corpus.avgdl))) AS rank
+                FROM matches m CROSS JOIN corpus
+                CROSS JOIN LATERAL unnest(m.tsv) AS u(lexeme, positions, weights)
+                JOIN idf ON idf.lexeme = u.lexeme
+                GROUP BY m.key ORDER BY rank DESC, m.key LIMIT {int(k)})
+            SELECT c.key, c.id, c.document_id, c.text, c.metadata, s.rank, {similarity} AS similarity
+            FROM scored s JOIN rag_chunks c ON c.key = s.key ORDER BY s.rank DESC, c.key"""
+        return await self._fetch(sql, params)
 
     async def search(self, request: SearchRequest) -> list[Hit]:
         if request.top_k < 1:
