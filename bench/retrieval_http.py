@@ -73,9 +73,10 @@ def run(name: str, batch: int, settings: dict[str, str]) -> None:
         service.wait_ready()
         with httpx.Client(base_url=service.url, timeout=60) as client:
             seconds = ingest(client, corpus, batch)
-            chunks = client.get("/api/v1/health").json()["store"]["chunks"]
+            store = client.get("/api/v1/health").json()["store"]
+            chunks = store["chunks"]
             print(
-                f"{name}: {len(corpus)} documents, {chunks} chunks ingested in {seconds:.0f} s "
+                f"{name} ({store['backend']}): {len(corpus)} documents, {chunks} chunks ingested in {seconds:.0f} s "
                 f"({chunks / seconds:.1f} chunks/s, embedding included); {len(qrels)} test queries"
             )
             for mode in MODES:
