@@ -6,15 +6,13 @@ question and the final answer of each turn are stored; another user's chat looks
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 
 import asyncpg
 
 from llm.types import Message
 from rag.conversations import ChatForbidden, ChatNotFound, ChatOwner, ChatSummary, StoredMessage, title_from
-from rag.errors import StoreUnavailable
-from rag.stores.postgres_store import CONNECTION_ERRORS
+from rag.stores.postgres_store import pooled_connection
 
 SCHEMA_LOCK = 0x52414702  # pg_advisory_xact_lock key for this schema
 SCHEMA = """
@@ -48,13 +46,8 @@ class PgConversationStore:
             await conn.execute(SCHEMA)
         return cls(pool)
 
-    @asynccontextmanager
-    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
-        try:
-            async with self._pool.acquire() as conn:
-                yield conn
-        except CONNECTION_ERRORS as exc:
-            raise StoreUnavailable("the database is unavailable; try again in a moment") from exc
+    def _connection(self) -> AbstractAsyncContextManager[asyncpg.Connection]:
+        return pooled_connection(self._pool)
 
     async def get(self, chat_id: str, owner: ChatOwner) -> tuple[ChatSummary, list[StoredMessage]]:
         async with self._connection() as conn:

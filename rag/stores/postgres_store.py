@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import asyncpg
@@ -75,6 +75,16 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.CannotConnectNowError,
     TimeoutError,
 )
+
+
+@asynccontextmanager
+async def pooled_connection(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
+    """A connection from `pool`; a lost database becomes StoreUnavailable (503), never a 500 with a trace."""
+    try:
+        async with pool.acquire() as conn:
+            yield conn
+    except CONNECTION_ERRORS as exc:
+        raise StoreUnavailable("the database is unavailable; try again in a moment") from exc
 
 
 def _org_of(metadata: dict[str, Any]) -> str | None:
@@ -138,14 +148,8 @@ class PostgresVectorStore:
                     f"(dimension {dimension}). Use another database, or set EMBEDDING_MODEL back."
                 )
 
-    @asynccontextmanager
-    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
-        """A pooled connection; a lost database becomes StoreUnavailable (503), never a 500 with a trace."""
-        try:
-            async with self._pool.acquire() as conn:
-                yield conn
-        except CONNECTION_ERRORS as exc:
-            raise StoreUnavailable("the database is unavailable; try again in a moment") from exc
+    def _connection(self) -> AbstractAsyncContextManager[asyncpg.Connection]:
+        return pooled_connection(self._pool)
 
     # --- counts ----------------------------------------------------------------------------------
 
