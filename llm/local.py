@@ -84,6 +84,7 @@ class LocalChatModel:
         self._max_tokens = max_tokens
         self._temperature = temperature
         self._lock = asyncio.Lock()
+        self._context_lock = threading.Lock()
 
     @classmethod
     async def load(
@@ -144,7 +145,11 @@ class LocalChatModel:
 
         def work() -> None:
             try:
-                self._generate(messages, options, emit, stop)
+                # The context is used by one thread at a time. The asyncio lock below queues requests, but a request
+                # cancelled while it waits for its thread to stop releases that lock early (a cancelled `await`
+                # ends at once, shield or not); this lock keeps the next thread out of llama.cpp until then.
+                with self._context_lock:
+                    self._generate(messages, options, emit, stop)
             except Exception as exc:
                 logger.exception("local generation failed")
                 emit(LLMError(f"the local model failed: {type(exc).__name__}"))
@@ -168,4 +173,8 @@ class LocalChatModel:
         async with self._lock:
             close = getattr(self._llama, "close", None)
             if close is not None:
-                close()
+                await anyio.to_thread.run_sync(self._close_when_idle, close)
+
+    def _close_when_idle(self, close: Any) -> None:
+        with self._context_lock:  # a generation still running in its thread finishes first
+            close()
