@@ -12,7 +12,7 @@ import contextlib
 import os
 import tempfile
 import uuid
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,18 +32,26 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _save_atomic(path: Path, array: np.ndarray) -> None:
+@contextlib.contextmanager
+def _replacing(path: Path) -> Iterator[str]:
+    """A temp file beside `path` to write; once the block succeeds it is fsynced and renamed over `path`, and if
+    it fails it is removed, so `path` is never half written."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            np.save(handle, array, allow_pickle=False)
-            handle.flush()
+        yield tmp
+        with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _save_atomic(path: Path, array: np.ndarray) -> None:
+    with _replacing(path) as tmp, open(tmp, "wb") as handle:  # a handle: np.save would add ".npy" to a name
+        np.save(handle, array, allow_pickle=False)
 
 
 def segment_files(directory: Path, name: str) -> tuple[Path, Path]:
@@ -65,9 +73,7 @@ def write_merged_segment(
     name = uuid.uuid4().hex
     vectors_path, keys_path = segment_files(directory, name)
     dimension = parts[0][0].shape[1]
-    fd, tmp = tempfile.mkstemp(prefix=f".{vectors_path.name}.", suffix=".tmp", dir=directory)
-    os.close(fd)
-    try:
+    with _replacing(vectors_path) as tmp:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(keys), dimension))
         row = 0
         for matrix, keep in parts:
@@ -81,13 +87,6 @@ def write_merged_segment(
             raise ValueError(f"segment of {row} rows for {len(keys)} keys")
         out.flush()
         del out
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, vectors_path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
     _save_atomic(keys_path, keys)
     fsync_dir(directory)
     return name
