@@ -25,7 +25,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.load import rss_mib
 from bench.retrieval import DEFAULT_DATASET
+from bench.service_process import ServiceProcess
 from config import Settings
 from rag.chunking import split_text
 from rag.onnx_embedder import OnnxEmbedder
@@ -45,33 +47,12 @@ def chunk_texts(settings: Settings, limit: int) -> list[str]:
 
 
 def default_service_rss(data_dir: Path) -> float:
-    import os
-    import subprocess
-
-    from bench.service_process import PROJECT_DIR, free_port
-
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "LLM_", "API_KEYS", "EMBEDDER"))}
-    env |= {"DATA_DIR": str(data_dir), "PORT": str(port), "LOG_LEVEL": "warning"}
-    process = subprocess.Popen([sys.executable, "main.py"], cwd=PROJECT_DIR, env=env)
-    try:
-        import httpx
-
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/api/v1/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        with open(f"/proc/{process.pid}/status") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-        return float("nan")
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+    """Resident MiB of `python main.py` with the default settings, once it answers its health check."""
+    with ServiceProcess(data_dir, None) as service:
+        service.wait_ready()
+        rss = rss_mib(service.process.pid)
+        service.terminate()
+    return rss
 
 
 async def run() -> None:

@@ -23,15 +23,15 @@ def free_port() -> int:
 
 
 class ServiceProcess:
-    def __init__(self, data_dir: Path, upstream_url: str, workers: int = 1, **settings: str) -> None:
+    def __init__(self, data_dir: Path, upstream_url: str | None, workers: int = 1, **settings: str) -> None:
+        """`upstream_url` None: the default chat model (the local one), as `make run` starts it."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        upstream = {"LLM_PROVIDER": "openai", "OPENAI_BASE_URL": upstream_url, "OPENAI_API_KEY": "test"}
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "LLM_", "API_KEYS"))},
             "DATA_DIR": str(data_dir),
-            "LLM_PROVIDER": "openai",
-            "OPENAI_BASE_URL": upstream_url,
-            "OPENAI_API_KEY": "test",
+            **(upstream if upstream_url is not None else {}),
             "OPENAI_MAX_RETRIES": "0",
             "HOST": "127.0.0.1",
             "PORT": str(self.port),
