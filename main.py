@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from api import chat, chats, documents, health, openai_api, websocket
+from api import chat, chats, documents, health, jobs, openai_api, websocket
 from api.auth import Authenticator, authenticate
 from api.deps import Services
 from api.errors import install_error_handlers
@@ -31,6 +31,9 @@ from rag.embedder import build_embedder
 from rag.errors import RAGError
 from rag.history import QueryRewriter
 from rag.ingest import Indexer
+from rag.ingest.jobs import JobStore
+from rag.ingest.parsers import ParseLimits
+from rag.ingest.runner import JobRunner
 from rag.pipeline import ChatPipeline, Condenser, condense_with_rule, last_user_message
 from rag.retriever import Retriever
 from rag.stores import open_store
@@ -80,12 +83,26 @@ async def build_services(settings: Settings, metrics: ChatMetrics, stack: contex
         log_prompts=settings.log_prompts,
     )
     metrics.store_chunks.read_from(lambda: store.count)
+    indexer = Indexer(embedder, store, settings.chunk_size, settings.chunk_overlap)
+    job_runner = JobRunner(
+        JobStore(settings.data_dir / "jobs.sqlite3", settings.data_dir / "uploads"),
+        indexer,
+        ParseLimits(settings.max_upload_pages, settings.max_unzipped_bytes),
+        batch_chunks=settings.job_batch_chunks,
+        lease_seconds=settings.job_lease_seconds,
+        retention_seconds=settings.job_retention_days * 86400,
+    )
+    await job_runner.start()
+    # Closed first (the stack unwinds in reverse): a running job is handed back to the queue before the store and
+    # the embedder it uses are closed.
+    stack.push_async_callback(job_runner.aclose)
     return Services(
         settings=settings,
         embedder=embedder,
         store=store,
         retriever=retriever,
-        indexer=Indexer(embedder, store, settings.chunk_size, settings.chunk_overlap),
+        indexer=indexer,
+        jobs=job_runner,
         llm=llm,
         pipeline=pipeline,
         conversations=conversations,
@@ -129,7 +146,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     authenticated = [Depends(authenticate)]
-    for router in (chat.router, chats.router, documents.router, websocket.router):
+    for router in (chat.router, chats.router, documents.router, jobs.router, websocket.router):
         app.include_router(router, prefix=API_PREFIX, dependencies=authenticated)
     app.include_router(health.router, prefix=API_PREFIX)  # open: load balancers probe it
     app.include_router(health.metrics_router, dependencies=authenticated)
@@ -139,7 +156,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     mount_web_page(app)  # open: the page asks for a key when the API wants one
 
     # Outermost last: the request id and timing wrap everything, the body limit applies before any parsing.
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimit,
+        max_bytes=settings.max_body_bytes,
+        per_path={f"{API_PREFIX}/documents/upload": settings.max_upload_bytes},
+    )
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

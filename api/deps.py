@@ -14,6 +14,7 @@ from config import Settings
 from llm.types import ChatModel
 from rag.conversations import Conversations
 from rag.ingest import Indexer
+from rag.ingest.runner import JobRunner
 from rag.pipeline import ChatPipeline
 from rag.retriever import Retriever
 from rag.stores import VectorStore
@@ -27,6 +28,7 @@ class Services:
     store: VectorStore
     retriever: Retriever
     indexer: Indexer
+    jobs: JobRunner
     llm: ChatModel
     pipeline: ChatPipeline
     conversations: Conversations

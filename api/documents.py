@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, File, Form, Query, UploadFile
+from fastapi.responses import JSONResponse
 
 from api.auth import PrincipalDep
 from api.deps import ServicesDep
+from api.jobs import job_accepted
 from api.limits import check_documents, check_top_k
 from api.schemas import (
     AddDocumentsAnswer,
@@ -18,28 +20,112 @@ from api.schemas import (
     DocumentPage,
     DocumentSummaryBody,
     ErrorBody,
+    JobBody,
     SearchAnswer,
     Source,
 )
 from api.security import RateLimited
 from rag.errors import InvalidRequest
+from rag.ingest.indexer import check_batch, owned_metadata
+from rag.ingest.runner import Upload
 from rag.pipeline import scoped_filters
 from rag.stores import RetrievalMode
 
 router = APIRouter(prefix="/documents", tags=["documents"])
 
 
-@router.post(
-    "/add", response_model=AddDocumentsAnswer, responses={422: {"model": ErrorBody}}, dependencies=[RateLimited]
-)
-async def add_documents(body: AddDocumentsBody, services: ServicesDep, principal: PrincipalDep) -> AddDocumentsAnswer:
-    """Store documents; the answer comes once they are on disk. A credential bound to an organisation stamps its
-    `orgId` on every document and cannot add to, or replace a document of, another organisation."""
+_ADD_RESPONSES: dict[int | str, dict[str, Any]] = {
+    202: {"model": JobBody, "description": "A large add became a background job: follow it at /api/v1/jobs/{id}."},
+    403: {"model": ErrorBody},
+    422: {"model": ErrorBody},
+}
+
+
+@router.post("/add", response_model=AddDocumentsAnswer, responses=_ADD_RESPONSES, dependencies=[RateLimited])
+async def add_documents(
+    body: AddDocumentsBody,
+    services: ServicesDep,
+    principal: PrincipalDep,
+    wait: Annotated[
+        bool | None,
+        Query(
+            description="true: answer once stored; false: always a background job. Unset: a job above "
+            "ADD_JOB_THRESHOLD_CHARS characters."
+        ),
+    ] = None,
+) -> AddDocumentsAnswer | JSONResponse:
+    """Store documents. A small add answers once they are on disk, as the seed's clients expect; a large one (or
+    `wait=false`) answers 202 with a job to follow. A credential bound to an organisation stamps its `orgId` on
+    every document and cannot add to, or replace a document of, another organisation."""
     check_documents(services.settings, body.documents)
+    if wait is None:
+        wait = sum(map(len, body.documents)) <= services.settings.add_job_threshold_chars
+    if not wait:
+        ids = check_batch(body.documents, body.metadatas, body.ids)
+        metadatas = [
+            owned_metadata(body.metadatas[n] if body.metadatas else None, principal.org_id, f"document {n}")
+            for n in range(len(body.documents))
+        ]
+        for n, text in enumerate(body.documents):
+            if not text.strip():
+                raise InvalidRequest(f"document {n} is empty")
+        job = await services.jobs.submit_documents(body.documents, metadatas, ids, principal.org_id, principal.user_id)
+        return job_accepted(job)
     added = await services.indexer.add(body.documents, body.metadatas, body.ids, org_id=principal.org_id)
     return AddDocumentsAnswer(
         ids=[doc.id for doc in added], documents=[AddedDocumentBody(id=doc.id, chunks=doc.chunks) for doc in added]
     )
+
+
+@router.post(
+    "/upload",
+    status_code=202,
+    response_model=JobBody,
+    responses={code: {"model": ErrorBody} for code in (403, 413, 415, 422)},
+    dependencies=[RateLimited],
+)
+async def upload_documents(
+    services: ServicesDep,
+    principal: PrincipalDep,
+    files: Annotated[list[UploadFile], File(description="One or more files: .txt, .md, .html, .pdf, .docx.")],
+    metadata: Annotated[
+        str | None, Form(description='A JSON object stored with every file of the upload, e.g. {"team": "legal"}.')
+    ] = None,
+    ids: Annotated[
+        str | None,
+        Form(description="A JSON array of document ids, one per file; unset: derived from each file's content."),
+    ] = None,
+) -> JSONResponse:
+    """Upload files for ingestion in the background: 202 with the job, whose progress `/api/v1/jobs/{id}/events`
+    streams. A file of an unknown type (415) or an upload over MAX_UPLOAD_BYTES (413) is refused whole, before
+    anything is stored. A file that cannot be read (corrupt, encrypted, no text) fails in the job, by name."""
+    settings = services.settings
+    if len(files) > settings.max_upload_files:
+        raise InvalidRequest(
+            f"at most {settings.max_upload_files} files per upload (MAX_UPLOAD_FILES), got {len(files)}"
+        )
+    extra = _json_form(metadata, dict, "metadata must be a JSON object")
+    given_ids = _json_form(ids, list, "ids must be a JSON array of strings, one per file")
+    if given_ids is not None:
+        if len(given_ids) != len(files) or not all(isinstance(i, str) and i for i in given_ids):
+            raise InvalidRequest(f"ids must be a JSON array of {len(files)} non-empty strings, one per file")
+        if len(set(given_ids)) != len(given_ids):
+            raise InvalidRequest("ids must be unique within one upload")
+    uploads = [Upload(f.filename or f"file {n}", f.content_type, f.file) for n, f in enumerate(files)]
+    job = await services.jobs.submit_uploads(uploads, extra, given_ids, principal.org_id, principal.user_id)
+    return job_accepted(job)
+
+
+def _json_form(raw: str | None, kind: type, message: str) -> Any:
+    if raw is None or not raw.strip():
+        return None
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        raise InvalidRequest(message) from None
+    if not isinstance(value, kind):
+        raise InvalidRequest(message)
+    return value
 
 
 def _parse_filters(raw: str | None) -> dict[str, Any] | None:

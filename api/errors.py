@@ -30,11 +30,15 @@ from rag.errors import (
     DocumentNotFound,
     EmbeddingError,
     InvalidRequest,
+    JobNotFound,
     RAGError,
     StoreCorrupt,
     StoreIncompatible,
     StoreUnavailable,
     TenantForbidden,
+    UnreadableFile,
+    UnsupportedFileType,
+    UploadTooLarge,
 )
 
 logger = logging.getLogger(__name__)
@@ -42,6 +46,10 @@ logger = logging.getLogger(__name__)
 # Most specific first: the first class an exception is an instance of decides its status.
 STATUS_TABLE: list[tuple[type[Exception], int]] = [
     (InvalidRequest, 422),
+    (UnsupportedFileType, 415),
+    (UploadTooLarge, 413),
+    (UnreadableFile, 422),
+    (JobNotFound, 404),
     (DocumentNotFound, 404),
     (ChatNotFound, 404),
     (ChatForbidden, 403),
@@ -66,6 +74,7 @@ _HTTP_TYPES = {
     404: "not_found",
     405: "method_not_allowed",
     413: "payload_too_large",
+    415: "unsupported_media_type",
     422: "validation_error",
     429: "rate_limited",
 }

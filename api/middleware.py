@@ -85,17 +85,21 @@ class BodyTooLarge(BaseException):
 
 
 class BodyLimit:
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    """`per_path` gives routes a limit of their own (uploads: MAX_UPLOAD_BYTES instead of MAX_BODY_BYTES)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int, per_path: dict[str, int] | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.per_path = per_path or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        max_bytes = self.per_path.get(scope["path"], self.max_bytes)
         length = dict(scope.get("headers") or []).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            await self._refuse(scope, receive, send)
+        if length is not None and length.isdigit() and int(length) > max_bytes:
+            await self._refuse(scope, receive, send, max_bytes)
             return
         received = 0
         started = False
@@ -105,7 +109,7 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
+                if received > max_bytes:
                     raise BodyTooLarge
             return message
 
@@ -118,10 +122,11 @@ class BodyLimit:
             await self.app(scope, counting_receive, tracking_send)
         except BodyTooLarge:
             if not started:
-                await self._refuse(scope, receive, send)
+                await self._refuse(scope, receive, send, max_bytes)
 
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        message = f"the request body is larger than the limit of {self.max_bytes} bytes"
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, max_bytes: int) -> None:
+        limit = "MAX_UPLOAD_BYTES" if max_bytes != self.max_bytes else "MAX_BODY_BYTES"
+        message = f"the request body is larger than the limit of {max_bytes} bytes ({limit})"
         await error_response(413, "payload_too_large", message)(scope, receive, send)
 
 

@@ -115,6 +115,42 @@ class AddDocumentsAnswer(BaseModel):
     documents: list[AddedDocumentBody]
 
 
+class JobFileBody(BaseModel):
+    name: str = Field(description="The file's name as uploaded ('document N' for a document of a JSON add).")
+    type: str = Field(description="Media type of the parser used.")
+    size: int = Field(description="Bytes.")
+    sha256: str
+    document_id: str = Field(description="The stored document's id (the same file uploaded again replaces it).")
+    state: Literal["queued", "parsing", "embedding", "done", "failed", "cancelled"]
+    chunks_done: int
+    chunks_total: int | None = Field(description="Known once the file is parsed.")
+    error: str | None = Field(description="Why the file failed.")
+
+
+class JobErrorBody(BaseModel):
+    file: str
+    message: str
+
+
+class JobBody(BaseModel):
+    """An ingestion job: `queued`, `running`, then `done`, `failed` (some file failed; the others are stored) or
+    `cancelled` (files done before the cancel stay stored)."""
+
+    id: str
+    state: Literal["queued", "running", "done", "failed", "cancelled"]
+    created_at: float = Field(description="Unix time.")
+    updated_at: float = Field(description="Unix time of the last progress.")
+    attempts: int = Field(description="How many times a runner started it (more than 1: it was resumed).")
+    files: list[JobFileBody]
+    chunks_done: int
+    chunks_total: int | None = Field(description="Known once every file is parsed.")
+    errors: list[JobErrorBody]
+
+
+class JobPage(BaseModel):
+    jobs: list[JobBody]
+
+
 class SearchAnswer(BaseModel):
     results: list[Source]
 

@@ -1,4 +1,5 @@
-"""The web chat page: `/` serves `web/index.html`, `/static/*` its CSS and JavaScript module. No build step."""
+"""The web chat page: `/` serves `web/index.html`, `/static/*` its CSS and JavaScript module, `/static/vendor/*` the
+two browser modules `api.web_vendor` installs. No build step."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from pathlib import Path
 from fastapi import APIRouter, FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
+
+from api.web_vendor import VENDOR_DIR
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
 
@@ -20,4 +23,6 @@ async def index() -> FileResponse:
 
 def mount_web_page(app: FastAPI) -> None:
     app.include_router(router)
+    # Before /static, which would otherwise take these paths; check_dir=False: absent, the page renders plain text.
+    app.mount("/static/vendor", StaticFiles(directory=VENDOR_DIR, check_dir=False), name="vendor")
     app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")

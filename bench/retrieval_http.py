@@ -38,6 +38,7 @@ def ingest(client: httpx.Client, corpus: list[dict], batch: int) -> float:
         part = corpus[i : i + batch]
         response = client.post(
             "/api/v1/documents/add",
+            params={"wait": "true"},  # 256 abstracts are above ADD_JOB_THRESHOLD_CHARS: answer once stored
             json={
                 "documents": [f"{d.get('title', '')} {d['text']}".strip() for d in part],
                 "ids": [d["_id"] for d in part],

@@ -23,8 +23,16 @@ def free_port() -> int:
 
 
 class ServiceProcess:
-    def __init__(self, data_dir: Path, upstream_url: str | None, workers: int = 1, **settings: str) -> None:
-        """`upstream_url` None: the default chat model (the local one), as `make run` starts it."""
+    def __init__(
+        self,
+        data_dir: Path,
+        upstream_url: str | None,
+        workers: int = 1,
+        log_path: Path | None = None,
+        **settings: str,
+    ) -> None:
+        """`upstream_url` None: the default chat model (the local one), as `make run` starts it. `log_path`: where
+        its output goes (appended), instead of this process's stdout and stderr."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         upstream = {"LLM_PROVIDER": "openai", "OPENAI_BASE_URL": upstream_url, "OPENAI_API_KEY": "test"}
@@ -43,7 +51,10 @@ class ServiceProcess:
         else:
             command = [sys.executable, "-m", "uvicorn", "main:app", "--host", "127.0.0.1", "--port", str(self.port)]
             command += ["--workers", str(workers), "--log-level", "warning", "--timeout-graceful-shutdown", "10"]
-        self.process = subprocess.Popen(command, cwd=PROJECT_DIR, env=self.env)
+        log = open(log_path, "ab") if log_path is not None else None  # noqa: SIM115 (the child holds it)
+        self.process = subprocess.Popen(command, cwd=PROJECT_DIR, env=self.env, stdout=log, stderr=log)
+        if log is not None:
+            log.close()
 
     def wait_ready(self, timeout: float = 120.0) -> None:
         deadline = time.monotonic() + timeout

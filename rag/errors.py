@@ -47,3 +47,27 @@ class EmbeddingError(RAGError):
     """The embedder failed (a remote embeddings API down, a bad vector...)."""
 
     error_type = "embedding_error"
+
+
+class UnsupportedFileType(RAGError):
+    """An uploaded file of a type the service has no parser for."""
+
+    error_type = "unsupported_media_type"
+
+
+class UploadTooLarge(RAGError):
+    """An upload over MAX_UPLOAD_BYTES, or a file whose content expands past the parser limits."""
+
+    error_type = "payload_too_large"
+
+
+class UnreadableFile(RAGError):
+    """A file that cannot be turned into text: corrupt, encrypted, a bomb, too many pages, or no text at all."""
+
+    error_type = "unreadable_file"
+
+
+class JobNotFound(RAGError):
+    """No ingestion job with this id, or one that belongs to someone else (not revealed)."""
+
+    error_type = "not_found"

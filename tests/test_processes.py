@@ -6,6 +6,7 @@ import json
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -120,3 +121,64 @@ def test_sigterm_closes_websockets_with_1012_and_stops_the_upstream(
         assert closed.value.rcvd.code == 1012  # "service restart": come back in a moment
         assert fake_upstream.wait_disconnect(10)
         assert service.process.wait(timeout=30) in (0, -15)
+
+
+def _job_state(url: str, job_id: str) -> dict:
+    return httpx.get(f"{url}/api/v1/jobs/{job_id}", timeout=10).json()
+
+
+def _wait_job(url: str, job_id: str, until: Callable[[dict], bool], timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = _job_state(url, job_id)
+        if until(job):
+            return job
+        time.sleep(0.05)
+    raise TimeoutError(f"job {job_id}: condition not reached")
+
+
+def _report(tag: str, chunks: int) -> bytes:
+    return "".join(f"Report {tag} part {i} with its own words. " * 24 for i in range(chunks)).encode()
+
+
+def test_an_ingestion_job_resumes_after_a_kill_and_after_sigterm(tmp_path: Path, fake_upstream: FakeUpstream) -> None:
+    log = tmp_path / "service.log"
+    settings = {"job_lease_seconds": "2", "job_batch_chunks": "8"}
+    files = [("files", (f"f{n}.txt", _report(f"file{n}", 40), "text/plain")) for n in range(4)]
+    with ServiceProcess(tmp_path, fake_upstream.url, log_path=log, **settings) as service:  # type: ignore[attr-defined]
+        service.wait_ready()
+        job = httpx.post(f"{service.url}/api/v1/documents/upload", files=files, timeout=30).json()
+        _wait_job(service.url, job["id"], lambda j: j["files"][1]["state"] == "embedding")
+        service.kill()  # SIGKILL mid-job: file 0 is committed, file 1 half embedded
+    with ServiceProcess(tmp_path, fake_upstream.url, log_path=log, **settings) as service:  # type: ignore[attr-defined]
+        service.wait_ready()
+        # The dead runner's lease runs out, and this process takes the job over where it stood.
+        finished = _wait_job(service.url, job["id"], lambda j: j["state"] not in ("queued", "running"))
+        assert finished["state"] == "done" and finished["attempts"] == 2
+        assert finished["chunks_done"] == finished["chunks_total"]
+        listing = httpx.get(f"{service.url}/api/v1/documents").json()
+        assert listing["total"] == 4  # each file exactly once: the redone one replaced, never duplicated
+        assert sorted(d["chunks"] for d in listing["documents"]) == [f["chunks_total"] for f in finished["files"]]
+
+        # SIGTERM mid-job: a clean exit that hands the job back, and the next start resumes it at once.
+        more = [("files", (f"g{n}.txt", _report(f"more{n}", 40), "text/plain")) for n in range(3)]
+        second = httpx.post(f"{service.url}/api/v1/documents/upload", files=more, timeout=30).json()
+        _wait_job(service.url, second["id"], lambda j: j["files"][0]["state"] == "embedding")
+        assert service.terminate() in (0, -15)
+        assert _job_state_offline(tmp_path, second["id"]) == "queued"
+    with ServiceProcess(tmp_path, fake_upstream.url, log_path=log, job_lease_seconds="600") as service:  # type: ignore[attr-defined]
+        service.wait_ready()
+        # A lease of 600 s: only a job handed back (not one left running) is resumed this soon.
+        finished = _wait_job(service.url, second["id"], lambda j: j["state"] not in ("queued", "running"))
+        assert finished["state"] == "done"
+        assert httpx.get(f"{service.url}/api/v1/documents").json()["total"] == 7
+        service.terminate()
+    assert "Traceback" not in log.read_text()
+    assert not any((tmp_path / "uploads").iterdir())  # finished jobs leave no bytes behind
+
+
+def _job_state_offline(data_dir: Path, job_id: str) -> str:
+    import sqlite3
+
+    with sqlite3.connect(data_dir / "jobs.sqlite3") as db:
+        return db.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()[0]

