@@ -249,26 +249,38 @@ def test_the_event_stream_reports_progress_until_done(client: httpx.Client) -> N
     assert snapshots[-1]["chunks_done"] == snapshots[-1]["chunks_total"] > 128
 
 
-def test_cancel_stops_a_job_and_keeps_what_it_finished(client: httpx.Client) -> None:
-    files = [
-        ("first.txt", long_text("kestrel", 3), "text/plain"),
-        ("second.txt", long_text("osprey", 2000), "text/plain"),
-    ]
-    job = accepted(upload(client, files))
-    deadline = time.monotonic() + 60
-    while client.get(f"/api/v1/jobs/{job['id']}").json()["files"][1]["state"] != "embedding":
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    cancelled = client.delete(f"/api/v1/jobs/{job['id']}")
-    assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled"
-    final = wait_for(client, job["id"])
-    assert [f["state"] for f in final["files"]] == ["done", "cancelled"]
-    assert any("kestrel" in h["text"] for h in search(client, "Report kestrel section", mode="keyword"))
-    assert not search(client, "osprey", mode="keyword")
-    time.sleep(0.5)  # the runner noticed: nothing of the cancelled file is written later
-    assert not search(client, "osprey", mode="keyword")
-    again = client.delete(f"/api/v1/jobs/{job['id']}")  # cancelling a finished job changes nothing
-    assert again.status_code == 200 and again.json()["state"] == "cancelled"
+def test_cancel_stops_a_job_and_keeps_what_it_finished(fake_upstream: FakeUpstream, tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, fake_upstream.url)  # type: ignore[attr-defined]
+    with serve(create_app(settings)) as url, httpx.Client(base_url=url, timeout=60) as client:
+        files = [
+            ("first.txt", long_text("kestrel", 3), "text/plain"),
+            ("second.txt", long_text("osprey", 2000), "text/plain"),
+        ]
+        job = accepted(upload(client, files))
+        queued = accepted(upload(client, [("later.txt", b"A queued file about merlins.", "text/plain")]))
+        deadline = time.monotonic() + 60
+        while client.get(f"/api/v1/jobs/{job['id']}").json()["files"][1]["state"] != "embedding":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert client.get(f"/api/v1/jobs/{queued['id']}").json()["state"] == "queued"  # one job at a time
+        assert client.delete(f"/api/v1/jobs/{queued['id']}").json()["state"] == "cancelled"
+        assert not (tmp_path / "uploads" / queued["id"]).exists()  # a cancelled queued job's bytes go at once
+
+        cancelled = client.delete(f"/api/v1/jobs/{job['id']}")
+        assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled"
+        final = wait_for(client, job["id"])
+        assert [f["state"] for f in final["files"]] == ["done", "cancelled"]
+        assert any("kestrel" in h["text"] for h in search(client, "Report kestrel section", mode="keyword"))
+        assert not search(client, "osprey", mode="keyword")
+        # The runner notices at the end of the batch it is embedding, stops, and removes the job's bytes.
+        deadline = time.monotonic() + 60
+        while any((tmp_path / "uploads").iterdir()):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert not search(client, "osprey", mode="keyword")  # nothing of the cancelled file was written after all
+        assert not search(client, "merlins", mode="keyword")
+        again = client.delete(f"/api/v1/jobs/{job['id']}")  # cancelling a finished job changes nothing
+        assert again.status_code == 200 and again.json()["state"] == "cancelled"
 
 
 def test_a_large_json_add_becomes_a_job_and_a_small_one_does_not(client: httpx.Client) -> None:

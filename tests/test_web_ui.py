@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 from collections.abc import Iterator
@@ -194,14 +195,24 @@ def test_upload_progress_markdown_answer_citations_copy_and_documents(
         page.set_default_timeout(30_000)
         page.goto(url)
         page.wait_for_function("document.body.dataset.markdown === 'on'")
-        page.set_input_files(
-            "#doc-files",
-            files=[
-                {"name": "harbour.pdf", "mimeType": "application/pdf", "buffer": pdf},
-                {"name": "minutes.docx", "mimeType": "", "buffer": docx},
-                {"name": "locked.pdf", "mimeType": "application/pdf", "buffer": sample_files.encrypted_pdf("x")},
-            ],
+        # Dropped on the drop zone, as a user drags them from a file manager.
+        files = [
+            {"name": "harbour.pdf", "type": "application/pdf", "data": pdf},
+            {"name": "minutes.docx", "type": "", "data": docx},
+            {"name": "locked.pdf", "type": "application/pdf", "data": sample_files.encrypted_pdf("x")},
+        ]
+        dropped = page.evaluate_handle(
+            """files => {
+                const transfer = new DataTransfer();
+                for (const f of files) {
+                    const bytes = Uint8Array.from(atob(f.data), (c) => c.charCodeAt(0));
+                    transfer.items.add(new File([bytes], f.name, { type: f.type }));
+                }
+                return transfer;
+            }""",
+            [{**f, "data": base64.b64encode(f["data"]).decode()} for f in files],
         )
+        page.dispatch_event("#drop", "drop", {"dataTransfer": dropped})
         page.wait_for_function(
             "[...document.querySelectorAll('.upload')].every(r => ['done', 'failed'].includes(r.dataset.state))"
         )

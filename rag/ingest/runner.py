@@ -125,7 +125,7 @@ class JobRunner:
                 items.append(NewItem(upload.name, kind, MEDIA_TYPES[kind], size, digest, document_id, file_metadata))
             return await self._record(job_id, items, org_id, user_id)
         except BaseException:
-            await anyio.to_thread.run_sync(lambda: shutil.rmtree(self.jobs.uploads_dir / job_id, ignore_errors=True))
+            await anyio.to_thread.run_sync(self._remove_payloads, job_id)
             raise
 
     async def submit_documents(
@@ -147,7 +147,7 @@ class JobRunner:
                 items.append(NewItem(f"document {n}", "text", "text/plain", size, digest, doc_id, metadata))
             return await self._record(job_id, items, org_id, user_id)
         except BaseException:
-            await anyio.to_thread.run_sync(lambda: shutil.rmtree(self.jobs.uploads_dir / job_id, ignore_errors=True))
+            await anyio.to_thread.run_sync(self._remove_payloads, job_id)
             raise
 
     async def _record(self, job_id: str, items: list[NewItem], org_id: str | None, user_id: str | None) -> Job:
@@ -165,9 +165,16 @@ class JobRunner:
         return await anyio.to_thread.run_sync(self.jobs.recent, org_id, user_id, limit)
 
     async def cancel(self, job_id: str) -> Job | None:
+        before = await anyio.to_thread.run_sync(self.jobs.get, job_id)
         job = await anyio.to_thread.run_sync(self.jobs.cancel, job_id)
+        if before is not None and before.state == "queued":
+            # No runner holds it, and none will: its bytes go now (a running job's runner removes them itself).
+            await anyio.to_thread.run_sync(self._remove_payloads, job_id)
         self._notify()
         return job
+
+    def _remove_payloads(self, job_id: str) -> None:
+        shutil.rmtree(self.jobs.uploads_dir / job_id, ignore_errors=True)
 
     async def wait_for_change(self, seconds: float) -> None:
         """Return at the next progress step of a job in this process, or after `seconds` (a job running in
@@ -215,7 +222,7 @@ class JobRunner:
             self._notify()
         current = await anyio.to_thread.run_sync(self.jobs.get, job.id)
         if current is None or current.finished:
-            await anyio.to_thread.run_sync(lambda: shutil.rmtree(self.jobs.uploads_dir / job.id, ignore_errors=True))
+            await anyio.to_thread.run_sync(self._remove_payloads, job.id)
 
     async def _run_item(self, job: Job, item: JobItem) -> None:
         async def progress(**changes: str | int | None) -> None:
@@ -267,7 +274,7 @@ class JobRunner:
             job = self.jobs.get(folder.name)
             stale = job is None and folder.stat().st_mtime < time.time() - 3600
             if stale or (job is not None and job.finished):
-                shutil.rmtree(folder, ignore_errors=True)
+                self._remove_payloads(folder.name)
 
 
 def _save(source: BinaryIO, path: Path) -> tuple[int, str]:
