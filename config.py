@@ -61,6 +61,11 @@ class Settings(BaseSettings):
     )
     log_format: Literal["json", "text"] = Field("json", description="Log lines as JSON objects or plain text.")
     log_prompts: bool = Field(False, description="Log questions and answers (debugging only: they are user data).")
+    opentelemetry: bool = Field(
+        False,
+        description="FastAPI's OpenTelemetry spans, metrics and logs (for an OTel SDK you configure); off, requests "
+        "pay nothing for it. /metrics (Prometheus) is there either way.",
+    )
 
     # --- LLM --------------------------------------------------------------------------------------
     llm_provider: Literal["openai", "local"] | None = Field(

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.telemetry import TelemetryConfig
 
 from api import chat, chats, documents, health, jobs, openai_api, websocket
 from api.auth import Authenticator, authenticate
@@ -41,6 +42,7 @@ from rag.stores import open_store
 logger = logging.getLogger("rag_service")
 
 API_PREFIX = "/api/v1"
+_NO_TELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False, "operation_spans": False}
 
 
 def build_condenser(settings: Settings, llm: ChatModel) -> Condenser:
@@ -143,6 +145,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Chat over your documents, streamed token by token.",
         version="0.1.0",
         lifespan=lifespan,
+        # Off unless asked for: even with no OTel SDK configured, FastAPI otherwise looks providers up on every request.
+        telemetry=None if settings.opentelemetry else _NO_TELEMETRY,
     )
     install_error_handlers(app)
     authenticated = [Depends(authenticate)]

@@ -46,8 +46,9 @@ class Counter(_Metric):
         self._values: dict[Labels, float] = defaultdict(float)
 
     def inc(self, amount: float = 1.0, **labels: str) -> None:
+        key = tuple(sorted(labels.items())) if labels else ()  # () without labels: counted once per token
         with self._lock:
-            self._values[tuple(sorted(labels.items()))] += amount
+            self._values[key] += amount
 
     def render(self) -> list[str]:
         return [f"{self.name}{_labels(k)} {v:g}" for k, v in sorted(self._values.items())]

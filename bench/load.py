@@ -1,6 +1,7 @@
 """Load: N concurrent streaming chats against the service (a real process) backed by the fake upstream.
 
     .venv/bin/python bench/load.py --levels 1 50 200 --chats-per-client 3
+    .venv/bin/python bench/load.py --slow-streams 1000
 
 For each level prints the streams run, errors (non-200, error events, no [DONE]), time to first token p50/p99,
 whole-answer time p50, and the service's peak resident memory. Loopback only, bounded in count and time. The fake
@@ -30,13 +31,13 @@ from bench.service_process import PROJECT_DIR, ServiceProcess, free_port
 TOKENS, DELAY = 20, 0.02
 
 
-def serve_upstream(port: int) -> None:
+def serve_upstream(port: int, delay: float = DELAY) -> None:
     import uvicorn
 
     from tests.fake_upstream import FakeUpstream, Script
 
     fake = FakeUpstream()
-    fake.script = Script(tokens=[f"tok{i} " for i in range(TOKENS)], delay=DELAY)
+    fake.script = Script(tokens=[f"tok{i} " for i in range(TOKENS)], delay=delay)
     uvicorn.run(fake.app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
@@ -96,10 +97,21 @@ def main() -> None:
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 50, 200])
     parser.add_argument("--chats-per-client", type=int, default=3)
     parser.add_argument("--documents", type=int, default=500, help="documents stored before the load")
+    parser.add_argument(
+        "--slow-streams",
+        type=int,
+        default=0,
+        help="instead of the levels: this many streams at once, each 20 tokens 0.5 s apart (10 s), to measure "
+        "resident memory per open stream",
+    )
     parser.add_argument("--serve-upstream", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--upstream-delay", type=float, default=DELAY, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_upstream:
-        serve_upstream(args.serve_upstream)
+        serve_upstream(args.serve_upstream, args.upstream_delay)
+        return
+    if args.slow_streams:
+        run_slow(args.slow_streams)
         return
 
     upstream_port = free_port()
@@ -147,6 +159,53 @@ def main() -> None:
                     f"  {peak[0]:>6.0f} MiB",
                     flush=True,
                 )
+            service.terminate()
+    finally:
+        upstream.terminate()
+        upstream.wait(timeout=30)
+
+
+def run_slow(streams: int, delay: float = 0.5) -> None:
+    """`streams` streams open at once on one service process: errors, and resident memory per open stream (the
+    peak during the streams less the resident memory after a warm-up round of 20)."""
+    upstream_port = free_port()
+    upstream = subprocess.Popen(
+        [sys.executable, "bench/load.py", "--serve-upstream", str(upstream_port), "--upstream-delay", str(delay)],
+        cwd=PROJECT_DIR,
+    )
+    try:
+        with (
+            tempfile.TemporaryDirectory() as tmp,
+            ServiceProcess(Path(tmp), f"http://127.0.0.1:{upstream_port}/v1", sse_ping_seconds="15") as service,
+        ):
+            service.wait_ready()
+            httpx.post(f"{service.url}/api/v1/documents/add", json={"documents": ["one stored document"]}, timeout=60)
+            asyncio.run(run_level(service.url, 20, 1))  # warm-up: the first streams allocate what every stream reuses
+            baseline = rss_mib(service.process.pid)
+            peak = [baseline]
+            stop = threading.Event()
+
+            def sample() -> None:
+                while not stop.is_set():
+                    peak[0] = max(peak[0], rss_mib(service.process.pid))
+                    time.sleep(0.1)
+
+            sampler = threading.Thread(target=sample)
+            sampler.start()
+            started = time.perf_counter()
+            results = asyncio.run(run_level(service.url, streams, 1))
+            elapsed = time.perf_counter() - started
+            stop.set()
+            sampler.join()
+            errors = sum(1 for r in results if not r[2])
+            ttfts = [r[0] for r in results if r[0] is not None]
+            per_stream = (peak[0] - baseline) * 1024 / streams
+            print(
+                f"{streams} concurrent streams of {TOKENS} tokens {delay * 1000:.0f} ms apart: {errors} errors, "
+                f"all done in {elapsed:.1f} s, ttft p50 {percentile(ttfts, 0.5) * 1000:.0f} ms, "
+                f"p99 {percentile(ttfts, 0.99) * 1000:.0f} ms; resident {baseline:.0f} MiB before, peak "
+                f"{peak[0]:.0f} MiB: {per_stream:.0f} KiB per open stream"
+            )
             service.terminate()
     finally:
         upstream.terminate()

@@ -15,6 +15,7 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
 import httpx2
 import openai
 
@@ -58,6 +59,9 @@ def map_error(exc: openai.OpenAIError) -> LLMError:
             return UpstreamUnavailable(f"the model provider answered with status {exc.status_code}")
         case _:
             return UpstreamProtocolError("the model provider sent a response that could not be read")
+
+
+_DRAIN_SECONDS = 1.0  # a server that keeps the body open after [DONE] is not waited for longer than this
 
 
 def _reasoning_of(delta: dict[str, Any]) -> str:
@@ -127,8 +131,9 @@ class OpenAIChatModel:
         # Reasoning written inline as <think>...</think> is split off the answer; a separate reasoning field wins.
         inside = self._think_starts_inside
         splitter = ThinkTagSplitter(starts_inside_think(options.model or self.model) if inside is None else inside)
+        lines = response.iter_lines()
         try:
-            async for chunk in _chunks(response.iter_lines()):
+            async for chunk in _chunks(lines):
                 usage = None
                 if raw_usage := chunk.get("usage"):
                     usage = Usage(raw_usage.get("prompt_tokens") or 0, raw_usage.get("completion_tokens") or 0)
@@ -148,6 +153,11 @@ class OpenAIChatModel:
                     content, inline_reasoning = content + rest, inline_reasoning + rest_reasoning
                 reasoning = _reasoning_of(delta) + inline_reasoning
                 yield Delta(content=content, reasoning=reasoning, usage=usage, finish_reason=finish_reason)
+            # Read the stream to its end (after [DONE] only its last empty chunk is left), so that the connection
+            # goes back to the pool: closed mid-body, it would be dropped, and the next answer would open a new one.
+            with anyio.move_on_after(_DRAIN_SECONDS):
+                async for _ in lines:
+                    pass
         except openai.OpenAIError as exc:
             raise map_error(exc) from exc
         except httpx2.TimeoutException as exc:

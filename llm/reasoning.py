@@ -39,6 +39,8 @@ class ThinkTagSplitter:
 
     def feed(self, text: str) -> tuple[str, str]:
         """Take the next piece; return the (answer, reasoning) text that is certain so far."""
+        if not (self._inside or self._at_start or self._after_close or self._pending) and "<" not in text:
+            return text, ""  # the common case, once the answer has begun: no tag can start in this piece
         buffer = self._pending + text
         answer: list[str] = []
         reasoning: list[str] = []
