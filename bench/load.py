@@ -31,13 +31,13 @@ from bench.service_process import PROJECT_DIR, ServiceProcess, free_port
 TOKENS, DELAY = 20, 0.02
 
 
-def serve_upstream(port: int, delay: float = DELAY) -> None:
+def serve_upstream(port: int, delay: float = DELAY, tokens: int = TOKENS) -> None:
     import uvicorn
 
     from tests.fake_upstream import FakeUpstream, Script
 
     fake = FakeUpstream()
-    fake.script = Script(tokens=[f"tok{i} " for i in range(TOKENS)], delay=delay)
+    fake.script = Script(tokens=[f"tok{i} " for i in range(tokens)], delay=delay)
     uvicorn.run(fake.app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
@@ -106,9 +106,10 @@ def main() -> None:
     )
     parser.add_argument("--serve-upstream", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--upstream-delay", type=float, default=DELAY, help=argparse.SUPPRESS)
+    parser.add_argument("--upstream-tokens", type=int, default=TOKENS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_upstream:
-        serve_upstream(args.serve_upstream, args.upstream_delay)
+        serve_upstream(args.serve_upstream, args.upstream_delay, args.upstream_tokens)
         return
     if args.slow_streams:
         run_slow(args.slow_streams)
@@ -165,14 +166,14 @@ def main() -> None:
         upstream.wait(timeout=30)
 
 
-def run_slow(streams: int, delay: float = 0.5) -> None:
-    """`streams` streams open at once on one service process: errors, and resident memory per open stream (the
-    peak during the streams less the resident memory after a warm-up round of 20)."""
+def run_slow(streams: int, delay: float = 0.5, tokens: int = 60) -> None:
+    """`streams` streams open at once on one service process, each `tokens` tokens `delay` s apart: errors, and
+    resident memory per open stream once every stream has started (the median over the time when all are open,
+    less the resident memory after a warm-up round of 20), and at the peak (the start-up burst included)."""
     upstream_port = free_port()
-    upstream = subprocess.Popen(
-        [sys.executable, "bench/load.py", "--serve-upstream", str(upstream_port), "--upstream-delay", str(delay)],
-        cwd=PROJECT_DIR,
-    )
+    command = [sys.executable, "bench/load.py", "--serve-upstream", str(upstream_port)]
+    command += ["--upstream-delay", str(delay), "--upstream-tokens", str(tokens)]
+    upstream = subprocess.Popen(command, cwd=PROJECT_DIR)
     try:
         with (
             tempfile.TemporaryDirectory() as tmp,
@@ -182,12 +183,12 @@ def run_slow(streams: int, delay: float = 0.5) -> None:
             httpx.post(f"{service.url}/api/v1/documents/add", json={"documents": ["one stored document"]}, timeout=60)
             asyncio.run(run_level(service.url, 20, 1))  # warm-up: the first streams allocate what every stream reuses
             baseline = rss_mib(service.process.pid)
-            peak = [baseline]
+            samples: list[tuple[float, float]] = []
             stop = threading.Event()
 
             def sample() -> None:
                 while not stop.is_set():
-                    peak[0] = max(peak[0], rss_mib(service.process.pid))
+                    samples.append((time.perf_counter(), rss_mib(service.process.pid)))
                     time.sleep(0.1)
 
             sampler = threading.Thread(target=sample)
@@ -199,12 +200,16 @@ def run_slow(streams: int, delay: float = 0.5) -> None:
             sampler.join()
             errors = sum(1 for r in results if not r[2])
             ttfts = [r[0] for r in results if r[0] is not None]
-            per_stream = (peak[0] - baseline) * 1024 / streams
+            # All open: after the last first token, before the first stream ended.
+            window = (started + max(ttfts), started + min(r[1] for r in results))
+            steady = statistics.median(r for t, r in samples if window[0] <= t <= window[1])
+            peak = max(r for _, r in samples)
             print(
-                f"{streams} concurrent streams of {TOKENS} tokens {delay * 1000:.0f} ms apart: {errors} errors, "
+                f"{streams} concurrent streams of {tokens} tokens {delay * 1000:.0f} ms apart: {errors} errors, "
                 f"all done in {elapsed:.1f} s, ttft p50 {percentile(ttfts, 0.5) * 1000:.0f} ms, "
-                f"p99 {percentile(ttfts, 0.99) * 1000:.0f} ms; resident {baseline:.0f} MiB before, peak "
-                f"{peak[0]:.0f} MiB: {per_stream:.0f} KiB per open stream"
+                f"p99 {percentile(ttfts, 0.99) * 1000:.0f} ms; resident {baseline:.0f} MiB after warm-up, "
+                f"{steady:.0f} MiB with all streams open ({(steady - baseline) * 1024 / streams:.0f} KiB per stream), "
+                f"peak {peak:.0f} MiB ({(peak - baseline) * 1024 / streams:.0f} KiB per stream)"
             )
             service.terminate()
     finally:
