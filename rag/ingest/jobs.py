@@ -55,15 +55,10 @@ class NewItem:
 
 
 @dataclass(frozen=True, slots=True)
-class JobItem:
+class JobItem(NewItem):
+    """An item as stored: what was submitted, its place in the job, and how far it got."""
+
     n: int
-    name: str
-    kind: FileKind
-    media_type: str
-    size: int
-    sha256: str
-    document_id: str
-    metadata: Metadata
     state: ItemState
     chunks_done: int
     chunks_total: int | None
