@@ -68,34 +68,36 @@ def _finish(reason: str | None) -> str:
     return reason if reason in ("stop", "length", "content_filter") else "stop"
 
 
-async def _completion_chunks(stream: ChatStream, ids: CompletionIds, include_usage: bool) -> AsyncIterator[str]:
-    yield json.dumps(ids.delta({"role": "assistant", "content": ""}))
-    hits: list[Hit] = []
-    usage: Usage | None = None
-    async for event in stream.events():
-        match event:
-            case SourcesEvent(found):
-                hits = found
-            case TokenEvent(text):
-                yield json.dumps(ids.delta({"content": text}), ensure_ascii=False)
-            case ReasoningEvent(text):
-                yield json.dumps(ids.delta({"reasoning_content": text}), ensure_ascii=False)
-            case UsageEvent(counted):
-                usage = counted
-            case ErrorEvent(type_, message):
-                # OpenAI's SDKs raise an APIError on a stream event that carries "error".
-                yield json.dumps({"error": {"message": message, "type": "server_error", "param": None, "code": type_}})
-                return
-            case DoneEvent(reason):
-                yield json.dumps(ids.delta({}, _finish(reason), sources=_sources(hits)), ensure_ascii=False)
-    if include_usage:
-        yield json.dumps(ids.chunk([], usage=(usage or Usage(0, 0)).as_dict()))
-
-
 async def _sse(stream: ChatStream, ids: CompletionIds, include_usage: bool) -> AsyncIterator[ServerSentEvent]:
+    """The answer as OpenAI's stream of chunks, ending with `[DONE]`. One generator (each layer costs per token);
+    closing it closes the model's stream."""
+
+    def event(chunk: dict[str, Any]) -> ServerSentEvent:
+        return ServerSentEvent(data=json.dumps(chunk, ensure_ascii=False))
+
     try:
-        async for data in _completion_chunks(stream, ids, include_usage):
-            yield ServerSentEvent(data=data)
+        yield event(ids.delta({"role": "assistant", "content": ""}))
+        hits: list[Hit] = []
+        usage: Usage | None = None
+        async for item in stream.events():
+            match item:
+                case SourcesEvent(found):
+                    hits = found
+                case TokenEvent(text):
+                    yield event(ids.delta({"content": text}))
+                case ReasoningEvent(text):
+                    yield event(ids.delta({"reasoning_content": text}))
+                case UsageEvent(counted):
+                    usage = counted
+                case ErrorEvent(type_, message):
+                    # OpenAI's SDKs raise an APIError on a stream event that carries "error".
+                    yield event({"error": {"message": message, "type": "server_error", "param": None, "code": type_}})
+                    yield ServerSentEvent(data=DONE)
+                    return
+                case DoneEvent(reason):
+                    yield event(ids.delta({}, _finish(reason), sources=_sources(hits)))
+        if include_usage:
+            yield event(ids.chunk([], usage=(usage or Usage(0, 0)).as_dict()))
         yield ServerSentEvent(data=DONE)
     finally:
         await stream.aclose()

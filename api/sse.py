@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
 
 import anyio
 from sse_starlette import EventSourceResponse, ServerSentEvent
@@ -21,6 +21,7 @@ from rag.pipeline import ChatStream
 from rag.types import ChatEvent, DoneEvent, ErrorEvent, ReasoningEvent, SourcesEvent, TokenEvent, UsageEvent
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 DONE = "[DONE]"
 SHUTDOWN_GRACE_SECONDS = 5.0  # less than uvicorn's graceful shutdown timeout (10 s in main.py)
@@ -44,37 +45,40 @@ def seed_payload(event: ChatEvent) -> dict[str, Any] | None:
             return None
 
 
-async def until_shutdown(
-    events: AsyncIterator[ServerSentEvent], shutdown: anyio.Event, farewell: list[ServerSentEvent]
-) -> AsyncIterator[ServerSentEvent]:
-    """Relay `events` until the server shuts down; then stop them (closing the model's stream) and send `farewell`,
-    so that a client learns the answer ended, and why, instead of seeing the connection drop.
+def as_is(event: ServerSentEvent) -> ServerSentEvent:
+    return event
 
-    The flag is looked at between events: no task or future per token. sse-starlette sets it, then waits
-    SHUTDOWN_GRACE_SECONDS before cancelling; a model that sends nothing at all in that time has its stream
-    cancelled without the farewell (the connection closes, and the model's stream with it)."""
+
+async def until_shutdown(
+    events: AsyncIterator[T],
+    render: Callable[[T], ServerSentEvent],
+    shutdown: anyio.Event,
+    farewell: list[ServerSentEvent],
+) -> AsyncIterator[ServerSentEvent]:
+    """Relay `events`, each rendered by `render`, until the server shuts down; then stop them (closing the model's
+    stream) and send `farewell`, so that a client learns the answer ended, and why, instead of seeing the connection
+    drop.
+
+    The flag is looked at between events: no task or future per token. Rendering here, rather than in a generator
+    of its own, saves a generator hop per token. sse-starlette sets the flag, then waits SHUTDOWN_GRACE_SECONDS
+    before cancelling; a model that sends nothing at all in that time has its stream cancelled without the farewell
+    (the connection closes, and the model's stream with it)."""
     try:
         async for event in events:
             if shutdown.is_set():
                 break
-            yield event
+            yield render(event)
         else:
             return
-        for event in farewell:
-            yield event
+        for goodbye in farewell:
+            yield goodbye
     finally:
         await events.aclose()  # type: ignore[attr-defined]
 
 
-async def _seed_events(stream: ChatStream) -> AsyncIterator[ServerSentEvent]:
-    try:
-        async for event in stream.events():
-            payload = seed_payload(event)
-            data = DONE if payload is None else json.dumps(payload, ensure_ascii=False)
-            yield ServerSentEvent(data=data)
-    finally:
-        # Runs when the client goes away too (the task is cancelled): the model's stream is closed with it.
-        await stream.aclose()
+def seed_event(event: ChatEvent) -> ServerSentEvent:
+    payload = seed_payload(event)
+    return ServerSentEvent(data=DONE if payload is None else json.dumps(payload, ensure_ascii=False))
 
 
 class WatchedEventSource(EventSourceResponse):
@@ -113,13 +117,16 @@ class WatchedEventSource(EventSourceResponse):
 
 
 def event_source(
-    events: AsyncIterator[ServerSentEvent], settings: Settings, farewell: list[ServerSentEvent]
+    events: AsyncIterator[Any],
+    settings: Settings,
+    farewell: list[ServerSentEvent],
+    render: Callable[[Any], ServerSentEvent] = as_is,
 ) -> EventSourceResponse:
-    """An SSE response with keep-alive pings, a send timeout against stalled clients, no proxy buffering, and
-    `farewell` sent when the server shuts down mid-stream."""
+    """An SSE response of `events` (rendered by `render`) with keep-alive pings, a send timeout against stalled
+    clients, no proxy buffering, and `farewell` sent when the server shuts down mid-stream."""
     shutdown = anyio.Event()  # sse-starlette sets it when uvicorn is asked to exit
     return WatchedEventSource(
-        until_shutdown(events, shutdown, farewell),
+        until_shutdown(events, render, shutdown, farewell),
         ping=settings.sse_ping_seconds,
         send_timeout=settings.sse_send_timeout,
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
@@ -129,8 +136,9 @@ def event_source(
 
 
 def seed_sse_response(stream: ChatStream, settings: Settings) -> EventSourceResponse:
+    """The answer in the seed's format. Closing the events (client gone, shutdown) closes the model's stream."""
     farewell = [
         ServerSentEvent(data=json.dumps({"content": "", "error": SHUTDOWN_ERROR})),
         ServerSentEvent(data=DONE),
     ]
-    return event_source(_seed_events(stream), settings, farewell)
+    return event_source(stream.events(), settings, farewell, render=seed_event)

@@ -73,20 +73,24 @@ def _reasoning_of(delta: dict[str, Any]) -> str:
     return ""
 
 
-async def _chunks(lines: AsyncIterator[str]) -> AsyncIterator[dict[str, Any]]:
-    """The JSON objects of an OpenAI stream's `data:` lines, up to `[DONE]`."""
-    async for line in lines:
-        if not line.startswith("data:"):
-            continue  # blank separators, comments (`: keep-alive`), `event:` lines
-        data = line[5:].strip()
-        if data == "[DONE]":
-            return
-        chunk = json.loads(data)  # ValueError on a chunk that is not JSON
-        if not isinstance(chunk, dict):
-            raise ValueError("a chunk that is not a JSON object")
-        if "error" in chunk:  # some servers report a failure mid-stream as a chunk
-            raise UpstreamUnavailable("the model provider reported an error mid-stream")
-        yield chunk
+_DONE: dict[str, Any] = {}  # what `_chunk` returns for `data: [DONE]`
+
+
+def _chunk(line: str) -> dict[str, Any] | None:
+    """The JSON object of one line of an OpenAI stream: None for lines that carry none (blank separators,
+    `: keep-alive` comments, `event:` lines), `_DONE` for `data: [DONE]`. A function called per line rather than a
+    generator layer: one generator hop costs more per token than the parsing."""
+    if not line.startswith("data:"):
+        return None
+    data = line[5:].strip()
+    if data == "[DONE]":
+        return _DONE
+    chunk = json.loads(data)  # ValueError on a chunk that is not JSON
+    if not isinstance(chunk, dict):
+        raise ValueError("a chunk that is not a JSON object")
+    if "error" in chunk:  # some servers report a failure mid-stream as a chunk
+        raise UpstreamUnavailable("the model provider reported an error mid-stream")
+    return chunk
 
 
 class OpenAIChatModel:
@@ -131,9 +135,14 @@ class OpenAIChatModel:
         # Reasoning written inline as <think>...</think> is split off the answer; a separate reasoning field wins.
         inside = self._think_starts_inside
         splitter = ThinkTagSplitter(starts_inside_think(options.model or self.model) if inside is None else inside)
-        lines = response.iter_lines()
+        lines = response.http_response.aiter_lines()  # httpx's own line iterator: the SDK's wraps it
         try:
-            async for chunk in _chunks(lines):
+            async for line in lines:
+                chunk = _chunk(line)
+                if chunk is None:
+                    continue
+                if chunk is _DONE:
+                    break
                 usage = None
                 if raw_usage := chunk.get("usage"):
                     usage = Usage(raw_usage.get("prompt_tokens") or 0, raw_usage.get("completion_tokens") or 0)

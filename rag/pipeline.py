@@ -9,7 +9,6 @@ Closing the stream (or cancelling whoever iterates it) closes the model's stream
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
@@ -118,37 +117,39 @@ class ChatStream:
         self._on_complete = on_complete
         self._observer = observer
 
-    async def events(self) -> AsyncGenerator[ChatEvent, None]:
-        # aclosing: closing this generator must close the inner one too, which closes the model's stream.
-        async with contextlib.aclosing(self._events()) as events:
-            async for event in events:
-                if self._observer is not None:
-                    self._observer.on_event(event)
-                yield event
+    def _seen(self, event: ChatEvent) -> ChatEvent:
+        # The observer is called inline, not through a generator of its own: a layer of async generator costs
+        # more per token than everything the observer does.
+        if self._observer is not None:
+            self._observer.on_event(event)
+        return event
 
-    async def _events(self) -> AsyncGenerator[ChatEvent, None]:
-        yield SourcesEvent(self.hits)
+    async def events(self) -> AsyncGenerator[ChatEvent, None]:
+        """The answer's events; closing this generator closes the model's stream."""
+        seen = self._seen
         finish_reason: str | None = None
         answer: list[str] = []
         try:
+            # Inside the try: a consumer that closes this generator at any event closes the model's stream too.
+            yield seen(SourcesEvent(self.hits))
             delta = self._first
             while delta is not None:
                 if delta.reasoning and self._show_reasoning:
-                    yield ReasoningEvent(delta.reasoning)
+                    yield seen(ReasoningEvent(delta.reasoning))
                 if delta.content:
                     answer.append(delta.content)
-                    yield TokenEvent(delta.content)
+                    yield seen(TokenEvent(delta.content))
                 if delta.usage is not None:
-                    yield UsageEvent(delta.usage)
+                    yield seen(UsageEvent(delta.usage))
                 finish_reason = delta.finish_reason or finish_reason
                 delta = await anext(self._deltas, None)
         except LLMError as exc:
             logger.warning("model stream failed after it started: %s", exc)
-            yield ErrorEvent(exc.error_type, str(exc))
+            yield seen(ErrorEvent(exc.error_type, str(exc)))
             finish_reason = "error"
         except Exception:
             logger.exception("unexpected failure while streaming an answer")
-            yield ErrorEvent("internal_error", "the answer failed unexpectedly")
+            yield seen(ErrorEvent("internal_error", "the answer failed unexpectedly"))
             finish_reason = "error"
         finally:
             await self.aclose()
@@ -158,8 +159,8 @@ class ChatStream:
                 await self._on_complete("".join(answer))
             except Exception:
                 logger.exception("could not store the conversation turn")
-                yield ErrorEvent("storage_error", "the answer could not be saved to the chat history")
-        yield DoneEvent(finish_reason)
+                yield seen(ErrorEvent("storage_error", "the answer could not be saved to the chat history"))
+        yield seen(DoneEvent(finish_reason))
 
     async def collect(self) -> Answer:
         content: list[str] = []
