@@ -126,16 +126,20 @@ class OpenAIChatModel:
         return args
 
     async def stream(self, messages: list[Message], options: GenerationOptions) -> AsyncIterator[Delta]:
-        request = self._client.chat.completions.with_streaming_response.create(**self._request_args(messages, options))
         try:
-            response = await request.__aenter__()
+            # The SDK's generic `post` (its documented way to call any endpoint) rather than
+            # `chat.completions.create`: the same retries, timeouts and errors, without the SDK transforming the
+            # request body against its TypedDicts first, which cost 3 ms of CPU for a conversation of 21 messages.
+            response = await self._client.post(
+                "/chat/completions", cast_to=httpx2.Response, body=self._request_args(messages, options), stream=True
+            )
         except openai.OpenAIError as exc:
             raise map_error(exc) from exc
         finished = False
         # Reasoning written inline as <think>...</think> is split off the answer; a separate reasoning field wins.
         inside = self._think_starts_inside
         splitter = ThinkTagSplitter(starts_inside_think(options.model or self.model) if inside is None else inside)
-        lines = response.http_response.aiter_lines()  # httpx's own line iterator: the SDK's wraps it
+        lines = response.aiter_lines()
         try:
             async for line in lines:
                 chunk = _chunk(line)
@@ -176,8 +180,8 @@ class OpenAIChatModel:
         except (ValueError, AttributeError, TypeError) as exc:  # a chunk that is not JSON, or not a chunk
             raise UpstreamProtocolError("the model provider sent a chunk that could not be read") from exc
         finally:
-            # Closing the response closes the connection: the upstream stops generating (and billing).
-            await request.__aexit__(None, None, None)
+            # Closing the response early closes the connection: the upstream stops generating (and billing).
+            await response.aclose()
         if not finished:
             raise UpstreamProtocolError("the model provider's stream ended before the answer was complete")
 
