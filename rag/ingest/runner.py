@@ -201,7 +201,11 @@ class JobRunner:
                 with anyio.move_on_after(self.poll_seconds):
                     await self._wakeup.wait()
                 continue
-            await self._run(job)
+            try:
+                await self._run(job)
+            except Exception:
+                # The queue must outlive one bad job: its lease lapses, and it is tried again later.
+                logger.exception("job %s: the runner failed", job.id)
 
     async def _run(self, job: Job) -> None:
         logger.info("job %s: started (attempt %d, %d items)", job.id, job.attempts, len(job.items))
