@@ -45,6 +45,19 @@ API_PREFIX = "/api/v1"
 _NO_TELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False, "operation_spans": False}
 
 
+def raise_open_file_limit() -> int:
+    """Raise the soft limit on open files to the hard one, and return it. Every stream holds two sockets (its
+    client's and its upstream's), so the common default of 1,024 would cap a process at about 500 streams."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        return target
+    return soft
+
+
 def build_condenser(settings: Settings, llm: ChatModel) -> Condenser:
     match settings.query_rewrite:
         case "rule":
@@ -121,6 +134,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
+            open_files = raise_open_file_limit()
             try:
                 services = await build_services(settings, metrics, stack)
             except (RAGError, LLMError) as exc:
@@ -129,13 +143,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 raise
             app.state.services = services
             logger.info(
-                "ready: embedder %s (%d), llm %s/%s, %d chunks, authentication %s",
+                "ready: embedder %s (%d), llm %s/%s, %d chunks, authentication %s, %d open files allowed",
                 services.embedder.model_name,
                 services.embedder.dimension,
                 services.llm.provider,
                 services.llm.model,
                 services.store.count,
                 "on" if services.authenticator.enabled else "off",
+                open_files,
             )
             yield
             logger.info("shutting down")

@@ -50,3 +50,19 @@ def test_env_example_lists_every_setting() -> None:
     example = (PROJECT_DIR / ".env.example").read_text()
     keys = {line.split("=", 1)[0] for line in example.splitlines() if "=" in line and not line.startswith("#")}
     assert keys == {name.upper() for name in Settings.model_fields}
+
+
+def test_the_service_raises_its_open_file_limit_to_the_hard_limit() -> None:
+    import resource
+
+    from main import raise_open_file_limit
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard <= 256:
+        pytest.skip("the hard limit leaves nothing to raise")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))  # as low as a stingy default
+    try:
+        allowed = raise_open_file_limit()
+        assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] == allowed > 256
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
