@@ -104,7 +104,7 @@ async def upload_documents(
         raise InvalidRequest(
             f"at most {settings.max_upload_files} files per upload (MAX_UPLOAD_FILES), got {len(files)}"
         )
-    extra = _json_form(metadata, dict, "metadata must be a JSON object")
+    extra = _json_form(metadata, dict, "metadata must be a JSON object (with finite numbers only)")
     given_ids = _json_form(ids, list, "ids must be a JSON array of strings, one per file")
     if given_ids is not None:
         if len(given_ids) != len(files) or not all(isinstance(i, str) and i for i in given_ids):
@@ -116,11 +116,16 @@ async def upload_documents(
     return job_accepted(job)
 
 
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")
+
+
 def _json_form(raw: str | None, kind: type, message: str) -> Any:
     if raw is None or not raw.strip():
         return None
     try:
-        value = json.loads(raw)
+        # NaN and Infinity: Python's reader takes them, but stored they would break every response that carries them.
+        value = json.loads(raw, parse_constant=_not_json)
     except ValueError:
         raise InvalidRequest(message) from None
     if not isinstance(value, kind):

@@ -164,6 +164,7 @@ def test_an_unknown_type_refuses_the_whole_upload(client: httpx.Client) -> None:
     [
         ({"metadata": "[1, 2]"}, "metadata must be a JSON object"),
         ({"metadata": "{nope"}, "metadata must be a JSON object"),
+        ({"metadata": '{"score": NaN}'}, "metadata must be a JSON object"),
         ({"ids": '["only-one"]'}, "ids must be a JSON array of 2"),
         ({"ids": '["same", "same"]'}, "unique"),
         ({"metadata": '{"orgId": 7}'}, None),  # a plain key may set any orgId: accepted
