@@ -180,3 +180,18 @@ async def test_llm_rewriter_falls_back_to_the_rule_when_the_model_fails() -> Non
         Message("user", "and Paris?"),
     ]
     assert await QueryRewriter(model)(conversation) == "Weather in London? and Paris?"
+
+
+def test_the_prompt_names_each_passage_with_its_file_and_page() -> None:
+    from rag.prompt import format_context
+    from rag.types import Chunk, Hit
+
+    hits = [
+        Hit(Chunk("r:1", "r", "Ferry passengers in 2025.", {"filename": "report.pdf", "page": 2}), 0.9),
+        Hit(Chunk("m:0", "m", "Timetable memo.", {"filename": "memo.docx"}), 0.8),
+        Hit(Chunk("x:0", "x", "No metadata at all.", {"page": True}), 0.7),
+    ]
+    context = format_context(hits)
+    assert "[1] (source: report.pdf, p. 2)\nFerry passengers in 2025." in context
+    assert "[2] (source: memo.docx)\nTimetable memo." in context
+    assert "[3] (source: x)\n" in context  # a page that is not a number is not a page
