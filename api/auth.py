@@ -18,7 +18,6 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import jwt
 from fastapi import Depends, HTTPException, WebSocketException, status
 from starlette.requests import HTTPConnection
 
@@ -117,6 +116,8 @@ class Authenticator:
         return Principal("scoped_key", org_id=org) if org else Principal("key")
 
     def _verify_token(self, token: str) -> Principal:
+        import jwt  # here, not at the top: only a service with a token key needs PyJWT and its crypto (9 MiB)
+
         assert self._token_key is not None
         key, algorithms = self._token_key
         settings = self.settings
