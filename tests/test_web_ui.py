@@ -8,6 +8,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from config import PROJECT_DIR
@@ -326,4 +327,35 @@ def test_page_uses_a_token_handed_in_by_the_embedding_site(
         assert "1111" in sent and "2222" not in sent
         chats = httpx.get(f"{url}/api/v1/chats", params={"userId": "dana", "orgId": "orgA"}, headers=admin).json()
         assert len(chats["chats"]) == 1  # the page stored the turn as the token's user
+        context.close()
+
+
+def test_upload_progress_survives_a_restart_of_the_service(
+    browser, fake_upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """SIGTERM while a dropped file is being embedded: the job is handed back, the next start resumes it, and the
+    page, which reconnects to the job's event stream, shows the file reach 100%."""
+    from bench.service_process import ServiceProcess
+
+    text = "".join(
+        f"Section {i} of the long survey of coastal lighthouses and their keepers. " * 14 for i in range(200)
+    )
+    settings = {"job_batch_chunks": "8"}
+    with ServiceProcess(tmp_path, fake_upstream.url, **settings) as first:  # type: ignore[attr-defined]
+        first.wait_ready()
+        context = browser.new_context()
+        page = context.new_page()
+        page.set_default_timeout(60_000)
+        page.goto(first.url)
+        page.set_input_files(
+            "#doc-files", files=[{"name": "survey.txt", "mimeType": "text/plain", "buffer": text.encode()}]
+        )
+        page.wait_for_function("document.querySelector('.upload progress')?.value > 0")
+        assert first.terminate() in (0, -15)
+        # The same port, the same data: the page's retries reach the new process.
+        with ServiceProcess(tmp_path, fake_upstream.url, port=str(first.port), **settings) as second:  # type: ignore[attr-defined]
+            page.wait_for_function("document.querySelector('.upload').dataset.state === 'done'", timeout=120_000)
+            assert page.locator(".upload .state").text_content().startswith("100%")
+            assert httpx.get(f"{first.url}/api/v1/documents").json()["total"] == 1
+            second.terminate()
         context.close()

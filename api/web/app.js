@@ -402,15 +402,28 @@ function showFile(row, file) {
   bar.hidden = file.state === "failed" || file.state === "cancelled";
 }
 
+const FINISHED = ["done", "failed", "cancelled"];
+const pause = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+// Follows a job's event stream to its end. A job outlives a restart of the service (it resumes), so a stream cut
+// short is opened again, a second later, until the job has finished.
 async function followJob(job, rows) {
   rows ??= job.files.map((file) => uploadRow(file.name));
-  job.files.forEach((file, n) => showFile(rows[n], file));
-  const response = await request(`api/v1/jobs/${encodeURIComponent(job.id)}/events`);
+  const show = (snapshot) => snapshot.files.forEach((file, n) => showFile(rows[n], file));
+  show(job);
   let last = job;
-  await readEvents(response, (snapshot) => {
-    last = snapshot;
-    snapshot.files.forEach((file, n) => showFile(rows[n], file));
-  });
+  while (!FINISHED.includes(last.state)) {
+    try {
+      const response = await request(`api/v1/jobs/${encodeURIComponent(job.id)}/events`);
+      await readEvents(response, (snapshot) => {
+        last = snapshot;
+        show(snapshot);
+      });
+    } catch (err) {
+      if (err.status === 404) throw err; // forgotten, or not ours: nothing to wait for
+    }
+    if (!FINISHED.includes(last.state)) await pause(1000);
+  }
   return last;
 }
 
