@@ -271,7 +271,10 @@ class JobRunner:
     def _sweep(self, cutoff: float) -> None:
         """Forget jobs finished before `cutoff`, and remove leftover bytes of finished jobs (and of submissions
         that never became a job, once they are an hour old)."""
-        self.jobs.forget(self.jobs.finished_before(cutoff))
+        old = self.jobs.finished_before(cutoff)
+        for job_id in old:  # before the rows go: without its row, a folder would look like a fresh submission's
+            self._remove_payloads(job_id)
+        self.jobs.forget(old)
         if not self.jobs.uploads_dir.is_dir():
             return
         for folder in self.jobs.uploads_dir.iterdir():

@@ -1,0 +1,79 @@
+"""The job store and the runner's housekeeping, without HTTP: claims and leases between two runners, cancel, and
+the sweep that forgets old jobs and removes bytes nobody will read."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from rag.ingest.jobs import JobStore, NewItem
+from rag.ingest.parsers import ParseLimits
+from rag.ingest.runner import JobRunner
+
+
+def item(name: str = "a.txt") -> NewItem:
+    return NewItem(name, "text", "text/plain", 4, "0" * 64, f"doc-{name}", {})
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> JobStore:
+    return JobStore(tmp_path / "jobs.sqlite3", tmp_path / "uploads")
+
+
+def test_a_job_is_claimed_once_and_again_only_after_its_lease_lapses(store: JobStore) -> None:
+    store.create("j1", [item()], org_id="org", user_id="u")
+    claimed = store.claim("runner-a", lease_seconds=0.2)
+    assert claimed is not None and claimed.state == "running" and claimed.attempts == 1
+    assert store.claim("runner-b", lease_seconds=0.2) is None  # held
+    assert store.update_item("j1", 0, "runner-a", 0.2, state="parsing")  # renewing works while held
+    time.sleep(0.3)
+    taken = store.claim("runner-b", lease_seconds=60)  # runner-a stopped renewing: as if its process died
+    assert taken is not None and taken.attempts == 2
+    assert not store.update_item("j1", 0, "runner-a", 60, state="embedding")  # the old runner learns it lost it
+    assert store.get("j1").items[0].state == "parsing"  # type: ignore[union-attr]
+
+
+def test_cancel_ends_a_queued_or_running_job_and_leaves_a_finished_one(store: JobStore) -> None:
+    store.create("q", [item()], None, None)
+    assert store.cancel("q").state == "cancelled"  # type: ignore[union-attr]
+    assert store.claim("r", 60) is None  # a cancelled job is never claimed
+    store.create("d", [item()], None, None)
+    store.claim("r", 60)
+    store.mark_item("d", 0, state="done", chunks_done=1)
+    assert store.finish("d", "r").state == "done"  # type: ignore[union-attr]
+    assert store.cancel("d").state == "done"  # type: ignore[union-attr]
+
+
+def test_release_hands_a_running_job_back_to_the_queue(store: JobStore) -> None:
+    store.create("j", [item("a.txt"), item("b.txt")], None, None)
+    store.claim("r", 60)
+    store.mark_item("j", 0, state="done", chunks_done=1)
+    store.update_item("j", 1, "r", 60, state="embedding")
+    store.release("j", "r")
+    job = store.get("j")
+    assert job is not None and job.state == "queued"
+    assert [i.state for i in job.items] == ["done", "queued"]  # done stays done; the rest is redone
+
+
+def test_the_sweep_forgets_old_jobs_and_removes_bytes_nobody_will_read(store: JobStore, tmp_path: Path) -> None:
+    uploads = tmp_path / "uploads"
+    for job_id in ("old", "running", "orphan", "fresh-orphan"):
+        (uploads / job_id).mkdir(parents=True)
+        (uploads / job_id / "0").write_bytes(b"data")
+    store.create("old", [item()], None, None)
+    store.claim("r", 60)
+    store.mark_item("old", 0, state="done", chunks_done=1)
+    store.finish("old", "r")
+    store.create("running", [item()], None, None)
+    store.claim("r", 60)
+    hours_ago = time.time() - 2 * 3600
+    os.utime(uploads / "orphan", (hours_ago, hours_ago))  # a submission that died before its job was recorded
+
+    runner = JobRunner(store, indexer=None, limits=ParseLimits())  # type: ignore[arg-type]
+    runner._sweep(cutoff=time.time() + 1)  # everything finished before now is old enough to forget
+    assert store.get("old") is None
+    assert store.get("running") is not None
+    assert sorted(p.name for p in uploads.iterdir()) == ["fresh-orphan", "running"]
