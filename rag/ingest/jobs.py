@@ -12,10 +12,12 @@ Blocking calls: run them in a thread (the runner and the routes do).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -134,16 +136,22 @@ class JobStore:
         with self._lock:
             self._db.close()
 
-    def _write(self, sql_steps: list[tuple[str, tuple[Any, ...]]]) -> list[sqlite3.Cursor]:
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, taken at once (BEGIN IMMEDIATE: another process's runner waits, never deadlocks)."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                cursors = [self._db.execute(sql, args) for sql, args in sql_steps]
+                yield self._db
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-            return cursors
+
+    def _write(self, sql_steps: list[tuple[str, tuple[Any, ...]]]) -> None:
+        with self._transaction() as db:
+            for sql, args in sql_steps:
+                db.execute(sql, args)
 
     def create(self, job_id: str, items: list[NewItem], org_id: str | None, user_id: str | None) -> Job:
         now = time.time()
@@ -185,11 +193,6 @@ class JobStore:
             items = self._db.execute("SELECT * FROM job_items WHERE job_id = ? ORDER BY n", (job_id,)).fetchall()
         return _job(row, items)
 
-    def version(self, job_id: str) -> int | None:
-        with self._lock:
-            row = self._db.execute("SELECT version FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return None if row is None else int(row[0])
-
     def recent(self, org_id: str | None, user_id: str | None, limit: int) -> list[Job]:
         """The newest jobs a credential may see."""
         with self._lock:
@@ -206,24 +209,18 @@ class JobStore:
     def claim(self, owner: str, lease_seconds: float) -> Job | None:
         """Take the oldest queued job, or a running one whose runner stopped renewing its lease."""
         now = time.time()
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                row = self._db.execute(
-                    "SELECT id FROM jobs WHERE state = 'queued' OR (state = 'running' AND lease_until < ?) "
-                    "ORDER BY seq LIMIT 1",
-                    (now,),
-                ).fetchone()
-                if row is not None:
-                    self._db.execute(
-                        "UPDATE jobs SET state = 'running', owner = ?, lease_until = ?, attempts = attempts + 1, "
-                        "updated_at = ?, version = version + 1 WHERE id = ?",
-                        (owner, now + lease_seconds, now, row[0]),
-                    )
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._transaction() as db:
+            row = db.execute(
+                "SELECT id FROM jobs WHERE state = 'queued' OR (state = 'running' AND lease_until < ?) "
+                "ORDER BY seq LIMIT 1",
+                (now,),
+            ).fetchone()
+            if row is not None:
+                db.execute(
+                    "UPDATE jobs SET state = 'running', owner = ?, lease_until = ?, attempts = attempts + 1, "
+                    "updated_at = ?, version = version + 1 WHERE id = ?",
+                    (owner, now + lease_seconds, now, row[0]),
+                )
         return None if row is None else self.get(row[0])
 
     def update_item(self, job_id: str, n: int, owner: str, lease_seconds: float, **changes: str | int | None) -> bool:
@@ -231,22 +228,14 @@ class JobStore:
         cancelled, or its lease lapsed and another runner took it over."""
         now = time.time()
         columns = ", ".join(f"{name} = ?" for name in changes)
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                held = self._db.execute(
-                    "UPDATE jobs SET lease_until = ?, updated_at = ?, version = version + 1 "
-                    "WHERE id = ? AND owner = ? AND state = 'running'",
-                    (now + lease_seconds, now, job_id, owner),
-                ).rowcount
-                if held and changes:
-                    self._db.execute(
-                        f"UPDATE job_items SET {columns} WHERE job_id = ? AND n = ?", (*changes.values(), job_id, n)
-                    )
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._transaction() as db:
+            held = db.execute(
+                "UPDATE jobs SET lease_until = ?, updated_at = ?, version = version + 1 "
+                "WHERE id = ? AND owner = ? AND state = 'running'",
+                (now + lease_seconds, now, job_id, owner),
+            ).rowcount
+            if held and changes:
+                db.execute(f"UPDATE job_items SET {columns} WHERE job_id = ? AND n = ?", (*changes.values(), job_id, n))
         return held == 1
 
     def mark_item(self, job_id: str, n: int, **changes: str | int | None) -> None:
