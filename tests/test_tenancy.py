@@ -228,6 +228,27 @@ def test_a_token_reads_only_its_users_chats(tenant_url: str, upstream: FakeUpstr
     assert alice.get("/api/v1/chats/alice-chat").status_code == 200
 
 
+def test_an_ingestion_job_is_its_users_only(tenant_url: str, upstream: FakeUpstream) -> None:
+    alice, bob = client_for(tenant_url, token("alice", "orgA")), client_for(tenant_url, token("bob", "orgA"))
+    files = [("files", ("notes.txt", b"Alice's notes on the orchard's pear trees.", "text/plain"))]
+    accepted = alice.post("/api/v1/documents/upload", files=files)
+    assert accepted.status_code == 202, accepted.text
+    job_id = accepted.json()["id"]
+    for method, path in [("GET", ""), ("GET", "/events"), ("DELETE", "")]:
+        assert bob.request(method, f"/api/v1/jobs/{job_id}{path}").status_code == 404  # same organisation, not his
+    assert bob.get("/api/v1/jobs").json()["jobs"] == []
+    assert [j["id"] for j in alice.get("/api/v1/jobs").json()["jobs"]] == [job_id]
+    deadline = time.monotonic() + 60
+    while alice.get(f"/api/v1/jobs/{job_id}").json()["state"] != "done":
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    # The documents belong to the organisation (anyone in it may search them), the job to its user.
+    hits = bob.get("/api/v1/documents/search", params={"query": "orchard pear trees"}).json()["results"]
+    assert any(h["metadata"].get("filename") == "notes.txt" and h["metadata"]["orgId"] == "orgA" for h in hits)
+    # A trusted key may act for any tenant, and so sees every job.
+    assert client_for(tenant_url, TRUSTED).get(f"/api/v1/jobs/{job_id}").status_code == 200
+
+
 # --- bad tokens -----------------------------------------------------------------------------------------
 
 
