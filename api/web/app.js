@@ -394,7 +394,7 @@ function showFile(row, file) {
     queued: "queued",
     parsing: "reading…",
     embedding: `${percent}% (${file.chunks_done}/${file.chunks_total} chunks)`,
-    done: `100% · ${file.chunks_total} chunks`,
+    done: `100% · ${file.chunks_total} chunk${file.chunks_total === 1 ? "" : "s"}`,
     failed: `failed: ${file.error}`,
     cancelled: "cancelled",
   }[file.state];
