@@ -26,7 +26,7 @@ from api.schemas import (
 )
 from api.security import RateLimited
 from rag.errors import InvalidRequest
-from rag.ingest.indexer import check_batch, owned_metadata
+from rag.ingest.indexer import prepare_documents
 from rag.ingest.runner import Upload
 from rag.pipeline import scoped_filters
 from rag.stores import RetrievalMode
@@ -61,15 +61,8 @@ async def add_documents(
     if wait is None:
         wait = sum(map(len, body.documents)) <= services.settings.add_job_threshold_chars
     if not wait:
-        ids = check_batch(body.documents, body.metadatas, body.ids)
-        metadatas = [
-            owned_metadata(body.metadatas[n] if body.metadatas else None, principal.org_id, f"document {n}")
-            for n in range(len(body.documents))
-        ]
-        for n, text in enumerate(body.documents):
-            if not text.strip():
-                raise InvalidRequest(f"document {n} is empty")
-        job = await services.jobs.submit_documents(body.documents, metadatas, ids, principal.org_id, principal.user_id)
+        prepared = prepare_documents(body.documents, body.metadatas, body.ids, principal.org_id)
+        job = await services.jobs.submit_documents(body.documents, prepared, principal.org_id, principal.user_id)
         return job_accepted(job)
     added = await services.indexer.add(body.documents, body.metadatas, body.ids, org_id=principal.org_id)
     return AddDocumentsAnswer(

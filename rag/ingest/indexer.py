@@ -64,14 +64,10 @@ class Indexer:
 
         Nothing is written unless every document is valid, and the call returns only once the write is on disk.
         """
-        doc_ids = check_batch(texts, metadatas, ids)
         chunks: list[Chunk] = []
         added: list[AddedDocument] = []
-        for n, (doc_id, text) in enumerate(zip(doc_ids, texts, strict=True)):
-            metadata = owned_metadata(metadatas[n] if metadatas else None, org_id, f"document {n}")
+        for text, (doc_id, metadata) in zip(texts, prepare_documents(texts, metadatas, ids, org_id), strict=True):
             parts = self.chunk_document(doc_id, [Section(text)], metadata)
-            if not parts:
-                raise InvalidRequest(f"document {n} is empty")
             chunks.extend(parts)
             added.append(AddedDocument(doc_id, len(parts)))
         await self.store_chunks(chunks, org_id)
@@ -98,8 +94,12 @@ class Indexer:
         await self.store.upsert(chunks, vectors, org_id)
 
 
-def check_batch(texts: list[str], metadatas: list[Metadata] | None, ids: list[str] | None) -> list[str]:
-    """The document ids of a batch (new ones where none are given), after checking the lists line up."""
+def prepare_documents(
+    texts: list[str], metadatas: list[Metadata] | None, ids: list[str] | None, org_id: str | None
+) -> list[tuple[str, Metadata]]:
+    """Each document's id (a new one where none is given) and its metadata stamped with `org_id`, after checking the
+    whole batch: the lists line up, ids are unique, no document is empty or names another organisation. Both add
+    paths (at once, or as a job) check here, before anything is written."""
     if metadatas is not None and len(metadatas) != len(texts):
         raise InvalidRequest(f"got {len(texts)} documents but {len(metadatas)} metadatas")
     if ids is not None and len(ids) != len(texts):
@@ -107,4 +107,10 @@ def check_batch(texts: list[str], metadatas: list[Metadata] | None, ids: list[st
     doc_ids = ids if ids is not None else [uuid.uuid4().hex for _ in texts]
     if len(set(doc_ids)) != len(doc_ids):
         raise InvalidRequest("ids must be unique within one request")
-    return doc_ids
+    prepared: list[tuple[str, Metadata]] = []
+    for n, (doc_id, text) in enumerate(zip(doc_ids, texts, strict=True)):
+        metadata = owned_metadata(metadatas[n] if metadatas else None, org_id, f"document {n}")
+        if not text.strip():  # the chunker strips: nothing else can leave a document without chunks
+            raise InvalidRequest(f"document {n} is empty")
+        prepared.append((doc_id, metadata))
+    return prepared

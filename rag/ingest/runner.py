@@ -19,14 +19,14 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 import anyio
 
-from rag.errors import RAGError, UnreadableFile
+from rag.errors import RAGError
 from rag.ingest.indexer import Indexer, owned_metadata
 from rag.ingest.jobs import Job, JobItem, JobStore, NewItem
 from rag.ingest.parsers import MEDIA_TYPES, ParseLimits, detect_kind, parse
@@ -109,11 +109,10 @@ class JobRunner:
         survives a crash. A file of an unknown type refuses the whole upload before anything is written."""
         kinds = [detect_kind(upload.name, upload.media_type) for upload in uploads]
         base = owned_metadata(metadata, org_id, "metadata")
-        job_id = uuid.uuid4().hex
-        items: list[NewItem] = []
-        try:
+        async with self._new_job() as job_id:
+            items: list[NewItem] = []
             for n, (upload, kind) in enumerate(zip(uploads, kinds, strict=True)):
-                size, digest = await anyio.to_thread.run_sync(_save, upload.source, self.jobs.payload_path(job_id, n))
+                size, digest = await self._save_payload(job_id, n, upload.source)
                 file_metadata = {
                     **base,
                     "filename": upload.name,
@@ -124,31 +123,31 @@ class JobRunner:
                 document_id = ids[n] if ids else upload_document_id(digest, org_id)
                 items.append(NewItem(upload.name, kind, MEDIA_TYPES[kind], size, digest, document_id, file_metadata))
             return await self._record(job_id, items, org_id, user_id)
+
+    async def submit_documents(
+        self, texts: list[str], prepared: list[tuple[str, Metadata]], org_id: str | None, user_id: str | None
+    ) -> Job:
+        """A large JSON add as a job: each document (with its id and metadata from `prepare_documents`) is an item
+        whose text waits on disk like a file's bytes."""
+        async with self._new_job() as job_id:
+            items: list[NewItem] = []
+            for n, (text, (doc_id, metadata)) in enumerate(zip(texts, prepared, strict=True)):
+                size, digest = await self._save_payload(job_id, n, io.BytesIO(text.encode()))
+                items.append(NewItem(f"document {n}", "text", "text/plain", size, digest, doc_id, metadata))
+            return await self._record(job_id, items, org_id, user_id)
+
+    @contextlib.asynccontextmanager
+    async def _new_job(self) -> AsyncIterator[str]:
+        """A new job's id; if the submission fails before the job is recorded, the bytes written for it go."""
+        job_id = uuid.uuid4().hex
+        try:
+            yield job_id
         except BaseException:
             await anyio.to_thread.run_sync(self._remove_payloads, job_id)
             raise
 
-    async def submit_documents(
-        self,
-        texts: list[str],
-        metadatas: list[Metadata],
-        ids: list[str],
-        org_id: str | None,
-        user_id: str | None,
-    ) -> Job:
-        """A large JSON add as a job: each document is an item whose text waits on disk like a file's bytes."""
-        job_id = uuid.uuid4().hex
-        items: list[NewItem] = []
-        try:
-            for n, (text, metadata, doc_id) in enumerate(zip(texts, metadatas, ids, strict=True)):
-                data = text.encode()
-                path = self.jobs.payload_path(job_id, n)
-                size, digest = await anyio.to_thread.run_sync(_save_bytes, data, path)
-                items.append(NewItem(f"document {n}", "text", "text/plain", size, digest, doc_id, metadata))
-            return await self._record(job_id, items, org_id, user_id)
-        except BaseException:
-            await anyio.to_thread.run_sync(self._remove_payloads, job_id)
-            raise
+    async def _save_payload(self, job_id: str, n: int, source: BinaryIO) -> tuple[int, str]:
+        return await anyio.to_thread.run_sync(_save, source, self.jobs.payload_path(job_id, n))
 
     async def _record(self, job_id: str, items: list[NewItem], org_id: str | None, user_id: str | None) -> Job:
         await anyio.to_thread.run_sync(_fsync_dir, self.jobs.uploads_dir / job_id)
@@ -262,11 +261,8 @@ class JobRunner:
 
     def _chunks_of(self, job: Job, item: JobItem) -> list[Chunk]:
         data = self.jobs.payload_path(job.id, item.n).read_bytes()
-        sections = parse(data, item.kind, self.limits)
-        chunks = self.indexer.chunk_document(item.document_id, sections, item.metadata)
-        if not chunks:
-            raise UnreadableFile("the file has no text")
-        return chunks
+        # parse() refuses a file without text, so every file that gets here has chunks.
+        return self.indexer.chunk_document(item.document_id, parse(data, item.kind, self.limits), item.metadata)
 
     def _sweep(self, cutoff: float) -> None:
         """Forget jobs finished before `cutoff`, and remove leftover bytes of finished jobs (and of submissions
@@ -298,10 +294,6 @@ def _save(source: BinaryIO, path: Path) -> tuple[int, str]:
         out.flush()
         os.fsync(out.fileno())
     return size, digest.hexdigest()
-
-
-def _save_bytes(data: bytes, path: Path) -> tuple[int, str]:
-    return _save(io.BytesIO(data), path)
 
 
 def _fsync_dir(path: Path) -> None:
