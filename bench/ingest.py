@@ -21,9 +21,7 @@ import asyncio
 import io
 import json
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,9 +31,8 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import sample_files
-from bench.load import one_chat
+from bench.load import one_chat, percentile, service_with_upstream
 from bench.retrieval import DEFAULT_DATASET
-from bench.service_process import PROJECT_DIR, ServiceProcess, free_port
 from config import Settings
 from rag.chunking import split_text
 from rag.ingest.parsers import parse
@@ -118,16 +115,6 @@ def bench_parsers(texts: list[str]) -> None:
     print(f"choice, HTML: selectolax {pages / lexbor:,.0f} pages/s   BeautifulSoup (html.parser) {pages / soup:,.0f}")
 
 
-def serve_upstream(port: int) -> None:
-    import uvicorn
-
-    from tests.fake_upstream import FakeUpstream, Script
-
-    fake = FakeUpstream()
-    fake.script = Script(tokens=["first ", "second"], delay=0.0)
-    uvicorn.run(fake.app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
-
-
 def as_files(texts: list[str], per_file: int = 10) -> list[str]:
     """Abstracts joined ten to a file (an upload takes at most MAX_UPLOAD_FILES files)."""
     return ["\n\n".join(texts[i : i + per_file]) for i in range(0, len(texts), per_file)]
@@ -166,32 +153,23 @@ async def first_tokens(url: str, questions: int, while_running: str | None = Non
 
 def bench_job(job_abstracts: int, questions: int) -> None:
     settings = Settings(_env_file=None)
-    port = free_port()
-    upstream = subprocess.Popen([sys.executable, __file__, "--serve-upstream", str(port)], cwd=PROJECT_DIR)
     first, second = as_files(abstracts(job_abstracts, skip=1000)), as_files(abstracts(job_abstracts, skip=3000))
-    try:
-        time.sleep(2)
-        with tempfile.TemporaryDirectory() as tmp, ServiceProcess(Path(tmp), f"http://127.0.0.1:{port}/v1") as service:
-            service.wait_ready()
-            httpx.post(f"{service.url}/api/v1/documents/add", json={"documents": abstracts(50)}, timeout=120)
-            asyncio.run(first_tokens(service.url, 3))  # warm-up
-            idle, _ = asyncio.run(first_tokens(service.url, questions))
+    with service_with_upstream(delay=0.0, tokens=2) as service:
+        httpx.post(f"{service.url}/api/v1/documents/add", json={"documents": abstracts(50)}, timeout=120)
+        asyncio.run(first_tokens(service.url, 3))  # warm-up
+        idle, _ = asyncio.run(first_tokens(service.url, questions))
 
-            started = time.perf_counter()
-            job = wait_done(service.url, upload_job(service.url, first, "a"))
-            elapsed = time.perf_counter() - started
-            assert job["state"] == "done", job
-            chunks = job["chunks_total"]
+        started = time.perf_counter()
+        job = wait_done(service.url, upload_job(service.url, first, "a"))
+        elapsed = time.perf_counter() - started
+        assert job["state"] == "done", job
+        chunks = job["chunks_total"]
 
-            during_job = upload_job(service.url, second, "b")
-            while httpx.get(f"{service.url}/api/v1/jobs/{during_job}").json()["chunks_done"] == 0:
-                time.sleep(0.05)
-            busy, still_running = asyncio.run(first_tokens(service.url, questions, during_job))
-            wait_done(service.url, during_job)
-            service.terminate()
-    finally:
-        upstream.terminate()
-        upstream.wait()
+        during_job = upload_job(service.url, second, "b")
+        while httpx.get(f"{service.url}/api/v1/jobs/{during_job}").json()["chunks_done"] == 0:
+            time.sleep(0.05)
+        busy, still_running = asyncio.run(first_tokens(service.url, questions, during_job))
+        wait_done(service.url, during_job)
 
     texts = [piece for text in first for piece in split_text(text, settings.chunk_size, settings.chunk_overlap)]
     assert len(texts) == chunks, (len(texts), chunks)
@@ -216,7 +194,7 @@ def bench_job(job_abstracts: int, questions: int) -> None:
     idle_p50, busy_p50 = statistics.median(idle), statistics.median(busy)
     print(
         f"time to first token, p50 of {questions}: idle {idle_p50:.1f} ms   while a job embeds {busy_p50:.1f} ms   "
-        f"(+{busy_p50 - idle_p50:.1f} ms; p90 {sorted(busy)[int(0.9 * (len(busy) - 1))]:.1f} ms; job still running "
+        f"(+{busy_p50 - idle_p50:.1f} ms; p90 {percentile(busy, 0.9):.1f} ms; job still running "
         f"after the last question: {still_running})"
     )
 
@@ -226,11 +204,7 @@ def main() -> None:
     parser.add_argument("--abstracts", type=int, default=200, help="abstracts per format in the parser bench")
     parser.add_argument("--job-abstracts", type=int, default=400, help="files in each job")
     parser.add_argument("--questions", type=int, default=20)
-    parser.add_argument("--serve-upstream", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.serve_upstream:
-        serve_upstream(args.serve_upstream)
-        return
     bench_parsers(abstracts(args.abstracts))
     bench_job(args.job_abstracts, args.questions)
 

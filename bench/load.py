@@ -13,32 +13,57 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.service_process import PROJECT_DIR, ServiceProcess, free_port
+from bench.service_process import FakeUpstreamProcess, ServiceProcess
 
 TOKENS, DELAY = 20, 0.02
 
 
-def serve_upstream(port: int, delay: float = DELAY, tokens: int = TOKENS) -> None:
-    import uvicorn
+@contextlib.contextmanager
+def service_with_upstream(delay: float, tokens: int) -> Iterator[ServiceProcess]:
+    """The service (a real process, an empty store, pings every 15 s) against a fake upstream of its own."""
+    with (
+        FakeUpstreamProcess(tokens, delay) as upstream,
+        tempfile.TemporaryDirectory() as tmp,
+        ServiceProcess(Path(tmp), upstream.url, sse_ping_seconds="15") as service,
+    ):
+        service.wait_ready()
+        yield service
+        service.terminate()
 
-    from tests.fake_upstream import FakeUpstream, Script
 
-    fake = FakeUpstream()
-    fake.script = Script(tokens=[f"tok{i} " for i in range(tokens)], delay=delay)
-    uvicorn.run(fake.app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+@contextlib.contextmanager
+def rss_samples(pid: int, every: float) -> Iterator[list[tuple[float, float]]]:
+    """(time, resident MiB) of process `pid` every `every` seconds while the block runs (at least one sample)."""
+    samples: list[tuple[float, float]] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        while True:
+            samples.append((time.perf_counter(), rss_mib(pid)))
+            if stop.wait(every):
+                return
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        yield samples
+    finally:
+        stop.set()
+        sampler.join()
 
 
 def rss_mib(pid: int) -> float:
@@ -104,117 +129,64 @@ def main() -> None:
         help="instead of the levels: this many streams at once, each 20 tokens 0.5 s apart (10 s), to measure "
         "resident memory per open stream",
     )
-    parser.add_argument("--serve-upstream", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--upstream-delay", type=float, default=DELAY, help=argparse.SUPPRESS)
-    parser.add_argument("--upstream-tokens", type=int, default=TOKENS, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.serve_upstream:
-        serve_upstream(args.serve_upstream, args.upstream_delay, args.upstream_tokens)
-        return
     if args.slow_streams:
         run_slow(args.slow_streams)
         return
 
-    upstream_port = free_port()
-    upstream = subprocess.Popen(
-        [sys.executable, "bench/load.py", "--serve-upstream", str(upstream_port)], cwd=PROJECT_DIR
-    )
-    try:
-        with (
-            tempfile.TemporaryDirectory() as tmp,
-            ServiceProcess(Path(tmp), f"http://127.0.0.1:{upstream_port}/v1", sse_ping_seconds="15") as service,
-        ):
-            service.wait_ready()
-            texts = [
-                f"Document {i} discusses topic {i % 17} in some detail, with facts {i} and {i * 7}."
-                for i in range(args.documents)
-            ]
-            for start in range(0, len(texts), 250):
-                httpx.post(
-                    f"{service.url}/api/v1/documents/add", json={"documents": texts[start : start + 250]}, timeout=300
-                )
-            rss = rss_mib(service.process.pid)
-            print(f"service pid {service.process.pid}, {args.documents} documents stored, RSS {rss:.0f} MiB")
-            print(f"upstream: {TOKENS} tokens, {DELAY * 1000:.0f} ms apart (about {TOKENS * DELAY:.1f} s per answer)")
-            print("concurrent  streams  errors  ttft p50  ttft p99  total p50  peak RSS")
-            for level in args.levels:
-                peak = [rss_mib(service.process.pid)]
-                stop = threading.Event()
-
-                def sample(peak: list[float] = peak, stop: threading.Event = stop) -> None:
-                    while not stop.is_set():
-                        peak[0] = max(peak[0], rss_mib(service.process.pid))
-                        time.sleep(0.05)
-
-                sampler = threading.Thread(target=sample)
-                sampler.start()
+    with service_with_upstream(DELAY, TOKENS) as service:
+        texts = [
+            f"Document {i} discusses topic {i % 17} in some detail, with facts {i} and {i * 7}."
+            for i in range(args.documents)
+        ]
+        for start in range(0, len(texts), 250):
+            httpx.post(
+                f"{service.url}/api/v1/documents/add", json={"documents": texts[start : start + 250]}, timeout=300
+            )
+        rss = rss_mib(service.process.pid)
+        print(f"service pid {service.process.pid}, {args.documents} documents stored, RSS {rss:.0f} MiB")
+        print(f"upstream: {TOKENS} tokens, {DELAY * 1000:.0f} ms apart (about {TOKENS * DELAY:.1f} s per answer)")
+        print("concurrent  streams  errors  ttft p50  ttft p99  total p50  peak RSS")
+        for level in args.levels:
+            with rss_samples(service.process.pid, 0.05) as samples:
                 results = asyncio.run(run_level(service.url, level, args.chats_per_client))
-                stop.set()
-                sampler.join()
-                ttfts = [r[0] for r in results if r[0] is not None]
-                errors = sum(1 for r in results if not r[2])
-                p50, p99 = percentile(ttfts, 0.5) * 1000, percentile(ttfts, 0.99) * 1000
-                total = statistics.median(r[1] for r in results) * 1000
-                print(
-                    f"{level:>10}  {len(results):>7}  {errors:>6}  {p50:>6.0f} ms  {p99:>6.0f} ms  {total:>7.0f} ms"
-                    f"  {peak[0]:>6.0f} MiB",
-                    flush=True,
-                )
-            service.terminate()
-    finally:
-        upstream.terminate()
-        upstream.wait(timeout=30)
+            peak = max(rss for _, rss in samples)
+            ttfts = [r[0] for r in results if r[0] is not None]
+            errors = sum(1 for r in results if not r[2])
+            p50, p99 = percentile(ttfts, 0.5) * 1000, percentile(ttfts, 0.99) * 1000
+            total = statistics.median(r[1] for r in results) * 1000
+            print(
+                f"{level:>10}  {len(results):>7}  {errors:>6}  {p50:>6.0f} ms  {p99:>6.0f} ms  {total:>7.0f} ms"
+                f"  {peak:>6.0f} MiB",
+                flush=True,
+            )
 
 
 def run_slow(streams: int, delay: float = 0.5, tokens: int = 60) -> None:
     """`streams` streams open at once on one service process, each `tokens` tokens `delay` s apart: errors, and
     resident memory per open stream once every stream has started (the median over the time when all are open,
     less the resident memory after a warm-up round of 20), and at the peak (the start-up burst included)."""
-    upstream_port = free_port()
-    command = [sys.executable, "bench/load.py", "--serve-upstream", str(upstream_port)]
-    command += ["--upstream-delay", str(delay), "--upstream-tokens", str(tokens)]
-    upstream = subprocess.Popen(command, cwd=PROJECT_DIR)
-    try:
-        with (
-            tempfile.TemporaryDirectory() as tmp,
-            ServiceProcess(Path(tmp), f"http://127.0.0.1:{upstream_port}/v1", sse_ping_seconds="15") as service,
-        ):
-            service.wait_ready()
-            httpx.post(f"{service.url}/api/v1/documents/add", json={"documents": ["one stored document"]}, timeout=60)
-            asyncio.run(run_level(service.url, 20, 1))  # warm-up: the first streams allocate what every stream reuses
-            baseline = rss_mib(service.process.pid)
-            samples: list[tuple[float, float]] = []
-            stop = threading.Event()
-
-            def sample() -> None:
-                while not stop.is_set():
-                    samples.append((time.perf_counter(), rss_mib(service.process.pid)))
-                    time.sleep(0.1)
-
-            sampler = threading.Thread(target=sample)
-            sampler.start()
+    with service_with_upstream(delay, tokens) as service:
+        httpx.post(f"{service.url}/api/v1/documents/add", json={"documents": ["one stored document"]}, timeout=60)
+        asyncio.run(run_level(service.url, 20, 1))  # warm-up: the first streams allocate what every stream reuses
+        baseline = rss_mib(service.process.pid)
+        with rss_samples(service.process.pid, 0.1) as samples:
             started = time.perf_counter()
             results = asyncio.run(run_level(service.url, streams, 1))
             elapsed = time.perf_counter() - started
-            stop.set()
-            sampler.join()
-            errors = sum(1 for r in results if not r[2])
-            ttfts = [r[0] for r in results if r[0] is not None]
-            # All open: after the last first token, before the first stream ended.
-            window = (started + max(ttfts), started + min(r[1] for r in results))
-            steady = statistics.median(r for t, r in samples if window[0] <= t <= window[1])
-            peak = max(r for _, r in samples)
-            print(
-                f"{streams} concurrent streams of {tokens} tokens {delay * 1000:.0f} ms apart: {errors} errors, "
-                f"all done in {elapsed:.1f} s, ttft p50 {percentile(ttfts, 0.5) * 1000:.0f} ms, "
-                f"p99 {percentile(ttfts, 0.99) * 1000:.0f} ms; resident {baseline:.0f} MiB after warm-up, "
-                f"{steady:.0f} MiB with all streams open ({(steady - baseline) * 1024 / streams:.0f} KiB per stream), "
-                f"peak {peak:.0f} MiB ({(peak - baseline) * 1024 / streams:.0f} KiB per stream)"
-            )
-            service.terminate()
-    finally:
-        upstream.terminate()
-        upstream.wait(timeout=30)
+        errors = sum(1 for r in results if not r[2])
+        ttfts = [r[0] for r in results if r[0] is not None]
+        # All open: after the last first token, before the first stream ended.
+        window = (started + max(ttfts), started + min(r[1] for r in results))
+        steady = statistics.median(r for t, r in samples if window[0] <= t <= window[1])
+        peak = max(r for _, r in samples)
+        print(
+            f"{streams} concurrent streams of {tokens} tokens {delay * 1000:.0f} ms apart: {errors} errors, "
+            f"all done in {elapsed:.1f} s, ttft p50 {percentile(ttfts, 0.5) * 1000:.0f} ms, "
+            f"p99 {percentile(ttfts, 0.99) * 1000:.0f} ms; resident {baseline:.0f} MiB after warm-up, "
+            f"{steady:.0f} MiB with all streams open ({(steady - baseline) * 1024 / streams:.0f} KiB per stream), "
+            f"peak {peak:.0f} MiB ({(peak - baseline) * 1024 / streams:.0f} KiB per stream)"
+        )
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import statistics
 import subprocess
@@ -29,7 +30,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.service_process import PROJECT_DIR, ServiceProcess, free_port
+from bench.service_process import PROJECT_DIR, FakeUpstreamProcess, ServiceProcess, free_port
 
 QUESTION = [{"role": "user", "content": "Tell me something."}]
 
@@ -38,16 +39,6 @@ def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as handle:
         fields = handle.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / 100  # utime + stime, in clock ticks of 1/100 s
-
-
-def serve_upstream(port: int, tokens: int, delay: float) -> None:
-    import uvicorn
-
-    from tests.fake_upstream import FakeUpstream, Script
-
-    fake = FakeUpstream()
-    fake.script = Script(tokens=[f"t{i} " for i in range(tokens)], delay=delay)
-    uvicorn.run(fake.app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
 def serve_minimal_relay(port: int, upstream: str) -> None:
@@ -142,17 +133,16 @@ async def ttft(url: str, body: dict, concurrency: int, rounds: int) -> float:
 
 
 def run(requests: int) -> None:
-    fast_port, slow_port, minimal_port, minimal_slow_port = (free_port() for _ in range(4))
-    processes = [
-        spawn("--upstream", str(fast_port), "2000", "0"),
-        spawn("--upstream", str(slow_port), "20", "0.02"),
-    ]
-    fast, slow = f"http://127.0.0.1:{fast_port}/v1", f"http://127.0.0.1:{slow_port}/v1"
-    processes += [spawn("--minimal", str(minimal_port), fast), spawn("--minimal", str(minimal_slow_port), slow)]
-    try:
-        for port in (fast_port, slow_port, minimal_port, minimal_slow_port):
+    with contextlib.ExitStack() as stack:
+        fast = stack.enter_context(FakeUpstreamProcess(2000, 0, prefix="t")).url
+        slow = stack.enter_context(FakeUpstreamProcess(20, 0.02, prefix="t")).url
+        minimal_port, minimal_slow_port = free_port(), free_port()
+        processes = [spawn("--minimal", str(minimal_port), fast), spawn("--minimal", str(minimal_slow_port), slow)]
+        for process in processes:
+            stack.callback(_stop, process)
+        for port in (minimal_port, minimal_slow_port):
             wait_up(f"http://127.0.0.1:{port}/")
-        minimal_pid = processes[2].pid
+        minimal_pid = processes[0].pid
         chat = {"messages": QUESTION}
         completion = {"model": "m", "messages": QUESTION, "stream": True}
         with tempfile.TemporaryDirectory() as tmp, ServiceProcess(Path(tmp), fast) as service:
@@ -178,21 +168,19 @@ def run(requests: int) -> None:
                     f"(+{minimal - direct:5.1f}), service {service_ms:6.1f} ms (+{service_ms - direct:5.1f})"
                 )
             service.terminate()
-    finally:
-        for process in processes:
-            process.kill()
-            process.wait()
+
+
+def _stop(process: subprocess.Popen) -> None:
+    process.kill()
+    process.wait()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=10)
-    parser.add_argument("--upstream", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument("--minimal", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.upstream:
-        serve_upstream(int(args.upstream[0]), int(args.upstream[1]), float(args.upstream[2]))
-    elif args.minimal:
+    if args.minimal:
         serve_minimal_relay(int(args.minimal[0]), args.minimal[1])
     else:
         run(args.requests)

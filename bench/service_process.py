@@ -84,3 +84,44 @@ class ServiceProcess:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait(timeout=30)
+
+
+class FakeUpstreamProcess:
+    """The tests' fake OpenAI-compatible upstream (`tests/fake_upstream.py`) in a process of its own, so that its CPU
+    is not counted as the measured service's: every answer is `count` tokens `{prefix}{i} `, `delay` seconds apart.
+    `url` is its `/v1` base URL; entering the block waits until it answers."""
+
+    def __init__(self, count: int, delay: float, prefix: str = "tok") -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+        command = [sys.executable, "-m", "bench.service_process", str(self.port), str(count), str(delay), prefix]
+        self.process = subprocess.Popen(command, cwd=PROJECT_DIR)
+
+    def __enter__(self) -> FakeUpstreamProcess:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                httpx.get(f"http://127.0.0.1:{self.port}/", timeout=2)  # any answer: it is listening
+                return self
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        self.__exit__()
+        raise TimeoutError("the fake upstream did not start")
+
+    def __exit__(self, *_: object) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+
+def _serve_fake_upstream(port: int, count: int, delay: float, prefix: str) -> None:
+    import uvicorn
+
+    from tests.fake_upstream import FakeUpstream, Script
+
+    fake = FakeUpstream()
+    fake.script = Script(tokens=[f"{prefix}{i} " for i in range(count)], delay=delay)
+    uvicorn.run(fake.app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+if __name__ == "__main__":  # what FakeUpstreamProcess runs: PORT COUNT DELAY PREFIX
+    _serve_fake_upstream(int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), sys.argv[4])
