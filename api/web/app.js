@@ -139,10 +139,12 @@ Promise.all([import("./vendor/marked.esm.js"), import("./vendor/purify.js")])
   })
   .catch(() => { document.body.dataset.markdown = "off"; });
 
+// What a document is called: its title, file name or source, else its id.
+const documentName = (meta, id) => meta?.title ?? meta?.filename ?? meta?.source ?? id;
+
 function sourceLabel(source) {
-  const meta = source.metadata ?? {};
-  const name = meta.title ?? meta.filename ?? meta.source ?? source.document_id;
-  return meta.page ? `${name}, p. ${meta.page}` : name;
+  const name = documentName(source.metadata, source.document_id);
+  return source.metadata?.page ? `${name}, p. ${source.metadata.page}` : name;
 }
 
 function sourceItem(source) {
@@ -455,8 +457,7 @@ async function loadDocuments(more = false) {
     const page = await getJSON(`api/v1/documents?offset=${offset}&limit=50`);
     const items = page.documents.map((doc) => {
       const item = el("li");
-      const meta = doc.metadata ?? {};
-      const label = meta.title ?? meta.filename ?? meta.source ?? doc.id;
+      const label = documentName(doc.metadata, doc.id);
       const remove = el("button", "ghost small", "Delete");
       remove.type = "button";
       remove.setAttribute("aria-label", `Delete ${label}`);
