@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from config import PROJECT_DIR, Settings
-from rag.embedder import SentenceTransformerEmbedder
+from rag.embedder import SentenceTransformerEmbedder, resolve_model_path
 from rag.onnx_embedder import OnnxEmbedder
+from rag.onnx_export import GRAPH, WEIGHTS, export, onnx_file
 
 SCIFACT = PROJECT_DIR.parent / "shared" / "datasets" / "scifact" / "corpus.jsonl"
 
@@ -68,3 +69,24 @@ print("torch" in sys.modules, "sentence_transformers" in sys.modules)
     out = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_DIR, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split()[-2:] == ["False", "False"]
+
+
+def test_export_keeps_the_weights_beside_the_graph_and_replaces_the_one_file_format(tmp_path: Path) -> None:
+    """The export writes a folder (graph + mapped weights) in one rename; an older single-file export is removed, and
+    an export that finds the folder already there (another process won the race) keeps it."""
+    settings = Settings(_env_file=None)
+    model_dir = Path(resolve_model_path(settings.embedding_model))
+    target = onnx_file(tmp_path, settings.embedding_model)
+    legacy = tmp_path / (target.parent.name + ".onnx")
+    legacy.write_bytes(b"an old single-file graph")
+
+    export(model_dir, target)
+    assert sorted(p.name for p in target.parent.iterdir()) == [GRAPH, WEIGHTS]
+    assert target.stat().st_size < 1_000_000 < (target.parent / WEIGHTS).stat().st_size
+    assert not legacy.exists()
+    assert [p.name for p in tmp_path.iterdir()] == [target.parent.name]  # no temp folder left
+
+    weights = (target.parent / WEIGHTS).stat()
+    export(model_dir, target)  # loses the race to the folder already there: no error, the first export stays
+    assert (target.parent / WEIGHTS).stat().st_mtime_ns == weights.st_mtime_ns
+    assert [p.name for p in tmp_path.iterdir()] == [target.parent.name]
