@@ -17,7 +17,6 @@ from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
-from sse_starlette import ServerSentEvent
 
 from api.auth import PrincipalDep
 from api.chat import build_chat_request
@@ -25,7 +24,7 @@ from api.deps import ServicesDep
 from api.errors import openai_error_response
 from api.openai_schemas import ChatCompletionBody, EmbeddingsBody
 from api.security import RateLimited
-from api.sse import DONE, SHUTDOWN_ERROR, event_source
+from api.sse import DONE, SHUTDOWN_ERROR, data_frame, event_source, json_string
 from llm.types import Usage
 from rag.errors import InvalidRequest
 from rag.history import estimate_tokens
@@ -68,13 +67,16 @@ def _finish(reason: str | None) -> str:
     return reason if reason in ("stop", "length", "content_filter") else "stop"
 
 
-async def _sse(stream: ChatStream, ids: CompletionIds, include_usage: bool) -> AsyncIterator[ServerSentEvent]:
+async def _sse(stream: ChatStream, ids: CompletionIds, include_usage: bool) -> AsyncIterator[bytes]:
     """The answer as OpenAI's stream of chunks, ending with `[DONE]`. One generator (each layer costs per token);
     closing it closes the model's stream."""
 
-    def event(chunk: dict[str, Any]) -> ServerSentEvent:
-        return ServerSentEvent(data=json.dumps(chunk, ensure_ascii=False))
+    def event(chunk: dict[str, Any]) -> bytes:
+        return data_frame(json.dumps(chunk, ensure_ascii=False))
 
+    # A token's chunk is the same JSON every time but for its text: serialised once, with the text spliced in.
+    content_head, content_tail = _template(ids, "content")
+    reasoning_head, reasoning_tail = _template(ids, "reasoning_content")
     try:
         yield event(ids.delta({"role": "assistant", "content": ""}))
         hits: list[Hit] = []
@@ -84,23 +86,32 @@ async def _sse(stream: ChatStream, ids: CompletionIds, include_usage: bool) -> A
                 case SourcesEvent(found):
                     hits = found
                 case TokenEvent(text):
-                    yield event(ids.delta({"content": text}))
+                    yield data_frame(content_head + json_string(text) + content_tail)
                 case ReasoningEvent(text):
-                    yield event(ids.delta({"reasoning_content": text}))
+                    yield data_frame(reasoning_head + json_string(text) + reasoning_tail)
                 case UsageEvent(counted):
                     usage = counted
                 case ErrorEvent(type_, message):
                     # OpenAI's SDKs raise an APIError on a stream event that carries "error".
                     yield event({"error": {"message": message, "type": "server_error", "param": None, "code": type_}})
-                    yield ServerSentEvent(data=DONE)
+                    yield data_frame(DONE)
                     return
                 case DoneEvent(reason):
                     yield event(ids.delta({}, _finish(reason), sources=_sources(hits)))
         if include_usage:
             yield event(ids.chunk([], usage=(usage or Usage(0, 0)).as_dict()))
-        yield ServerSentEvent(data=DONE)
+        yield data_frame(DONE)
     finally:
         await stream.aclose()
+
+
+def _template(ids: CompletionIds, field: str) -> tuple[str, str]:
+    """The JSON of a delta chunk with one text `field`, cut where its text goes. The field's name, with an empty
+    string after it, occurs first in the delta: every string before it (id, model) is escaped JSON, whose quotes
+    are backslashed."""
+    marker = f'"{field}": ""'
+    head, tail = json.dumps(ids.delta({field: ""}), ensure_ascii=False).split(marker, 1)
+    return head + f'"{field}": ', tail
 
 
 @router.post("/chat/completions", dependencies=[RateLimited])
@@ -132,7 +143,7 @@ async def chat_completions(body: ChatCompletionBody, services: ServicesDep, prin
             "param": None,
             "code": SHUTDOWN_ERROR["type"],
         }
-        farewell = [ServerSentEvent(data=json.dumps({"error": error})), ServerSentEvent(data=DONE)]
+        farewell = [data_frame(json.dumps({"error": error})), data_frame(DONE)]
         return event_source(_sse(stream, ids, include_usage), services.settings, farewell)
     answer = await stream.collect()
     if answer.error is not None:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
+from json.encoder import encode_basestring  # type: ignore[attr-defined]  # the C string encoder behind json.dumps
 from typing import Any, TypeVar
 
 import anyio
@@ -45,16 +46,38 @@ def seed_payload(event: ChatEvent) -> dict[str, Any] | None:
             return None
 
 
-def as_is(event: ServerSentEvent) -> ServerSentEvent:
+Frame = bytes | ServerSentEvent  # what an SSE response sends: a frame already encoded, or an event to encode
+
+
+def data_frame(json_text: str) -> bytes:
+    """One event whose data is `json_text`, byte for byte what `ServerSentEvent(data=json_text).encode()` gives.
+
+    Serialised JSON never holds a raw line break (json escapes every control character), so the data is one
+    `data:` line. Per token this skips building an event object and sse-starlette's line splitting."""
+    try:
+        return b"data: " + json_text.encode() + b"\r\n\r\n"
+    except UnicodeEncodeError:
+        # A lone surrogate (half of an emoji that an upstream split across two chunks as `\ud83d` and `\ude42`) has
+        # no UTF-8 form; inside a JSON string its escape is valid, and a client's parser gets the same character.
+        return b"data: " + json_text.encode("utf-8", "backslashreplace") + b"\r\n\r\n"
+
+
+def json_string(text: str) -> str:
+    """`text` as a JSON string literal, exactly as `json.dumps(..., ensure_ascii=False)` writes it inside an
+    object, for the per-token frames that splice it into a fixed template instead of serialising a dict."""
+    return encode_basestring(text)  # type: ignore[no-any-return]
+
+
+def as_is(event: Frame) -> Frame:
     return event
 
 
 async def until_shutdown(
     events: AsyncIterator[T],
-    render: Callable[[T], ServerSentEvent],
+    render: Callable[[T], Frame],
     shutdown: anyio.Event,
-    farewell: list[ServerSentEvent],
-) -> AsyncIterator[ServerSentEvent]:
+    farewell: Sequence[Frame],
+) -> AsyncIterator[Frame]:
     """Relay `events`, each rendered by `render`, until the server shuts down; then stop them (closing the model's
     stream) and send `farewell`, so that a client learns the answer ended, and why, instead of seeing the connection
     drop.
@@ -76,9 +99,11 @@ async def until_shutdown(
         await events.aclose()  # type: ignore[attr-defined]
 
 
-def seed_event(event: ChatEvent) -> ServerSentEvent:
+def seed_event(event: ChatEvent) -> bytes:
+    if type(event) is TokenEvent:  # nearly every event: the same bytes as the general path, spliced
+        return data_frame('{"content": ' + json_string(event.text) + "}")
     payload = seed_payload(event)
-    return ServerSentEvent(data=DONE if payload is None else json.dumps(payload, ensure_ascii=False))
+    return data_frame(DONE if payload is None else json.dumps(payload, ensure_ascii=False))
 
 
 class WatchedEventSource(EventSourceResponse):
@@ -119,8 +144,8 @@ class WatchedEventSource(EventSourceResponse):
 def event_source(
     events: AsyncIterator[Any],
     settings: Settings,
-    farewell: list[ServerSentEvent],
-    render: Callable[[Any], ServerSentEvent] = as_is,
+    farewell: Sequence[Frame],
+    render: Callable[[Any], Frame] = as_is,
 ) -> EventSourceResponse:
     """An SSE response of `events` (rendered by `render`) with keep-alive pings, a send timeout against stalled
     clients, no proxy buffering, and `farewell` sent when the server shuts down mid-stream."""
@@ -137,8 +162,5 @@ def event_source(
 
 def seed_sse_response(stream: ChatStream, settings: Settings) -> EventSourceResponse:
     """The answer in the seed's format. Closing the events (client gone, shutdown) closes the model's stream."""
-    farewell = [
-        ServerSentEvent(data=json.dumps({"content": "", "error": SHUTDOWN_ERROR})),
-        ServerSentEvent(data=DONE),
-    ]
+    farewell: list[Frame] = [data_frame(json.dumps({"content": "", "error": SHUTDOWN_ERROR})), data_frame(DONE)]
     return event_source(stream.events(), settings, farewell, render=seed_event)
