@@ -74,18 +74,22 @@ def _reasoning_of(delta: dict[str, Any]) -> str:
 
 
 _DONE: dict[str, Any] = {}  # what `_chunk` returns for `data: [DONE]`
+_LINE_ENDS = (b"\n", b"\r")  # SSE ends a line with LF, CR or CRLF: what `bytes.splitlines` splits on
 
 
-def _chunk(line: str) -> dict[str, Any] | None:
+def _chunk(line: bytes) -> dict[str, Any] | None:
     """The JSON object of one line of an OpenAI stream: None for lines that carry none (blank separators,
     `: keep-alive` comments, `event:` lines), `_DONE` for `data: [DONE]`. A function called per line rather than a
     generator layer: one generator hop costs more per token than the parsing."""
-    if not line.startswith("data:"):
+    if not line.startswith(b"data:"):
         return None
     data = line[5:].strip()
-    if data == "[DONE]":
+    if data == b"[DONE]":
         return _DONE
-    chunk = json.loads(data)  # ValueError on a chunk that is not JSON
+    try:
+        chunk = json.loads(data)  # ValueError on a chunk that is not JSON
+    except UnicodeDecodeError:  # bytes that are not UTF-8 become U+FFFD, as a text decoder would make them
+        chunk = json.loads(data.decode("utf-8", "replace"))
     if not isinstance(chunk, dict):
         raise ValueError("a chunk that is not a JSON object")
     if "error" in chunk:  # some servers report a failure mid-stream as a chunk
@@ -139,37 +143,51 @@ class OpenAIChatModel:
         # Reasoning written inline as <think>...</think> is split off the answer; a separate reasoning field wins.
         inside = self._think_starts_inside
         splitter = ThinkTagSplitter(starts_inside_think(options.model or self.model) if inside is None else inside)
-        lines = response.aiter_lines()
+        # The body's bytes are split into lines here rather than by httpx's `aiter_lines`, whose text decoding and
+        # line decoding are two more generator layers per read; `json.loads` takes the UTF-8 bytes as they are.
+        body = response.aiter_bytes()
+        pending = b""
+        done = False
         try:
-            async for line in lines:
-                chunk = _chunk(line)
-                if chunk is None:
-                    continue
-                if chunk is _DONE:
-                    break
-                usage = None
-                if raw_usage := chunk.get("usage"):
-                    usage = Usage(raw_usage.get("prompt_tokens") or 0, raw_usage.get("completion_tokens") or 0)
-                    finished = True  # the usage chunk comes after the finish reason
-                choices = chunk.get("choices")
-                if not choices:
-                    if usage is not None:
-                        yield Delta(usage=usage)
-                    continue
-                choice = choices[0]
-                delta = choice.get("delta") or {}
-                finish_reason = choice.get("finish_reason")
-                finished = finished or finish_reason is not None
-                content, inline_reasoning = splitter.feed(delta.get("content") or "")
-                if finish_reason is not None:
-                    rest, rest_reasoning = splitter.flush()
-                    content, inline_reasoning = content + rest, inline_reasoning + rest_reasoning
-                reasoning = _reasoning_of(delta) + inline_reasoning
-                yield Delta(content=content, reasoning=reasoning, usage=usage, finish_reason=finish_reason)
+            while not done:
+                data = await anext(body, None)
+                if data is None:
+                    if not pending:
+                        break
+                    data = b"\n"  # the body ended inside a line: that line is complete
+                lines = (pending + data).splitlines() if pending else data.splitlines()
+                # A line cut by the end of a read waits for the rest; a cut between CR and LF only adds a blank line.
+                pending = b"" if data.endswith(_LINE_ENDS) or not lines else lines.pop()
+                for line in lines:
+                    chunk = _chunk(line)
+                    if chunk is None:
+                        continue
+                    if chunk is _DONE:
+                        done = True
+                        break
+                    usage = None
+                    if raw_usage := chunk.get("usage"):
+                        usage = Usage(raw_usage.get("prompt_tokens") or 0, raw_usage.get("completion_tokens") or 0)
+                        finished = True  # the usage chunk comes after the finish reason
+                    choices = chunk.get("choices")
+                    if not choices:
+                        if usage is not None:
+                            yield Delta(usage=usage)
+                        continue
+                    choice = choices[0]
+                    delta = choice.get("delta") or {}
+                    finish_reason = choice.get("finish_reason")
+                    finished = finished or finish_reason is not None
+                    content, inline_reasoning = splitter.feed(delta.get("content") or "")
+                    if finish_reason is not None:
+                        rest, rest_reasoning = splitter.flush()
+                        content, inline_reasoning = content + rest, inline_reasoning + rest_reasoning
+                    reasoning = _reasoning_of(delta) + inline_reasoning
+                    yield Delta(content=content, reasoning=reasoning, usage=usage, finish_reason=finish_reason)
             # Read the stream to its end (after [DONE] only its last empty chunk is left), so that the connection
             # goes back to the pool: closed mid-body, it would be dropped, and the next answer would open a new one.
             with anyio.move_on_after(_DRAIN_SECONDS):
-                async for _ in lines:
+                async for _ in body:
                     pass
         except openai.OpenAIError as exc:
             raise map_error(exc) from exc

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal, Protocol
 
 Role = Literal["system", "user", "assistant"]
@@ -50,7 +50,6 @@ class Delta:
     reasoning: str = ""
     usage: Usage | None = None
     finish_reason: str | None = None
-    extra: dict[str, object] = field(default_factory=dict)
 
 
 class ChatModel(Protocol):

@@ -32,6 +32,10 @@ class Script:
     hang: bool = False  # accept the request and never send a byte
     malformed_after: int | None = None  # send a chunk that is not JSON after this many content chunks
     usage: bool = True
+    line_end: str = "\n"  # SSE allows LF, CRLF and CR
+    piece_bytes: int | None = None  # write the body in pieces of this many bytes, cutting lines and characters
+    final_line_end: bool = True  # False: the body ends right after its last line's text, with no line break
+    done_marker: bool = True  # False: no `data: [DONE]` (some servers just close the body)
 
 
 class FakeUpstream:
@@ -74,7 +78,7 @@ class FakeUpstream:
             return Response(status_code=499)
         if not body.get("stream"):
             return JSONResponse(self._completion(body, script))
-        return StreamingResponse(self._stream(body, script), media_type="text/event-stream")
+        return StreamingResponse(self._framed(self._stream(body, script), script), media_type="text/event-stream")
 
     def _chunk(self, body: dict[str, Any], delta: dict[str, Any], finish: str | None = None) -> str:
         chunk = {
@@ -85,6 +89,22 @@ class FakeUpstream:
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
         }
         return f"data: {json.dumps(chunk)}\n\n"
+
+    async def _framed(self, lines: AsyncIterator[str], script: Script) -> AsyncIterator[bytes]:
+        """The stream's text with the script's line ends, written whole or in pieces."""
+        async for text in lines:
+            async for data in self._written(text, script):
+                yield data
+
+    @staticmethod
+    async def _written(text: str, script: Script) -> AsyncIterator[bytes]:
+        data = text.replace("\n", script.line_end).encode()
+        if script.piece_bytes is None:
+            yield data
+            return
+        for start in range(0, len(data), script.piece_bytes):
+            yield data[start : start + script.piece_bytes]
+            await asyncio.sleep(0.001)  # a write of its own, so that the client's reads end mid-line
 
     async def _stream(self, body: dict[str, Any], script: Script) -> AsyncIterator[str]:
         finished = False
@@ -100,7 +120,7 @@ class FakeUpstream:
                     yield "data: {this is not json\n\n"
                 await asyncio.sleep(script.delay)
                 yield self._chunk(body, {"content": token})
-            yield self._chunk(body, {}, finish="stop")
+            tail = [self._chunk(body, {}, finish="stop")]
             if script.usage and (body.get("stream_options") or {}).get("include_usage"):
                 usage = {
                     "prompt_tokens": 7,
@@ -109,8 +129,13 @@ class FakeUpstream:
                 }
                 chunk = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 0, "model": "fake",
                          "choices": [], "usage": usage}  # fmt: skip
-                yield f"data: {json.dumps(chunk)}\n\n"
-            yield "data: [DONE]\n\n"
+                tail.append(f"data: {json.dumps(chunk)}\n\n")
+            if script.done_marker:
+                tail.append("data: [DONE]\n\n")
+            if not script.final_line_end:
+                tail[-1] = tail[-1].rstrip("\n")
+            for text in tail:
+                yield text
             finished = True
             self.completed += 1
         finally:

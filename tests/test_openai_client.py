@@ -38,6 +38,25 @@ async def test_streams_tokens_usage_and_finish(upstream: FakeUpstream) -> None:
     assert sent["messages"] == [{"role": "system", "content": "ctx"}, {"role": "user", "content": "hi"}]
 
 
+@pytest.mark.parametrize("line_end", ["\n", "\r\n", "\r"])
+@pytest.mark.parametrize("piece_bytes", [None, 3, 7])
+@pytest.mark.parametrize("done_marker", [True, False])
+async def test_lines_are_read_whatever_their_ends_and_however_the_body_is_cut(
+    upstream: FakeUpstream, line_end: str, piece_bytes: int | None, done_marker: bool
+) -> None:
+    """The client splits the body into lines itself: reads that end inside a line, inside a CRLF or inside a UTF-8
+    character, and a last line with no line break (`[DONE]`, or the usage chunk when there is no `[DONE]`), all
+    give the same answer."""
+    tokens = ["Grüße", " 🙂", ' "quoted"', " done"]
+    script = Script(tokens=tokens, line_end=line_end, piece_bytes=piece_bytes, final_line_end=False)
+    script.done_marker = done_marker
+    upstream.reset(script)
+    deltas = await collect(model_for(upstream))
+    assert "".join(d.content for d in deltas) == "".join(tokens)
+    assert [d.finish_reason for d in deltas if d.finish_reason] == ["stop"]
+    assert [(u.prompt_tokens, u.completion_tokens) for d in deltas if (u := d.usage)] == [(7, 4)]
+
+
 async def test_options_are_sent_upstream(upstream: FakeUpstream) -> None:
     await collect(model_for(upstream), GenerationOptions(max_tokens=9, temperature=0.5, stop=("END",)))
     sent = upstream.requests[0]
