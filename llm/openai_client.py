@@ -23,6 +23,7 @@ from config import Settings
 from llm.errors import LLMError, UpstreamProtocolError, UpstreamRateLimited, UpstreamTimeout, UpstreamUnavailable
 from llm.reasoning import ThinkTagSplitter, starts_inside_think
 from llm.types import Delta, GenerationOptions, Message, Usage
+from llm.upstream_pool import upstream_http_client
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ def make_async_client(settings: Settings) -> openai.AsyncOpenAI:
         base_url=settings.openai_base_url,
         timeout=openai.Timeout(settings.openai_timeout, connect=settings.openai_connect_timeout),
         max_retries=settings.openai_max_retries,
+        http_client=upstream_http_client(),
     )
 
 

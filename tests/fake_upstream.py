@@ -42,6 +42,7 @@ class FakeUpstream:
     def __init__(self) -> None:
         self.script = Script()
         self.requests: list[dict[str, Any]] = []
+        self.client_ports: list[int] = []  # the TCP port each request came from: one per connection the client opened
         self.completed = 0
         self.disconnected = threading.Event()
         self.app = Starlette(
@@ -54,6 +55,7 @@ class FakeUpstream:
     def reset(self, script: Script | None = None) -> None:
         self.script = script or Script()
         self.requests.clear()
+        self.client_ports.clear()
         self.completed = 0
         self.disconnected.clear()
 
@@ -65,6 +67,7 @@ class FakeUpstream:
     async def _chat(self, request: Request) -> Response:
         body = await request.json()
         self.requests.append(body)
+        self.client_ports.append(request.client.port if request.client else 0)
         script = self.script
         if script.status is not None:
             headers = {"retry-after": script.retry_after} if script.retry_after else None

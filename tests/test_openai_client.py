@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import socket
 import time
 
+import anyio
 import pytest
 
 from config import Settings
 from llm.errors import UpstreamProtocolError, UpstreamRateLimited, UpstreamTimeout, UpstreamUnavailable
 from llm.openai_client import OpenAIChatModel, make_async_client
 from llm.types import Delta, GenerationOptions, Message
+from llm.upstream_pool import ProbedBackend, ProbedStream
 from tests.fake_upstream import FakeUpstream, Script
 
 QUESTION = [Message("system", "ctx"), Message("user", "hi")]
@@ -55,6 +58,36 @@ async def test_lines_are_read_whatever_their_ends_and_however_the_body_is_cut(
     assert "".join(d.content for d in deltas) == "".join(tokens)
     assert [d.finish_reason for d in deltas if d.finish_reason] == ["stop"]
     assert [(u.prompt_tokens, u.completion_tokens) for d in deltas if (u := d.usage)] == [(7, 4)]
+
+
+async def test_answers_reuse_one_upstream_connection_through_the_probed_pool(upstream: FakeUpstream) -> None:
+    """An answer read to its end gives its connection back to the pool, and the pool's idle-connection probe is
+    ours (`llm/upstream_pool.py`): it took, on the pinned httpx2."""
+    model = model_for(upstream)
+    for _ in range(3):
+        assert "".join(d.content for d in await collect(model)) == "Hello, world!"
+    assert len(upstream.client_ports) == 3
+    assert len(set(upstream.client_ports)) == 1
+    assert isinstance(model._client._client._transport._pool._network_backend, ProbedBackend)  # type: ignore[attr-defined]
+
+
+async def test_the_probe_sees_a_connection_the_server_closed() -> None:
+    """Idle and open: not readable, so the pool reuses it. Closed by the server: readable (the coming b""), so the
+    pool drops it instead of sending a request into it."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        stream = await ProbedBackend().connect_tcp("127.0.0.1", server.getsockname()[1])
+        peer, _ = server.accept()
+        assert isinstance(stream, ProbedStream)
+        assert stream.get_extra_info("is_readable") is False
+        await stream.write(b"ping")
+        assert peer.recv(4) == b"ping"
+        peer.close()
+        deadline = time.monotonic() + 5
+        while not stream.get_extra_info("is_readable") and time.monotonic() < deadline:
+            await anyio.sleep(0.01)
+        assert stream.get_extra_info("is_readable") is True
+        assert await stream.read(10) == b""
+        await stream.aclose()
 
 
 async def test_options_are_sent_upstream(upstream: FakeUpstream) -> None:
