@@ -37,8 +37,10 @@ class Services:
     authenticator: Authenticator
 
 
-def get_services(request: Request) -> Services:
-    return request.app.state.services
+async def get_services(request: Request) -> Services:
+    # `async def` although it awaits nothing: FastAPI runs a plain `def` dependency in a worker thread, a thread
+    # hop per request for one attribute read.
+    return request.app.state.services  # type: ignore[no-any-return]
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]

@@ -102,7 +102,6 @@ class BodyLimit:
             await self._refuse(scope, receive, send, max_bytes)
             return
         received = 0
-        started = False
 
         async def counting_receive() -> Message:
             nonlocal received
@@ -113,16 +112,13 @@ class BodyLimit:
                     raise BodyTooLarge
             return message
 
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
+        # `send` is passed through unwrapped: a wrapper would cost a call on every streamed token. The refusal
+        # cannot meet a response already started, because BodyTooLarge is raised only while the body is read,
+        # and every route here reads its whole body (FastAPI's parsing) before it answers.
         try:
-            await self.app(scope, counting_receive, tracking_send)
+            await self.app(scope, counting_receive, send)
         except BodyTooLarge:
-            if not started:
-                await self._refuse(scope, receive, send, max_bytes)
+            await self._refuse(scope, receive, send, max_bytes)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send, max_bytes: int) -> None:
         limit = "MAX_UPLOAD_BYTES" if max_bytes != self.max_bytes else "MAX_BODY_BYTES"

@@ -12,7 +12,6 @@ import base64
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter
@@ -28,8 +27,7 @@ from api.sse import DONE, SHUTDOWN_ERROR, data_frame, event_source, json_string
 from llm.types import Usage
 from rag.errors import InvalidRequest
 from rag.history import estimate_tokens
-from rag.pipeline import ChatStream
-from rag.types import DoneEvent, ErrorEvent, Hit, ReasoningEvent, SourcesEvent, TokenEvent, UsageEvent
+from rag.types import ChatEvent, DoneEvent, ErrorEvent, Hit, ReasoningEvent, SourcesEvent, TokenEvent, UsageEvent
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
@@ -67,42 +65,51 @@ def _finish(reason: str | None) -> str:
     return reason if reason in ("stop", "length", "content_filter") else "stop"
 
 
-async def _sse(stream: ChatStream, ids: CompletionIds, include_usage: bool) -> AsyncIterator[bytes]:
-    """The answer as OpenAI's stream of chunks, ending with `[DONE]`. One generator (each layer costs per token);
-    closing it closes the model's stream."""
+class OpenAIChunks:
+    """Renders the pipeline's events as OpenAI's stream of chunks, ending with `[DONE]`: called once per event by
+    the SSE response (a generator of its own would cost a hop per token). None: the event sends nothing."""
 
-    def event(chunk: dict[str, Any]) -> bytes:
-        return data_frame(json.dumps(chunk, ensure_ascii=False))
+    def __init__(self, ids: CompletionIds, include_usage: bool) -> None:
+        self._ids = ids
+        self._include_usage = include_usage
+        # A token's chunk is the same JSON every time but for its text: serialised once, the text spliced in.
+        self._content = _template(ids, "content")
+        self._reasoning = _template(ids, "reasoning_content")
+        self._hits: list[Hit] = []
+        self._usage: Usage | None = None
+        self._ended = False
 
-    # A token's chunk is the same JSON every time but for its text: serialised once, with the text spliced in.
-    content_head, content_tail = _template(ids, "content")
-    reasoning_head, reasoning_tail = _template(ids, "reasoning_content")
-    try:
-        yield event(ids.delta({"role": "assistant", "content": ""}))
-        hits: list[Hit] = []
-        usage: Usage | None = None
-        async for item in stream.events():
-            match item:
-                case SourcesEvent(found):
-                    hits = found
-                case TokenEvent(text):
-                    yield data_frame(content_head + json_string(text) + content_tail)
-                case ReasoningEvent(text):
-                    yield data_frame(reasoning_head + json_string(text) + reasoning_tail)
-                case UsageEvent(counted):
-                    usage = counted
-                case ErrorEvent(type_, message):
-                    # OpenAI's SDKs raise an APIError on a stream event that carries "error".
-                    yield event({"error": {"message": message, "type": "server_error", "param": None, "code": type_}})
-                    yield data_frame(DONE)
-                    return
-                case DoneEvent(reason):
-                    yield event(ids.delta({}, _finish(reason), sources=_sources(hits)))
-        if include_usage:
-            yield event(ids.chunk([], usage=(usage or Usage(0, 0)).as_dict()))
-        yield data_frame(DONE)
-    finally:
-        await stream.aclose()
+    def __call__(self, event: ChatEvent) -> bytes | None:
+        if type(event) is TokenEvent:
+            head, tail = self._content
+            return data_frame(head + json_string(event.text) + tail)
+        if self._ended:
+            return None
+        match event:
+            case SourcesEvent(found):  # always the first event: the chunk that opens the assistant's message
+                self._hits = found
+                return _frame(self._ids.delta({"role": "assistant", "content": ""}))
+            case ReasoningEvent(text):
+                head, tail = self._reasoning
+                return data_frame(head + json_string(text) + tail)
+            case UsageEvent(counted):
+                self._usage = counted
+            case ErrorEvent(type_, message):
+                # OpenAI's SDKs raise an APIError on a stream event that carries "error".
+                self._ended = True
+                error = {"message": message, "type": "server_error", "param": None, "code": type_}
+                return _frame({"error": error}) + data_frame(DONE)
+            case DoneEvent(reason):
+                self._ended = True
+                frames = _frame(self._ids.delta({}, _finish(reason), sources=_sources(self._hits)))
+                if self._include_usage:
+                    frames += _frame(self._ids.chunk([], usage=(self._usage or Usage(0, 0)).as_dict()))
+                return frames + data_frame(DONE)
+        return None
+
+
+def _frame(chunk: dict[str, Any]) -> bytes:
+    return data_frame(json.dumps(chunk, ensure_ascii=False))
 
 
 def _template(ids: CompletionIds, field: str) -> tuple[str, str]:
@@ -144,7 +151,7 @@ async def chat_completions(body: ChatCompletionBody, services: ServicesDep, prin
             "code": SHUTDOWN_ERROR["type"],
         }
         farewell = [data_frame(json.dumps({"error": error})), data_frame(DONE)]
-        return event_source(_sse(stream, ids, include_usage), services.settings, farewell)
+        return event_source(stream.events(), services.settings, farewell, render=OpenAIChunks(ids, include_usage))
     answer = await stream.collect()
     if answer.error is not None:
         return openai_error_response(502, answer.error.type, answer.error.message)

@@ -74,13 +74,13 @@ def as_is(event: Frame) -> Frame:
 
 async def until_shutdown(
     events: AsyncIterator[T],
-    render: Callable[[T], Frame],
+    render: Callable[[T], Frame | None],
     shutdown: anyio.Event,
     farewell: Sequence[Frame],
 ) -> AsyncIterator[Frame]:
-    """Relay `events`, each rendered by `render`, until the server shuts down; then stop them (closing the model's
-    stream) and send `farewell`, so that a client learns the answer ended, and why, instead of seeing the connection
-    drop.
+    """Relay `events`, each rendered by `render` (None: nothing to send), until the server shuts down; then stop
+    them (closing the model's stream) and send `farewell`, so that a client learns the answer ended, and why,
+    instead of seeing the connection drop.
 
     The flag is looked at between events: no task or future per token. Rendering here, rather than in a generator
     of its own, saves a generator hop per token. sse-starlette sets the flag, then waits SHUTDOWN_GRACE_SECONDS
@@ -90,7 +90,9 @@ async def until_shutdown(
         async for event in events:
             if shutdown.is_set():
                 break
-            yield render(event)
+            frame = render(event)
+            if frame is not None:
+                yield frame
         else:
             return
         for goodbye in farewell:
@@ -145,7 +147,7 @@ def event_source(
     events: AsyncIterator[Any],
     settings: Settings,
     farewell: Sequence[Frame],
-    render: Callable[[Any], Frame] = as_is,
+    render: Callable[[Any], Frame | None] = as_is,
 ) -> EventSourceResponse:
     """An SSE response of `events` (rendered by `render`) with keep-alive pings, a send timeout against stalled
     clients, no proxy buffering, and `farewell` sent when the server shuts down mid-stream."""
