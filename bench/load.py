@@ -21,13 +21,15 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.service_process import FakeUpstreamProcess, ServiceProcess
+from bench.relay import spawn, wait_up
+from bench.service_process import FakeUpstreamProcess, ServiceProcess, free_port
 
 TOKENS, DELAY = 20, 0.02
 
@@ -74,15 +76,15 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
-async def one_chat(client: httpx.AsyncClient, question: str) -> tuple[float | None, float, bool]:
+async def one_chat(
+    client: httpx.AsyncClient, question: str, path: str = "/api/v1/chat"
+) -> tuple[float | None, float, bool]:
     """(time to first token, total time, ok)"""
     started = time.perf_counter()
     first: float | None = None
     done = failed = False
     try:
-        async with client.stream(
-            "POST", "/api/v1/chat", json={"messages": [{"role": "user", "content": question}]}
-        ) as r:
+        async with client.stream("POST", path, json={"messages": [{"role": "user", "content": question}]}) as r:
             if r.status_code != 200:
                 return None, time.perf_counter() - started, False
             async for line in r.aiter_lines():
@@ -101,12 +103,18 @@ async def one_chat(client: httpx.AsyncClient, question: str) -> tuple[float | No
     return first, time.perf_counter() - started, done and not failed
 
 
-async def run_level(url: str, concurrency: int, chats_per_client: int) -> list[tuple[float | None, float, bool]]:
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+async def run_level(
+    url: str, concurrency: int, chats_per_client: int, path: str = "/api/v1/chat"
+) -> list[tuple[float | None, float, bool]]:
+    # A new connection per chat, as a browser's EventSource opens one: with keep-alive, httpx's own pool made this
+    # client the bottleneck at 50 simultaneous requests (see bench/relay.py).
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=0)
     async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(120), limits=limits) as client:
 
         async def client_loop(n: int) -> list[tuple[float | None, float, bool]]:
-            return [await one_chat(client, f"question {n}-{i} about topic {n % 17}") for i in range(chats_per_client)]
+            return [
+                await one_chat(client, f"question {n}-{i} about topic {n % 17}", path) for i in range(chats_per_client)
+            ]
 
         results = await asyncio.gather(*(client_loop(n) for n in range(concurrency)))
     return [r for rs in results for r in rs]
@@ -165,28 +173,63 @@ def main() -> None:
 def run_slow(streams: int, delay: float = 0.5, tokens: int = 60) -> None:
     """`streams` streams open at once on one service process, each `tokens` tokens `delay` s apart: errors, and
     resident memory per open stream once every stream has started (the median over the time when all are open,
-    less the resident memory after a warm-up round of 20), and at the peak (the start-up burst included)."""
+    less the resident memory after a warm-up round of 20), and at the peak (the start-up burst included). The same
+    streams through the minimal relay of `bench/relay.py` (httpx, json, Starlette) give the reference."""
     with service_with_upstream(delay, tokens) as service:
         httpx.post(f"{service.url}/api/v1/documents/add", json={"documents": ["one stored document"]}, timeout=60)
-        asyncio.run(run_level(service.url, 20, 1))  # warm-up: the first streams allocate what every stream reuses
-        baseline = rss_mib(service.process.pid)
-        with rss_samples(service.process.pid, 0.1) as samples:
-            started = time.perf_counter()
-            results = asyncio.run(run_level(service.url, streams, 1))
-            elapsed = time.perf_counter() - started
-        errors = sum(1 for r in results if not r[2])
-        ttfts = [r[0] for r in results if r[0] is not None]
-        # All open: after the last first token, before the first stream ended.
-        window = (started + max(ttfts), started + min(r[1] for r in results))
-        steady = statistics.median(r for t, r in samples if window[0] <= t <= window[1])
-        peak = max(r for _, r in samples)
-        print(
-            f"{streams} concurrent streams of {tokens} tokens {delay * 1000:.0f} ms apart: {errors} errors, "
-            f"all done in {elapsed:.1f} s, ttft p50 {percentile(ttfts, 0.5) * 1000:.0f} ms, "
-            f"p99 {percentile(ttfts, 0.99) * 1000:.0f} ms; resident {baseline:.0f} MiB after warm-up, "
-            f"{steady:.0f} MiB with all streams open ({(steady - baseline) * 1024 / streams:.0f} KiB per stream), "
-            f"peak {peak:.0f} MiB ({(peak - baseline) * 1024 / streams:.0f} KiB per stream)"
+        ours = slow_streams(service.url, "/api/v1/chat", service.process.pid, streams)
+        print(f"{streams} concurrent streams of {tokens} tokens {delay * 1000:.0f} ms apart")
+        print(f"  service:       {ours.describe()}")
+    with FakeUpstreamProcess(tokens, delay) as upstream:
+        port = free_port()
+        relay = spawn("--minimal", str(port), upstream.url)
+        try:
+            wait_up(f"http://127.0.0.1:{port}/")
+            reference = slow_streams(f"http://127.0.0.1:{port}", "/relay", relay.pid, streams)
+        finally:
+            relay.kill()
+            relay.wait()
+        print(f"  minimal relay: {reference.describe()}")
+    print(f"  resident per open stream: {ours.per_stream:.0f} KiB against {reference.per_stream:.0f} KiB "
+          f"({ours.per_stream / reference.per_stream:.2f}x)")  # fmt: skip
+
+
+@dataclass
+class SlowStreams:
+    streams: int
+    errors: int
+    elapsed: float
+    ttfts: list[float]
+    baseline: float  # MiB after the warm-up
+    steady: float  # MiB with every stream open
+    peak: float
+
+    @property
+    def per_stream(self) -> float:
+        return (self.steady - self.baseline) * 1024 / self.streams
+
+    def describe(self) -> str:
+        return (
+            f"{self.errors} errors, all done in {self.elapsed:.1f} s, ttft p50 {percentile(self.ttfts, 0.5) * 1000:.0f}"
+            f" ms, p99 {percentile(self.ttfts, 0.99) * 1000:.0f} ms; resident {self.baseline:.0f} MiB after warm-up, "
+            f"{self.steady:.0f} MiB with all streams open ({self.per_stream:.0f} KiB per stream), peak "
+            f"{self.peak:.0f} MiB ({(self.peak - self.baseline) * 1024 / self.streams:.0f} KiB per stream)"
         )
+
+
+def slow_streams(url: str, path: str, pid: int, streams: int) -> SlowStreams:
+    asyncio.run(run_level(url, 20, 1, path))  # warm-up: the first streams allocate what every stream reuses
+    baseline = rss_mib(pid)
+    with rss_samples(pid, 0.1) as samples:
+        started = time.perf_counter()
+        results = asyncio.run(run_level(url, streams, 1, path))
+        elapsed = time.perf_counter() - started
+    ttfts = [r[0] for r in results if r[0] is not None]
+    # All open: after the last first token, before the first stream ended.
+    window = (started + max(ttfts), started + min(r[1] for r in results))
+    steady = statistics.median(r for t, r in samples if window[0] <= t <= window[1])
+    errors = sum(1 for r in results if not r[2])
+    return SlowStreams(streams, errors, elapsed, ttfts, baseline, steady, max(r for _, r in samples))
 
 
 if __name__ == "__main__":

@@ -49,7 +49,8 @@ def serve_minimal_relay(port: int, upstream: str) -> None:
     from starlette.responses import StreamingResponse
     from starlette.routing import Route
 
-    client = httpx.AsyncClient(base_url=upstream, timeout=60)
+    # No cap on connections: bench/load.py runs 1,000 streams through it at once.
+    client = httpx.AsyncClient(base_url=upstream, timeout=600, limits=httpx.Limits(max_connections=None))
 
     async def relay(request: Request) -> StreamingResponse:
         body = await request.json()
