@@ -22,6 +22,7 @@ from api.errors import install_error_handlers
 from api.metrics import ChatMetrics
 from api.middleware import BodyLimit, RequestContext, configure_logging
 from api.security import RateLimiter
+from api.sse import SendWatchdog
 from api.web_page import mount_web_page
 from config import Settings, get_settings
 from llm.errors import LLMError
@@ -111,6 +112,9 @@ async def build_services(settings: Settings, metrics: ChatMetrics, stack: contex
     # Closed first (the stack unwinds in reverse): a running job is handed back to the queue before the store and
     # the embedder it uses are closed.
     stack.push_async_callback(job_runner.aclose)
+    streams = SendWatchdog(settings.sse_send_timeout)
+    streams.start()
+    stack.push_async_callback(streams.aclose)
     return Services(
         settings=settings,
         embedder=embedder,
@@ -124,6 +128,7 @@ async def build_services(settings: Settings, metrics: ChatMetrics, stack: contex
         metrics=metrics,
         rate_limiter=RateLimiter(settings.rate_limit_per_minute),
         authenticator=Authenticator(settings),
+        streams=streams,
     )
 
 

@@ -151,7 +151,9 @@ async def chat_completions(body: ChatCompletionBody, services: ServicesDep, prin
             "code": SHUTDOWN_ERROR["type"],
         }
         farewell = [data_frame(json.dumps({"error": error})), data_frame(DONE)]
-        return event_source(stream.events(), services.settings, farewell, render=OpenAIChunks(ids, include_usage))
+        return event_source(
+            stream.events(), services.settings, services.streams, farewell, render=OpenAIChunks(ids, include_usage)
+        )
     answer = await stream.collect()
     if answer.error is not None:
         return openai_error_response(502, answer.error.type, answer.error.message)

@@ -6,10 +6,12 @@ A client that only prints `content` therefore keeps working whatever else we sen
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from json.encoder import encode_basestring  # type: ignore[attr-defined]  # the C string encoder behind json.dumps
 from typing import Any, TypeVar
 
@@ -108,44 +110,75 @@ def seed_event(event: ChatEvent) -> bytes:
     return data_frame(DONE if payload is None else json.dumps(payload, ensure_ascii=False))
 
 
+class SendWatchdog:
+    """Drops streams whose client stopped reading: one task for the whole process, not one per stream.
+
+    Each stream registers itself while it runs; every `period` seconds the watchdog looks at each one's send in
+    progress, and cancels the stream whose send has been blocked longer than `limit`: its events' generator is
+    closed, and with it the model's stream. A task (and task group) per stream cost memory and CPU on every
+    request (measured with `bench/load.py --slow-streams`); one pass over 1,000 streams is a millisecond a second."""
+
+    def __init__(self, limit: float) -> None:
+        self.limit = limit
+        self.period = min(1.0, limit / 4)
+        self._streams: dict[WatchedEventSource, anyio.CancelScope] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="sse-send-watchdog")
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    @contextlib.contextmanager
+    def watching(self, stream: WatchedEventSource) -> Iterator[None]:
+        with anyio.CancelScope() as scope:
+            self._streams[stream] = scope
+            try:
+                yield
+            finally:
+                del self._streams[stream]
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.period)
+            now = time.monotonic()
+            for stream, scope in list(self._streams.items()):
+                started = stream.send_started
+                if started is not None and now - started > self.limit and not scope.cancel_called:
+                    logger.info("a client stopped reading for %.0f s: its stream is dropped", self.limit)
+                    scope.cancel()
+
+
 class WatchedEventSource(EventSourceResponse):
-    """sse-starlette's response with one watchdog per stream instead of a cancel scope (and its timer) per event.
+    """sse-starlette's response, its sends watched by the process's `SendWatchdog` instead of a cancel scope (and
+    its timer) per event: on the relay bench that timer was about a quarter of the service's CPU per token. A send
+    blocked longer than the watchdog's limit (a client that stopped reading) still ends the stream. This overrides
+    sse-starlette's `_send_with_timeout` (a private method of the pinned 3.7.0)."""
 
-    A send blocked longer than `send_timeout` (a client that stopped reading) still ends the stream: the watchdog
-    cancels it, the events' generator is closed, and with it the model's stream. But an event now costs no timer:
-    on the relay bench that is about a quarter of the service's CPU per token. This overrides sse-starlette's
-    `_send_with_timeout` (a private method of the pinned 3.7.0)."""
+    send_started: float | None = None  # when the send in progress began
 
-    _send_started: float | None = None
+    def __init__(self, *args: Any, watchdog: SendWatchdog, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._watchdog = watchdog
 
     async def _send_with_timeout(self, send: Send, message: Message) -> None:
-        self._send_started = time.monotonic()
+        self.send_started = time.monotonic()
         await send(message)
-        self._send_started = None
+        self.send_started = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.send_timeout is None:
+        with self._watchdog.watching(self):
             await super().__call__(scope, receive, send)
-            return
-        async with anyio.create_task_group() as group:
-            group.start_soon(self._watch, group.cancel_scope, self.send_timeout)
-            await super().__call__(scope, receive, send)
-            group.cancel_scope.cancel()
-
-    async def _watch(self, stream: anyio.CancelScope, limit: float) -> None:
-        period = min(1.0, limit / 4)
-        while True:
-            await anyio.sleep(period)
-            started = self._send_started
-            if started is not None and time.monotonic() - started > limit:
-                logger.info("a client stopped reading for %.0f s: its stream is dropped", limit)
-                stream.cancel()
-                return
 
 
 def event_source(
     events: AsyncIterator[Any],
     settings: Settings,
+    watchdog: SendWatchdog,
     farewell: Sequence[Frame],
     render: Callable[[Any], Frame | None] = as_is,
 ) -> EventSourceResponse:
@@ -155,14 +188,14 @@ def event_source(
     return WatchedEventSource(
         until_shutdown(events, render, shutdown, farewell),
         ping=settings.sse_ping_seconds,
-        send_timeout=settings.sse_send_timeout,
+        watchdog=watchdog,
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         shutdown_event=shutdown,
         shutdown_grace_period=SHUTDOWN_GRACE_SECONDS,
     )
 
 
-def seed_sse_response(stream: ChatStream, settings: Settings) -> EventSourceResponse:
+def seed_sse_response(stream: ChatStream, settings: Settings, watchdog: SendWatchdog) -> EventSourceResponse:
     """The answer in the seed's format. Closing the events (client gone, shutdown) closes the model's stream."""
     farewell: list[Frame] = [data_frame(json.dumps({"content": "", "error": SHUTDOWN_ERROR})), data_frame(DONE)]
-    return event_source(stream.events(), settings, farewell, render=seed_event)
+    return event_source(stream.events(), settings, watchdog, farewell, render=seed_event)

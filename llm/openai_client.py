@@ -99,6 +99,26 @@ def _chunk(line: bytes) -> dict[str, Any] | None:
     return chunk
 
 
+def _delta(chunk: dict[str, Any], splitter: ThinkTagSplitter) -> Delta | None:
+    """What one chunk adds to the answer: its text (with inline `<think>` reasoning split off), its reasoning
+    field, its finish reason, its usage; None for a chunk that carries none of them."""
+    usage = None
+    if raw_usage := chunk.get("usage"):
+        usage = Usage(raw_usage.get("prompt_tokens") or 0, raw_usage.get("completion_tokens") or 0)
+    choices = chunk.get("choices")
+    if not choices:
+        return None if usage is None else Delta(usage=usage)
+    choice = choices[0]
+    delta = choice.get("delta") or {}
+    finish_reason = choice.get("finish_reason")
+    content, inline_reasoning = splitter.feed(delta.get("content") or "")
+    if finish_reason is not None:
+        rest, rest_reasoning = splitter.flush()
+        content, inline_reasoning = content + rest, inline_reasoning + rest_reasoning
+    reasoning = _reasoning_of(delta) + inline_reasoning
+    return Delta(content=content, reasoning=reasoning, usage=usage, finish_reason=finish_reason)
+
+
 class OpenAIChatModel:
     provider = "openai"
 
@@ -167,25 +187,13 @@ class OpenAIChatModel:
                     if chunk is _DONE:
                         done = True
                         break
-                    usage = None
-                    if raw_usage := chunk.get("usage"):
-                        usage = Usage(raw_usage.get("prompt_tokens") or 0, raw_usage.get("completion_tokens") or 0)
-                        finished = True  # the usage chunk comes after the finish reason
-                    choices = chunk.get("choices")
-                    if not choices:
-                        if usage is not None:
-                            yield Delta(usage=usage)
-                        continue
-                    choice = choices[0]
-                    delta = choice.get("delta") or {}
-                    finish_reason = choice.get("finish_reason")
-                    finished = finished or finish_reason is not None
-                    content, inline_reasoning = splitter.feed(delta.get("content") or "")
-                    if finish_reason is not None:
-                        rest, rest_reasoning = splitter.flush()
-                        content, inline_reasoning = content + rest, inline_reasoning + rest_reasoning
-                    reasoning = _reasoning_of(delta) + inline_reasoning
-                    yield Delta(content=content, reasoning=reasoning, usage=usage, finish_reason=finish_reason)
+                    delta = _delta(chunk, splitter)
+                    # The parsed chunk is not kept while the stream waits for its consumer (2 KiB per open stream).
+                    chunk = None
+                    if delta is not None:
+                        # The usage chunk comes after the finish reason.
+                        finished = finished or delta.usage is not None or delta.finish_reason is not None
+                        yield delta
             # Read the stream to its end (after [DONE] only its last empty chunk is left), so that the connection
             # goes back to the pool: closed mid-body, it would be dropped, and the next answer would open a new one.
             with anyio.move_on_after(_DRAIN_SECONDS):
