@@ -148,15 +148,15 @@ class StreamObservation:
     def __init__(self, metrics: ChatMetrics, started_at: float) -> None:
         self._metrics = metrics
         self._started_at = started_at
-        self._first_token = True
+        self._tokens = 0
         self._closed = False
 
     def on_event(self, event: ChatEvent) -> None:
-        if isinstance(event, TokenEvent):
-            if self._first_token:
-                self._first_token = False
+        if type(event) is TokenEvent:
+            # Counted here and added to the shared counter when the answer ends: the counter takes a lock.
+            self._tokens += 1
+            if self._tokens == 1:
                 self._metrics.ttft.observe(time.monotonic() - self._started_at)
-            self._metrics.tokens.inc()
         elif isinstance(event, ErrorEvent):
             self._metrics.upstream_errors.inc(type=event.type)
 
@@ -164,3 +164,5 @@ class StreamObservation:
         if not self._closed:
             self._closed = True
             self._metrics.active_streams.add(-1)
+            if self._tokens:
+                self._metrics.tokens.inc(self._tokens)

@@ -68,6 +68,8 @@ _DRAIN_SECONDS = 1.0  # a server that keeps the body open after [DONE] is not wa
 
 def _reasoning_of(delta: dict[str, Any]) -> str:
     # DeepSeek names it `reasoning_content`, vLLM `reasoning`.
+    if "reasoning_content" not in delta and "reasoning" not in delta:
+        return ""  # most chunks: answer text only
     for name in ("reasoning_content", "reasoning"):
         value = delta.get(name)
         if isinstance(value, str) and value:
@@ -89,9 +91,10 @@ def _chunk(line: bytes) -> dict[str, Any] | None:
     if data == b"[DONE]":
         return _DONE
     try:
-        chunk = json.loads(data)  # ValueError on a chunk that is not JSON
+        text = data.decode()  # decoded here: `json.loads` of bytes first guesses their encoding, in Python
     except UnicodeDecodeError:  # bytes that are not UTF-8 become U+FFFD, as a text decoder would make them
-        chunk = json.loads(data.decode("utf-8", "replace"))
+        text = data.decode("utf-8", "replace")
+    chunk = json.loads(text)  # ValueError on a chunk that is not JSON
     if not isinstance(chunk, dict):
         raise ValueError("a chunk that is not a JSON object")
     if "error" in chunk:  # some servers report a failure mid-stream as a chunk
