@@ -177,9 +177,15 @@ def run_slow(streams: int, delay: float = 0.5, tokens: int = 60) -> None:
     streams through the minimal relay of `bench/relay.py` (httpx, json, Starlette) give the reference."""
     with service_with_upstream(delay, tokens) as service:
         httpx.post(f"{service.url}/api/v1/documents/add", json={"documents": ["one stored document"]}, timeout=60)
+        # The embedder's buffers grow once, to what a burst of full batches of questions needs, whatever the
+        # number of streams: measured apart, with a burst of as many searches as there will be streams.
+        before = rss_mib(service.process.pid)
+        asyncio.run(search_burst(service.url, streams))
+        embedder = rss_mib(service.process.pid) - before
         ours = slow_streams(service.url, "/api/v1/chat", service.process.pid, streams)
         print(f"{streams} concurrent streams of {tokens} tokens {delay * 1000:.0f} ms apart")
         print(f"  service:       {ours.describe()}")
+        print(f"  (before the streams, {streams} concurrent searches grew the service by {embedder:.0f} MiB, once)")
     with FakeUpstreamProcess(tokens, delay) as upstream:
         port = free_port()
         relay = spawn("--minimal", str(port), upstream.url)
@@ -215,6 +221,15 @@ class SlowStreams:
             f"{self.steady:.0f} MiB with all streams open ({self.per_stream:.0f} KiB per stream), peak "
             f"{self.peak:.0f} MiB ({(self.peak - self.baseline) * 1024 / self.streams:.0f} KiB per stream)"
         )
+
+
+async def search_burst(url: str, count: int) -> None:
+    limits = httpx.Limits(max_connections=count, max_keepalive_connections=0)
+    async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(120), limits=limits) as client:
+        responses = await asyncio.gather(
+            *(client.get("/api/v1/documents/search", params={"query": f"question {n}"}) for n in range(count))
+        )
+    assert all(r.status_code == 200 for r in responses)
 
 
 def slow_streams(url: str, path: str, pid: int, streams: int) -> SlowStreams:
