@@ -171,33 +171,48 @@ def main() -> None:
 
 
 def run_slow(streams: int, delay: float = 0.5, tokens: int = 60) -> None:
-    """`streams` streams open at once on one service process, each `tokens` tokens `delay` s apart: errors, and
-    resident memory per open stream once every stream has started (the median over the time when all are open,
-    less the resident memory after a warm-up round of 20), and at the peak (the start-up burst included). The same
-    streams through the minimal relay of `bench/relay.py` (httpx, json, Starlette) give the reference."""
+    """`streams` streams open at once on one service process, each `tokens` tokens `delay` s apart (one stored
+    document, so every question is embedded): errors, and resident memory per open stream once every stream has
+    started (the median over the time when all are open, less the resident memory after a warm-up round of 20).
+    Then the same with half as many streams, in a fresh process: the difference is what each further stream costs,
+    free of what the process allocates once for any burst. The same two runs through the minimal relay of
+    `bench/relay.py` (httpx, json, Starlette) give the reference."""
+    print(f"concurrent streams of {tokens} tokens {delay * 1000:.0f} ms apart")
+    counts = (streams // 2, streams)
+    ours = [service_slow_streams(n, delay, tokens) for n in counts]
+    reference = [relay_slow_streams(n, delay, tokens) for n in counts]
+    for name, runs in (("service", ours), ("minimal relay", reference)):
+        for run in runs:
+            print(f"  {name:13s} {run.streams:5d}: {run.describe()}")
+    ours_each, reference_each = marginal_kib(*ours), marginal_kib(*reference)
+    print(
+        f"  resident per open stream at {streams}: {ours[1].per_stream:.0f} KiB against {reference[1].per_stream:.0f} "
+        f"KiB ({ours[1].per_stream / reference[1].per_stream:.2f}x); each stream from {counts[0]} to {counts[1]}: "
+        f"{ours_each:.0f} KiB against {reference_each:.0f} KiB ({ours_each / reference_each:.2f}x)"
+    )
+
+
+def marginal_kib(fewer: SlowStreams, more: SlowStreams) -> float:
+    grown = (more.steady - more.baseline) - (fewer.steady - fewer.baseline)
+    return grown * 1024 / (more.streams - fewer.streams)
+
+
+def service_slow_streams(streams: int, delay: float, tokens: int) -> SlowStreams:
     with service_with_upstream(delay, tokens) as service:
         httpx.post(f"{service.url}/api/v1/documents/add", json={"documents": ["one stored document"]}, timeout=60)
-        # The embedder's buffers grow once, to what a burst of full batches of questions needs, whatever the
-        # number of streams: measured apart, with a burst of as many searches as there will be streams.
-        before = rss_mib(service.process.pid)
-        asyncio.run(search_burst(service.url, streams))
-        embedder = rss_mib(service.process.pid) - before
-        ours = slow_streams(service.url, "/api/v1/chat", service.process.pid, streams)
-        print(f"{streams} concurrent streams of {tokens} tokens {delay * 1000:.0f} ms apart")
-        print(f"  service:       {ours.describe()}")
-        print(f"  (before the streams, {streams} concurrent searches grew the service by {embedder:.0f} MiB, once)")
+        return slow_streams(service.url, "/api/v1/chat", service.process.pid, streams)
+
+
+def relay_slow_streams(streams: int, delay: float, tokens: int) -> SlowStreams:
     with FakeUpstreamProcess(tokens, delay) as upstream:
         port = free_port()
         relay = spawn("--minimal", str(port), upstream.url)
         try:
             wait_up(f"http://127.0.0.1:{port}/")
-            reference = slow_streams(f"http://127.0.0.1:{port}", "/relay", relay.pid, streams)
+            return slow_streams(f"http://127.0.0.1:{port}", "/relay", relay.pid, streams)
         finally:
             relay.kill()
             relay.wait()
-        print(f"  minimal relay: {reference.describe()}")
-    print(f"  resident per open stream: {ours.per_stream:.0f} KiB against {reference.per_stream:.0f} KiB "
-          f"({ours.per_stream / reference.per_stream:.2f}x)")  # fmt: skip
 
 
 @dataclass
@@ -221,15 +236,6 @@ class SlowStreams:
             f"{self.steady:.0f} MiB with all streams open ({self.per_stream:.0f} KiB per stream), peak "
             f"{self.peak:.0f} MiB ({(self.peak - self.baseline) * 1024 / self.streams:.0f} KiB per stream)"
         )
-
-
-async def search_burst(url: str, count: int) -> None:
-    limits = httpx.Limits(max_connections=count, max_keepalive_connections=0)
-    async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(120), limits=limits) as client:
-        responses = await asyncio.gather(
-            *(client.get("/api/v1/documents/search", params={"query": f"question {n}"}) for n in range(count))
-        )
-    assert all(r.status_code == 200 for r in responses)
 
 
 def slow_streams(url: str, path: str, pid: int, streams: int) -> SlowStreams:
