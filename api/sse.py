@@ -55,7 +55,10 @@ def data_frame(json_text: str) -> bytes:
     """One event whose data is `json_text`, byte for byte what `ServerSentEvent(data=json_text).encode()` gives.
 
     Serialised JSON never holds a raw line break (json escapes every control character), so the data is one
-    `data:` line. Per token this skips building an event object and sse-starlette's line splitting."""
+    `data:` line. Per token this skips building an event object and sse-starlette's line splitting; any text with a
+    line break goes through sse-starlette's encoding."""
+    if "\n" in json_text or "\r" in json_text:
+        return ServerSentEvent(data=json_text).encode()
     try:
         return b"data: " + json_text.encode() + b"\r\n\r\n"
     except UnicodeEncodeError:

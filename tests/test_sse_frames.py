@@ -49,6 +49,8 @@ def test_a_lone_surrogate_is_sent_as_its_json_escape_instead_of_breaking_the_str
 def test_the_other_events_keep_the_general_encoding() -> None:
     assert seed_event(DoneEvent("stop")) == reference(DONE)
     assert data_frame(json.dumps({"a": [1, "x\ny"]})) == reference(json.dumps({"a": [1, "x\ny"]}))
+    # Not JSON, with raw line breaks: still one event, its lines as sse-starlette splits them.
+    assert data_frame("first\nsecond\r\nthird") == reference("first\nsecond\r\nthird")
 
 
 @pytest.mark.parametrize("field", ["content", "reasoning_content"])
