@@ -169,9 +169,9 @@ class OpenAIChatModel:
         inside = self._think_starts_inside
         splitter = ThinkTagSplitter(starts_inside_think(options.model or self.model) if inside is None else inside)
         # The body's bytes are split into lines here rather than by httpx's `aiter_lines`, whose text decoding and
-        # line decoding are two more generator layers per read; `json.loads` takes the UTF-8 bytes as they are.
+        # line decoding are two more generator layers per read; `_chunk` decodes each line's UTF-8 itself.
         body = response.aiter_bytes()
-        pending = b""
+        pending: bytes | bytearray = b""  # the start of a line cut by the end of a read
         done = False
         try:
             while not done:
@@ -180,9 +180,15 @@ class OpenAIChatModel:
                     if not pending:
                         break
                     data = b"\n"  # the body ended inside a line: that line is complete
-                lines = (pending + data).splitlines() if pending else data.splitlines()
+                if pending:
+                    pending += data  # a bytearray: a long line arriving in many reads is joined in linear time
+                    if b"\n" not in data and b"\r" not in data:
+                        continue
+                    lines = bytes(pending).splitlines()
+                else:
+                    lines = data.splitlines()
                 # A line cut by the end of a read waits for the rest; a cut between CR and LF only adds a blank line.
-                pending = b"" if data.endswith(_LINE_ENDS) or not lines else lines.pop()
+                pending = b"" if data.endswith(_LINE_ENDS) or not lines else bytearray(lines.pop())
                 for line in lines:
                     chunk = _chunk(line)
                     if chunk is None:
