@@ -22,6 +22,7 @@ import tempfile
 import warnings
 from pathlib import Path
 
+from rag.durable import fsync_path
 from rag.errors import EmbeddingError
 
 logger = logging.getLogger(__name__)
@@ -114,11 +115,14 @@ def export(model_dir: Path, target: Path) -> None:
             size_threshold=1024,  # every weight matrix goes out; small constants stay in the graph
         )
         (tmp / "inline.onnx").unlink()
+        for written in (tmp / target.name, tmp / WEIGHTS, tmp):
+            fsync_path(written)
         try:
             tmp.rename(folder)
         except OSError:
             if not target.exists():  # not another exporter's finished folder: a real failure
                 raise
+        fsync_path(folder.parent)
         # Earlier versions kept the graph and weights in one file next to the folder: nothing reads it now.
         (folder.parent / (folder.name + ".onnx")).unlink(missing_ok=True)
     finally:

@@ -26,6 +26,7 @@ from typing import BinaryIO
 
 import anyio
 
+from rag.durable import fsync_path
 from rag.errors import RAGError
 from rag.ingest.indexer import Indexer, owned_metadata
 from rag.ingest.jobs import Job, JobItem, JobStore, NewItem
@@ -150,7 +151,7 @@ class JobRunner:
         return await anyio.to_thread.run_sync(_save, source, self.jobs.payload_path(job_id, n))
 
     async def _record(self, job_id: str, items: list[NewItem], org_id: str | None, user_id: str | None) -> Job:
-        await anyio.to_thread.run_sync(_fsync_dir, self.jobs.uploads_dir / job_id)
+        await anyio.to_thread.run_sync(_fsync_folder_and_parent, self.jobs.uploads_dir / job_id)
         job = await anyio.to_thread.run_sync(self.jobs.create, job_id, items, org_id, user_id)
         self._wakeup.set()
         return job
@@ -296,10 +297,6 @@ def _save(source: BinaryIO, path: Path) -> tuple[int, str]:
     return size, digest.hexdigest()
 
 
-def _fsync_dir(path: Path) -> None:
-    for folder in (path, path.parent):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+def _fsync_folder_and_parent(path: Path) -> None:
+    fsync_path(path)
+    fsync_path(path.parent)

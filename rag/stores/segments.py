@@ -19,17 +19,10 @@ from typing import Any
 
 import numpy as np
 
+from rag.durable import fsync_path
 from rag.filters import MISSING, Filters, ValueIndex, filter_mask
 
 PREFIX = "seg-"
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @contextlib.contextmanager
@@ -88,7 +81,7 @@ def write_merged_segment(
         out.flush()
         del out
     _save_atomic(keys_path, keys)
-    fsync_dir(directory)
+    fsync_path(directory)
     return name
 
 
