@@ -23,7 +23,7 @@ from api.deps import ServicesDep
 from api.errors import openai_error_response
 from api.openai_schemas import ChatCompletionBody, EmbeddingsBody
 from api.security import RateLimited
-from api.sse import DONE, SHUTDOWN_ERROR, data_frame, event_source, json_string
+from api.sse import DONE, SHUTDOWN_ERROR, data_frame, event_source, json_frame, json_string
 from llm.types import Usage
 from rag.errors import InvalidRequest
 from rag.history import estimate_tokens
@@ -88,7 +88,7 @@ class OpenAIChunks:
         match event:
             case SourcesEvent(found):  # always the first event: the chunk that opens the assistant's message
                 self._hits = found
-                return _frame(self._ids.delta({"role": "assistant", "content": ""}))
+                return json_frame(self._ids.delta({"role": "assistant", "content": ""}))
             case ReasoningEvent(text):
                 head, tail = self._reasoning
                 return data_frame(head + json_string(text) + tail)
@@ -98,18 +98,14 @@ class OpenAIChunks:
                 # OpenAI's SDKs raise an APIError on a stream event that carries "error".
                 self._ended = True
                 error = {"message": message, "type": "server_error", "param": None, "code": type_}
-                return _frame({"error": error}) + data_frame(DONE)
+                return json_frame({"error": error}) + data_frame(DONE)
             case DoneEvent(reason):
                 self._ended = True
-                frames = _frame(self._ids.delta({}, _finish(reason), sources=_sources(self._hits)))
+                frames = json_frame(self._ids.delta({}, _finish(reason), sources=_sources(self._hits)))
                 if self._include_usage:
-                    frames += _frame(self._ids.chunk([], usage=(self._usage or Usage(0, 0)).as_dict()))
+                    frames += json_frame(self._ids.chunk([], usage=(self._usage or Usage(0, 0)).as_dict()))
                 return frames + data_frame(DONE)
         return None
-
-
-def _frame(chunk: dict[str, Any]) -> bytes:
-    return data_frame(json.dumps(chunk, ensure_ascii=False))
 
 
 def _template(ids: CompletionIds, field: str) -> tuple[str, str]:
@@ -150,7 +146,7 @@ async def chat_completions(body: ChatCompletionBody, services: ServicesDep, prin
             "param": None,
             "code": SHUTDOWN_ERROR["type"],
         }
-        farewell = [data_frame(json.dumps({"error": error})), data_frame(DONE)]
+        farewell = [json_frame({"error": error}), data_frame(DONE)]
         return event_source(
             stream.events(), services.settings, services.streams, farewell, render=OpenAIChunks(ids, include_usage)
         )

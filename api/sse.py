@@ -67,6 +67,11 @@ def data_frame(json_text: str) -> bytes:
         return b"data: " + json_text.encode("utf-8", "backslashreplace") + b"\r\n\r\n"
 
 
+def json_frame(payload: dict[str, Any]) -> bytes:
+    """One event whose data is `payload` as JSON (non-ASCII characters as they are)."""
+    return data_frame(json.dumps(payload, ensure_ascii=False))
+
+
 def json_string(text: str) -> str:
     """`text` as a JSON string literal, exactly as `json.dumps(..., ensure_ascii=False)` writes it inside an
     object, for the per-token frames that splice it into a fixed template instead of serialising a dict."""
@@ -110,7 +115,7 @@ def seed_event(event: ChatEvent) -> bytes:
     if type(event) is TokenEvent:  # nearly every event: the same bytes as the general path, spliced
         return data_frame('{"content": ' + json_string(event.text) + "}")
     payload = seed_payload(event)
-    return data_frame(DONE if payload is None else json.dumps(payload, ensure_ascii=False))
+    return data_frame(DONE) if payload is None else json_frame(payload)
 
 
 class SendWatchdog:
@@ -200,5 +205,5 @@ def event_source(
 
 def seed_sse_response(stream: ChatStream, settings: Settings, watchdog: SendWatchdog) -> EventSourceResponse:
     """The answer in the seed's format. Closing the events (client gone, shutdown) closes the model's stream."""
-    farewell: list[Frame] = [data_frame(json.dumps({"content": "", "error": SHUTDOWN_ERROR})), data_frame(DONE)]
+    farewell: list[Frame] = [json_frame({"content": "", "error": SHUTDOWN_ERROR}), data_frame(DONE)]
     return event_source(stream.events(), settings, watchdog, farewell, render=seed_event)

@@ -96,18 +96,13 @@ class FakeUpstream:
     async def _framed(self, lines: AsyncIterator[str], script: Script) -> AsyncIterator[bytes]:
         """The stream's text with the script's line ends, written whole or in pieces."""
         async for text in lines:
-            async for data in self._written(text, script):
+            data = text.replace("\n", script.line_end).encode()
+            if script.piece_bytes is None:
                 yield data
-
-    @staticmethod
-    async def _written(text: str, script: Script) -> AsyncIterator[bytes]:
-        data = text.replace("\n", script.line_end).encode()
-        if script.piece_bytes is None:
-            yield data
-            return
-        for start in range(0, len(data), script.piece_bytes):
-            yield data[start : start + script.piece_bytes]
-            await asyncio.sleep(0.001)  # a write of its own, so that the client's reads end mid-line
+                continue
+            for start in range(0, len(data), script.piece_bytes):
+                yield data[start : start + script.piece_bytes]
+                await asyncio.sleep(0.001)  # a write of its own, so that the client's reads end mid-line
 
     async def _stream(self, body: dict[str, Any], script: Script) -> AsyncIterator[str]:
         finished = False

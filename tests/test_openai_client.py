@@ -51,9 +51,9 @@ async def test_lines_are_read_whatever_their_ends_and_however_the_body_is_cut(
     character, and a last line with no line break (`[DONE]`, or the usage chunk when there is no `[DONE]`), all
     give the same answer."""
     tokens = ["Grüße", " 🙂", ' "quoted"', " done"]
-    script = Script(tokens=tokens, line_end=line_end, piece_bytes=piece_bytes, final_line_end=False)
-    script.done_marker = done_marker
-    upstream.reset(script)
+    upstream.reset(
+        Script(tokens=tokens, line_end=line_end, piece_bytes=piece_bytes, final_line_end=False, done_marker=done_marker)
+    )
     deltas = await collect(model_for(upstream))
     assert "".join(d.content for d in deltas) == "".join(tokens)
     assert [d.finish_reason for d in deltas if d.finish_reason] == ["stop"]
