@@ -19,19 +19,14 @@ import httpx2
 import openai
 
 
-def _readable(sock: socket.socket | None) -> bool:
-    """Whether a read would return at once: data, or the b"" of a closed connection (a gone socket counts)."""
-    if sock is None or sock.fileno() < 0:
-        return True
-    poller = select.poll()
-    poller.register(sock, select.POLLIN)
-    return bool(poller.poll(0))
-
-
 class ProbedStream(httpcore2.AsyncNetworkStream):
     def __init__(self, stream: httpcore2.AsyncNetworkStream) -> None:
         self._stream = stream
         self._socket: socket.socket | None = stream.get_extra_info("socket")
+        # Registered once: each probe is then the poll itself.
+        self._poller = select.poll()
+        if self._socket is not None:
+            self._poller.register(self._socket, select.POLLIN)
         # The inner stream's own bound methods, so that a read or a write costs no extra call.
         self.read = stream.read  # type: ignore[method-assign]
         self.write = stream.write  # type: ignore[method-assign]
@@ -47,8 +42,15 @@ class ProbedStream(httpcore2.AsyncNetworkStream):
 
     def get_extra_info(self, info: str) -> Any:
         if info == "is_readable":
-            return _readable(self._socket)
+            return self._readable()
         return self._stream.get_extra_info(info)
+
+    def _readable(self) -> bool:
+        """Whether a read would return at once: data, or the b"" of a closed connection (a gone socket counts, and
+        is never polled: its file descriptor may belong to another socket by now)."""
+        if self._socket is None or self._socket.fileno() < 0:
+            return True
+        return bool(self._poller.poll(0))
 
 
 class ProbedBackend(httpcore2.AsyncNetworkBackend):
