@@ -22,7 +22,7 @@ from api.errors import install_error_handlers
 from api.metrics import ChatMetrics
 from api.middleware import BodyLimit, RequestContext, configure_logging
 from api.security import RateLimiter
-from api.sse import SendWatchdog
+from api.sse_streams import StreamSupervisor
 from api.web_page import mount_web_page
 from config import Settings, get_settings
 from llm.errors import LLMError
@@ -43,6 +43,9 @@ from rag.stores import open_store
 logger = logging.getLogger("rag_service")
 
 API_PREFIX = "/api/v1"
+GRACEFUL_SHUTDOWN_SECONDS = 10  # uvicorn waits this long for open requests after SIGTERM
+# An SSE stream open at shutdown may send its farewell for this long, then it is cancelled: less than the above.
+SSE_SHUTDOWN_GRACE_SECONDS = 5.0
 _NO_TELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False, "operation_spans": False}
 
 
@@ -112,7 +115,7 @@ async def build_services(settings: Settings, metrics: ChatMetrics, stack: contex
     # Closed first (the stack unwinds in reverse): a running job is handed back to the queue before the store and
     # the embedder it uses are closed.
     stack.push_async_callback(job_runner.aclose)
-    streams = SendWatchdog(settings.sse_send_timeout)
+    streams = StreamSupervisor(settings.sse_send_timeout, settings.sse_ping_seconds, SSE_SHUTDOWN_GRACE_SECONDS)
     streams.start()
     stack.push_async_callback(streams.aclose)
     return Services(
@@ -218,7 +221,7 @@ def main() -> None:
         log_level=settings.log_level,
         log_config=None,  # keep our handlers: JSON lines with request ids
         access_log=False,
-        timeout_graceful_shutdown=10,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
     )
 
 

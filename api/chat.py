@@ -92,7 +92,7 @@ async def chat(body: ChatBody, services: ServicesDep, principal: PrincipalDep):
     # Everything that can fail with a status code happens here, before the response starts.
     stream = await services.pipeline.start(request)
     if body.stream:
-        return seed_sse_response(stream, services.settings, services.streams)
+        return seed_sse_response(stream, services.streams)
     return await answer_json(stream)
 
 
@@ -114,4 +114,4 @@ async def legacy_stream(body: LegacyStreamBody, services: ServicesDep, principal
         title=body.chatTitle,
     )
     stream = await services.pipeline.start(request)
-    return seed_sse_response(stream, services.settings, services.streams)
+    return seed_sse_response(stream, services.streams)

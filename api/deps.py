@@ -10,7 +10,7 @@ from fastapi import Depends, Request
 from api.auth import Authenticator
 from api.metrics import ChatMetrics
 from api.security import RateLimiter
-from api.sse import SendWatchdog
+from api.sse_streams import StreamSupervisor
 from config import Settings
 from llm.types import ChatModel
 from rag.conversations import Conversations
@@ -36,7 +36,7 @@ class Services:
     metrics: ChatMetrics
     rate_limiter: RateLimiter
     authenticator: Authenticator
-    streams: SendWatchdog  # drops SSE streams whose client stopped reading
+    streams: StreamSupervisor  # pings, times out and ends the open SSE streams
 
 
 async def get_services(request: Request) -> Services:

@@ -78,7 +78,7 @@ async def job_events(job_id: str, services: ServicesDep, principal: PrincipalDep
         yield ServerSentEvent(data=DONE)
 
     # On shutdown the stream just ends: the job itself goes on after the restart, and the client reconnects.
-    return event_source(events(), services.settings, services.streams, farewell=[])
+    return event_source(events(), services.streams, farewell=[])
 
 
 @router.delete("/{job_id}", response_model=JobBody, responses={404: {"model": ErrorBody}})

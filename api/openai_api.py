@@ -147,9 +147,7 @@ async def chat_completions(body: ChatCompletionBody, services: ServicesDep, prin
             "code": SHUTDOWN_ERROR["type"],
         }
         farewell = [json_frame({"error": error}), data_frame(DONE)]
-        return event_source(
-            stream.events(), services.settings, services.streams, farewell, render=OpenAIChunks(ids, include_usage)
-        )
+        return event_source(stream.events(), services.streams, farewell, render=OpenAIChunks(ids, include_usage))
     answer = await stream.collect()
     if answer.error is not None:
         return openai_error_response(502, answer.error.type, answer.error.message)

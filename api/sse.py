@@ -6,28 +6,21 @@ A client that only prints `content` therefore keeps working whatever else we sen
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
-import logging
-import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from json.encoder import encode_basestring  # type: ignore[attr-defined]  # the C string encoder behind json.dumps
 from typing import Any, TypeVar
 
 import anyio
 from sse_starlette import EventSourceResponse, ServerSentEvent
-from starlette.types import Message, Receive, Scope, Send
 
-from config import Settings
+from api.sse_streams import StreamSupervisor, SupervisedEventSource
 from rag.pipeline import ChatStream
 from rag.types import ChatEvent, DoneEvent, ErrorEvent, ReasoningEvent, SourcesEvent, TokenEvent, UsageEvent
 
-logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 DONE = "[DONE]"
-SHUTDOWN_GRACE_SECONDS = 5.0  # less than uvicorn's graceful shutdown timeout (10 s in main.py)
 SHUTDOWN_ERROR = {"type": "server_shutting_down", "message": "the server is restarting: ask again in a moment"}
 
 
@@ -93,9 +86,9 @@ async def until_shutdown(
     instead of seeing the connection drop.
 
     The flag is looked at between events: no task or future per token. Rendering here, rather than in a generator
-    of its own, saves a generator hop per token. sse-starlette sets the flag, then waits SHUTDOWN_GRACE_SECONDS
-    before cancelling; a model that sends nothing at all in that time has its stream cancelled without the farewell
-    (the connection closes, and the model's stream with it)."""
+    of its own, saves a generator hop per token. The stream supervisor sets the flag, then waits its grace period
+    (SSE_SHUTDOWN_GRACE_SECONDS in main.py) before cancelling; a model that sends nothing at all in that time has
+    its stream cancelled without the farewell (the connection closes, and the model's stream with it)."""
     try:
         async for event in events:
             if shutdown.is_set():
@@ -118,92 +111,25 @@ def seed_event(event: ChatEvent) -> bytes:
     return data_frame(DONE) if payload is None else json_frame(payload)
 
 
-class SendWatchdog:
-    """Drops streams whose client stopped reading: one task for the whole process, not one per stream.
-
-    Each stream registers itself while it runs; every `period` seconds the watchdog looks at each one's send in
-    progress, and cancels the stream whose send has been blocked longer than `limit`: its events' generator is
-    closed, and with it the model's stream. A task (and task group) per stream cost memory and CPU on every
-    request (measured with `bench/load.py --slow-streams`); one pass over 1,000 streams is a millisecond a second."""
-
-    def __init__(self, limit: float) -> None:
-        self.limit = limit
-        self.period = min(1.0, limit / 4)
-        self._streams: dict[WatchedEventSource, anyio.CancelScope] = {}
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="sse-send-watchdog")
-
-    async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    @contextlib.contextmanager
-    def watching(self, stream: WatchedEventSource) -> Iterator[None]:
-        with anyio.CancelScope() as scope:
-            self._streams[stream] = scope
-            try:
-                yield
-            finally:
-                del self._streams[stream]
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.period)
-            now = time.monotonic()
-            for stream, scope in list(self._streams.items()):
-                started = stream.send_started
-                if started is not None and now - started > self.limit and not scope.cancel_called:
-                    logger.info("a client stopped reading for %.0f s: its stream is dropped", self.limit)
-                    scope.cancel()
-
-
-class WatchedEventSource(EventSourceResponse):
-    """sse-starlette's response, its sends watched by the process's `SendWatchdog` instead of a cancel scope (and
-    its timer) per event: on the relay bench that timer was about a quarter of the service's CPU per token. A send
-    blocked longer than the watchdog's limit (a client that stopped reading) still ends the stream. This overrides
-    sse-starlette's `_send_with_timeout` (a private method of the pinned 3.7.0)."""
-
-    send_started: float | None = None  # when the send in progress began
-
-    def __init__(self, *args: Any, watchdog: SendWatchdog, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._watchdog = watchdog
-
-    async def _send_with_timeout(self, send: Send, message: Message) -> None:
-        self.send_started = time.monotonic()
-        await send(message)
-        self.send_started = None
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        with self._watchdog.watching(self):
-            await super().__call__(scope, receive, send)
-
-
 def event_source(
     events: AsyncIterator[Any],
-    settings: Settings,
-    watchdog: SendWatchdog,
+    supervisor: StreamSupervisor,
     farewell: Sequence[Frame],
     render: Callable[[Any], Frame | None] = as_is,
 ) -> EventSourceResponse:
     """An SSE response of `events` (rendered by `render`) with keep-alive pings, a send timeout against stalled
-    clients, no proxy buffering, and `farewell` sent when the server shuts down mid-stream."""
-    shutdown = anyio.Event()  # sse-starlette sets it when uvicorn is asked to exit
-    return WatchedEventSource(
+    clients, no proxy buffering, and `farewell` sent when the server shuts down mid-stream (the supervisor pings,
+    times out and signals the shutdown)."""
+    shutdown = anyio.Event()
+    return SupervisedEventSource(
         until_shutdown(events, render, shutdown, farewell),
-        ping=settings.sse_ping_seconds,
-        watchdog=watchdog,
+        supervisor=supervisor,
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         shutdown_event=shutdown,
-        shutdown_grace_period=SHUTDOWN_GRACE_SECONDS,
     )
 
 
-def seed_sse_response(stream: ChatStream, settings: Settings, watchdog: SendWatchdog) -> EventSourceResponse:
+def seed_sse_response(stream: ChatStream, supervisor: StreamSupervisor) -> EventSourceResponse:
     """The answer in the seed's format. Closing the events (client gone, shutdown) closes the model's stream."""
     farewell: list[Frame] = [json_frame({"content": "", "error": SHUTDOWN_ERROR}), data_frame(DONE)]
-    return event_source(stream.events(), settings, watchdog, farewell, render=seed_event)
+    return event_source(stream.events(), supervisor, farewell, render=seed_event)
