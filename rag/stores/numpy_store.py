@@ -225,7 +225,11 @@ class NumpyVectorStore:
         return self._snapshot
 
     async def refresh(self) -> None:
-        await anyio.to_thread.run_sync(self._catch_up)
+        # The check is one SQLite read (about 3 us; a WAL reader does not wait for writers): cheaper on the event loop
+        # than a hop to a worker thread, which cost CPU on every chat into an empty store. Loading what changed reads
+        # files under the store's file lock, so that runs in a thread.
+        if self.catalog.generation() != self._snapshot.generation:
+            await anyio.to_thread.run_sync(self._catch_up)
 
     @property
     def count(self) -> int:
