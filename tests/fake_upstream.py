@@ -27,7 +27,9 @@ class Script:
     reasoning: list[str] = field(default_factory=list)  # sent as delta.reasoning_content before the tokens
     delay: float = 0.0  # seconds before each chunk
     status: int | None = None  # answer this status instead of a stream
+    failures: int | None = None  # answer `status` to only this many requests, then stream
     retry_after: str | None = None
+    should_retry: str | None = None  # sent as the `x-should-retry` header with `status`
     cut_after: int | None = None  # drop the connection after this many content chunks, with no [DONE]
     hang: bool = False  # accept the request and never send a byte
     malformed_after: int | None = None  # send a chunk that is not JSON after this many content chunks
@@ -42,6 +44,7 @@ class FakeUpstream:
     def __init__(self) -> None:
         self.script = Script()
         self.requests: list[dict[str, Any]] = []
+        self.request_headers: list[dict[str, str]] = []
         self.client_ports: list[int] = []  # the TCP port each request came from: one per connection the client opened
         self.completed = 0
         self.disconnected = threading.Event()
@@ -55,6 +58,7 @@ class FakeUpstream:
     def reset(self, script: Script | None = None) -> None:
         self.script = script or Script()
         self.requests.clear()
+        self.request_headers.clear()
         self.client_ports.clear()
         self.completed = 0
         self.disconnected.clear()
@@ -67,10 +71,13 @@ class FakeUpstream:
     async def _chat(self, request: Request) -> Response:
         body = await request.json()
         self.requests.append(body)
+        self.request_headers.append(dict(request.headers))
         self.client_ports.append(request.client.port if request.client else 0)
         script = self.script
-        if script.status is not None:
-            headers = {"retry-after": script.retry_after} if script.retry_after else None
+        if script.status is not None and (script.failures is None or len(self.requests) <= script.failures):
+            headers = {"retry-after": script.retry_after} if script.retry_after else {}
+            if script.should_retry is not None:
+                headers["x-should-retry"] = script.should_retry
             error = {"error": {"message": "scripted failure", "type": "server_error", "code": None}}
             return JSONResponse(error, status_code=script.status, headers=headers)
         if script.hang:

@@ -126,6 +126,55 @@ async def test_retries_happen_before_the_first_token(upstream: FakeUpstream) -> 
     assert len(upstream.requests) == 3
 
 
+async def test_a_retried_failure_then_streams_the_answer(upstream: FakeUpstream) -> None:
+    upstream.reset(Script(status=503, failures=2, tokens=["ok"]))
+    deltas = await collect(model_for(upstream, openai_max_retries=2))
+    assert "".join(d.content for d in deltas) == "ok"
+    assert len(upstream.requests) == 3
+
+
+async def test_retry_after_is_waited_before_the_retry(upstream: FakeUpstream) -> None:
+    upstream.reset(Script(status=429, failures=1, retry_after="1", tokens=["ok"]))
+    started = time.monotonic()
+    deltas = await collect(model_for(upstream, openai_max_retries=1))
+    assert "".join(d.content for d in deltas) == "ok"
+    assert time.monotonic() - started >= 0.9  # the 1 s asked for, not the 0.5 s backoff
+
+
+@pytest.mark.parametrize(("status", "should_retry"), [(401, None), (400, None), (503, "false")])
+async def test_answers_not_worth_a_retry_are_not_retried(
+    upstream: FakeUpstream, status: int, should_retry: str | None
+) -> None:
+    upstream.reset(Script(status=status, should_retry=should_retry))
+    with pytest.raises(UpstreamUnavailable, match=str(status)):
+        await collect(model_for(upstream, openai_max_retries=2))
+    assert len(upstream.requests) == 1
+
+
+async def test_an_unreachable_upstream_is_retried_then_unavailable() -> None:
+    with socket.socket() as placeholder:  # a port nobody listens on
+        placeholder.bind(("127.0.0.1", 0))
+        port = placeholder.getsockname()[1]
+    settings = Settings(
+        _env_file=None, openai_base_url=f"http://127.0.0.1:{port}/v1", openai_api_key="k", openai_max_retries=1
+    )
+    model = OpenAIChatModel(make_async_client(settings), "m", max_tokens=8, temperature=None)
+    started = time.monotonic()
+    with pytest.raises(UpstreamUnavailable, match="could not be reached"):
+        await collect(model)
+    assert time.monotonic() - started >= 0.3  # one backoff (0.375 to 0.5 s) before the second attempt
+
+
+async def test_the_request_carries_the_sdk_configuration(upstream: FakeUpstream) -> None:
+    await collect(model_for(upstream))
+    headers = upstream.request_headers[0]
+    assert headers["authorization"] == "Bearer k"
+    assert headers["content-type"] == "application/json"
+    assert headers["user-agent"].startswith("AsyncOpenAI/Python")
+    assert upstream.requests[0]["model"] == "fake-model"
+    assert upstream.requests[0]["stream"] is True
+
+
 async def test_stream_cut_in_the_middle_raises_after_the_tokens_it_got(upstream: FakeUpstream) -> None:
     upstream.reset(Script(tokens=["a", "b", "c", "d"], cut_after=2))
     received: list[str] = []
