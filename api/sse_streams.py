@@ -67,16 +67,21 @@ class SupervisedEventSource(EventSourceResponse):
             finally:
                 self.active = False  # no ping after the stream ended
                 listener.cancel()
+                if self._ping_task is not None:
+                    self._ping_task.cancel()  # one still blocked on a client that stopped reading
 
     async def _await_disconnect(self, receive: Receive, cancel_scope: anyio.CancelScope) -> None:
-        while self.active:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                self.active = False
-                if self.client_close_handler_callable is not None:
-                    await self.client_close_handler_callable(message)
-                cancel_scope.cancel()
+        try:
+            while self.active:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    break
+            else:
                 return
+        except Exception:  # a transport that cannot tell any more: treat it as gone
+            logger.debug("waiting for the client's disconnect failed", exc_info=True)
+        self.active = False
+        cancel_scope.cancel()
 
     def ping(self) -> None:
         """Send one keep-alive comment, in a task of its own (the supervisor must not wait on a slow client)."""
@@ -159,6 +164,10 @@ class StreamSupervisor:
     async def _await_exit_signal(self) -> None:
         # sse-starlette's shutdown detection: its patch of uvicorn's exit handler, or uvicorn's own flag.
         await EventSourceResponse._listen_for_exit_signal()
+        self.begin_shutdown()
+
+    def begin_shutdown(self) -> None:
+        """Ask every open stream, and every stream that opens from now on, to end; cancel them after the grace."""
         self._shutdown_deadline = time.monotonic() + self.shutdown_grace
         for stream in list(self._streams):
             _ask_to_end(stream)
