@@ -120,7 +120,13 @@ class Settings(BaseSettings):
     )
     use_openai_embeddings: bool = Field(False, description="Embed through the OpenAI embeddings API instead.")
     openai_embedding_model: str = Field("text-embedding-3-small", description="Model for USE_OPENAI_EMBEDDINGS.")
-    embedding_batch_size: int = Field(64, ge=1, le=4096, description="Texts encoded per batch.")
+    embedding_batch_size: int = Field(
+        64,
+        ge=1,
+        le=4096,
+        description="Texts handed to the encoder at once (questions coalesced, or a slice of an ingestion); the ONNX "
+        "backend runs them in forward passes of at most 256 padded tokens.",
+    )
 
     # --- storage and retrieval ------------------------------------------------------------------------
     vector_store: Literal["numpy", "postgres"] = Field(

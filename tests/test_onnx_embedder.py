@@ -12,7 +12,7 @@ import pytest
 
 from config import PROJECT_DIR, Settings
 from rag.embedder import SentenceTransformerEmbedder, resolve_model_path
-from rag.onnx_embedder import OnnxEmbedder
+from rag.onnx_embedder import OnnxEmbedder, forward_passes
 from rag.onnx_export import GRAPH, WEIGHTS, export, onnx_file
 
 SCIFACT = PROJECT_DIR.parent / "shared" / "datasets" / "scifact" / "corpus.jsonl"
@@ -50,6 +50,32 @@ async def test_ingestion_order_survives_length_sorting_and_questions_coalesce(on
     for i in (0, 5, 77, 149):
         alone = (await onnx_embedder.embed([texts[i]]))[0]
         np.testing.assert_allclose(together[i], alone, atol=1e-5)
+
+
+def test_forward_passes_stay_within_the_token_budget() -> None:
+    lengths = [300, 12, 40, 256, 12, 90, 41, 5]
+    groups = forward_passes(lengths, 256)
+    assert sorted(i for group in groups for i in group) == list(range(len(lengths)))  # each text once
+    order = [i for group in groups for i in group]
+    assert [lengths[i] for i in order] == sorted(lengths)  # shortest first: each pass pads to about its texts
+    for group in groups:
+        longest = max(lengths[i] for i in group)
+        assert len(group) * longest <= 256 or len(group) == 1  # a text over the budget goes alone
+    assert [lengths[i] for i in groups[-1]] == [300]
+    assert forward_passes([], 256) == []
+
+
+async def test_long_chunks_run_one_per_forward_pass_with_the_same_vectors(onnx_embedder: OnnxEmbedder) -> None:
+    """Chunks near the model's 256-token window each get a pass of their own (attention memory grows with
+    texts x length^2), and a vector does not depend on what it was batched with."""
+    chunks = [f"{i} " + "cells respond to signalling molecules " * 60 for i in range(6)]
+    short = "a short question?"
+    before = onnx_embedder.forward_passes
+    together = await onnx_embedder.embed([*chunks, short])
+    passes = onnx_embedder.forward_passes - before
+    assert passes == len(chunks) + 1  # every long chunk alone, and the question
+    alone = (await onnx_embedder.embed([short]))[0]
+    np.testing.assert_allclose(together[-1], alone, atol=1e-5)
 
 
 def test_the_default_path_never_imports_torch(tmp_path: Path) -> None:
