@@ -79,7 +79,7 @@ def bare_session(embedder: OnnxEmbedder, model_dir: Path) -> Callable[[list[str]
     return encode
 
 
-def rate(encode: Callable[[list[str]], object], texts: list[str], batch: int) -> float:
+def rate_of(encode: Callable[[list[str]], object], texts: list[str], batch: int) -> float:
     started = time.perf_counter()
     for i in range(0, len(texts), batch):
         encode(texts[i : i + batch])
@@ -119,9 +119,9 @@ async def run() -> None:
     our_rate = len(texts) / (time.perf_counter() - started)
     our_growth = own_rss_mib() - before
     assert vectors.shape == (len(texts), embedder.dimension)
-    one_rate = rate(bare, texts, 1)
+    one_rate = rate_of(bare, texts, 1)
     before = own_rss_mib()
-    batch_rate = rate(bare, texts, settings.embedding_batch_size)
+    batch_rate = rate_of(bare, texts, settings.embedding_batch_size)
     batch_growth = own_rss_mib() - before
     print(f"ingestion, {len(texts)} chunks:  OnnxEmbedder {our_rate:.1f} chunks/s (resident +{our_growth:.0f} MiB)")
     print(f"  bare session, one chunk per run, in order:  {one_rate:.1f} chunks/s   ({our_rate / one_rate:.2f}x)")
