@@ -186,7 +186,9 @@ class Settings(BaseSettings):
     job_retention_days: float = Field(7.0, gt=0, description="Finished jobs are forgotten after this many days.")
 
     # --- streaming --------------------------------------------------------------------------------
-    sse_ping_seconds: float = Field(15.0, gt=0, description="Keep-alive comment interval on SSE streams.")
+    sse_ping_seconds: float = Field(
+        15.0, gt=0, description="A keep-alive comment goes out on an SSE stream that sent nothing for this long."
+    )
     sse_send_timeout: float = Field(30.0, gt=0, description="Seconds a stalled client may block one send.")
 
     @field_validator("jwt_secret", "jwt_public_key", "jwt_audience", "database_url", mode="before")
