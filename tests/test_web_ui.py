@@ -132,7 +132,9 @@ def test_conversation_is_kept_per_chat(page, upstream: FakeUpstream, live_url: s
     page.reload()
     page.wait_for_selector(".message.user")
     assert page.text_content(".message.user") == "Remember the word banana."
-    assert page.locator("#chat-list li").count() >= 1
+    # The page lists the chats after it has shown the open one's messages (a second request): wait for the list.
+    page.wait_for_selector("#chat-list li", timeout=10_000)
+    assert page.locator('#chat-list button[aria-current="true"]').count() == 1  # the open chat, marked
     page.click("#new-chat")
     assert page.locator(".message").count() == 0
 
