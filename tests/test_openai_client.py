@@ -12,7 +12,7 @@ from config import Settings
 from llm.errors import UpstreamProtocolError, UpstreamRateLimited, UpstreamTimeout, UpstreamUnavailable
 from llm.openai_client import OpenAIChatModel, make_async_client
 from llm.types import Delta, GenerationOptions, Message
-from llm.upstream_pool import ProbedBackend, ProbedStream
+from llm.upstream_pool import AsyncioBackend, AsyncioStream
 from tests.fake_upstream import FakeUpstream, Script
 
 QUESTION = [Message("system", "ctx"), Message("user", "hi")]
@@ -68,16 +68,16 @@ async def test_answers_reuse_one_upstream_connection_through_the_probed_pool(ups
         assert "".join(d.content for d in await collect(model)) == "Hello, world!"
     assert len(upstream.client_ports) == 3
     assert len(set(upstream.client_ports)) == 1
-    assert isinstance(model._client._client._transport._pool._network_backend, ProbedBackend)  # type: ignore[attr-defined]
+    assert isinstance(model._client._client._transport._pool._network_backend, AsyncioBackend)  # type: ignore[attr-defined]
 
 
 async def test_the_probe_sees_a_connection_the_server_closed() -> None:
     """Idle and open: not readable, so the pool reuses it. Closed by the server: readable (the coming b""), so the
     pool drops it instead of sending a request into it."""
     with socket.create_server(("127.0.0.1", 0)) as server:
-        stream = await ProbedBackend().connect_tcp("127.0.0.1", server.getsockname()[1])
+        stream = await AsyncioBackend().connect_tcp("127.0.0.1", server.getsockname()[1])
         peer, _ = server.accept()
-        assert isinstance(stream, ProbedStream)
+        assert isinstance(stream, AsyncioStream)
         assert stream.get_extra_info("is_readable") is False
         await stream.write(b"ping")
         assert peer.recv(4) == b"ping"
