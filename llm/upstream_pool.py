@@ -150,6 +150,9 @@ class AsyncioStream(httpcore2.AsyncNetworkStream):
 
     async def aclose(self) -> None:
         self._transport.abort()  # what AnyIO's stream does: the pool closes a connection it will not reuse
+        # The loop closes the socket in its next iteration: let it, so that the connection is gone when this returns
+        # (the upstream stops generating at once, even if the caller blocks next).
+        await asyncio.sleep(0)
 
     async def start_tls(
         self,

@@ -94,6 +94,21 @@ async def _test_bytes_both_ways_and_the_end_of_stream() -> None:
 
 
 @LOOPS
+def test_the_connection_is_closed_when_aclose_returns(run: Runner) -> None:
+    run(_test_the_connection_is_closed_when_aclose_returns())
+
+
+async def _test_the_connection_is_closed_when_aclose_returns() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        stream = await AsyncioBackend().connect_tcp("127.0.0.1", server.getsockname()[1], timeout=5)
+        peer, _ = server.accept()
+        with peer:
+            await stream.aclose()
+            peer.settimeout(2)  # a blocking read: the loop does not run again before it answers
+            assert peer.recv(10) == b""
+
+
+@LOOPS
 def test_a_silent_server_is_a_read_timeout(run: Runner) -> None:
     run(_test_a_silent_server_is_a_read_timeout())
 
