@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import statistics
 import sys
@@ -25,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -153,4 +153,7 @@ async def run() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(run())
+    # On uvloop, as in the service (uvicorn runs on it): the hop to the embedder's thread and back goes through the
+    # event loop, and asyncio's own loop made it about 0.1 ms dearer (0.46 against 0.37 ms over the bare session,
+    # three runs each).
+    uvloop.run(run())
