@@ -2,9 +2,9 @@
 
 The `openai` SDK does what it is good at: configuration (the key, the base URL, timeouts, retries, its headers) and
 the HTTP client with its pool, limits and proxies. The streaming request is sent here, through that client:
-- the request is built once per model and copied per answer. The SDK's request path (option models copied per
-  attempt, headers and URL merged afresh) cost a fifth of the service's CPU per request at 50 simultaneous
-  one-token answers (2.7 against 2.2 ms, `bench/relay.py`);
+- the URL, headers and timeouts the SDK would use are worked out once per model, and each answer's request is
+  built from them. The SDK's request path (option models copied per attempt, headers and URL merged afresh) cost a
+  fifth of the service's CPU per request at 50 simultaneous one-token answers (2.7 against 2.2 ms);
 - retries follow the SDK's documented policy (`llm/retries.py`: connection errors, timeouts, 408, 409, 429 and 5xx,
   with its backoff and `Retry-After`), and only until the response headers arrive, so a retry can never repeat
   tokens a client already has; failures become our errors, as the SDK's became before;
