@@ -8,8 +8,8 @@ pathologically (torch with two intra-op threads under contention took 17 times l
 have a lane of their own (one batch at a time, coalesced), so an ingestion of thousands of chunks, which fills
 the ingestion lane, never makes a question wait behind it.
 
-Ingestion batches are formed after sorting the texts by length, so that a batch pads to about its own length
-instead of the longest text's; the vectors are put back in the caller's order.
+Ingestion batches are formed after sorting the texts by length, so that each thread gets texts of about the same
+length; the vectors are put back in the caller's order.
 
 Each forward pass holds at most FORWARD_PASS_TOKENS padded tokens: a batch handed to `_encode` is cut into passes
 of texts of about the same length. Attention's memory grows with texts x length^2, and ONNX Runtime's memory arena
