@@ -151,9 +151,10 @@ def test_nobody_listening_is_a_connect_error(run: Runner) -> None:
 
 
 def test_an_unread_stream_holds_the_sender_back(run: Runner) -> None:
+    """A reader that stops reading pauses the socket: the buffer stays bounded and TCP pushes back on the server."""
+
     async def scenario() -> None:
         async with serving() as server:
-            """A reader that stops reading pauses the socket: the buffer stays bounded and TCP pushes back on the server."""
             stream = await connect(server)
             _, writer = await server.peer()
             payload = b"x" * (32 * 1024 * 1024)  # more than the kernel buffers on both sides hold
