@@ -175,17 +175,12 @@ def bench_job(job_abstracts: int, questions: int) -> None:
     assert len(texts) == chunks, (len(texts), chunks)
     from bench.embedding import bare_session, rate_of
     from rag.embedder import resolve_model_path
-    from rag.onnx_embedder import OnnxEmbedder
+    from rag.onnx_export import onnx_file
 
-    async def bare_rates() -> tuple[float, float]:
-        embedder = await OnnxEmbedder.load(settings.embedding_model, settings.onnx_dir, settings.embedding_batch_size)
-        bare = bare_session(embedder, Path(resolve_model_path(settings.embedding_model)))
-        bare(["warm up"])
-        rates = rate_of(bare, texts, 1), rate_of(bare, texts, settings.embedding_batch_size)
-        await embedder.aclose()
-        return rates
-
-    one, batched = asyncio.run(bare_rates())
+    graph = onnx_file(settings.onnx_dir, settings.embedding_model)
+    bare = bare_session(graph, Path(resolve_model_path(settings.embedding_model)))
+    bare(["warm up"])
+    one, batched = rate_of(bare, texts, 1), rate_of(bare, texts, settings.embedding_batch_size)
     rate = chunks / elapsed
     print(
         f"job of {job_abstracts} abstracts in {len(first)} .txt files, {chunks} chunks: {rate:.1f} chunks/s from "

@@ -195,4 +195,6 @@ async def build_embedder(settings: Settings) -> Embedder:
         return await SentenceTransformerEmbedder.load(settings.embedding_model, settings.embedding_batch_size)
     from rag.onnx_embedder import OnnxEmbedder
 
-    return await OnnxEmbedder.load(settings.embedding_model, settings.onnx_dir, settings.embedding_batch_size)
+    return await OnnxEmbedder.load(
+        settings.embedding_model, settings.onnx_dir, settings.embedding_batch_size, settings.embedding_threads
+    )

@@ -1,12 +1,28 @@
 """The default embedder: the bundled all-MiniLM-L6-v2 as one ONNX graph run by ONNX Runtime, tokenized by
 `tokenizers`. torch is never imported here (only `rag/onnx_export.py` needs it, once, to produce the graph).
 
-Threads, chosen for serving on a few cores: the session runs each batch on the calling thread alone
-(`intra_op_num_threads=1`). Parallelism comes from running several batches at once instead, one per core, in
-worker threads: no thread pool spins waiting for work, so a busy machine slows an encode down in proportion, never
-pathologically (torch with two intra-op threads under contention took 17 times longer per question). Questions
-have a lane of their own (one batch at a time, coalesced), so an ingestion of thousands of chunks, which fills
-the ingestion lane, never makes a question wait behind it.
+Threads, chosen for serving on a few cores. Questions and ingestion want different things, so each has its session:
+- **Questions** (EMBEDDING_THREADS, default 2, capped at the CPU count): a question's pass is a few small matrix
+  products per layer, too short to share between cores without spinning. ONNX Runtime's workers spin between the
+  operators of a pass (handing work over through a futex instead cost as much as it saved: 4.27 against 4.48 ms)
+  and stop as soon as the pass ends (`session.force_spinning_stop`), so an idle service burns nothing.
+- **Ingestion** (one thread per pass, one pass per core at once): many passes in parallel use the cores better than
+  one pass split across them (two one-thread passes side by side ingested about 50 chunks/s here, one two-thread
+  pass at a time about 40). This session is opened on the first ingestion of more than a few texts (about 0.3 s,
+  and 40 MiB for its repacked weights), so a service that only answers questions never holds it.
+
+The bare session on one question, p50 (p90), two runs on the 2-core machine, with other processes keeping cores busy:
+
+| other busy processes | 1 thread | 2 threads |
+|---|---|---|
+| none | 3.73-4.13 (4.05-4.40) ms | 2.68-2.69 (2.90-3.02) ms |
+| 1 | 3.76-3.83 (4.05-4.13) ms | 3.23-3.67 (6.73-9.38) ms |
+| 2 (every core taken) | 4.36-4.84 (12.8) ms | 7.74-8.58 (12.6-13.5) ms |
+
+With every core taken a question's pass takes about 1.8 times as long at the median as with one thread, the same
+at p90: a cost, but not the pathology of torch's OpenMP pool (17 times slower per question with two threads under
+contention). Questions have a lane of their own (one batch at a time, coalesced), so an ingestion of thousands of
+chunks, which fills the ingestion lane, never makes a question wait behind it.
 
 Ingestion batches are formed after sorting the texts by length, so that each thread gets texts of about the same
 length; the vectors are put back in the caller's order.
@@ -29,6 +45,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -54,20 +71,26 @@ def _max_tokens(model_dir: Path) -> int:
 
 
 class OnnxEmbedder(LocalEmbedder):
-    def __init__(self, session: Any, tokenizer: Any, model_name: str, dimension: int, batch_size: int) -> None:
-        cores = os.cpu_count() or 1
-        super().__init__(batch_size, anyio.CapacityLimiter(1), anyio.CapacityLimiter(cores))
+    def __init__(
+        self, session: Any, tokenizer: Any, model_name: str, dimension: int, batch_size: int, graph: Path, threads: int
+    ) -> None:
+        super().__init__(batch_size, anyio.CapacityLimiter(1), anyio.CapacityLimiter(os.cpu_count() or 1))
         self._session = session
         self._tokenizer = tokenizer
+        self._graph = graph
+        # Ingestion's one-thread session: the questions' own when that is one thread too, else opened on first use.
+        self._ingestion_session: Any = session if threads == 1 else None
+        self._ingestion_session_lock = threading.Lock()
         self.model_name = model_name
         self.dimension = dimension
 
     @classmethod
-    async def load(cls, model_name: str, onnx_dir: Path, batch_size: int) -> OnnxEmbedder:
-        return await anyio.to_thread.run_sync(cls._open, model_name, onnx_dir, batch_size)
+    async def load(cls, model_name: str, onnx_dir: Path, batch_size: int, threads: int = 2) -> OnnxEmbedder:
+        """`threads`: the cores a question's forward pass may use, capped at the CPU count."""
+        return await anyio.to_thread.run_sync(cls._open, model_name, onnx_dir, batch_size, threads)
 
     @classmethod
-    def _open(cls, model_name: str, onnx_dir: Path, batch_size: int) -> OnnxEmbedder:
+    def _open(cls, model_name: str, onnx_dir: Path, batch_size: int, threads: int) -> OnnxEmbedder:
         model_dir = Path(resolve_model_path(model_name))
         if not model_dir.is_dir():
             raise EmbeddingError(
@@ -79,23 +102,29 @@ class OnnxEmbedder(LocalEmbedder):
             logger.info("exporting %s to ONNX (once): %s", model_name, graph)
             export(model_dir, graph)
 
-        import onnxruntime
         from tokenizers import Tokenizer
 
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = 1
-        options.inter_op_num_threads = 1
-        options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-        session = onnxruntime.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+        threads = min(threads, os.cpu_count() or 1)
+        session = open_session(graph, threads)
         tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
         tokenizer.enable_truncation(_max_tokens(model_dir))
-        tokenizer.no_padding()  # the file may ask for padding; `_encode` pads each forward pass to its own length
-        probe = cls(session, tokenizer, model_name, 0, batch_size)
+        tokenizer.no_padding()  # the file may ask for padding; `_run` pads each forward pass to its own length
+        probe = cls(session, tokenizer, model_name, 0, batch_size, graph, threads)
         dimension = int(probe._encode(["dimension probe"]).shape[1])
-        return cls(session, tokenizer, model_name, dimension, batch_size)
+        return cls(session, tokenizer, model_name, dimension, batch_size, graph, threads)
 
     def _encode(self, texts: list[str]) -> np.ndarray:
+        """Questions (and adds of a few texts): the session whose passes use EMBEDDING_THREADS cores."""
+        return self._run(self._session, texts)
+
+    def _encode_ingestion(self, texts: list[str]) -> np.ndarray:
+        """One batch of an ingestion, in a worker thread: the one-thread session, opened the first time."""
+        with self._ingestion_session_lock:
+            if self._ingestion_session is None:
+                self._ingestion_session = open_session(self._graph, 1)
+        return self._run(self._ingestion_session, texts)
+
+    def _run(self, session: Any, texts: list[str]) -> np.ndarray:
         """One batch through the graph, in forward passes of at most FORWARD_PASS_TOKENS padded tokens, each of
         texts of about the same length; the vectors come back in the order of `texts`."""
         token_ids = [encoding.ids for encoding in self._tokenizer.encode_batch(texts)]
@@ -108,7 +137,7 @@ class OnnxEmbedder(LocalEmbedder):
                 ids[row, : len(token_ids[index])] = token_ids[index]
                 mask[row, : len(token_ids[index])] = 1
             feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
-            (vectors,) = self._session.run(None, feed)
+            (vectors,) = session.run(None, feed)
             self.forward_passes += 1
             if out is None:
                 out = np.empty((len(texts), vectors.shape[1]), dtype=np.float32)
@@ -117,13 +146,15 @@ class OnnxEmbedder(LocalEmbedder):
         return out
 
     async def _encode_many(self, texts: list[str]) -> np.ndarray:
-        """Ingestion: batches of similar lengths, several at once (one per core), in the caller's order."""
+        """Ingestion: batches of similar lengths, one per core at once, in the caller's order."""
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         batches = [order[i : i + self._batch_size] for i in range(0, len(order), self._batch_size)]
         out = np.empty((len(texts), self.dimension), dtype=np.float32)
 
         async def run(batch: list[int]) -> None:
-            vectors = await anyio.to_thread.run_sync(self._encode, [texts[i] for i in batch], limiter=self._ingest_lane)
+            vectors = await anyio.to_thread.run_sync(
+                self._encode_ingestion, [texts[i] for i in batch], limiter=self._ingest_lane
+            )
             out[batch] = vectors
 
         async with anyio.create_task_group() as group:
@@ -133,7 +164,22 @@ class OnnxEmbedder(LocalEmbedder):
 
     async def aclose(self) -> None:
         await super().aclose()
-        self._session = None
+        self._session = self._ingestion_session = None
+
+
+def open_session(graph: Path, threads: int) -> Any:
+    """An ONNX Runtime session on `graph` whose forward passes use `threads` cores."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    # Workers spin between the operators of a pass (that is where a second core pays off) and stop when it ends.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1")
+    options.add_session_config_entry("session.force_spinning_stop", "1")
+    options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return onnxruntime.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
 
 
 def forward_passes(lengths: list[int], max_tokens: int) -> list[list[int]]:

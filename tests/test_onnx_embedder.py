@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -76,6 +77,31 @@ async def test_long_chunks_run_one_per_forward_pass_with_the_same_vectors(onnx_e
     assert passes == len(chunks) + 1  # every long chunk alone, and the question
     alone = (await onnx_embedder.embed([short]))[0]
     np.testing.assert_allclose(together[-1], alone, atol=1e-5)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 64])
+async def test_questions_use_the_configured_threads_and_ingestion_a_one_thread_session(threads: int) -> None:
+    """A question's pass uses EMBEDDING_THREADS cores (capped at the CPUs); an ingestion runs one-thread passes, one
+    per core, on a session opened for it the first time (the questions' own when that is one thread too)."""
+    settings = Settings(_env_file=None)
+    embedder = await OnnxEmbedder.load(settings.embedding_model, settings.onnx_dir, 4, threads)
+    cpus = os.cpu_count() or 1
+    questions = embedder._session.get_session_options()
+    assert questions.intra_op_num_threads == min(threads, cpus)
+    assert questions.get_session_config_entry("session.force_spinning_stop") == "1"  # no spinning between passes
+    question = await embedder.embed(["one question", "and another"])
+    assert (embedder._ingestion_session is embedder._session) == (min(threads, cpus) == 1)
+
+    texts = [f"chunk {i} of an ingestion, {'long ' * i}" for i in range(20)]  # past the coalescing size: ingestion
+    vectors = await embedder.embed(texts)
+    ingestion = embedder._ingestion_session
+    assert ingestion is not None
+    assert ingestion.get_session_options().intra_op_num_threads == 1
+    assert embedder._ingest_lane.total_tokens == cpus
+    # the two sessions give the same vectors
+    np.testing.assert_allclose(vectors[:2], (await embedder.embed(texts[:2])), atol=1e-5)
+    np.testing.assert_allclose(question, await embedder.embed(["one question", "and another"]), atol=1e-6)
+    await embedder.aclose()
 
 
 def test_the_default_path_never_imports_torch(tmp_path: Path) -> None:
