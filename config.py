@@ -131,8 +131,8 @@ class Settings(BaseSettings):
         2,
         ge=1,
         le=256,
-        description="Cores one ONNX forward pass may use (capped at the CPU count): 2 brings a lone question "
-        "from about 5 to 3.5 ms; ingestion runs CPUs - threads + 1 passes at once (see README).",
+        description="Cores a question's ONNX forward pass may use (capped at the CPU count); ingestion always runs "
+        "one-thread passes, one per core, on a second session opened on the first ingestion (see README).",
     )
 
     # --- storage and retrieval ------------------------------------------------------------------------

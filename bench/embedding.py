@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import statistics
 import sys
@@ -111,7 +112,7 @@ async def run() -> None:
             started = time.perf_counter()
             bare([QUESTION])
             bare_times.append(time.perf_counter() - started)
-        time.sleep(0.05)
+        await asyncio.sleep(0.05)
         for _ in range(25):
             started = time.perf_counter()
             await embedder.embed([QUESTION])
