@@ -27,7 +27,7 @@ chunks, which fills the ingestion lane, never makes a question wait behind it.
 Ingestion batches are formed after sorting the texts by length, so that each thread gets texts of about the same
 length; the vectors are put back in the caller's order.
 
-Each forward pass holds at most FORWARD_PASS_TOKENS padded tokens: a batch handed to `_encode` is cut into passes
+Each forward pass holds at most FORWARD_PASS_TOKENS padded tokens: a batch handed to `_run` is cut into passes
 of texts of about the same length. Attention's memory grows with texts x length^2, and ONNX Runtime's memory arena
 keeps what its largest pass needed for the life of the process. Passes of 64 chunks of 256 tokens (the batches
 before this) left 1.6 GiB resident per ingestion thread after the first ingestion, and ran slower, their attention
