@@ -132,7 +132,7 @@ class Settings(BaseSettings):
         ge=1,
         le=256,
         description="Cores a question's ONNX forward pass may use (capped at the CPU count); ingestion always runs "
-        "one-thread passes, one per core, on a second session opened on the first ingestion (see README).",
+        "one-thread passes, one per core, on a second session open from an ingestion until a minute after it.",
     )
 
     # --- storage and retrieval ------------------------------------------------------------------------

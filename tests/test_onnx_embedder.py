@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -101,6 +102,35 @@ async def test_questions_use_the_configured_threads_and_ingestion_a_one_thread_s
     # the two sessions give the same vectors
     np.testing.assert_allclose(vectors[:2], (await embedder.embed(texts[:2])), atol=1e-5)
     np.testing.assert_allclose(question, await embedder.embed(["one question", "and another"]), atol=1e-6)
+    await embedder.aclose()
+
+
+async def test_the_ingestion_session_closes_when_idle_and_reopens_for_the_next_ingestion() -> None:
+    settings = Settings(_env_file=None)
+    embedder = await OnnxEmbedder.load(settings.embedding_model, settings.onnx_dir, 4, 2)
+    if embedder._ingestion_session is embedder._session:
+        pytest.skip("one CPU: ingestion shares the questions' one-thread session, which stays open")
+    embedder.INGESTION_SESSION_IDLE_SECONDS = 1.0
+    texts = [f"chunk {i} of an ingestion, {'long ' * i}" for i in range(20)]
+    first = await embedder.embed(texts)
+    assert embedder._ingestion_session is not None
+    await asyncio.sleep(0.05)
+    assert embedder._ingestion_session is not None  # not idle long enough yet
+
+    second = await embedder.embed(texts)  # restarts the idle clock
+    await asyncio.sleep(0.3)
+    assert embedder._ingestion_session is not None
+    for _ in range(100):
+        if embedder._ingestion_session is None:
+            break
+        await asyncio.sleep(0.05)
+    assert embedder._ingestion_session is None
+    assert (await embedder.embed(["a question meanwhile"])).shape == (1, embedder.dimension)  # its own session
+
+    third = await embedder.embed(texts)  # opens a new one
+    assert embedder._ingestion_session is not None
+    np.testing.assert_allclose(first, second, atol=1e-6)
+    np.testing.assert_allclose(first, third, atol=1e-6)
     await embedder.aclose()
 
 
