@@ -15,8 +15,6 @@ import sys
 import tarfile
 from dataclasses import dataclass
 
-import httpx
-
 from config import PROJECT_DIR
 
 VENDOR_DIR = PROJECT_DIR / ".cache" / "web"
@@ -58,6 +56,8 @@ PACKAGES = [
 
 
 def install(package: Package) -> None:
+    import httpx  # here, not at the top: the service imports this module for VENDOR_DIR, and httpx costs it 5 MiB
+
     target = VENDOR_DIR / package.target
     if target.exists():
         return
@@ -82,6 +82,8 @@ def _read(archive: tarfile.TarFile, name: str) -> bytes:
 
 
 def main() -> None:
+    import httpx
+
     for package in PACKAGES:
         try:
             install(package)

@@ -153,6 +153,15 @@ print("torch" in sys.modules, "sentence_transformers" in sys.modules)
     assert out.stdout.split()[-2:] == ["False", "False"]
 
 
+def test_the_service_does_not_import_httpx_for_the_web_pages_installer() -> None:
+    """`api.web_vendor` downloads the page's modules with httpx at install time; the service imports that module
+    only for its folder, and httpx (with the rich and pygments its command line pulls in) cost it 5 MiB."""
+    code = "import sys, main; main.create_app(); print(sorted({'httpx', 'rich', 'pygments'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_DIR, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split("\n")[-2] == "[]"
+
+
 def test_export_keeps_the_weights_beside_the_graph_and_replaces_the_one_file_format(tmp_path: Path) -> None:
     """The export writes a folder (graph + mapped weights) in one rename; an older single-file export is removed, and
     an export that finds the folder already there (another process won the race) keeps it."""
