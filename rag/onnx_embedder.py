@@ -89,7 +89,6 @@ class OnnxEmbedder(LocalEmbedder):
         # and closed again once no ingestion has run for INGESTION_SESSION_IDLE_SECONDS.
         self._ingestion_session: Any = session if threads == 1 else None
         self._ingestion_session_lock = threading.Lock()
-        self._own_ingestion_session = threads != 1
         self._ingestions_running = 0
         self._idle_timer: asyncio.TimerHandle | None = None
         self.model_name = model_name
@@ -191,7 +190,7 @@ class OnnxEmbedder(LocalEmbedder):
                     group.start_soon(run, batch)
         finally:
             self._ingestions_running -= 1
-            if self._own_ingestion_session:
+            if self._ingestion_session is not self._session:  # its own session (None while closed), not the questions'
                 if self._idle_timer is not None:
                     self._idle_timer.cancel()
                 loop = asyncio.get_running_loop()
