@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -91,11 +92,6 @@ def rate_of(encode: Callable[[list[str]], object], texts: list[str], batch: int)
     return len(texts) / (time.perf_counter() - started)
 
 
-def own_rss_mib() -> float:
-    with open("/proc/self/status") as handle:
-        return next(int(line.split()[1]) for line in handle if line.startswith("VmRSS")) / 1024
-
-
 async def run() -> None:
     settings = Settings(_env_file=None)
     embedder = await OnnxEmbedder.load(settings.embedding_model, settings.onnx_dir, settings.embedding_batch_size)
@@ -124,16 +120,16 @@ async def run() -> None:
 
     # Ours first: ONNX Runtime's arena only grows, so the growth measured after each run is what that run added.
     texts = chunk_texts(settings, 2000)
-    before = own_rss_mib()
+    before = rss_mib(os.getpid())
     started = time.perf_counter()
     vectors = await embedder.embed(texts)
     our_rate = len(texts) / (time.perf_counter() - started)
-    our_growth = own_rss_mib() - before
+    our_growth = rss_mib(os.getpid()) - before
     assert vectors.shape == (len(texts), embedder.dimension)
     one_rate = rate_of(bare, texts, 1)
-    before = own_rss_mib()
+    before = rss_mib(os.getpid())
     batch_rate = rate_of(bare, texts, settings.embedding_batch_size)
-    batch_growth = own_rss_mib() - before
+    batch_growth = rss_mib(os.getpid()) - before
     print(f"ingestion, {len(texts)} chunks:  OnnxEmbedder {our_rate:.1f} chunks/s (resident +{our_growth:.0f} MiB)")
     print(f"  bare session, one chunk per run, in order:  {one_rate:.1f} chunks/s   ({our_rate / one_rate:.2f}x)")
     print(
