@@ -26,6 +26,10 @@ async def onnx_embedder() -> OnnxEmbedder:
     return await OnnxEmbedder.load(settings.embedding_model, settings.onnx_dir, 32)
 
 
+# More texts than LocalEmbedder.COALESCE_MAX_TEXTS, so an embed of them is an ingestion.
+INGESTION = [f"chunk {i} of an ingestion, {'long ' * i}" for i in range(20)]
+
+
 def passages(n: int) -> list[str]:
     with SCIFACT.open(encoding="utf-8") as handle:
         docs = [json.loads(line) for _, line in zip(range(n), handle, strict=False)]
@@ -93,7 +97,7 @@ async def test_questions_use_the_configured_threads_and_ingestion_a_one_thread_s
     question = await embedder.embed(["one question", "and another"])
     assert (embedder._ingestion_session is embedder._session) == (min(threads, cpus) == 1)
 
-    texts = [f"chunk {i} of an ingestion, {'long ' * i}" for i in range(20)]  # past the coalescing size: ingestion
+    texts = INGESTION
     vectors = await embedder.embed(texts)
     ingestion = embedder._ingestion_session
     assert ingestion is not None
@@ -111,7 +115,7 @@ async def test_the_ingestion_session_closes_when_idle_and_reopens_for_the_next_i
     if embedder._ingestion_session is embedder._session:
         pytest.skip("one CPU: ingestion shares the questions' one-thread session, which stays open")
     embedder.INGESTION_SESSION_IDLE_SECONDS = 1.0
-    texts = [f"chunk {i} of an ingestion, {'long ' * i}" for i in range(20)]
+    texts = INGESTION
     first = await embedder.embed(texts)
     assert embedder._ingestion_session is not None
     await asyncio.sleep(0.05)
