@@ -10,6 +10,8 @@ Each figure is printed beside its reference, measured in the same run:
 - a job: SciFact abstracts uploaded as .txt files (ten to a file) to the service (a real process, default
   settings, fake upstream), chunks per second from the 202 to the job's `done`, against the bare ONNX session over
   the same chunk texts, one chunk per run and in padded batches of EMBEDDING_BATCH_SIZE, once the service stopped;
+  and a large JSON add of as many abstracts (up to MAX_DOCUMENTS_PER_ADD; a job whose items are one document each),
+  against the bare session one chunk per run;
 - time to first token of `/api/v1/chat` (the fake upstream answers at once): p50 over sequential questions on the
   idle service, and while a job of the same size is embedding.
 """
@@ -171,6 +173,17 @@ def bench_job(job_abstracts: int, questions: int) -> None:
         busy, still_running = asyncio.run(first_tokens(service.url, questions, during_job))
         wait_done(service.url, during_job)
 
+        # A large JSON add: a job whose items are documents, most of them one chunk or two.
+        documents = abstracts(min(job_abstracts, settings.max_documents_per_add), skip=4400)
+        started = time.perf_counter()
+        response = httpx.post(
+            f"{service.url}/api/v1/documents/add", params={"wait": "false"}, json={"documents": documents}, timeout=120
+        )
+        response.raise_for_status()
+        add_job = wait_done(service.url, response.json()["id"])
+        add_elapsed = time.perf_counter() - started
+        assert add_job["state"] == "done", add_job
+
     texts = [piece for text in first for piece in split_text(text, settings.chunk_size, settings.chunk_overlap)]
     assert len(texts) == chunks, (len(texts), chunks)
     from bench.embedding import bare_session, rate_of
@@ -186,6 +199,13 @@ def bench_job(job_abstracts: int, questions: int) -> None:
         f"job of {job_abstracts} abstracts in {len(first)} .txt files, {chunks} chunks: {rate:.1f} chunks/s from "
         f"upload to done   bare session, one chunk per run {one:.1f} chunks/s ({rate / one:.2f}x), in padded "
         f"batches of {settings.embedding_batch_size} {batched:.1f} chunks/s ({rate / batched:.2f}x)"
+    )
+    add_texts = [piece for text in documents for piece in split_text(text, settings.chunk_size, settings.chunk_overlap)]
+    add_rate, add_one = len(add_texts) / add_elapsed, rate_of(bare, add_texts, 1)
+    print(
+        f"JSON add of {len(documents)} abstracts as a job (a document per item), {len(add_texts)} chunks: "
+        f"{add_rate:.1f} chunks/s from the add to done   bare session, one chunk per run {add_one:.1f} chunks/s "
+        f"({add_rate / add_one:.2f}x)"
     )
     idle_p50, busy_p50 = statistics.median(idle), statistics.median(busy)
     print(

@@ -49,11 +49,11 @@ class LocalEmbedder:
     """An in-process encoder, with the scheduling both local backends share.
 
     Small requests (questions) that arrive while a forward pass runs are coalesced into the next pass: under load,
-    fifty questions cost one batch instead of fifty passes in a row. They run in their own lane, so a large ingestion
-    never makes a question wait for all of its batches. Subclasses say how to encode one batch and how many batches
-    may run at once."""
+    fifty questions cost one batch instead of fifty passes in a row. They run in their own lane, so an ingestion
+    (`embed_documents`, or an `embed` of many texts) never makes a question wait for all of its batches. Subclasses
+    say how to encode one batch and how many batches may run at once."""
 
-    COALESCE_MAX_TEXTS = 8  # requests up to this size are coalesced; larger ones (ingestion) go on their own
+    COALESCE_MAX_TEXTS = 8  # `embed` calls up to this size are coalesced; larger ones take the ingestion lane
 
     model_name: str
     dimension: int
@@ -73,11 +73,18 @@ class LocalEmbedder:
     async def _encode_many(self, texts: list[str]) -> np.ndarray:
         return await anyio.to_thread.run_sync(self._encode, texts, limiter=self._ingest_lane)
 
-    async def embed(self, texts: list[str]) -> np.ndarray:
+    async def embed_documents(self, texts: list[str]) -> np.ndarray:
+        """The ingestion lane, whatever the number of texts: a job that embeds its documents one at a time must not
+        pass them through the questions' lane (on the ONNX backend, the questions' session)."""
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
-        if len(texts) > self.COALESCE_MAX_TEXTS:
-            return _normalise(await self._encode_many(texts))
+        return _normalise(await self._encode_many(texts))
+
+    async def embed(self, texts: list[str]) -> np.ndarray:
+        if len(texts) > self.COALESCE_MAX_TEXTS:  # a large call (`/v1/embeddings`) is throughput work too
+            return await self.embed_documents(texts)
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
         future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
         self._pending.append((texts, future))
         if self._draining is None or self._draining.done():
@@ -179,6 +186,9 @@ class OpenAIEmbedder:
             return np.zeros((0, self.dimension), dtype=np.float32)
         parts = [await self._request(texts[i : i + self._batch_size]) for i in range(0, len(texts), self._batch_size)]
         return np.concatenate(parts)
+
+    async def embed_documents(self, texts: list[str]) -> np.ndarray:
+        return await self.embed(texts)  # one remote API: questions and documents take the same road
 
     async def aclose(self) -> None:
         await self._client.close()

@@ -8,9 +8,11 @@ Threads, chosen for serving on a few cores. Questions and ingestion want differe
   and stop as soon as the pass ends (`session.force_spinning_stop`), so an idle service burns nothing.
 - **Ingestion** (one thread per pass, one pass per core at once): many passes in parallel use the cores better than
   one pass split across them (two one-thread passes side by side ingested about 50 chunks/s here, one two-thread
-  pass at a time about 40). This session is opened on the first ingestion of more than a few texts (about 0.3 s,
-  and 40 MiB for its repacked weights) and closed a minute after the last one, with the arena its passes grew:
-  a service that only answers questions never holds it, and one that ingests now and then gets the memory back.
+  pass at a time about 40). An ingestion is whatever is embedded to be stored (`embed_documents`, however few the
+  texts), or an `embed` of more than a few texts. Its session is opened on the first one (about 0.3 s, and 40 MiB
+  for its repacked weights) and closed a minute after the last one, with the arena its passes grew and the pages
+  of the embedding table it read: a service that only answers questions never holds it, and one that ingests now
+  and then gets the memory back.
 
 The bare session on one question, p50 (p90), two runs on the 2-core machine, with other processes keeping cores busy:
 
@@ -124,7 +126,7 @@ class OnnxEmbedder(LocalEmbedder):
         return cls(session, tokenizer, model_name, dimension, batch_size, graph, threads)
 
     def _encode(self, texts: list[str]) -> np.ndarray:
-        """Questions (and adds of a few texts): the session whose passes use EMBEDDING_THREADS cores."""
+        """Questions (and `embed` calls of a few texts): the session whose passes use EMBEDDING_THREADS cores."""
         return self._run(self._session, texts)
 
     def _encode_ingestion(self, texts: list[str]) -> np.ndarray:

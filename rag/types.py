@@ -66,7 +66,13 @@ class Embedder(Protocol):
     model_name: str
     dimension: int
 
-    async def embed(self, texts: list[str]) -> np.ndarray: ...
+    async def embed(self, texts: list[str]) -> np.ndarray:
+        """Questions, and other texts a caller waits on: few texts, latency first."""
+        ...
+
+    async def embed_documents(self, texts: list[str]) -> np.ndarray:
+        """Texts to be stored (the add path), however few: throughput first, and never in the questions' way."""
+        ...
 
     async def aclose(self) -> None: ...
 

@@ -1,5 +1,5 @@
-"""The job store and the runner's housekeeping, without HTTP: claims and leases between two runners, cancel, and
-the sweep that forgets old jobs and removes bytes nobody will read."""
+"""The job store and the runner, without HTTP: claims and leases between two runners, cancel, the sweep that forgets
+old jobs and removes bytes nobody will read, and a job's items ingested side by side."""
 
 from __future__ import annotations
 
@@ -7,11 +7,16 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from config import Settings
+from rag.ingest.indexer import Indexer, prepare_documents
 from rag.ingest.jobs import JobStore, NewItem
 from rag.ingest.parsers import ParseLimits
 from rag.ingest.runner import JobRunner
+from rag.onnx_embedder import OnnxEmbedder
+from rag.stores.numpy_store import NumpyVectorStore
 
 
 def item(name: str = "a.txt") -> NewItem:
@@ -77,3 +82,43 @@ def test_the_sweep_forgets_old_jobs_and_removes_bytes_nobody_will_read(store: Jo
     assert store.get("old") is None
     assert store.get("running") is not None
     assert sorted(p.name for p in uploads.iterdir()) == ["fresh-orphan", "running"]
+
+
+class WatchedEmbedder(OnnxEmbedder):
+    """The real ONNX embedder, counting how many `embed_documents` calls run at once."""
+
+    running = 0
+    most_at_once = 0
+
+    async def embed_documents(self, texts: list[str]) -> np.ndarray:
+        self.running += 1
+        self.most_at_once = max(self.most_at_once, self.running)
+        try:
+            return await super().embed_documents(texts)
+        finally:
+            self.running -= 1
+
+
+async def test_a_jobs_documents_are_ingested_side_by_side(tmp_path: Path) -> None:
+    """A job of one-chunk documents embeds two at a time (one per core), through the embedder's ingestion road."""
+    settings = Settings(_env_file=None)
+    embedder = await WatchedEmbedder.load(settings.embedding_model, settings.onnx_dir, 4, 2)
+    vectors = await NumpyVectorStore.open(tmp_path / "store", embedder.model_name, embedder.dimension)
+    jobs = JobStore(tmp_path / "jobs.sqlite3", tmp_path / "uploads")
+    runner = JobRunner(jobs, Indexer(embedder, vectors, 1000, 200), ParseLimits(), items_at_once=2, poll_seconds=0.05)
+    await runner.start()
+    texts = [f"Field note {n}: the {bird} was seen at the {n}th marker." for n, bird in enumerate(["heron"] * 8)]
+    ids = [f"note-{n}" for n in range(len(texts))]
+    job = await runner.submit_documents(texts, prepare_documents(texts, None, ids, None), None, None)
+    deadline = time.monotonic() + 120
+    while not (current := jobs.get(job.id)) or not current.finished:
+        assert time.monotonic() < deadline
+        await runner.wait_for_change(0.5)
+    assert current.state == "done"
+    assert [i.state for i in current.items] == ["done"] * len(texts)
+    assert embedder.most_at_once == 2
+    total, listed = await vectors.list_documents(0, 20, None)
+    assert total == len(texts) and sorted(d.id for d in listed) == sorted(ids)
+    await runner.aclose()
+    await vectors.aclose()
+    await embedder.aclose()

@@ -109,6 +109,21 @@ async def test_questions_use_the_configured_threads_and_ingestion_a_one_thread_s
     await embedder.aclose()
 
 
+async def test_texts_to_store_take_the_ingestion_session_however_few() -> None:
+    """One chunk to store is ingestion (the add path calls `embed_documents`); one question is not."""
+    settings = Settings(_env_file=None)
+    embedder = await OnnxEmbedder.load(settings.embedding_model, settings.onnx_dir, 4, 2)
+    if embedder._ingestion_session is embedder._session:
+        pytest.skip("one CPU: ingestion shares the questions' one-thread session")
+    question = await embedder.embed(["one chunk to store"])
+    assert embedder._ingestion_session is None
+    stored = await embedder.embed_documents(["one chunk to store"])
+    assert embedder._ingestion_session is not None
+    np.testing.assert_allclose(stored, question, atol=1e-5)
+    assert (await embedder.embed_documents([])).shape == (0, embedder.dimension)
+    await embedder.aclose()
+
+
 async def test_the_ingestion_session_closes_when_idle_and_reopens_for_the_next_ingestion() -> None:
     settings = Settings(_env_file=None)
     embedder = await OnnxEmbedder.load(settings.embedding_model, settings.onnx_dir, 4, 2)

@@ -87,7 +87,7 @@ class Indexer:
         step = batch_size or len(chunks)
         parts: list[np.ndarray] = []
         for start in range(0, len(chunks), step):
-            parts.append(await self.embedder.embed([c.text for c in chunks[start : start + step]]))
+            parts.append(await self.embedder.embed_documents([c.text for c in chunks[start : start + step]]))
             if on_progress is not None:
                 await on_progress(start + len(parts[-1]))
         vectors = parts[0] if len(parts) == 1 else np.concatenate(parts)

