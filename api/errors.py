@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from llm.errors import (
     LLMError,
     ModelUnavailable,
+    PromptTooLong,
     UpstreamProtocolError,
     UpstreamRateLimited,
     UpstreamTimeout,
@@ -59,6 +60,7 @@ STATUS_TABLE: list[tuple[type[Exception], int]] = [
     (StoreIncompatible, 500),
     (StoreCorrupt, 500),
     (RAGError, 500),
+    (PromptTooLong, 422),
     (UpstreamRateLimited, 429),
     (UpstreamTimeout, 504),
     (UpstreamUnavailable, 502),

@@ -36,6 +36,13 @@ class UpstreamProtocolError(LLMError):
     error_type = "upstream_protocol_error"
 
 
+class PromptTooLong(LLMError):
+    """The conversation (with the retrieved context) does not fit the model's context window: the client can shorten
+    it, so this is the client's error, as OpenAI's `context_length_exceeded` is."""
+
+    error_type = "context_length_exceeded"
+
+
 class ModelUnavailable(LLMError):
     """The local model could not be loaded."""
 

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import importlib.util
 import logging
+import re
 import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -19,13 +20,15 @@ from typing import Any
 
 import anyio
 
-from llm.errors import LLMError, ModelUnavailable
+from llm.errors import LLMError, ModelUnavailable, PromptTooLong
 from llm.types import Delta, GenerationOptions, Message, Usage
 
 logger = logging.getLogger(__name__)
 
 SMOLLM_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _END = object()
+# What llama-cpp-python raises, before the first token, for a prompt longer than the context window.
+_CONTEXT_OVERFLOW = re.compile(r"Requested tokens \((\d+)\) exceed context window of (\d+)")
 
 
 def bundled_model_path() -> Path:
@@ -92,6 +95,25 @@ def _load_llama(model_path: Path, context_tokens: int, threads: int | None) -> A
         )
 
 
+def _prompt_checked(chunks: Iterator[Any]) -> Iterator[Any]:
+    """llama-cpp-python's stream, with its refusal of a prompt longer than the context window as `PromptTooLong`."""
+    try:
+        first = next(chunks, None)
+    except ValueError as exc:
+        overflow = _CONTEXT_OVERFLOW.search(str(exc))
+        if overflow is None:
+            raise
+        tokens, window = overflow.groups()
+        raise PromptTooLong(
+            f"the prompt (the conversation and the retrieved context) is {tokens} tokens, more than the local "
+            f"model's context window of {window} (LOCAL_CONTEXT_TOKENS): shorten the conversation, or lower "
+            "HISTORY_TOKEN_BUDGET or top_k"
+        ) from exc
+    if first is not None:
+        yield first
+        yield from chunks
+
+
 class LocalChatModel:
     provider = "local"
 
@@ -136,7 +158,7 @@ class LocalChatModel:
             stop=list(options.stop) or None,
         )
         try:
-            for chunk in chunks:
+            for chunk in _prompt_checked(chunks):
                 if stop.is_set():
                     return
                 choice = chunk["choices"][0]
@@ -167,6 +189,8 @@ class LocalChatModel:
                 # ends at once, shield or not); this lock keeps the next thread out of llama.cpp until then.
                 with self._context_lock:
                     self._generate(messages, options, emit, stop)
+            except LLMError as exc:
+                emit(exc)
             except Exception as exc:
                 logger.exception("local generation failed")
                 emit(LLMError(f"the local model failed: {type(exc).__name__}"))

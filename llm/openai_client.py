@@ -28,7 +28,14 @@ import httpx2
 import openai
 
 from config import Settings
-from llm.errors import LLMError, UpstreamProtocolError, UpstreamRateLimited, UpstreamTimeout, UpstreamUnavailable
+from llm.errors import (
+    LLMError,
+    PromptTooLong,
+    UpstreamProtocolError,
+    UpstreamRateLimited,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 from llm.reasoning import ThinkTagSplitter, starts_inside_think
 from llm.retries import retry_after_seconds, retry_delay, should_retry
 from llm.types import Delta, GenerationOptions, Message, Usage
@@ -49,8 +56,19 @@ def make_async_client(settings: Settings) -> openai.AsyncOpenAI:
     )
 
 
-def status_error(response: httpx2.Response) -> LLMError:
+# How OpenAI (`"code": "context_length_exceeded"`) and vLLM ("This model's maximum context length is ...") say, in a
+# 400's body, that the prompt does not fit the model's window.
+_CONTEXT_OVERFLOW_MARKS = (b"context_length_exceeded", b"maximum context length")
+ERROR_BODY_BYTES = 64 * 1024  # what is read of an error answer's body to classify it; the rest is dropped
+
+
+def status_error(response: httpx2.Response, body: bytes = b"") -> LLMError:
     """An error answer as one of our errors, with a message safe to show a client (no upstream body)."""
+    if response.status_code == 400 and any(mark in body for mark in _CONTEXT_OVERFLOW_MARKS):
+        return PromptTooLong(
+            "the prompt (the conversation and the retrieved context) is longer than the model's context window: "
+            "shorten the conversation, or lower HISTORY_TOKEN_BUDGET or top_k"
+        )
     if response.status_code == 429:
         wait = retry_after_seconds(response.headers)
         retry_after = max(0.0, wait) if wait is not None and math.isfinite(wait) else None
@@ -117,6 +135,19 @@ def _delta(chunk: dict[str, Any], splitter: ThinkTagSplitter) -> Delta | None:
     return Delta(content=content, reasoning=reasoning, usage=usage, finish_reason=finish_reason)
 
 
+async def error_body(response: httpx2.Response) -> bytes:
+    """The start of an error answer's body (at most ERROR_BODY_BYTES); nothing if it cannot be read."""
+    body = bytearray()
+    try:
+        async for piece in response.aiter_bytes():
+            body += piece
+            if len(body) >= ERROR_BODY_BYTES:
+                break
+    except httpx2.HTTPError:
+        pass
+    return bytes(body[:ERROR_BODY_BYTES])
+
+
 class OpenAIChatModel:
     provider = "openai"
 
@@ -179,9 +210,10 @@ class OpenAIChatModel:
                 continue
             if response.is_success:
                 return response
+            body = await error_body(response) if response.status_code == 400 else b""
             await response.aclose()
             if last or not should_retry(response.status_code, response.headers):
-                raise status_error(response)
+                raise status_error(response, body)
             await anyio.sleep(retry_delay(retries_taken, response.headers))
         raise AssertionError("unreachable: the last attempt returns or raises")
 

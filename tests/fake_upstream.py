@@ -27,6 +27,8 @@ class Script:
     reasoning: list[str] = field(default_factory=list)  # sent as delta.reasoning_content before the tokens
     delay: float = 0.0  # seconds before each chunk
     status: int | None = None  # answer this status instead of a stream
+    error_code: str | None = None  # the `code` in that answer's error body
+    error_message: str = "scripted failure"
     failures: int | None = None  # answer `status` to only this many requests, then stream
     retry_after: str | None = None
     should_retry: str | None = None  # sent as the `x-should-retry` header with `status`
@@ -78,7 +80,7 @@ class FakeUpstream:
             headers = {"retry-after": script.retry_after} if script.retry_after else {}
             if script.should_retry is not None:
                 headers["x-should-retry"] = script.should_retry
-            error = {"error": {"message": "scripted failure", "type": "server_error", "code": None}}
+            error = {"error": {"message": script.error_message, "type": "server_error", "code": script.error_code}}
             return JSONResponse(error, status_code=script.status, headers=headers)
         if script.hang:
             # A plain handler is not cancelled when its client leaves, so watch for it.

@@ -87,3 +87,21 @@ async def test_missing_model_file_is_a_clear_error(tmp_path: Path) -> None:
 
     with pytest.raises(ModelUnavailable, match="not a file"):
         await LocalChatModel.load(tmp_path / "nope.gguf", 2048, None, 16, None)
+
+
+def test_a_question_longer_than_the_local_context_is_a_clear_error(default_service: str) -> None:
+    """llama.cpp refuses a prompt that does not fit its window: the client learns why, and the model still serves."""
+    question = "Which ferries cross the harbour at night? " * 700  # 29,400 characters: more than 4,096 tokens
+    response = httpx.post(
+        f"{default_service}/api/v1/chat", json={"messages": [{"role": "user", "content": question}]}, timeout=120
+    )
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["type"] == "context_length_exceeded"
+    assert "more than the local model's context window of 4096 (LOCAL_CONTEXT_TOKENS)" in error["message"]
+    with httpx.stream(
+        "POST", f"{default_service}/api/v1/chat", json={"messages": [{"role": "user", "content": "Hi"}]}, timeout=120
+    ) as answer:
+        assert answer.status_code == 200
+        payloads, done = read_stream(answer)
+    assert done and "".join(p.get("content", "") for p in payloads)

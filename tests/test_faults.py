@@ -1,4 +1,5 @@
-"""Upstream and client faults against a live service: a hanging upstream, malformed chunks, a stalled reader."""
+"""Upstream and client faults against a live service: a hanging upstream, malformed chunks, error statuses (a prompt
+too long for the model among them), a stalled reader."""
 
 from __future__ import annotations
 
@@ -70,6 +71,33 @@ def test_upstream_status_before_first_token(
     response = httpx.post(f"{faulty_url}/api/v1/chat", json=ASK, timeout=30)
     assert response.status_code == expected
     assert set(response.json()["error"]) == {"type", "message"}
+
+
+@pytest.mark.parametrize(
+    "script",
+    [
+        Script(status=400, error_code="context_length_exceeded"),  # OpenAI
+        Script(status=400, error_message="This model's maximum context length is 4096 tokens. However, ..."),  # vLLM
+    ],
+)
+def test_a_prompt_too_long_for_the_upstream_model_is_the_clients_error(
+    faulty_url: str, upstream: FakeUpstream, script: Script
+) -> None:
+    upstream.reset(script)
+    response = httpx.post(f"{faulty_url}/api/v1/chat", json=ASK, timeout=30)
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert error["type"] == "context_length_exceeded"
+    assert "context window" in error["message"] and "maximum context length" not in error["message"]
+    openai_route = httpx.post(
+        f"{faulty_url}/v1/chat/completions", json={**ASK, "model": "m", "stream": True}, timeout=30
+    )
+    assert openai_route.status_code == 400
+    assert openai_route.json()["error"]["code"] == "context_length_exceeded"
+    assert openai_route.json()["error"]["type"] == "invalid_request_error"
+
+    upstream.reset(Script(status=400, error_code="invalid_value"))  # any other 400 is still the upstream's failure
+    assert httpx.post(f"{faulty_url}/api/v1/chat", json=ASK, timeout=30).status_code == 502
 
 
 def test_stalled_reader_frees_its_stream_and_stops_the_upstream(faulty_url: str, upstream: FakeUpstream) -> None:
