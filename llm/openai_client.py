@@ -210,10 +210,10 @@ class OpenAIChatModel:
                 continue
             if response.is_success:
                 return response
-            body = await error_body(response) if response.status_code == 400 else b""
+            answer = await error_body(response) if response.status_code == 400 else b""
             await response.aclose()
             if last or not should_retry(response.status_code, response.headers):
-                raise status_error(response, body)
+                raise status_error(response, answer)
             await anyio.sleep(retry_delay(retries_taken, response.headers))
         raise AssertionError("unreachable: the last attempt returns or raises")
 
