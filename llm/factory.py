@@ -27,4 +27,5 @@ async def build_chat_model(settings: Settings) -> ChatModel:
                 settings.local_threads,
                 settings.llm_max_tokens,
                 settings.llm_temperature,
+                settings.local_key_cache_type,
             )

@@ -72,15 +72,16 @@ def _without_extra_buffer_types() -> Iterator[None]:
 
 
 # Memory, measured on SmolLM2-135M with 4,096 context tokens (a 1,500-token prompt, one thread):
-# - keys cached as q8_0 instead of f16: 22 MiB less resident, the same prompt and token speed (4.53 s against 4.51 s
-#   for the prompt, greedy answers the same to the word or nearly). Values stay f16: quantizing them needs flash
+# - keys cached as q8_0 instead of f16 (LOCAL_KEY_CACHE_TYPE's default): 22 MiB less resident, the same prompt and
+#   token speed (4.53 s against 4.51 s for the prompt, greedy answers the same to the word or nearly). q5_0 and q4_0
+#   save 9 and 12 MiB more, and change the answers (README). Values stay f16: quantizing them needs flash
 #   attention, which read the same prompt 38% slower here.
 # - batches of 128 tokens instead of 512: the compute buffer in use grows 12 MiB instead of 40 MiB on a long prompt,
 #   which it also reads a little faster (4.31 s against 4.59 s).
 BATCH_TOKENS = 128
 
 
-def _load_llama(model_path: Path, context_tokens: int, threads: int | None) -> Any:
+def _load_llama(model_path: Path, context_tokens: int, threads: int | None, key_cache_type: str) -> Any:
     import llama_cpp
 
     with _without_extra_buffer_types():
@@ -90,7 +91,7 @@ def _load_llama(model_path: Path, context_tokens: int, threads: int | None) -> A
             n_threads=threads,
             n_batch=BATCH_TOKENS,
             n_ubatch=BATCH_TOKENS,
-            type_k=llama_cpp.GGML_TYPE_Q8_0,
+            type_k=getattr(llama_cpp, f"GGML_TYPE_{key_cache_type.upper()}"),
             verbose=False,
         )
 
@@ -127,8 +128,15 @@ class LocalChatModel:
 
     @classmethod
     async def load(
-        cls, path: Path | None, context_tokens: int, threads: int | None, max_tokens: int, temperature: float | None
+        cls,
+        path: Path | None,
+        context_tokens: int,
+        threads: int | None,
+        max_tokens: int,
+        temperature: float | None,
+        key_cache_type: str = "q8_0",
     ) -> LocalChatModel:
+        """`key_cache_type`: llama.cpp's type for cached attention keys (LOCAL_KEY_CACHE_TYPE)."""
         try:
             import llama_cpp  # noqa: F401
         except ImportError as exc:
@@ -136,7 +144,7 @@ class LocalChatModel:
         model_path = path or bundled_model_path()
         if not model_path.is_file():
             raise ModelUnavailable(f"LOCAL_MODEL_PATH {model_path} is not a file")
-        llama = await anyio.to_thread.run_sync(_load_llama, model_path, context_tokens, threads)
+        llama = await anyio.to_thread.run_sync(_load_llama, model_path, context_tokens, threads, key_cache_type)
         return cls(llama, model_path.stem, max_tokens, temperature)
 
     def _generate(

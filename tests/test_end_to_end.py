@@ -82,6 +82,24 @@ async def test_closing_the_local_stream_stops_generation() -> None:
         await model.aclose()
 
 
+async def test_the_key_cache_type_is_the_one_configured() -> None:
+    """LOCAL_KEY_CACHE_TYPE reaches llama.cpp, whose cache then takes less memory, and the model still answers."""
+    import llama_cpp
+
+    sizes = {}
+    for key_type in ("q8_0", "q4_0"):
+        model = await LocalChatModel.load(None, 1024, 1, 4, 0.0, key_type)
+        try:
+            assert model._llama.context_params.type_k == getattr(llama_cpp, f"GGML_TYPE_{key_type.upper()}")
+            pieces = [d.content async for d in model.stream([Message("user", "Hi")], GenerationOptions()) if d.content]
+            assert pieces
+            # What the context saves of itself: mostly the cached keys and values of the tokens it holds.
+            sizes[key_type] = llama_cpp.llama_state_get_size(model._llama.ctx)
+        finally:
+            await model.aclose()
+    assert sizes["q4_0"] < sizes["q8_0"]
+
+
 async def test_missing_model_file_is_a_clear_error(tmp_path: Path) -> None:
     from llm.errors import ModelUnavailable
 
