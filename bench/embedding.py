@@ -11,7 +11,8 @@
   largest run needed);
 - the sentence-transformers (torch) backend on the same question and chunks, for comparison;
 - the service's resident memory after start-up with the default settings (`python main.py`: ONNX embedder, the
-  local SmolLM2 model, an empty store), read from /proc once /api/v1/health answers.
+  local SmolLM2 model, loaded for the first answer, an empty store), and with the local model loaded at start-up
+  (LOCAL_KEEP_ALIVE_SECONDS=-1, what it holds while answering), read from /proc once /api/v1/health answers.
 """
 
 from __future__ import annotations
@@ -54,9 +55,9 @@ def chunk_texts(settings: Settings, limit: int) -> list[str]:
     return texts
 
 
-def default_service_rss(data_dir: Path) -> float:
-    """Resident MiB of `python main.py` with the default settings, once it answers its health check."""
-    with ServiceProcess(data_dir, None) as service:
+def default_service_rss(data_dir: Path, **settings: str) -> float:
+    """Resident MiB of `python main.py` with the default settings (but `settings`), once it answers its health check."""
+    with ServiceProcess(data_dir, None, **settings) as service:
         service.wait_ready()
         rss = rss_mib(service.process.pid)
         service.terminate()
@@ -156,7 +157,12 @@ async def run() -> None:
     )
     with tempfile.TemporaryDirectory() as tmp:
         rss = default_service_rss(Path(tmp))
-    print(f"service resident memory after start-up (defaults): {rss:.0f} MiB")
+    with tempfile.TemporaryDirectory() as tmp:
+        loaded = default_service_rss(Path(tmp), local_keep_alive_seconds="-1")
+    print(
+        f"service resident memory after start-up (defaults: the local model loads for the first answer): {rss:.0f} MiB"
+        f"   with the local model loaded (LOCAL_KEEP_ALIVE_SECONDS=-1): {loaded:.0f} MiB"
+    )
 
 
 if __name__ == "__main__":

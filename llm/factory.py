@@ -28,4 +28,5 @@ async def build_chat_model(settings: Settings) -> ChatModel:
                 settings.llm_max_tokens,
                 settings.llm_temperature,
                 settings.local_key_cache_type,
+                settings.local_keep_alive_seconds,
             )

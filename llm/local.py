@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib.util
 import logging
 import re
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ import anyio
 
 from llm.errors import LLMError, ModelUnavailable, PromptTooLong
 from llm.types import Delta, GenerationOptions, Message, Usage
+from memory import release_free_memory
 
 logger = logging.getLogger(__name__)
 
@@ -116,15 +118,27 @@ def _prompt_checked(chunks: Iterator[Any]) -> Iterator[Any]:
 
 
 class LocalChatModel:
+    """SmolLM2 (or LOCAL_MODEL_PATH) in-process, loaded on demand: like Ollama's `keep_alive`, the model is loaded for
+    the first answer and closed `keep_alive` seconds after the last one (LOCAL_KEEP_ALIVE_SECONDS), which gives back
+    about 176 MiB (its file's pages, its key/value cache, its vocabulary) while nobody chats. Loading again took
+    0.15 to 0.23 s here, against seconds for the model to read a RAG prompt. A negative `keep_alive` loads it at once
+    and keeps it for good."""
+
     provider = "local"
 
-    def __init__(self, llama: Any, model: str, max_tokens: int, temperature: float | None) -> None:
-        self._llama = llama
+    def __init__(
+        self, loader: Callable[[], Any], model: str, max_tokens: int, temperature: float | None, keep_alive: float
+    ) -> None:
+        self._loader = loader
+        self._llama: Any = None
         self.model = model
         self._max_tokens = max_tokens
         self._temperature = temperature
+        self._keep_alive = keep_alive
         self._lock = asyncio.Lock()
         self._context_lock = threading.Lock()
+        self._unload_timer: asyncio.TimerHandle | None = None
+        self._unloading: asyncio.Task[None] | None = None
 
     @classmethod
     async def load(
@@ -135,8 +149,10 @@ class LocalChatModel:
         max_tokens: int,
         temperature: float | None,
         key_cache_type: str = "q8_0",
+        keep_alive: float = -1.0,
     ) -> LocalChatModel:
-        """`key_cache_type`: llama.cpp's type for cached attention keys (LOCAL_KEY_CACHE_TYPE)."""
+        """`key_cache_type`: llama.cpp's type for cached attention keys (LOCAL_KEY_CACHE_TYPE). `keep_alive`: seconds
+        the model stays loaded after an answer; negative: loaded now, for good."""
         try:
             import llama_cpp  # noqa: F401
         except ImportError as exc:
@@ -144,11 +160,30 @@ class LocalChatModel:
         model_path = path or bundled_model_path()
         if not model_path.is_file():
             raise ModelUnavailable(f"LOCAL_MODEL_PATH {model_path} is not a file")
-        llama = await anyio.to_thread.run_sync(_load_llama, model_path, context_tokens, threads, key_cache_type)
-        return cls(llama, model_path.stem, max_tokens, temperature)
+        loader = functools.partial(_load_llama, model_path, context_tokens, threads, key_cache_type)
+        model = cls(loader, model_path.stem, max_tokens, temperature, keep_alive)
+        if keep_alive < 0:
+            await model._loaded()
+        return model
+
+    @property
+    def loaded(self) -> bool:
+        return self._llama is not None
+
+    async def _loaded(self) -> Any:
+        """The llama.cpp model, loaded now if it is not (the caller holds `_lock`, or is alone)."""
+        if self._llama is None:
+            try:
+                with anyio.CancelScope(shield=True):  # a client leaving mid-load must not orphan the model
+                    self._llama = await anyio.to_thread.run_sync(self._loader)
+            except Exception as exc:
+                logger.exception("the local model could not be loaded")
+                raise ModelUnavailable("the local model could not be loaded (see the service log)") from exc
+        return self._llama
 
     def _generate(
         self,
+        llama: Any,
         messages: list[Message],
         options: GenerationOptions,
         emit: Any,
@@ -158,7 +193,7 @@ class LocalChatModel:
         temperature = options.temperature if options.temperature is not None else self._temperature
         completion = 0
         finish_reason = None
-        chunks = self._llama.create_chat_completion(
+        chunks = llama.create_chat_completion(
             messages=[{"role": m.role, "content": m.content} for m in messages],
             stream=True,
             max_tokens=options.max_tokens or self._max_tokens,
@@ -178,7 +213,7 @@ class LocalChatModel:
         finally:
             chunks.close()  # releases llama.cpp's generator even when stopped early
         # After generation the context holds the prompt and the answer: that gives the prompt's token count.
-        prompt = max(0, int(self._llama.n_tokens) - completion)
+        prompt = max(0, int(llama.n_tokens) - completion)
         emit(Delta(usage=Usage(prompt, completion), finish_reason=finish_reason or "stop"))
 
     async def stream(self, messages: list[Message], options: GenerationOptions) -> AsyncIterator[Delta]:
@@ -190,13 +225,13 @@ class LocalChatModel:
             with contextlib.suppress(RuntimeError):  # the loop may be closing; nobody is listening then
                 loop.call_soon_threadsafe(queue.put_nowait, item)
 
-        def work() -> None:
+        def work(llama: Any) -> None:
             try:
                 # The context is used by one thread at a time. The asyncio lock below queues requests, but a request
                 # cancelled while it waits for its thread to stop releases that lock early (a cancelled `await`
                 # ends at once, shield or not); this lock keeps the next thread out of llama.cpp until then.
                 with self._context_lock:
-                    self._generate(messages, options, emit, stop)
+                    self._generate(llama, messages, options, emit, stop)
             except LLMError as exc:
                 emit(exc)
             except Exception as exc:
@@ -206,7 +241,13 @@ class LocalChatModel:
                 emit(_END)
 
         async with self._lock:
-            thread = threading.Thread(target=work, name="local-llm", daemon=True)
+            self._cancel_unload()
+            try:
+                llama = await self._loaded()
+            except ModelUnavailable:
+                self._schedule_unload()
+                raise
+            thread = threading.Thread(target=work, args=(llama,), name="local-llm", daemon=True)
             thread.start()
             try:
                 while (item := await queue.get()) is not _END:
@@ -215,15 +256,48 @@ class LocalChatModel:
                     yield item
             finally:
                 stop.set()
+                self._schedule_unload()  # before the join: a cancelled request leaves at that await
                 # Hold the lock until the thread has left llama.cpp: the next generation needs the context.
                 await asyncio.shield(anyio.to_thread.run_sync(thread.join))
 
-    async def aclose(self) -> None:
-        async with self._lock:
-            close = getattr(self._llama, "close", None)
-            if close is not None:
-                await anyio.to_thread.run_sync(self._close_when_idle, close)
+    # --- keep-alive --------------------------------------------------------------------------------
 
-    def _close_when_idle(self, close: Any) -> None:
+    def _cancel_unload(self) -> None:
+        if self._unload_timer is not None:
+            self._unload_timer.cancel()
+            self._unload_timer = None
+
+    def _schedule_unload(self) -> None:
+        self._cancel_unload()
+        if self._keep_alive >= 0:
+            self._unload_timer = asyncio.get_running_loop().call_later(self._keep_alive, self._unload_when_idle)
+
+    def _unload_when_idle(self) -> None:
+        self._unload_timer = None
+        if not self._lock.locked() and self._llama is not None:  # an answer in progress schedules it again
+            self._unloading = asyncio.create_task(self._unload())
+
+    async def _unload(self) -> None:
+        async with self._lock:
+            if self._unload_timer is not None or self._llama is None:  # an answer came meanwhile
+                return
+            llama, self._llama = self._llama, None
+            await anyio.to_thread.run_sync(self._close_when_idle, llama)
+        logger.info("local model unloaded after %.0f s without an answer", self._keep_alive)
+
+    async def aclose(self) -> None:
+        self._cancel_unload()
+        if self._unloading is not None:
+            await asyncio.gather(self._unloading, return_exceptions=True)
+        async with self._lock:
+            llama, self._llama = self._llama, None
+            if llama is not None:
+                await anyio.to_thread.run_sync(self._close_when_idle, llama)
+
+    def _close_when_idle(self, llama: Any) -> None:
         with self._context_lock:  # a generation still running in its thread finishes first
-            close()
+            close = getattr(llama, "close", None)
+            if close is not None:
+                close()
+        del llama
+        release_free_memory()

@@ -46,7 +46,6 @@ tensors far outside the caches: 256 SciFact chunks of up to 1,000 characters, on
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import json
 import logging
 import os
@@ -57,6 +56,7 @@ from typing import Any
 import anyio
 import numpy as np
 
+from memory import release_free_memory
 from rag.embedder import LocalEmbedder, resolve_model_path
 from rag.errors import EmbeddingError
 from rag.onnx_export import export, onnx_file
@@ -204,17 +204,6 @@ class OnnxEmbedder(LocalEmbedder):
         if self._idle_timer is not None:
             self._idle_timer.cancel()
         self._session = self._ingestion_session = None
-
-
-def release_free_memory() -> None:
-    """Ask glibc's allocator to return the free pages of its heaps to the system (a no-op elsewhere). Of the 127 MiB
-    an ingestion added, 26 MiB stayed resident after its session was closed, and 5 MiB once this had run."""
-    try:
-        libc = ctypes.CDLL(None)
-        trim = libc.malloc_trim
-    except (OSError, AttributeError):
-        return
-    trim(0)
 
 
 def open_session(graph: Path, threads: int) -> Any:

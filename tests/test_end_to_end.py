@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 from collections.abc import Iterator
@@ -98,6 +99,33 @@ async def test_the_key_cache_type_is_the_one_configured() -> None:
         finally:
             await model.aclose()
     assert sizes["q4_0"] < sizes["q8_0"]
+
+
+async def test_the_local_model_loads_for_an_answer_and_closes_when_idle() -> None:
+    """LOCAL_KEEP_ALIVE_SECONDS: nothing loaded until the first answer; closed that long after the last one (an
+    answer in between keeps it); loaded again for the next."""
+
+    async def answer() -> str:
+        return "".join([d.content async for d in model.stream([Message("user", "Hi")], GenerationOptions())])
+
+    model = await LocalChatModel.load(None, 1024, 1, 4, 0.0, keep_alive=0.5)
+    try:
+        assert not model.loaded
+        first = await answer()
+        assert first and model.loaded
+        await asyncio.sleep(0.3)
+        assert await answer() == first  # within the keep-alive: the same model, which restarts the clock
+        await asyncio.sleep(0.3)
+        assert model.loaded
+        for _ in range(100):
+            if not model.loaded:
+                break
+            await asyncio.sleep(0.05)
+        assert not model.loaded
+        assert await answer() == first and model.loaded  # greedy: the reloaded model answers the same
+    finally:
+        await model.aclose()
+    assert not model.loaded
 
 
 async def test_missing_model_file_is_a_clear_error(tmp_path: Path) -> None:
