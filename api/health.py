@@ -26,8 +26,18 @@ async def health(services: ServicesDep) -> dict:
             "documents": services.store.document_count,
             **services.store.layout(),
         },
-        "llm": {"provider": services.llm.provider, "model": services.llm.model},
+        "llm": llm_state(services.llm),
     }
+
+
+def llm_state(llm: object) -> dict[str, object]:
+    """The chat model's provider and model; for the local one, also whether it is in memory now (it is loaded for an
+    answer and closed after LOCAL_KEEP_ALIVE_SECONDS without one)."""
+    state: dict[str, object] = {"provider": getattr(llm, "provider", None), "model": getattr(llm, "model", None)}
+    loaded = getattr(llm, "loaded", None)
+    if loaded is not None:
+        state["loaded"] = loaded
+    return state
 
 
 @metrics_router.get("/metrics", response_class=PlainTextResponse)

@@ -30,7 +30,8 @@ def default_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def test_add_documents_and_chat_with_the_local_model(default_service: str) -> None:
     with httpx.Client(base_url=default_service, timeout=120) as client:
         health = client.get("/api/v1/health").json()
-        assert health["llm"] == {"provider": "local", "model": "SmolLM2-135M-Instruct.Q4_1"}
+        # Nothing asked yet: the model is loaded for the first answer (LOCAL_KEEP_ALIVE_SECONDS).
+        assert health["llm"] == {"provider": "local", "model": "SmolLM2-135M-Instruct.Q4_1", "loaded": False}
         added = client.post(
             "/api/v1/documents/add",
             json={
@@ -46,6 +47,7 @@ def test_add_documents_and_chat_with_the_local_model(default_service: str) -> No
         with client.stream("POST", "/api/v1/chat", json=question) as response:
             assert response.status_code == 200
             payloads, done = read_stream(response)
+        assert client.get("/api/v1/health").json()["llm"]["loaded"] is True
     assert done
     sources = payloads[0]["sources"]
     assert sources[0]["metadata"] == {"title": "eiffel.txt"}
