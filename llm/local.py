@@ -160,6 +160,10 @@ class LocalChatModel:
         model_path = path or bundled_model_path()
         if not model_path.is_file():
             raise ModelUnavailable(f"LOCAL_MODEL_PATH {model_path} is not a file")
+        # The model itself may load later (on the first answer): a wrong file is still refused at start-up.
+        with model_path.open("rb") as handle:
+            if handle.read(4) != b"GGUF":
+                raise ModelUnavailable(f"LOCAL_MODEL_PATH {model_path} is not a GGUF file")
         loader = functools.partial(_load_llama, model_path, context_tokens, threads, key_cache_type)
         model = cls(loader, model_path.stem, max_tokens, temperature, keep_alive)
         if keep_alive < 0:

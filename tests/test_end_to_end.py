@@ -130,11 +130,21 @@ async def test_the_local_model_loads_for_an_answer_and_closes_when_idle() -> Non
     assert not model.loaded
 
 
-async def test_missing_model_file_is_a_clear_error(tmp_path: Path) -> None:
+async def test_a_missing_wrong_or_broken_model_file_is_a_clear_error(tmp_path: Path) -> None:
     from llm.errors import ModelUnavailable
 
     with pytest.raises(ModelUnavailable, match="not a file"):
         await LocalChatModel.load(tmp_path / "nope.gguf", 2048, None, 16, None)
+    (tmp_path / "notes.gguf").write_text("not a model")
+    with pytest.raises(ModelUnavailable, match="not a GGUF file"):  # refused at start-up, even when loaded lazily
+        await LocalChatModel.load(tmp_path / "notes.gguf", 2048, None, 16, None, keep_alive=300)
+    (tmp_path / "broken.gguf").write_bytes(b"GGUF" + bytes(64))  # the right start, then nothing llama.cpp can read
+    model = await LocalChatModel.load(tmp_path / "broken.gguf", 2048, None, 16, None, keep_alive=300)
+    with pytest.raises(ModelUnavailable, match="could not be loaded"):
+        async for _ in model.stream([Message("user", "Hi")], GenerationOptions()):
+            pass
+    assert not model.loaded
+    await model.aclose()
 
 
 def test_a_question_longer_than_the_local_context_is_a_clear_error(default_service: str) -> None:
