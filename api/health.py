@@ -8,6 +8,7 @@ from fastapi import APIRouter
 from fastapi.responses import PlainTextResponse
 
 from api.deps import ServicesDep
+from llm.types import ChatModel
 
 router = APIRouter(tags=["health"])
 metrics_router = APIRouter(tags=["health"])
@@ -30,11 +31,11 @@ async def health(services: ServicesDep) -> dict:
     }
 
 
-def llm_state(llm: object) -> dict[str, object]:
+def llm_state(llm: ChatModel) -> dict[str, object]:
     """The chat model's provider and model; for the local one, also whether it is in memory now (it is loaded for an
     answer and closed after LOCAL_KEEP_ALIVE_SECONDS without one)."""
-    state: dict[str, object] = {"provider": getattr(llm, "provider", None), "model": getattr(llm, "model", None)}
-    loaded = getattr(llm, "loaded", None)
+    state: dict[str, object] = {"provider": llm.provider, "model": llm.model}
+    loaded = getattr(llm, "loaded", None)  # not part of ChatModel: only a model held in-process has it
     if loaded is not None:
         state["loaded"] = loaded
     return state

@@ -41,6 +41,7 @@ class PromptTooLong(LLMError):
     it, so this is the client's error, as OpenAI's `context_length_exceeded` is."""
 
     error_type = "context_length_exceeded"
+    ADVICE = "shorten the conversation, or lower HISTORY_TOKEN_BUDGET or top_k"  # ends every such message
 
 
 class ModelUnavailable(LLMError):

@@ -109,8 +109,7 @@ def _prompt_checked(chunks: Iterator[Any]) -> Iterator[Any]:
         tokens, window = overflow.groups()
         raise PromptTooLong(
             f"the prompt (the conversation and the retrieved context) is {tokens} tokens, more than the local "
-            f"model's context window of {window} (LOCAL_CONTEXT_TOKENS): shorten the conversation, or lower "
-            "HISTORY_TOKEN_BUDGET or top_k"
+            f"model's context window of {window} (LOCAL_CONTEXT_TOKENS): {PromptTooLong.ADVICE}"
         ) from exc
     if first is not None:
         yield first
@@ -246,11 +245,7 @@ class LocalChatModel:
 
         async with self._lock:
             self._cancel_unload()
-            try:
-                llama = await self._loaded()
-            except ModelUnavailable:
-                self._schedule_unload()
-                raise
+            llama = await self._loaded()
             thread = threading.Thread(target=work, args=(llama,), name="local-llm", daemon=True)
             thread.start()
             try:
@@ -303,5 +298,4 @@ class LocalChatModel:
             close = getattr(llama, "close", None)
             if close is not None:
                 close()
-        del llama
         release_free_memory()

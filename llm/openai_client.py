@@ -67,7 +67,7 @@ def status_error(response: httpx2.Response, body: bytes = b"") -> LLMError:
     if response.status_code == 400 and any(mark in body for mark in _CONTEXT_OVERFLOW_MARKS):
         return PromptTooLong(
             "the prompt (the conversation and the retrieved context) is longer than the model's context window: "
-            "shorten the conversation, or lower HISTORY_TOKEN_BUDGET or top_k"
+            + PromptTooLong.ADVICE
         )
     if response.status_code == 429:
         wait = retry_after_seconds(response.headers)

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import numpy as np
@@ -109,26 +110,33 @@ async def test_questions_use_the_configured_threads_and_ingestion_a_one_thread_s
     await embedder.aclose()
 
 
-async def test_texts_to_store_take_the_ingestion_session_however_few() -> None:
-    """One chunk to store is ingestion (the add path calls `embed_documents`); one question is not."""
+@pytest.fixture
+async def two_sessions() -> AsyncIterator[OnnxEmbedder]:
+    """An embedder whose questions and ingestions have sessions of their own (two-thread questions, on 2+ CPUs)."""
     settings = Settings(_env_file=None)
     embedder = await OnnxEmbedder.load(settings.embedding_model, settings.onnx_dir, 4, 2)
     if embedder._ingestion_session is embedder._session:
-        pytest.skip("one CPU: ingestion shares the questions' one-thread session")
+        await embedder.aclose()
+        pytest.skip("one CPU: ingestion shares the questions' one-thread session, which stays open")
+    yield embedder
+    await embedder.aclose()
+
+
+async def test_texts_to_store_take_the_ingestion_session_however_few(two_sessions: OnnxEmbedder) -> None:
+    """One chunk to store is ingestion (the add path calls `embed_documents`); one question is not."""
+    embedder = two_sessions
     question = await embedder.embed(["one chunk to store"])
     assert embedder._ingestion_session is None
     stored = await embedder.embed_documents(["one chunk to store"])
     assert embedder._ingestion_session is not None
     np.testing.assert_allclose(stored, question, atol=1e-5)
     assert (await embedder.embed_documents([])).shape == (0, embedder.dimension)
-    await embedder.aclose()
 
 
-async def test_the_ingestion_session_closes_when_idle_and_reopens_for_the_next_ingestion() -> None:
-    settings = Settings(_env_file=None)
-    embedder = await OnnxEmbedder.load(settings.embedding_model, settings.onnx_dir, 4, 2)
-    if embedder._ingestion_session is embedder._session:
-        pytest.skip("one CPU: ingestion shares the questions' one-thread session, which stays open")
+async def test_the_ingestion_session_closes_when_idle_and_reopens_for_the_next_ingestion(
+    two_sessions: OnnxEmbedder,
+) -> None:
+    embedder = two_sessions
     embedder.INGESTION_SESSION_IDLE_SECONDS = 1.0
     texts = INGESTION
     first = await embedder.embed(texts)
@@ -150,7 +158,6 @@ async def test_the_ingestion_session_closes_when_idle_and_reopens_for_the_next_i
     assert embedder._ingestion_session is not None
     np.testing.assert_allclose(first, second, atol=1e-6)
     np.testing.assert_allclose(first, third, atol=1e-6)
-    await embedder.aclose()
 
 
 def test_the_default_path_never_imports_torch(tmp_path: Path) -> None:
