@@ -196,6 +196,31 @@ class Settings(BaseSettings):
         description="A JSON add with more characters than this becomes a background job (202 and a job id); "
         "smaller ones answer when stored. `?wait=true|false` on the request overrides it.",
     )
+    parse_memory_mb: int = Field(
+        1024,
+        ge=256,
+        description="Memory (address space) a parser process may use for one file; a file that needs more fails "
+        "its job item, and the process is replaced.",
+    )
+    parse_timeout_seconds: float = Field(
+        60.0, gt=0, description="Longest parse of one file; a parser process still at it then is killed."
+    )
+    parse_workers: int | None = Field(
+        None,
+        ge=1,
+        description="Parser processes at most (files are parsed apart from the service); unset: one per core.",
+    )
+    max_file_chars: int = Field(
+        20_000_000,
+        ge=1000,
+        description="Most characters of text one uploaded file may yield; a longer one fails its job item.",
+    )
+    max_item_interruptions: int = Field(
+        3,
+        ge=1,
+        description="An item in progress when the service stopped this many times (a crash, a kill, running out "
+        "of memory) is failed as a poison file instead of taken up again.",
+    )
     job_batch_chunks: int = Field(128, ge=1, description="Chunks a job embeds between two progress reports.")
     job_lease_seconds: float = Field(
         60.0, gt=0, description="A running job whose process stops renewing this lease is resumed by another."

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator
 
 from fastapi import Depends, FastAPI
@@ -34,6 +35,7 @@ from rag.errors import RAGError
 from rag.history import QueryRewriter
 from rag.ingest import Indexer
 from rag.ingest.jobs import JobStore
+from rag.ingest.parser_pool import ParserPool
 from rag.ingest.parsers import ParseLimits
 from rag.ingest.runner import JobRunner
 from rag.pipeline import ChatPipeline, Condenser, condense_with_rule, last_user_message
@@ -103,13 +105,21 @@ async def build_services(settings: Settings, metrics: ChatMetrics, stack: contex
     )
     metrics.store_chunks.read_from(lambda: store.count)
     indexer = Indexer(embedder, store, settings.chunk_size, settings.chunk_overlap)
+    cpu_count = os.cpu_count() or 1
     job_runner = JobRunner(
         JobStore(settings.data_dir / "jobs.sqlite3", settings.data_dir / "uploads"),
         indexer,
-        ParseLimits(settings.max_upload_pages, settings.max_unzipped_bytes),
+        ParserPool(
+            ParseLimits(settings.max_upload_pages, settings.max_unzipped_bytes),
+            memory_mb=settings.parse_memory_mb,
+            timeout_seconds=settings.parse_timeout_seconds,
+            max_chars=settings.max_file_chars,
+            size=min(settings.parse_workers or cpu_count, cpu_count),
+        ),
         batch_chunks=settings.job_batch_chunks,
         lease_seconds=settings.job_lease_seconds,
         retention_seconds=settings.job_retention_days * 86400,
+        max_interruptions=settings.max_item_interruptions,
     )
     await job_runner.start()
     # Closed first (the stack unwinds in reverse): a running job is handed back to the queue before the store and

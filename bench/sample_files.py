@@ -61,3 +61,74 @@ def docx_bomb(inflated_bytes: int = 300_000_000) -> bytes:
             for _ in range(inflated_bytes // len(block)):
                 part.write(block)
     return out.getvalue()
+
+
+# --- hostile files: each small on the wire, each built to exhaust a parser ---------------------------------------
+
+
+def pdf_content_bomb(inflated_bytes: int = 2_000_000_000) -> bytes:
+    """A valid one-page PDF whose Flate-compressed content stream inflates to `inflated_bytes` of text operators
+    (about 2 MB on the wire per GB inflated): the attack of issue #20."""
+    import zlib
+
+    operator = b"BT /F1 12 Tf 72 712 Td (Hostile bytes, over and over.) Tj ET\n"
+    block = operator * ((1 << 20) // len(operator))
+    compressor = zlib.compressobj(9)
+    parts = [compressor.compress(block) for _ in range(inflated_bytes // len(block))]
+    stream = b"".join(parts) + compressor.flush()
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
+        b"/Resources << /Font << /F1 5 0 R >> >> >>",
+        b"<< /Length %d /Filter /FlateDecode >>\nstream\n" % len(stream) + stream + b"\nendstream",
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+    ]
+    out = bytearray(b"%PDF-1.4\n")
+    offsets = []
+    for number, body in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
+    return bytes(out)
+
+
+def nested_html(depth: int = 1_000_000) -> bytes:
+    """Markup nested `depth` elements deep (a few MB): the depth, not the size, is what breaks tree builders."""
+    return b"<html><body>" + b"<div>" * depth + b"deep text" + b"</div>" * depth + b"</body></html>"
+
+
+def nested_markdown(depth: int = 200_000) -> bytes:
+    """Block quotes and list markers nested `depth` deep on one line each: pathological for a Markdown parser."""
+    return b"".join(b"> " * n + b"- item\n" for n in range(0, depth, max(1, depth // 2000)))
+
+
+def single_line_text(size: int = 100_000_000) -> bytes:
+    """One line of `size` bytes of words, no newline anywhere."""
+    words = b"hostile plain text without a single line break "
+    return (words * (size // len(words) + 1))[:size]
+
+
+def docx_huge_xml(paragraphs: int = 2_000_000) -> bytes:
+    """A DOCX under the zip-bomb caps (ratio and inflated size) whose document.xml holds millions of short
+    paragraphs: each one becomes objects in lxml and python-docx, far more memory than its bytes."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(docx(["huge"]))) as source, zipfile.ZipFile(out, "w") as huge:
+        for member in source.infolist():
+            if member.filename != "word/document.xml":
+                huge.writestr(member, source.read(member))
+        head = (
+            b'<?xml version="1.0" encoding="UTF-8" standalone="yes"?>\n<w:document xmlns:w='
+            b'"http://schemas.openxmlformats.org/wordprocessingml/2006/main"><w:body>'
+        )
+        info = zipfile.ZipInfo("word/document.xml")
+        info.compress_type = zipfile.ZIP_DEFLATED
+        with huge.open(info, "w", force_zip64=True) as part:
+            part.write(head)
+            for n in range(paragraphs):
+                part.write(b"<w:p><w:r><w:t>p%d</w:t></w:r></w:p>" % n)
+            part.write(b"</w:body></w:document>")
+    return out.getvalue()

@@ -13,6 +13,7 @@ import pytest
 from config import Settings
 from rag.ingest.indexer import Indexer, prepare_documents
 from rag.ingest.jobs import JobStore, NewItem
+from rag.ingest.parser_pool import ParserPool
 from rag.ingest.parsers import ParseLimits
 from rag.ingest.runner import JobRunner
 from rag.onnx_embedder import OnnxEmbedder
@@ -77,7 +78,7 @@ def test_the_sweep_forgets_old_jobs_and_removes_bytes_nobody_will_read(store: Jo
     hours_ago = time.time() - 2 * 3600
     os.utime(uploads / "orphan", (hours_ago, hours_ago))  # a submission that died before its job was recorded
 
-    runner = JobRunner(store, indexer=None, limits=ParseLimits())  # type: ignore[arg-type]
+    runner = JobRunner(store, indexer=None, parsers=ParserPool(ParseLimits()))  # type: ignore[arg-type]
     runner._sweep(cutoff=time.time() + 1)  # everything finished before now is old enough to forget
     assert store.get("old") is None
     assert store.get("running") is not None
@@ -105,7 +106,13 @@ async def test_a_jobs_documents_are_ingested_side_by_side(tmp_path: Path) -> Non
     embedder = await WatchedEmbedder.load(settings.embedding_model, settings.onnx_dir, 4, 2)
     vectors = await NumpyVectorStore.open(tmp_path / "store", embedder.model_name, embedder.dimension)
     jobs = JobStore(tmp_path / "jobs.sqlite3", tmp_path / "uploads")
-    runner = JobRunner(jobs, Indexer(embedder, vectors, 1000, 200), ParseLimits(), items_at_once=2, poll_seconds=0.05)
+    runner = JobRunner(
+        jobs,
+        Indexer(embedder, vectors, 1000, 200),
+        ParserPool(ParseLimits(), size=2),
+        items_at_once=2,
+        poll_seconds=0.05,
+    )
     await runner.start()
     texts = [f"Field note {n}: the {bird} was seen at the {n}th marker." for n, bird in enumerate(["heron"] * 8)]
     ids = [f"note-{n}" for n in range(len(texts))]
@@ -122,3 +129,35 @@ async def test_a_jobs_documents_are_ingested_side_by_side(tmp_path: Path) -> Non
     await runner.aclose()
     await vectors.aclose()
     await embedder.aclose()
+
+
+def test_an_item_interrupted_by_three_crashes_is_failed_instead_of_taken_up_again(store: JobStore) -> None:
+    store.create("j", [item("poison.pdf"), item("good.txt"), item("later.txt")], None, None)
+    for attempt in range(1, 4):
+        job = store.claim(f"runner-{attempt}", lease_seconds=0.05, max_interruptions=3)
+        assert job is not None and job.attempts == attempt
+        assert [i.state for i in job.items] == [
+            "queued" if attempt == 1 else "parsing",
+            "done" if attempt > 1 else "queued",
+            "queued",
+        ]
+        store.update_item("j", 0, f"runner-{attempt}", 0.05, state="parsing")
+        if attempt == 1:
+            store.mark_item("j", 1, state="done", chunks_done=1)
+        time.sleep(0.1)  # the runner's process died: its lease lapses with the poison file in progress
+    job = store.claim("runner-4", lease_seconds=60, max_interruptions=3)
+    assert job is not None
+    poison, good, later = job.items
+    assert poison.state == "failed"
+    assert poison.error is not None and "stopped 3 times while processing this file" in poison.error
+    assert (good.state, later.state) == ("done", "queued")  # the rest of the job goes on
+
+
+def test_a_graceful_shutdown_is_not_counted_as_an_interruption(store: JobStore) -> None:
+    store.create("j", [item()], None, None)
+    for n in range(4):
+        store.claim(f"r{n}", 60, max_interruptions=3)
+        store.update_item("j", 0, f"r{n}", 60, state="parsing")
+        store.release("j", f"r{n}")  # SIGTERM: the job is handed back, the item goes back to the queue
+    job = store.claim("r", 60, max_interruptions=3)
+    assert job is not None and job.items[0].state == "queued" and job.items[0].error is None

@@ -39,8 +39,11 @@ CREATE TABLE IF NOT EXISTS job_items (
     job_id TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE, n INTEGER NOT NULL, name TEXT NOT NULL,
     kind TEXT NOT NULL, media_type TEXT NOT NULL, size INTEGER NOT NULL, sha256 TEXT NOT NULL,
     document_id TEXT NOT NULL, metadata TEXT NOT NULL, state TEXT NOT NULL, chunks_done INTEGER NOT NULL DEFAULT 0,
-    chunks_total INTEGER, error TEXT, PRIMARY KEY (job_id, n));
+    chunks_total INTEGER, error TEXT, interruptions INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (job_id, n));
 """
+# Stores made before items counted their interruptions gain the column (SQLite has no ADD COLUMN IF NOT EXISTS).
+_MIGRATIONS = ("ALTER TABLE job_items ADD COLUMN interruptions INTEGER NOT NULL DEFAULT 0",)
+_IN_PROGRESS = "('parsing', 'embedding')"
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +131,10 @@ class JobStore:
         self._db.execute("PRAGMA synchronous=FULL")  # an acknowledged submission survives a power cut
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(job_items)")}
+        if "interruptions" not in columns:
+            for sql in _MIGRATIONS:
+                self._db.execute(sql)
 
     def payload_path(self, job_id: str, n: int) -> Path:
         return self.uploads_dir / job_id / str(n)
@@ -206,15 +213,31 @@ class JobStore:
             ]
         return [job for job in map(self.get, ids) if job is not None]
 
-    def claim(self, owner: str, lease_seconds: float) -> Job | None:
-        """Take the oldest queued job, or a running one whose runner stopped renewing its lease."""
+    def claim(self, owner: str, lease_seconds: float, max_interruptions: int = 3) -> Job | None:
+        """Take the oldest queued job, or a running one whose runner stopped renewing its lease.
+
+        A lapsed lease means the service stopped (a crash, a kill, the OOM killer) while the items it was working
+        on were in progress: each such interruption is counted, and an item interrupted `max_interruptions` times
+        is failed instead of taken up again. A poison file ends its job's tries; it never makes the service
+        crash-loop. (A graceful shutdown hands its job back with `release` and counts nothing.)"""
         now = time.time()
         with self._transaction() as db:
             row = db.execute(
-                "SELECT id FROM jobs WHERE state = 'queued' OR (state = 'running' AND lease_until < ?) "
+                "SELECT id, state FROM jobs WHERE state = 'queued' OR (state = 'running' AND lease_until < ?) "
                 "ORDER BY seq LIMIT 1",
                 (now,),
             ).fetchone()
+            if row is not None and row["state"] == "running":
+                db.execute(
+                    f"UPDATE job_items SET interruptions = interruptions + 1 "
+                    f"WHERE job_id = ? AND state IN {_IN_PROGRESS}",
+                    (row[0],),
+                )
+                db.execute(
+                    f"UPDATE job_items SET state = 'failed', error = ? "
+                    f"WHERE job_id = ? AND state IN {_IN_PROGRESS} AND interruptions >= ?",
+                    (poison_message(max_interruptions), row[0], max_interruptions),
+                )
             if row is not None:
                 db.execute(
                     "UPDATE jobs SET state = 'running', owner = ?, lease_until = ?, attempts = attempts + 1, "
@@ -271,10 +294,7 @@ class JobStore:
                     "updated_at = ? WHERE id = ? AND owner = ? AND state = 'running'",
                     (time.time(), job_id, owner),
                 ),
-                (
-                    "UPDATE job_items SET state = 'queued' WHERE job_id = ? AND state IN ('parsing', 'embedding')",
-                    (job_id,),
-                ),
+                (f"UPDATE job_items SET state = 'queued' WHERE job_id = ? AND state IN {_IN_PROGRESS}", (job_id,)),
             ]
         )
 
@@ -306,6 +326,13 @@ class JobStore:
 
     def forget(self, job_ids: list[str]) -> None:
         self._write([("DELETE FROM jobs WHERE id = ?", (job_id,)) for job_id in job_ids])
+
+
+def poison_message(times: int) -> str:
+    return (
+        f"the service stopped {times} times while processing this file (a crash, a kill or running out of "
+        "memory); it is not tried again"
+    )
 
 
 def _job(row: sqlite3.Row, items: list[sqlite3.Row]) -> Job:

@@ -83,11 +83,17 @@ def detect_kind(filename: str, media_type: str | None) -> FileKind:
     return kind
 
 
-def parse(data: bytes, kind: FileKind, limits: ParseLimits = ParseLimits()) -> list[Section]:
-    """The text of a file in reading order. Raises UnreadableFile when there is none to be had."""
+def parse(
+    data: bytes, kind: FileKind, limits: ParseLimits = ParseLimits(), max_chars: int | None = None
+) -> list[Section]:
+    """The text of a file in reading order. Raises UnreadableFile when there is none to be had, or when it is
+    longer than `max_chars` (what is chunked and embedded of one file is bounded too).
+
+    Hostile bytes can make any of these libraries take all memory or time: the service calls this only inside a
+    confined process (`rag.ingest.parse_worker`)."""
     match kind:
         case "pdf":
-            sections = _parse_pdf(data, limits)
+            sections = _parse_pdf(data, limits, max_chars)
         case "docx":
             sections = [Section(_parse_docx(data, limits))]
         case "html":
@@ -97,10 +103,24 @@ def parse(data: bytes, kind: FileKind, limits: ParseLimits = ParseLimits()) -> l
         case "text":
             sections = [Section(_decode(data))]
     sections = [s for s in sections if s.text.strip()]
+    _check_length(sum(len(s.text) for s in sections), max_chars)
     if not sections:
         hint = " (a scanned PDF needs OCR first)" if kind == "pdf" else ""
         raise UnreadableFile(f"the file has no text{hint}")
     return sections
+
+
+def _check_length(chars: int, max_chars: int | None) -> None:
+    if max_chars is not None and chars > max_chars:
+        raise UnreadableFile(f"the file's text is more than {max_chars:,} characters (MAX_FILE_CHARS)")
+
+
+def preload() -> None:
+    """Import every parser's library now (a parser process does it once, before its first file)."""
+    import docx  # noqa: F401
+    import pypdfium2  # noqa: F401
+    from markdown_it import MarkdownIt  # noqa: F401
+    from selectolax.lexbor import LexborHTMLParser  # noqa: F401
 
 
 def _decode(data: bytes) -> str:
@@ -112,7 +132,7 @@ def _decode(data: bytes) -> str:
         raise UnreadableFile(f"the text is not UTF-8 (invalid byte at offset {exc.start})") from None
 
 
-def _parse_pdf(data: bytes, limits: ParseLimits) -> list[Section]:
+def _parse_pdf(data: bytes, limits: ParseLimits, max_chars: int | None) -> list[Section]:
     import pypdfium2
 
     if not data.startswith(b"%PDF-"):
@@ -128,6 +148,7 @@ def _parse_pdf(data: bytes, limits: ParseLimits) -> list[Section]:
             if pages > limits.max_pages:
                 raise UnreadableFile(f"the PDF has {pages} pages; the limit is {limits.max_pages} (MAX_UPLOAD_PAGES)")
             sections = []
+            chars = 0
             for number in range(pages):
                 page = document[number]
                 textpage = page.get_textpage()
@@ -136,6 +157,8 @@ def _parse_pdf(data: bytes, limits: ParseLimits) -> list[Section]:
                 textpage.close()
                 page.close()
                 sections.append(Section(text, page=number + 1))
+                chars += len(text)
+                _check_length(chars, max_chars)  # before the next page adds to it
             return sections
         except pypdfium2.PdfiumError as exc:
             raise UnreadableFile(f"cannot read the PDF: {exc}") from None

@@ -19,7 +19,7 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -30,8 +30,9 @@ from rag.durable import fsync_path
 from rag.errors import RAGError
 from rag.ingest.indexer import Indexer, owned_metadata
 from rag.ingest.jobs import FINISHED, Job, JobItem, JobStore, NewItem
-from rag.ingest.parsers import MEDIA_TYPES, ParseLimits, detect_kind, parse
-from rag.types import Chunk, Metadata
+from rag.ingest.parser_pool import ParserPool
+from rag.ingest.parsers import MEDIA_TYPES, Section, detect_kind
+from rag.types import Metadata
 
 logger = logging.getLogger(__name__)
 
@@ -64,18 +65,22 @@ class JobRunner:
         self,
         jobs: JobStore,
         indexer: Indexer,
-        limits: ParseLimits,
+        parsers: ParserPool,
         *,
         batch_chunks: int = 128,
         lease_seconds: float = 60.0,
         poll_seconds: float = 1.0,
         retention_seconds: float = 7 * 86400,
         items_at_once: int | None = None,
+        max_interruptions: int = 3,
     ) -> None:
-        """`items_at_once`: the items (files or documents) of a job ingested side by side, one per core by default."""
+        """`items_at_once`: the items (files or documents) of a job ingested side by side, one per core by default.
+        `max_interruptions`: how many times the service may stop while an item is in progress before that item is
+        failed as a poison file (see `JobStore.claim`)."""
         self.jobs = jobs
         self.indexer = indexer
-        self.limits = limits
+        self.parsers = parsers
+        self.max_interruptions = max_interruptions
         self.batch_chunks = batch_chunks
         self.lease_seconds = lease_seconds
         self.poll_seconds = poll_seconds
@@ -97,6 +102,7 @@ class JobRunner:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        await self.parsers.aclose()
         await anyio.to_thread.run_sync(self.jobs.close)
 
     # --- submission --------------------------------------------------------------------------------
@@ -195,7 +201,9 @@ class JobRunner:
     async def _loop(self) -> None:
         while True:
             try:
-                job = await anyio.to_thread.run_sync(self.jobs.claim, self.owner, self.lease_seconds)
+                job = await anyio.to_thread.run_sync(
+                    self.jobs.claim, self.owner, self.lease_seconds, self.max_interruptions
+                )
             except Exception:
                 logger.exception("cannot read the job queue")
                 job = None
@@ -266,7 +274,11 @@ class JobRunner:
 
         await progress(state="parsing", chunks_done=0, chunks_total=None, error=None)
         try:
-            chunks = await anyio.to_thread.run_sync(self._chunks_of, job, item)
+            sections = await self._parse(item, self.jobs.payload_path(job.id, item.n), progress)
+            # parse refuses a file without text, so every file that gets here has chunks.
+            chunks = await anyio.to_thread.run_sync(
+                self.indexer.chunk_document, item.document_id, sections, item.metadata
+            )
             await progress(state="embedding", chunks_total=len(chunks))
             await self.indexer.store_chunks(
                 chunks, job.org_id, self.batch_chunks, lambda done: progress(chunks_done=done)
@@ -287,10 +299,23 @@ class JobRunner:
         )
         self._notify()
 
-    def _chunks_of(self, job: Job, item: JobItem) -> list[Chunk]:
-        data = self.jobs.payload_path(job.id, item.n).read_bytes()
-        # parse() refuses a file without text, so every file that gets here has chunks.
-        return self.indexer.chunk_document(item.document_id, parse(data, item.kind, self.limits), item.metadata)
+    async def _parse(self, item: JobItem, path: Path, progress: Callable[..., Awaitable[None]]) -> list[Section]:
+        """The item's text, from a parser process. A parse may take up to PARSE_TIMEOUT_SECONDS, longer than the
+        job's lease: the lease is renewed meanwhile, so that no other runner takes over a healthy job."""
+
+        async def renew() -> None:
+            while True:
+                await asyncio.sleep(self.lease_seconds / 3)
+                await progress()
+
+        renewal = asyncio.create_task(renew())
+        try:
+            sections = await self.parsers.parse(path, item.kind)
+        finally:
+            renewal.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewal
+        return sections
 
     def _sweep(self, cutoff: float) -> None:
         """Forget jobs finished before `cutoff`, and remove leftover bytes of finished jobs (and of submissions
