@@ -32,7 +32,8 @@ logger = logging.getLogger(__name__)
 
 _PROJECT_DIR = Path(__file__).resolve().parents[2]
 _START_TIMEOUT = 60.0  # a new process imports the parsers' libraries: under a second on an idle machine
-_FRAME_OVERHEAD = 1 << 20  # JSON's brackets and page numbers around the text itself
+_READ_BUFFER = 16 << 20
+_MAX_ANSWER_BYTES = 1 << 24  # an answer without its text: a pair of numbers a PDF page (MAX_UPLOAD_PAGES of them)
 _INTERNAL = "internal error while parsing this file (see the service log)"
 
 
@@ -57,6 +58,9 @@ class _Worker:
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             cwd=_PROJECT_DIR,
+            # The reader stops reading the pipe past twice this much buffered; at the default 64 KiB a 3 MB text
+            # came in 128 KiB rounds of pausing and resuming, at 16 MiB it streams in.
+            limit=_READ_BUFFER,
         )
         worker = cls(process)
         try:
@@ -68,7 +72,8 @@ class _Worker:
             raise
         return worker
 
-    async def ask(self, request: dict[str, object], max_bytes: int) -> dict[str, object]:
+    async def ask(self, request: dict[str, object], max_text_bytes: int) -> tuple[dict[str, object], bytes]:
+        """Send one request; its answer, and the text that comes with an answer that has sections."""
         assert self.process.stdin is not None
         body = json.dumps(request).encode()
         try:
@@ -76,22 +81,29 @@ class _Worker:
             await self.process.stdin.drain()
         except ConnectionError:
             raise _WorkerGone from None
-        answer = await self.read(max_bytes)
+        answer = await self.read(_MAX_ANSWER_BYTES)
+        text = await self.read_frame(max_text_bytes) if "sections" in answer else b""
         self.last_used = time.monotonic()
-        return answer
+        return answer, text
 
     async def read(self, max_bytes: int) -> dict[str, object]:
-        assert self.process.stdout is not None
         try:
-            (size,) = HEADER.unpack(await self.process.stdout.readexactly(HEADER.size))
-            if size > max_bytes:  # more than the text limit allows: the process is not behaving
-                raise _WorkerGone
-            answer = json.loads(await self.process.stdout.readexactly(size))
-        except (asyncio.IncompleteReadError, ConnectionError, ValueError):
+            answer = json.loads(await self.read_frame(max_bytes))
+        except ValueError:
             raise _WorkerGone from None
         if not isinstance(answer, dict):
             raise _WorkerGone
         return answer
+
+    async def read_frame(self, max_bytes: int) -> bytes:
+        assert self.process.stdout is not None
+        try:
+            (size,) = HEADER.unpack(await self.process.stdout.readexactly(HEADER.size))
+            if size > max_bytes:  # more than the limits allow: the process is not behaving
+                raise _WorkerGone
+            return await self.process.stdout.readexactly(size)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            raise _WorkerGone from None
 
     async def exit_status(self, seconds: float = 5.0) -> int | None:
         """How the process ended: its return code (negative: the signal that killed it); None if it lingers."""
@@ -110,6 +122,28 @@ class _Worker:
             self.process.stdin.close()
             if await self.exit_status() is None:
                 await self.kill()
+
+
+_ENCODINGS = frozenset({"ascii", "utf-16-le"})  # what `parse_worker.encode` sends; nothing else is decoded
+
+
+def _split(pairs: object, text: bytes) -> list[Section]:
+    """The sections from their (length in bytes, page, encoding) triples and their text end to end."""
+    sections: list[Section] = []
+    start = 0
+    view = memoryview(text)  # decoded in place: a slice of bytes would be one more copy of every text
+    try:
+        for size, page, encoding in pairs:  # type: ignore[attr-defined]
+            if encoding not in _ENCODINGS:
+                raise ValueError(encoding)
+            piece = str(view[start : start + size], encoding)
+            sections.append(Section(piece, page if isinstance(page, int) else None))
+            start += size
+    except (TypeError, ValueError):
+        raise UnreadableFile(_INTERNAL) from None
+    if start != len(text):
+        raise UnreadableFile(_INTERNAL)
+    return sections
 
 
 class ParserPool:
@@ -149,10 +183,11 @@ class ParserPool:
                 self._reaper = asyncio.create_task(self._close_idle(), name="parser-pool-reaper")
             healthy = False
             try:
-                answer = await asyncio.wait_for(worker.ask(request, self._max_answer_bytes), self.timeout_seconds)
+                max_text_bytes = self.max_chars * 4  # a character is 4 bytes at most in UTF-16
+                answer, text = await asyncio.wait_for(worker.ask(request, max_text_bytes), self.timeout_seconds)
                 # A file the parser refused leaves the process as it was; any other failure may not have.
                 healthy = answer.get("error") in (None, "unreadable") and not answer.get("retire")
-                return self._sections(answer)
+                return self._sections(answer, text)
             except TimeoutError:
                 raise UnreadableFile(
                     f"took longer than {self.timeout_seconds:g} s to parse (PARSE_TIMEOUT_SECONDS)"
@@ -166,17 +201,10 @@ class ParserPool:
                 else:  # the next file gets a fresh process
                     await worker.kill()
 
-    @property
-    def _max_answer_bytes(self) -> int:
-        return self.max_chars * 6 + _FRAME_OVERHEAD  # a \uXXXX escape is the longest a character gets in JSON
-
-    def _sections(self, answer: dict[str, object]) -> list[Section]:
+    def _sections(self, answer: dict[str, object], text: bytes) -> list[Section]:
         match answer.get("error"):
             case None:
-                pairs = answer.get("sections")
-                if not isinstance(pairs, list):
-                    raise UnreadableFile(_INTERNAL)
-                return [Section(str(text), page if isinstance(page, int) else None) for text, page in pairs]
+                return _split(answer.get("sections"), text)
             case "memory":
                 raise UnreadableFile(f"needs more than {self.memory_mb} MB to parse (PARSE_MEMORY_MB)")
             case "unreadable":
