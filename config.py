@@ -29,7 +29,8 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
     data_dir: Path = Field(
         PROJECT_DIR / "data",
-        description="Where the vector store lives; a relative path is taken from the project directory.",
+        description="Where the vector store, the chats, the jobs and their uploaded files live; a relative path is "
+        "taken from the project directory.",
     )
 
     # --- security and limits ----------------------------------------------------------------------
@@ -101,7 +102,7 @@ class Settings(BaseSettings):
     local_key_cache_type: Literal["f16", "q8_0", "q5_0", "q4_0"] = Field(
         "q8_0",
         description="How the local model caches attention keys: smaller types save memory (q4_0: 11 MiB at 4,096 "
-        "tokens) and cost answer quality (see README).",
+        "tokens) and cost answer quality (see docs/benchmarks.md).",
     )
     local_threads: int | None = Field(
         None, ge=1, description="CPU threads for the local model; unset: llama.cpp picks."
@@ -168,7 +169,8 @@ class Settings(BaseSettings):
         0.4,
         ge=-1,
         le=1,
-        description="Chunks scoring below this cosine similarity are dropped (see README for the measurement).",
+        description="Chunks scoring below this cosine similarity are dropped; in hybrid mode a question whose best "
+        "chunk scores below it gets no context (docs/api.md has the measurement).",
     )
     history_token_budget: int = Field(
         2000, ge=100, description="Most (estimated) tokens of earlier conversation turns put into the prompt."

@@ -76,7 +76,7 @@ def _without_extra_buffer_types() -> Iterator[None]:
 # Memory, measured on SmolLM2-135M with 4,096 context tokens (a 1,500-token prompt, one thread):
 # - keys cached as q8_0 instead of f16 (LOCAL_KEY_CACHE_TYPE's default): 22 MiB less resident, the same prompt and
 #   token speed (4.53 s against 4.51 s for the prompt, greedy answers the same to the word or nearly). q5_0 and q4_0
-#   save 9 and 12 MiB more, and change the answers (README). Values stay f16: quantizing them needs flash
+#   save 9 and 12 MiB more, and change the answers (docs/benchmarks.md). Values stay f16: quantizing them needs flash
 #   attention, which read the same prompt 38% slower here.
 # - batches of 128 tokens instead of 512: the compute buffer in use grows 12 MiB instead of 40 MiB on a long prompt,
 #   which it also reads a little faster (4.31 s against 4.59 s).

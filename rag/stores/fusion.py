@@ -2,7 +2,7 @@
 
 Two methods, both standard: reciprocal rank fusion (Cormack et al., 2009), which looks only at ranks, and a convex
 combination of min-max normalised scores. `bench/fusion.py` chose between them, and the weight, on SciFact's train
-queries; the defaults below are its result (the README has the figures).
+queries; the defaults below are its result (docs/benchmarks.md has the figures).
 """
 
 from __future__ import annotations
