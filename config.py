@@ -11,11 +11,23 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PROJECT_DIR = Path(__file__).resolve().parent
 DEFAULT_EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+class UpstreamSettings(BaseModel):
+    """One chat upstream of `LLM_UPSTREAMS`; what it leaves out comes from the `OPENAI_*` settings."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base_url: str = Field(min_length=1, description="The server's OpenAI-compatible base URL (…/v1).")
+    name: str | None = Field(None, min_length=1, description="How /health and /metrics call it; unset: its host.")
+    api_key: SecretStr | None = Field(None, description="Its key; unset: OPENAI_API_KEY.")
+    model: str | None = Field(None, min_length=1, description="The model it serves; unset: OPENAI_MODEL.")
+    weight: float = Field(1.0, gt=0, description="Its share of the answers, against the others' weights.")
 
 
 class Settings(BaseSettings):
@@ -72,7 +84,7 @@ class Settings(BaseSettings):
     llm_provider: Literal["openai", "local"] | None = Field(
         None,
         description="'openai' (any OpenAI-compatible server) or 'local' (in-process llama.cpp). "
-        "Unset: 'openai' when OPENAI_API_KEY or OPENAI_BASE_URL is set, else 'local'.",
+        "Unset: 'openai' when OPENAI_API_KEY, OPENAI_BASE_URL or LLM_UPSTREAMS is set, else 'local'.",
     )
     openai_api_key: SecretStr | None = Field(None, description="Key for the OpenAI-compatible API.")
     openai_base_url: str | None = Field(
@@ -85,6 +97,31 @@ class Settings(BaseSettings):
     openai_connect_timeout: float = Field(5.0, gt=0, description="Seconds to open a connection upstream.")
     openai_max_retries: int = Field(
         2, ge=0, le=10, description="Retries with backoff on 429/5xx/connection errors, before the first token."
+    )
+    llm_upstreams: list[UpstreamSettings] = Field(
+        default_factory=list,
+        description='Several chat upstreams, as a JSON list of {"name", "base_url", "api_key", "model", "weight"} '
+        "(only base_url required; the rest falls back to the OPENAI_* settings): weighted routing by answers in "
+        "flight, failover before the first token, cool-down of failing upstreams. Empty: OPENAI_BASE_URL alone.",
+    )
+    llm_affinity: Literal["none", "chat"] = Field(
+        "none",
+        description="'chat': the answers of one chat go to the same upstream while it is healthy (warm prefix "
+        "caches); 'none': to the least busy.",
+    )
+    llm_first_token_timeout: float = Field(
+        30.0,
+        gt=0,
+        description="With LLM_UPSTREAMS: seconds an upstream may take to its first token before the request goes "
+        "to the next one.",
+    )
+    llm_failure_threshold: int = Field(
+        3, ge=1, description="With LLM_UPSTREAMS: failures in a row that cool an upstream down."
+    )
+    llm_cooldown_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="With LLM_UPSTREAMS: how long a failing upstream is left alone before one trial request.",
     )
     llm_temperature: float | None = Field(
         None, ge=0, le=2, description="Sampling temperature; unset: provider default."
@@ -269,7 +306,7 @@ class Settings(BaseSettings):
     def resolved_llm_provider(self) -> Literal["openai", "local"]:
         if self.llm_provider is not None:
             return self.llm_provider
-        return "openai" if (self.openai_api_key or self.openai_base_url) else "local"
+        return "openai" if (self.openai_api_key or self.openai_base_url or self.llm_upstreams) else "local"
 
 
 @lru_cache

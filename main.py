@@ -28,6 +28,7 @@ from api.web_page import mount_web_page
 from config import Settings, get_settings
 from llm.errors import LLMError
 from llm.factory import build_chat_model
+from llm.router import UpstreamRouter
 from llm.types import ChatModel
 from rag.conversations import Conversations, ConversationStore
 from rag.embedder import build_embedder
@@ -104,6 +105,8 @@ async def build_services(settings: Settings, metrics: ChatMetrics, stack: contex
         log_prompts=settings.log_prompts,
     )
     metrics.store_chunks.read_from(lambda: store.count)
+    if isinstance(llm, UpstreamRouter):
+        metrics.watch_upstreams(llm.states)
     indexer = Indexer(embedder, store, settings.chunk_size, settings.chunk_overlap)
     cpu_count = os.cpu_count() or 1
     job_runner = JobRunner(

@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llm.errors import (
     LLMError,
+    ModelNotFound,
     ModelUnavailable,
     PromptTooLong,
     UpstreamProtocolError,
@@ -61,6 +62,7 @@ STATUS_TABLE: list[tuple[type[Exception], int]] = [
     (StoreCorrupt, 500),
     (RAGError, 500),
     (PromptTooLong, 422),
+    (ModelNotFound, 404),
     (UpstreamRateLimited, 429),
     (UpstreamTimeout, 504),
     (UpstreamUnavailable, 502),

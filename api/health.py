@@ -8,6 +8,7 @@ from fastapi import APIRouter
 from fastapi.responses import PlainTextResponse
 
 from api.deps import ServicesDep
+from llm.router import UpstreamRouter
 from llm.types import ChatModel
 
 router = APIRouter(tags=["health"])
@@ -38,6 +39,8 @@ def llm_state(llm: ChatModel) -> dict[str, object]:
     loaded = getattr(llm, "loaded", None)  # not part of ChatModel: only a model held in-process has it
     if loaded is not None:
         state["loaded"] = loaded
+    if isinstance(llm, UpstreamRouter):
+        state["upstreams"] = llm.states()
     return state
 
 

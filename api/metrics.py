@@ -105,6 +105,22 @@ class Histogram(_Metric):
         return lines
 
 
+class LabelledReading(_Metric):
+    """A series per label value, read when rendered (the chat upstreams' state, with LLM_UPSTREAMS)."""
+
+    def __init__(self, name: str, help_: str, kind: str, label: str) -> None:
+        super().__init__(name, help_)
+        self.kind = kind
+        self._label = label
+        self._read: Callable[[], dict[str, float]] = dict
+
+    def read_from(self, read: Callable[[], dict[str, float]]) -> None:
+        self._read = read
+
+    def render(self) -> list[str]:
+        return [f"{self.name}{_labels(((self._label, k),))} {v:g}" for k, v in sorted(self._read().items())]
+
+
 class ChatMetrics:
     """Everything `/metrics` reports. Also the pipeline's observer (`stream_opened`, `on_event`, ...)."""
 
@@ -116,6 +132,18 @@ class ChatMetrics:
         self.active_streams = Gauge("rag_active_streams", "Answers being streamed now.")
         self.upstream_errors = Counter("rag_upstream_errors_total", "Model failures, by error type.")
         self.store_chunks = Gauge("rag_store_chunks", "Chunks in the vector store.", read=lambda: math.nan)
+        self.upstream_in_flight = LabelledReading(
+            "rag_upstream_in_flight", "Answers in flight, by chat upstream.", "gauge", "upstream"
+        )
+        self.upstream_failures = LabelledReading(
+            "rag_upstream_failures_total", "Failed attempts, by chat upstream.", "counter", "upstream"
+        )
+        self.upstream_cooling = LabelledReading(
+            "rag_upstream_cooldown_seconds",
+            "Seconds left of a chat upstream's cool-down (0: in use).",
+            "gauge",
+            "upstream",
+        )
         self._all: list[_Metric] = [
             self.requests,
             self.latency,
@@ -124,7 +152,20 @@ class ChatMetrics:
             self.active_streams,
             self.upstream_errors,
             self.store_chunks,
+            self.upstream_in_flight,
+            self.upstream_failures,
+            self.upstream_cooling,
         ]
+
+    def watch_upstreams(self, states: Callable[[], list[dict[str, object]]]) -> None:
+        """Report each chat upstream by name, from the router's `states()`."""
+
+        def column(key: str) -> Callable[[], dict[str, float]]:
+            return lambda: {str(s["name"]): float(s[key]) for s in states()}  # type: ignore[arg-type]
+
+        self.upstream_in_flight.read_from(column("in_flight"))
+        self.upstream_failures.read_from(column("failures"))
+        self.upstream_cooling.read_from(column("cooldown_seconds"))
 
     def render(self) -> str:
         lines: list[str] = []

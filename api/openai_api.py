@@ -24,6 +24,7 @@ from api.errors import openai_error_response
 from api.openai_schemas import ChatCompletionBody, EmbeddingsBody
 from api.security import RateLimited
 from api.sse import DONE, SHUTDOWN_ERROR, data_frame, event_source, json_frame, json_string
+from llm.router import UpstreamRouter
 from llm.types import Usage
 from rag.errors import InvalidRequest
 from rag.history import estimate_tokens
@@ -167,8 +168,9 @@ async def chat_completions(body: ChatCompletionBody, services: ServicesDep, prin
 
 @router.get("/models")
 async def list_models(services: ServicesDep) -> dict[str, Any]:
-    """The chat model the service answers with, and its embedding model."""
-    models = [services.llm.model, services.embedder.model_name]
+    """The chat models the service answers with (each upstream's, with LLM_UPSTREAMS), and its embedding model."""
+    chat_models = services.llm.models if isinstance(services.llm, UpstreamRouter) else [services.llm.model]
+    models = [*chat_models, services.embedder.model_name]
     return {
         "object": "list",
         "data": [{"id": name, "object": "model", "created": 0, "owned_by": OWNER} for name in dict.fromkeys(models)],

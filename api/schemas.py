@@ -59,9 +59,15 @@ class ChatBody(BaseModel):
         None, min_length=1, max_length=256, description="Store this turn in that chat; its history is used."
     )
     chatTitle: str | None = Field(None, max_length=500, description="Title for a new chat.")
+    model: str | None = Field(
+        None,
+        min_length=1,
+        max_length=256,
+        description="The model to answer with, among those the upstreams serve (GET /v1/models); unset: the default.",
+    )
 
     def options(self) -> GenerationOptions:
-        return GenerationOptions(max_tokens=self.max_tokens, temperature=self.temperature)
+        return GenerationOptions(max_tokens=self.max_tokens, temperature=self.temperature, model=self.model)
 
 
 class Source(BaseModel):

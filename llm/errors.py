@@ -48,3 +48,9 @@ class ModelUnavailable(LLMError):
     """The local model could not be loaded."""
 
     error_type = "model_unavailable"
+
+
+class ModelNotFound(LLMError):
+    """The request names a model that no configured upstream serves."""
+
+    error_type = "model_not_found"

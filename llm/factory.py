@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from config import Settings
 from llm.types import ChatModel
 
 
 async def build_chat_model(settings: Settings) -> ChatModel:
     match settings.resolved_llm_provider:
+        case "openai" if settings.llm_upstreams:
+            return build_router(settings)
         case "openai":
             from llm.openai_client import OpenAIChatModel, make_async_client
 
@@ -30,3 +34,31 @@ async def build_chat_model(settings: Settings) -> ChatModel:
                 settings.local_key_cache_type,
                 settings.local_keep_alive_seconds,
             )
+
+
+def build_router(settings: Settings) -> ChatModel:
+    """LLM_UPSTREAMS as one model: each upstream an OpenAI-compatible client with retries off (the router's
+    failover to the next upstream is the retry), named by its host where the settings give no name."""
+    from llm.openai_client import OpenAIChatModel, make_async_client
+    from llm.router import Upstream, UpstreamRouter
+
+    upstreams: list[Upstream] = []
+    taken: set[str] = set()
+    for n, spec in enumerate(settings.llm_upstreams):
+        name = spec.name or urlsplit(spec.base_url).netloc or f"upstream-{n}"
+        if name in taken:
+            name = f"{name}#{n}"
+        taken.add(name)
+        model = spec.model or settings.openai_model
+        client = make_async_client(settings, base_url=spec.base_url, api_key=spec.api_key, max_retries=0)
+        chat = OpenAIChatModel(
+            client, model, settings.llm_max_tokens, settings.llm_temperature, settings.reasoning_starts_inside
+        )
+        upstreams.append(Upstream(name, model, chat, spec.weight))
+    return UpstreamRouter(
+        upstreams,
+        first_token_timeout=settings.llm_first_token_timeout,
+        failure_threshold=settings.llm_failure_threshold,
+        cooldown_seconds=settings.llm_cooldown_seconds,
+        affinity=settings.llm_affinity == "chat",
+    )

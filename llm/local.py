@@ -21,7 +21,7 @@ from typing import Any
 
 import anyio
 
-from llm.errors import LLMError, ModelUnavailable, PromptTooLong
+from llm.errors import LLMError, ModelNotFound, ModelUnavailable, PromptTooLong
 from llm.types import Delta, GenerationOptions, Message, Usage
 from memory import release_free_memory
 
@@ -220,6 +220,8 @@ class LocalChatModel:
         emit(Delta(usage=Usage(prompt, completion), finish_reason=finish_reason or "stop"))
 
     async def stream(self, messages: list[Message], options: GenerationOptions) -> AsyncIterator[Delta]:
+        if options.model is not None and options.model != self.model:
+            raise ModelNotFound(f"the local provider serves one model, {self.model!r}, not {options.model!r}")
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
         stop = threading.Event()

@@ -26,6 +26,7 @@ from typing import Any
 import anyio
 import httpx2
 import openai
+from pydantic import SecretStr
 
 from config import Settings
 from llm.errors import (
@@ -44,14 +45,22 @@ from llm.upstream_pool import upstream_http_client
 logger = logging.getLogger(__name__)
 
 
-def make_async_client(settings: Settings) -> openai.AsyncOpenAI:
-    key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
+def make_async_client(
+    settings: Settings,
+    *,
+    base_url: str | None = None,
+    api_key: SecretStr | None = None,
+    max_retries: int | None = None,
+) -> openai.AsyncOpenAI:
+    """An SDK client for the OPENAI_* settings, or for another server where `base_url`/`api_key` say so."""
+    secret = api_key or settings.openai_api_key
+    key = secret.get_secret_value() if secret else None
     return openai.AsyncOpenAI(
         # Local servers (vLLM, Ollama) take any key, but the SDK refuses to start without one.
         api_key=key or "no-key",
-        base_url=settings.openai_base_url,
+        base_url=base_url or settings.openai_base_url,
         timeout=openai.Timeout(settings.openai_timeout, connect=settings.openai_connect_timeout),
-        max_retries=settings.openai_max_retries,
+        max_retries=settings.openai_max_retries if max_retries is None else max_retries,
         http_client=upstream_http_client(),
     )
 

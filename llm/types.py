@@ -23,6 +23,7 @@ class GenerationOptions:
     temperature: float | None = None
     stop: tuple[str, ...] = ()
     model: str | None = None  # another model of the same provider, where it serves several
+    route_key: str | None = None  # answers with the same key go to the same upstream while it is healthy (a chat id)
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from llm.errors import LLMError
 from llm.types import ChatModel, Delta, GenerationOptions, Message, Usage
@@ -247,7 +247,10 @@ class ChatPipeline:
         filters = scoped_filters(request.filters, request.org_id)
         hits = await self.retriever.retrieve(query or question, request.top_k, filters)
         prompt = build_messages(hits, fit_history(messages, self.history_budget_tokens))
-        deltas = self.llm.stream(prompt, request.options)
+        options = request.options
+        if request.chat is not None and options.route_key is None:  # a chat's answers may stay on one upstream
+            options = replace(options, route_key=request.chat.chat_id)
+        deltas = self.llm.stream(prompt, options)
         try:
             first = await anext(deltas, None)
         except BaseException as exc:
