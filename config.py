@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -33,7 +33,10 @@ class UpstreamSettings(BaseModel):
 class Settings(BaseSettings):
     """Every knob of the service. `.env.example` lists each key with its default."""
 
-    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False)
+    # An empty value (`LLM_TEMPERATURE=` as .env.example has it) means the default, not an empty string.
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False, env_ignore_empty=True
+    )
 
     # --- server -----------------------------------------------------------------------------------
     host: str = Field("127.0.0.1", description="Interface uvicorn binds to.")
@@ -81,10 +84,14 @@ class Settings(BaseSettings):
     )
 
     # --- LLM --------------------------------------------------------------------------------------
-    llm_provider: Literal["openai", "local"] | None = Field(
+    llm_provider: str | None = Field(
         None,
-        description="'openai' (any OpenAI-compatible server) or 'local' (in-process llama.cpp). "
-        "Unset: 'openai' when OPENAI_API_KEY, OPENAI_BASE_URL or LLM_UPSTREAMS is set, else 'local'.",
+        description="'openai' (any OpenAI-compatible server), 'local' (in-process llama.cpp), "
+        "package.module:ClassName or an installed plug-in's name. Unset: 'openai' when OPENAI_API_KEY, "
+        "OPENAI_BASE_URL or LLM_UPSTREAMS is set, else 'local'.",
+    )
+    llm_options: dict[str, Any] = Field(
+        default_factory=dict, description="JSON object of keyword arguments for a plug-in chat model's constructor."
     )
     openai_api_key: SecretStr | None = Field(None, description="Key for the OpenAI-compatible API.")
     openai_base_url: str | None = Field(
@@ -166,7 +173,34 @@ class Settings(BaseSettings):
         PROJECT_DIR / ".cache" / "onnx",
         description="Where exported ONNX graphs are kept; a relative path is taken from the project directory.",
     )
-    use_openai_embeddings: bool = Field(False, description="Embed through the OpenAI embeddings API instead.")
+    embedder: str | None = Field(
+        None,
+        description="'onnx', 'torch', 'openai' (an OpenAI-compatible /v1/embeddings server at EMBEDDINGS_BASE_URL), "
+        "package.module:ClassName or an installed plug-in's name. Unset: USE_OPENAI_EMBEDDINGS, then "
+        "EMBEDDER_BACKEND, decide.",
+    )
+    embedder_options: dict[str, Any] = Field(
+        default_factory=dict, description="JSON object of keyword arguments for a plug-in embedder's constructor."
+    )
+    embeddings_base_url: str | None = Field(
+        None, description="With EMBEDDER=openai: the embeddings server's base URL (…/v1); unset: OPENAI_BASE_URL."
+    )
+    embeddings_api_key: SecretStr | None = Field(
+        None, description="With EMBEDDER=openai: the embeddings server's key; unset: OPENAI_API_KEY."
+    )
+    embeddings_max_concurrency: int = Field(
+        4, ge=1, le=256, description="With EMBEDDER=openai: requests in flight to the embeddings server at most."
+    )
+    embeddings_max_retries: int = Field(
+        3,
+        ge=0,
+        le=10,
+        description="Retries, with jittered backoff, of a request to an embeddings server that answers 429 or 5xx "
+        "or cannot be reached; then 503.",
+    )
+    use_openai_embeddings: bool = Field(
+        False, description="Embed through the chat server's embeddings API (OPENAI_EMBEDDING_MODEL); see EMBEDDER."
+    )
     openai_embedding_model: str = Field("text-embedding-3-small", description="Model for USE_OPENAI_EMBEDDINGS.")
     embedding_batch_size: int = Field(
         64,
@@ -184,10 +218,14 @@ class Settings(BaseSettings):
     )
 
     # --- storage and retrieval ------------------------------------------------------------------------
-    vector_store: Literal["numpy", "postgres"] = Field(
+    vector_store: str = Field(
         "numpy",
-        description="Storage backend: 'numpy' (embedded: .npy segments and SQLite under DATA_DIR) or 'postgres' "
-        "(PostgreSQL with pgvector at DATABASE_URL, shared by any number of replicas).",
+        description="Storage backend: 'numpy' (embedded: .npy segments and SQLite under DATA_DIR), 'postgres' "
+        "(PostgreSQL with pgvector at DATABASE_URL, shared by any number of replicas), package.module:ClassName or "
+        "an installed plug-in's name.",
+    )
+    vector_store_options: dict[str, Any] = Field(
+        default_factory=dict, description="JSON object of keyword arguments for a plug-in store's constructor."
     )
     database_url: SecretStr | None = Field(
         None,
@@ -272,7 +310,17 @@ class Settings(BaseSettings):
     )
     sse_send_timeout: float = Field(30.0, gt=0, description="Seconds a stalled client may block one send.")
 
-    @field_validator("jwt_secret", "jwt_public_key", "jwt_audience", "database_url", mode="before")
+    @field_validator(
+        "jwt_secret",
+        "jwt_public_key",
+        "jwt_audience",
+        "database_url",
+        "embedder",
+        "llm_provider",
+        "embeddings_base_url",
+        "embeddings_api_key",
+        mode="before",
+    )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         # `JWT_SECRET=` in a .env copied from .env.example means "not set", never "an empty secret".
@@ -292,6 +340,13 @@ class Settings(BaseSettings):
             raise ValueError("CHUNK_OVERLAP must be smaller than CHUNK_SIZE")
         if self.jwt_secret is not None and self.jwt_public_key:
             raise ValueError("set JWT_SECRET (HS256) or JWT_PUBLIC_KEY (RS256/ES256), not both")
+        for key, value, names in (
+            ("EMBEDDER", self.embedder, ("onnx", "torch", "openai")),
+            ("VECTOR_STORE", self.vector_store, ("numpy", "postgres")),
+            ("LLM_PROVIDER", self.llm_provider, ("openai", "local")),
+        ):
+            if value is not None and not value.strip():
+                raise ValueError(f"{key} is empty; the built-in names are {', '.join(names)}")
         if self.vector_store == "postgres" and self.database_url is None:
             raise ValueError("VECTOR_STORE=postgres needs DATABASE_URL")
         if self.top_k_results > self.max_top_k:
@@ -303,7 +358,13 @@ class Settings(BaseSettings):
         return self
 
     @property
-    def resolved_llm_provider(self) -> Literal["openai", "local"]:
+    def resolved_embedder(self) -> str:
+        if self.embedder is not None:
+            return self.embedder
+        return "openai" if self.use_openai_embeddings else self.embedder_backend
+
+    @property
+    def resolved_llm_provider(self) -> str:
         if self.llm_provider is not None:
             return self.llm_provider
         return "openai" if (self.openai_api_key or self.openai_base_url or self.llm_upstreams) else "local"

@@ -30,8 +30,8 @@ from llm.errors import LLMError
 from llm.factory import build_chat_model
 from llm.router import UpstreamRouter
 from llm.types import ChatModel
-from rag.conversations import Conversations, ConversationStore
-from rag.embedder import build_embedder
+from rag.chats.sqlite import Conversations, ConversationStore
+from rag.embedders import build_embedder
 from rag.errors import RAGError
 from rag.history import QueryRewriter
 from rag.ingest import Indexer
@@ -83,7 +83,7 @@ async def build_services(settings: Settings, metrics: ChatMetrics, stack: contex
     stack.push_async_callback(store.aclose)
     conversations: Conversations
     if settings.database_url is not None:  # replicas share one database: a chat continues on any of them
-        from rag.pg_conversations import PgConversationStore
+        from rag.chats.postgres import PgConversationStore
 
         conversations = await PgConversationStore.open(settings.database_url.get_secret_value())
     else:

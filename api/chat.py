@@ -17,7 +17,7 @@ from api.security import RateLimited
 from api.sse import seed_sse_response
 from config import Settings
 from llm.types import GenerationOptions, Message
-from rag.conversations import ChatOwner
+from rag.chats.sqlite import ChatOwner
 from rag.errors import InvalidRequest
 from rag.pipeline import ChatRef, ChatRequest, ChatStream
 

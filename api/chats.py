@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query
 from api.auth import Principal, PrincipalDep
 from api.deps import ServicesDep
 from api.schemas import ChatDetail, ChatList, ChatSummaryBody, ErrorBody, StoredMessageBody
-from rag.conversations import ChatOwner, ChatSummary
+from rag.chats.sqlite import ChatOwner, ChatSummary
 from rag.errors import InvalidRequest
 
 router = APIRouter(prefix="/chats", tags=["chats"])

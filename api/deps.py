@@ -13,7 +13,7 @@ from api.security import RateLimiter
 from api.sse_streams import StreamSupervisor
 from config import Settings
 from llm.types import ChatModel
-from rag.conversations import Conversations
+from rag.chats.sqlite import Conversations
 from rag.ingest import Indexer
 from rag.ingest.runner import JobRunner
 from rag.pipeline import ChatPipeline

@@ -27,10 +27,11 @@ from llm.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from rag.conversations import ChatForbidden, ChatNotFound
+from rag.chats.sqlite import ChatForbidden, ChatNotFound
 from rag.errors import (
     DocumentNotFound,
     EmbeddingError,
+    EmbeddingUnavailable,
     InvalidRequest,
     JobNotFound,
     RAGError,
@@ -56,6 +57,7 @@ STATUS_TABLE: list[tuple[type[Exception], int]] = [
     (ChatNotFound, 404),
     (ChatForbidden, 403),
     (TenantForbidden, 403),
+    (EmbeddingUnavailable, 503),
     (EmbeddingError, 502),
     (StoreUnavailable, 503),
     (StoreIncompatible, 500),

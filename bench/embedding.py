@@ -37,9 +37,9 @@ from bench.retrieval import DEFAULT_DATASET
 from bench.service_process import ServiceProcess
 from config import Settings
 from rag.chunking import split_text
-from rag.embedder import resolve_model_path
-from rag.onnx_embedder import DEFAULT_MAX_TOKENS, OnnxEmbedder
-from rag.onnx_export import onnx_file
+from rag.embedders.base import resolve_model_path
+from rag.embedders.onnx import DEFAULT_MAX_TOKENS, OnnxEmbedder
+from rag.embedders.onnx_export import onnx_file
 
 QUESTION = "Does vitamin D supplementation reduce the risk of fractures in older adults?"
 
@@ -138,7 +138,7 @@ async def run() -> None:
         f"{batch_rate:.1f} chunks/s   ({our_rate / batch_rate:.2f}x; resident +{batch_growth:.0f} MiB more)"
     )
 
-    from rag.embedder import SentenceTransformerEmbedder
+    from rag.embedders.local import SentenceTransformerEmbedder
 
     torch_embedder = await SentenceTransformerEmbedder.load(settings.embedding_model, settings.embedding_batch_size)
     await torch_embedder.embed([QUESTION])

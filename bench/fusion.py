@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.retrieval import DEFAULT_DATASET, OFF_TOPIC, ndcg_at_k, read_jsonl, read_qrels, recall_at_k
 from config import PROJECT_DIR, Settings
 from rag.chunking import split_text
-from rag.embedder import SentenceTransformerEmbedder
+from rag.embedders.local import SentenceTransformerEmbedder
 from rag.stores import SearchRequest
 from rag.stores.fusion import FusionMethod, fuse
 from rag.stores.numpy_store import HYBRID_POOL, NumpyVectorStore

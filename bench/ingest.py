@@ -187,8 +187,8 @@ def bench_job(job_abstracts: int, questions: int) -> None:
     texts = [piece for text in first for piece in split_text(text, settings.chunk_size, settings.chunk_overlap)]
     assert len(texts) == chunks, (len(texts), chunks)
     from bench.embedding import bare_session, rate_of
-    from rag.embedder import resolve_model_path
-    from rag.onnx_export import onnx_file
+    from rag.embedders.base import resolve_model_path
+    from rag.embedders.onnx_export import onnx_file
 
     graph = onnx_file(settings.onnx_dir, settings.embedding_model)
     bare = bare_session(graph, Path(resolve_model_path(settings.embedding_model)))

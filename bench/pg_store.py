@@ -170,7 +170,7 @@ async def scifact_recall() -> None:
 
     from bench.fusion import embed_corpus
     from bench.retrieval import DEFAULT_DATASET, read_jsonl
-    from rag.onnx_embedder import OnnxEmbedder
+    from rag.embedders.onnx import OnnxEmbedder
 
     settings = Settings(_env_file=None)
     embedder = await OnnxEmbedder.load(settings.embedding_model, settings.onnx_dir, 32)

@@ -182,6 +182,15 @@ def run(requests: int) -> None:
             print(f"  minimal relay (httpx + json + Starlette)  {ref:7.1f} us")
             print(f"  /api/v1/chat                              {ours:7.1f} us  ({ours / ref:.2f}x)")
             print(f"  /v1/chat/completions                      {openai_api:7.1f} us  ({openai_api / ref:.2f}x)")
+        # The same upstream twice in LLM_UPSTREAMS: every answer goes through the router (choice, first-token
+        # buffering, bookkeeping), against the single-upstream service above.
+        upstreams = json.dumps([{"name": "a", "base_url": fast}, {"name": "b", "base_url": fast}])
+        with tempfile.TemporaryDirectory() as tmp, ServiceProcess(Path(tmp), fast, llm_upstreams=upstreams) as routed:
+            routed.wait_ready()
+            via_router, _ = asyncio.run(cpu_per_token(routed.process.pid, f"{routed.url}/api/v1/chat", chat, requests))
+            print(
+                f"  /api/v1/chat with LLM_UPSTREAMS (2)       {via_router:7.1f} us  ({via_router / ours:.2f}x single)"
+            )
         with tempfile.TemporaryDirectory() as tmp, ServiceProcess(Path(tmp), slow) as service:
             service.wait_ready()
             print("time to first token p50 (upstream: 20 tokens, 20 ms apart):")
@@ -203,6 +212,12 @@ def run(requests: int) -> None:
             print("CPU per request (10 rounds of 50 simultaneous one-token answers):")
             print(f"  minimal relay {ref_ms:.2f} ms, /api/v1/chat {ours_ms:.2f} ms ({ours_ms / ref_ms:.2f}x)")
             service.terminate()
+        upstreams = json.dumps([{"name": "a", "base_url": one}, {"name": "b", "base_url": one}])
+        with tempfile.TemporaryDirectory() as tmp, ServiceProcess(Path(tmp), one, llm_upstreams=upstreams) as routed:
+            routed.wait_ready()
+            routed_ms = asyncio.run(cpu_per_request(routed.process.pid, f"{routed.url}/api/v1/chat", chat))
+            print(f"  /api/v1/chat with LLM_UPSTREAMS (2) {routed_ms:.2f} ms ({routed_ms / ours_ms:.2f}x single)")
+            routed.terminate()
 
 
 def _stop(process: subprocess.Popen) -> None:

@@ -28,7 +28,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from config import PROJECT_DIR, Settings
-from rag.embedder import SentenceTransformerEmbedder
+from rag.embedders.local import SentenceTransformerEmbedder
 from rag.ingest import Indexer
 from rag.retriever import Retriever
 from rag.stores.numpy_store import NumpyVectorStore

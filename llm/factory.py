@@ -34,6 +34,29 @@ async def build_chat_model(settings: Settings) -> ChatModel:
                 settings.local_key_cache_type,
                 settings.local_keep_alive_seconds,
             )
+        case spec:
+            return await build_plugin(settings, spec)
+
+
+async def build_plugin(settings: Settings, spec: str) -> ChatModel:
+    """A chat model of the user's: one with `stream(messages, options)` and `aclose()` as ours, or one written after
+    the original service's README, with `async def stream_response(messages, context)` yielding text."""
+    from llm.plugins import construct, load_class, require
+
+    cls = load_class("LLM_PROVIDER", spec)
+    if callable(getattr(cls, "stream_response", None)) and not callable(getattr(cls, "stream", None)):
+        from llm.simple import SimpleChatModel
+
+        return SimpleChatModel(await construct("LLM_PROVIDER", cls, settings.llm_options))
+    require(
+        "LLM_PROVIDER",
+        cls,
+        ("stream", "aclose"),
+        ("provider", "model"),
+        "a chat model has stream_response(messages, context), or stream(messages, options), aclose, provider, model",
+    )
+    model: ChatModel = await construct("LLM_PROVIDER", cls, settings.llm_options)
+    return model
 
 
 def build_router(settings: Settings) -> ChatModel:

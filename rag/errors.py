@@ -49,6 +49,12 @@ class EmbeddingError(RAGError):
     error_type = "embedding_error"
 
 
+class EmbeddingUnavailable(EmbeddingError):
+    """A remote embeddings server stays unreachable or overloaded after retries; the request may be retried later."""
+
+    error_type = "embedding_unavailable"
+
+
 class UnsupportedFileType(RAGError):
     """An uploaded file of a type the service has no parser for."""
 

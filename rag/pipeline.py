@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 
 from llm.errors import LLMError
 from llm.types import ChatModel, Delta, GenerationOptions, Message, Usage
-from rag.conversations import ChatOwner, Conversations
+from rag.chats.sqlite import ChatOwner, Conversations
 from rag.errors import InvalidRequest
 from rag.filters import Filters
 from rag.history import condense_by_rule, fit_history

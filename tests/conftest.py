@@ -13,7 +13,7 @@ import pytest
 
 from config import Settings
 from main import create_app
-from rag.embedder import SentenceTransformerEmbedder
+from rag.embedders.local import SentenceTransformerEmbedder
 from tests.fake_upstream import FakeUpstream
 from tests.servers import serve
 

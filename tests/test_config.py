@@ -66,3 +66,10 @@ def test_the_service_raises_its_open_file_limit_to_the_hard_limit() -> None:
         assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] == allowed > 256
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_env_example_copied_as_is_gives_the_defaults() -> None:
+    """`cp .env.example .env` must start the service as it starts without one: empty values mean the default."""
+    copied = Settings(_env_file=PROJECT_DIR / ".env.example")
+    defaults = Settings(_env_file=None)
+    assert {name for name in Settings.model_fields if getattr(copied, name) != getattr(defaults, name)} == set()

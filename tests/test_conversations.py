@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from llm.types import Message
-from rag.conversations import ChatForbidden, ChatNotFound, ChatOwner, ConversationStore
+from rag.chats.sqlite import ChatForbidden, ChatNotFound, ChatOwner, ConversationStore
 from rag.history import condense_by_rule, fit_history
 
 TURN = [Message("user", "What's the weather?"), Message("assistant", "It's sunny outside.")]

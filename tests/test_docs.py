@@ -6,7 +6,8 @@ Rules for a fenced block in README.md and docs/*.md:
   (`report.pdf`, `minutes.docx`), with `localhost:8000` pointed at the live server. curl fails on an HTTP error
   unless the line before the block is `<!-- shows an error -->`.
 - A `python` or `js` block found word for word in a file under `examples/` is that file's code, which
-  `tests/test_clients.py` runs as a user would; here it is only checked to be there.
+  `tests/test_clients.py` (the clients) or `tests/test_plugins.py` (the plug-ins) runs as a user would; here it is
+  only checked to be there.
 - A block whose preceding line is `<!-- not run: why -->` is reported as skipped, with the reason.
 """
 
@@ -63,7 +64,7 @@ def examples() -> list[Example]:
 
 
 EXAMPLES = examples()
-EXAMPLE_FILES = {path: path.read_text(encoding="utf-8") for path in (PROJECT_DIR / "examples").glob("*.*")}
+EXAMPLE_FILES = {path: path.read_text(encoding="utf-8") for path in (PROJECT_DIR / "examples").rglob("*.*")}
 
 
 def test_the_configuration_page_is_written_from_settings() -> None:
@@ -121,7 +122,7 @@ def test_the_example_runs(example: Example, live_url: str, upstream: FakeUpstrea
     if example.marker and example.marker.startswith("not run"):
         pytest.skip(example.marker)
     if example.language in ("python", "js") and any(example.code in text for text in EXAMPLE_FILES.values()):
-        return  # the examples/ file it is taken from runs in tests/test_clients.py
+        return  # the examples/ file it is taken from runs in tests/test_clients.py or tests/test_plugins.py
     host = live_url.removeprefix("http://")
     code = example.code.replace("localhost:8000", host).replace("127.0.0.1:8000", host)
     match example.language:

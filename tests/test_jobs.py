@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 
 from config import Settings
+from rag.embedders.onnx import OnnxEmbedder
 from rag.ingest.indexer import Indexer, prepare_documents
 from rag.ingest.jobs import JobStore, NewItem
 from rag.ingest.parser_pool import ParserPool
 from rag.ingest.parsers import ParseLimits
 from rag.ingest.runner import JobRunner
-from rag.onnx_embedder import OnnxEmbedder
 from rag.stores.numpy_store import NumpyVectorStore
 
 

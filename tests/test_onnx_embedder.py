@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 
 from config import PROJECT_DIR, Settings
-from rag.embedder import SentenceTransformerEmbedder, resolve_model_path
-from rag.onnx_embedder import OnnxEmbedder, forward_passes
-from rag.onnx_export import GRAPH, WEIGHTS, export, onnx_file
+from rag.embedders.base import resolve_model_path
+from rag.embedders.local import SentenceTransformerEmbedder
+from rag.embedders.onnx import OnnxEmbedder, forward_passes
+from rag.embedders.onnx_export import GRAPH, WEIGHTS, export, onnx_file
 
 SCIFACT = PROJECT_DIR.parent / "shared" / "datasets" / "scifact" / "corpus.jsonl"
 

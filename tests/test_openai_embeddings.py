@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from main import create_app
-from rag.embedder import OpenAIEmbedder
+from rag.embedders.remote import OpenAIEmbedder
 from rag.errors import EmbeddingError
 from tests.conftest import make_settings
 from tests.fake_upstream import FakeUpstream

@@ -8,8 +8,8 @@ import pytest
 
 from llm.errors import UpstreamRateLimited, UpstreamUnavailable
 from llm.types import Delta, Message, Usage
-from rag.conversations import ChatForbidden, ChatOwner, ConversationStore
-from rag.embedder import SentenceTransformerEmbedder
+from rag.chats.sqlite import ChatForbidden, ChatOwner, ConversationStore
+from rag.embedders.local import SentenceTransformerEmbedder
 from rag.errors import InvalidRequest
 from rag.ingest import Indexer
 from rag.pipeline import ChatPipeline, ChatRef, ChatRequest

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rag.embedder import SentenceTransformerEmbedder
+from rag.embedders.local import SentenceTransformerEmbedder
 from rag.errors import InvalidRequest
 from rag.ingest import Indexer
 from rag.retriever import Retriever

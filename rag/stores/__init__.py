@@ -1,9 +1,13 @@
-"""Storage backends behind one protocol (`base.VectorStore`), chosen from settings by `open_store`."""
+"""Storage backends behind one protocol (`base.VectorStore`), chosen from settings by `open_store`: the embedded
+store, PostgreSQL, or a class of your own (`VECTOR_STORE=package.module:ClassName`, or an installed plug-in's name,
+built by `await cls.open(embedding_model, dimension, **VECTOR_STORE_OPTIONS)` when it has an async `open`, else
+`cls(**VECTOR_STORE_OPTIONS)`)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
+from llm.plugins import construct, load_class, require
 from rag.errors import StoreIncompatible
 from rag.stores.base import RetrievalMode, SearchRequest, VectorStore
 
@@ -11,6 +15,8 @@ if TYPE_CHECKING:
     from config import Settings
 
 StoreBackend = Literal["numpy", "postgres"]
+# What the service calls on a store (`count`, `document_count` are properties: looked up on the class all the same).
+STORE_METHODS = ("upsert", "delete", "search", "list_documents", "layout", "refresh", "aclose")
 
 
 async def open_store(settings: Settings, embedding_model: str, dimension: int) -> VectorStore:
@@ -35,6 +41,15 @@ async def open_store(settings: Settings, embedding_model: str, dimension: int) -
                 ef_search=settings.pg_ef_search,
                 pool_size=settings.pg_pool_size,
             )
+        case spec:
+            cls = load_class("VECTOR_STORE", spec)
+            require(
+                "VECTOR_STORE", cls, STORE_METHODS, ("backend",), "see the VectorStore protocol in rag/stores/base.py"
+            )
+            store: VectorStore = await construct(
+                "VECTOR_STORE", cls, settings.vector_store_options, embedding_model, dimension
+            )
+            return store
 
 
 __all__ = ["RetrievalMode", "SearchRequest", "StoreBackend", "VectorStore", "open_store"]

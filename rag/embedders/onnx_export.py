@@ -1,6 +1,6 @@
 """Export a sentence-transformers encoder to one ONNX graph: token ids in, L2-normalised mean-pooled vectors out.
 
-    python -m rag.onnx_export          # the configured EMBEDDING_MODEL (default: the bundled all-MiniLM-L6-v2)
+    python -m rag.embedders.onnx_export    # the configured EMBEDDING_MODEL (default: the bundled all-MiniLM-L6-v2)
 
 `make install` runs this once; the service runs it itself on first start if the file is missing. It is the only
 place that imports torch on the default path, and only while exporting. The graph holds the whole
@@ -132,7 +132,7 @@ def export(model_dir: Path, target: Path) -> None:
 
 def main() -> None:
     from config import get_settings
-    from rag.embedder import resolve_model_path
+    from rag.embedders.base import resolve_model_path
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     settings = get_settings()

@@ -11,7 +11,7 @@ from contextlib import AbstractAsyncContextManager
 import asyncpg
 
 from llm.types import Message
-from rag.conversations import ChatForbidden, ChatNotFound, ChatOwner, ChatSummary, StoredMessage, title_from
+from rag.chats.sqlite import ChatForbidden, ChatNotFound, ChatOwner, ChatSummary, StoredMessage, title_from
 from rag.stores.postgres_store import pooled_connection
 
 SCHEMA_LOCK = 0x52414702  # pg_advisory_xact_lock key for this schema

