@@ -22,8 +22,8 @@ from typing import Any
 import anyio
 
 from llm.errors import LLMError, ModelNotFound, ModelUnavailable, PromptTooLong
+from llm.memory import release_free_memory
 from llm.types import Delta, GenerationOptions, Message, Usage
-from memory import release_free_memory
 
 logger = logging.getLogger(__name__)
 

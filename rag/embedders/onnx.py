@@ -56,7 +56,7 @@ from typing import Any
 import anyio
 import numpy as np
 
-from memory import release_free_memory
+from llm.memory import release_free_memory
 from rag.embedders.base import resolve_model_path
 from rag.embedders.local import LocalEmbedder
 from rag.embedders.onnx_export import export, onnx_file

@@ -1,5 +1,5 @@
 """Process memory: handing freed heap pages back to the system. Shared by the parts that drop large objects when idle
-(the embedder's ingestion session, the local chat model)."""
+(the embedder's ingestion session, the local chat model); in `llm/`, the lowest layer, which `rag/` may import."""
 
 from __future__ import annotations
 
