@@ -68,10 +68,11 @@ def rss_samples(pid: int, every: float) -> Iterator[list[tuple[float, float]]]:
         sampler.join()
 
 
-def rss_mib(pid: int) -> float:
+def rss_mib(pid: int, field: str = "VmRSS") -> float:
+    """A process's resident memory in MiB, now (VmRSS) or at its peak (`field="VmHWM"`)."""
     with open(f"/proc/{pid}/status") as status:
         for line in status:
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     return 0.0
 

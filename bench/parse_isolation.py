@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import sample_files
 from bench.ingest import abstracts
-from bench.load import one_chat, service_with_upstream
+from bench.load import one_chat, rss_mib, service_with_upstream
 from rag.ingest.parser_pool import ParserPool
 from rag.ingest.parsers import FileKind, ParseLimits, parse
 
@@ -100,14 +100,6 @@ async def latencies(url: str, requests: int) -> dict[str, float]:
     return {name: statistics.median(values) * 1000 for name, values in found.items()}
 
 
-def peak_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
-
-
 def bench_service(requests: int) -> None:
     hostile = [
         ("files", ("deep.html", sample_files.nested_html(200_000), "text/html")),
@@ -129,7 +121,7 @@ def bench_service(requests: int) -> None:
                 f"  {name:<18} idle {reference:7.2f} ms   during {busy[name]:7.2f} ms   ({busy[name] / reference:.2f}x)"
             )
         print(f"  still parsing after the last request: {', '.join(still) or 'nothing'}")
-        print(f"  service peak resident memory over the whole run: {peak_mib(service.process.pid):.0f} MiB")
+        print(f"  service peak resident memory over the whole run: {rss_mib(service.process.pid, 'VmHWM'):.0f} MiB")
 
 
 def main() -> None:

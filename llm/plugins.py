@@ -95,3 +95,14 @@ async def construct(setting: str, cls: type, options: dict[str, Any], *args: Any
         return cls(**options)
     except TypeError as exc:
         raise PluginError(f"{setting}: cannot build {cls.__qualname__} with options {sorted(options)}: {exc}") from exc
+
+
+async def close_plugin(impl: Any) -> None:
+    """Close a user's object by its `aclose()` or `close()`, whichever it has (awaited when it is a coroutine)."""
+    for name in ("aclose", "close"):
+        method = getattr(impl, name, None)
+        if callable(method):
+            result = method()
+            if inspect.isawaitable(result):
+                await result
+            return

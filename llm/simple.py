@@ -15,6 +15,7 @@ from typing import Any
 
 import anyio
 
+from llm.plugins import close_plugin
 from llm.types import Delta, GenerationOptions, Message
 
 _END = object()
@@ -43,18 +44,8 @@ class SimpleChatModel:
                     if piece:
                         yield Delta(content=str(piece))
         finally:
-            closer = getattr(pieces, "aclose", None) or getattr(pieces, "close", None)
-            if callable(closer):
-                result = closer()
-                if inspect.isawaitable(result):
-                    await result
+            await close_plugin(pieces)  # a client that left stops the user's generator too
         yield Delta(finish_reason="stop")
 
     async def aclose(self) -> None:
-        for name in ("aclose", "close"):
-            method = getattr(self._impl, name, None)
-            if callable(method):
-                result = method()
-                if inspect.isawaitable(result):
-                    await result
-                return
+        await close_plugin(self._impl)

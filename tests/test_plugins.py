@@ -4,6 +4,7 @@ installed package's entry point found by its name."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
@@ -11,6 +12,8 @@ import pytest
 
 from llm.factory import build_chat_model
 from llm.plugins import PluginError
+from llm.simple import SimpleChatModel
+from llm.types import GenerationOptions, Message
 from main import create_app
 from rag.embedders import build_embedder
 from rag.stores import open_store
@@ -100,3 +103,41 @@ async def test_an_installed_package_registers_its_class_by_name(
     vectors = await embedder.embed(["the tower", "the tower"])
     assert vectors.shape == (2, 64) and abs(float(vectors[0] @ vectors[1]) - 1.0) < 1e-6
     await embedder.aclose()
+
+
+class Recording:
+    """A user's model as the original README had it, remembering whether its generator was closed early."""
+
+    model = "recording"
+
+    def __init__(self) -> None:
+        self.closed = False
+        self.seen: tuple[list[dict[str, str]], str] | None = None
+
+    async def stream_response(self, messages: list[dict[str, str]], context: str) -> AsyncIterator[str]:
+        self.seen = (messages, context)
+        try:
+            for word in ["one ", "two ", "three "]:
+                yield word
+        finally:
+            self.closed = True
+
+
+class Synchronous:
+    model = "sync"
+
+    def stream_response(self, messages: list[dict[str, str]], context: str) -> Iterator[str]:
+        yield from ["a ", "b"]
+
+
+async def test_a_simple_model_gets_the_conversation_and_the_context_and_is_stopped_with_its_answer() -> None:
+    impl = Recording()
+    model = SimpleChatModel(impl)
+    messages = [Message("system", "Context:\n[1] the passage"), Message("user", "Hi?")]
+    stream = model.stream(messages, GenerationOptions())
+    assert (await anext(stream)).content == "one "
+    await stream.aclose()  # the client left after the first token
+    assert impl.closed
+    assert impl.seen == ([{"role": "user", "content": "Hi?"}], "Context:\n[1] the passage")
+    deltas = [d async for d in SimpleChatModel(Synchronous()).stream(messages, GenerationOptions())]
+    assert [d.content for d in deltas] == ["a ", "b", ""] and deltas[-1].finish_reason == "stop"

@@ -13,6 +13,7 @@ from typing import Any
 import anyio
 import numpy as np
 
+from llm.plugins import close_plugin
 from rag.embedders.base import normalise
 from rag.errors import EmbeddingError
 
@@ -56,10 +57,4 @@ class SimpleEmbedder:
         return normalise(vectors)
 
     async def aclose(self) -> None:
-        for name in ("aclose", "close"):
-            method = getattr(self._impl, name, None)
-            if callable(method):
-                result = method()
-                if inspect.isawaitable(result):
-                    await result
-                return
+        await close_plugin(self._impl)
