@@ -14,7 +14,6 @@ from typing import Any
 import httpx
 import pytest
 
-from bench.ingest import abstracts
 from main import create_app
 from rag.embedders import build_embedder
 from rag.errors import EmbeddingUnavailable, StoreIncompatible
@@ -24,11 +23,27 @@ from tests.fake_upstream import FakeUpstream
 from tests.servers import serve
 from tests.sse import read_stream
 
+# Written here, not read from ../shared/datasets: the suite runs where the datasets are not.
+DOCUMENTS = [
+    "Vitamin D supplementation in older adults was followed by fewer hip fractures in a three-year trial.",
+    "Calcium intake alone did not change bone density in postmenopausal women over two years.",
+    "MicroRNA-21 is overexpressed in many tumours and suppresses genes that restrain cell growth.",
+    "Loss of the p53 tumour suppressor lets cells with damaged DNA keep dividing.",
+    "Obesity raises free fatty acids in the blood, which impair insulin signalling in muscle and liver.",
+    "Regular aerobic exercise improved insulin sensitivity in adults with type 2 diabetes.",
+    "Statin users reported muscle pain more often than placebo users only when they knew what they took.",
+    "Lowering LDL cholesterol with statins reduced heart attacks in people at high cardiovascular risk.",
+    "The Larkspur ferry carried 1.2 million passengers in 2025, up from 900,000 the year before.",
+    "The harbour's new cranes unload a container ship in fourteen hours instead of twenty.",
+    "Tide tables for October show the highest spring tide on the 17th, at 5.2 metres.",
+    "The lighthouse keeper feeds his cat sardines every morning before the first ferry leaves.",
+]
 QUESTIONS = [
     "Does vitamin D supplementation reduce the risk of fractures?",
     "What is the role of microRNA in cancer?",
     "How does obesity affect insulin resistance?",
     "Are statins associated with muscle pain?",
+    "How many passengers did the ferry carry?",
 ]
 
 
@@ -49,13 +64,14 @@ def add(url: str, documents: list[str]) -> httpx.Response:
 def test_a_second_instance_embeds_through_the_first_and_retrieves_the_same(
     tmp_path: Path, fake_upstream: FakeUpstream, upstream: FakeUpstream
 ) -> None:
-    documents = abstracts(60)
+    documents = DOCUMENTS
     alone_settings = make_settings(tmp_path / "alone", fake_upstream.url)  # type: ignore[attr-defined]
     with contextlib.ExitStack() as embeddings_server, contextlib.ExitStack() as second:
         # The first instance serves embeddings (and, as any instance, answers too): the reference.
         embeddings_url = embeddings_server.enter_context(serve(create_app(alone_settings)))
         assert add(embeddings_url, documents).status_code == 200
         expected = {question: sources(embeddings_url, question) for question in QUESTIONS}
+        assert all(expected.values())  # every question finds context: the comparison below is not of empty lists
 
         remote: dict[str, Any] = {
             "embedder": "openai",
