@@ -34,7 +34,7 @@ from rag.chats.sqlite import Conversations, ConversationStore
 from rag.embedders import build_embedder
 from rag.errors import RAGError
 from rag.history import QueryRewriter
-from rag.ingest import Indexer
+from rag.ingest.indexer import Indexer
 from rag.ingest.jobs import JobStore
 from rag.ingest.parser_pool import ParserPool
 from rag.ingest.parsers import ParseLimits

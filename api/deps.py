@@ -14,7 +14,7 @@ from api.sse_streams import StreamSupervisor
 from config import Settings
 from llm.types import ChatModel
 from rag.chats.sqlite import Conversations
-from rag.ingest import Indexer
+from rag.ingest.indexer import Indexer
 from rag.ingest.runner import JobRunner
 from rag.pipeline import ChatPipeline
 from rag.retriever import Retriever

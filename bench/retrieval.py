@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from config import PROJECT_DIR, Settings
 from rag.embedders.local import SentenceTransformerEmbedder
-from rag.ingest import Indexer
+from rag.ingest.indexer import Indexer
 from rag.retriever import Retriever
 from rag.stores.numpy_store import NumpyVectorStore
 

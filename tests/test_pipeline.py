@@ -11,7 +11,7 @@ from llm.types import Delta, Message, Usage
 from rag.chats.sqlite import ChatForbidden, ChatOwner, ConversationStore
 from rag.embedders.local import SentenceTransformerEmbedder
 from rag.errors import InvalidRequest
-from rag.ingest import Indexer
+from rag.ingest.indexer import Indexer
 from rag.pipeline import ChatPipeline, ChatRef, ChatRequest
 from rag.retriever import Retriever
 from rag.stores.numpy_store import NumpyVectorStore

@@ -10,7 +10,7 @@ import pytest
 
 from rag.embedders.local import SentenceTransformerEmbedder
 from rag.errors import InvalidRequest
-from rag.ingest import Indexer
+from rag.ingest.indexer import Indexer
 from rag.retriever import Retriever
 from rag.stores.numpy_store import NumpyVectorStore
 
