@@ -103,7 +103,8 @@ def test_an_error_status_fails_over_before_the_first_token(
 
 def test_a_refused_connection_fails_over(tmp_path: Path, upstreams: tuple[FakeUpstream, FakeUpstream]) -> None:
     _, b = upstreams
-    dead = {"name": "dead", "base_url": f"http://127.0.0.1:{free_port()}/v1"}
+    # Tried first (by weight), refused, cooled down at once (a threshold of one): b answers every time.
+    dead = {"name": "dead", "base_url": f"http://127.0.0.1:{free_port()}/v1", "weight": 1000}
     with service(tmp_path, [dead, {"name": "b", "base_url": b.url}], llm_failure_threshold=1) as url:  # type: ignore[attr-defined]
         assert [ask(url)[0] for _ in range(3)] == ["answer from b"] * 3
         states = upstream_states(url)
