@@ -340,13 +340,9 @@ class Settings(BaseSettings):
             raise ValueError("CHUNK_OVERLAP must be smaller than CHUNK_SIZE")
         if self.jwt_secret is not None and self.jwt_public_key:
             raise ValueError("set JWT_SECRET (HS256) or JWT_PUBLIC_KEY (RS256/ES256), not both")
-        for key, value, names in (
-            ("EMBEDDER", self.embedder, ("onnx", "torch", "openai")),
-            ("VECTOR_STORE", self.vector_store, ("numpy", "postgres")),
-            ("LLM_PROVIDER", self.llm_provider, ("openai", "local")),
-        ):
-            if value is not None and not value.strip():
-                raise ValueError(f"{key} is empty; the built-in names are {', '.join(names)}")
+        # (An empty EMBEDDER or LLM_PROVIDER is unset already, by `_empty_is_unset`; VECTOR_STORE has no unset.)
+        if not self.vector_store.strip():
+            raise ValueError("VECTOR_STORE is empty; the built-in names are numpy, postgres")
         if self.vector_store == "postgres" and self.database_url is None:
             raise ValueError("VECTOR_STORE=postgres needs DATABASE_URL")
         if self.top_k_results > self.max_top_k:

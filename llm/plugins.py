@@ -32,13 +32,9 @@ class PluginError(LLMError):
     error_type = "plugin_error"
 
 
-def is_class_spec(value: str) -> bool:
-    return ":" in value
-
-
 def load_class(setting: str, spec: str) -> type:
     """The class `spec` names for `setting`: `package.module:ClassName`, or an entry point's name."""
-    if is_class_spec(spec):
+    if ":" in spec:
         module_name, _, qualname = spec.partition(":")
         try:
             target: Any = importlib.import_module(module_name)

@@ -125,8 +125,6 @@ class UpstreamRouter:
     async def stream(self, messages: list[Message], options: GenerationOptions) -> AsyncIterator[Delta]:
         model = options.model or self.model
         candidates = self.order(model, options.route_key)
-        if not candidates:
-            raise UpstreamUnavailable(f"every upstream serving {model!r} is cooling down after failures")
         upstream_options = replace(options, model=None)  # each upstream sends its own model name
         last_error: BaseException | None = None
         for upstream in candidates:
@@ -142,6 +140,7 @@ class UpstreamRouter:
             return
         if isinstance(last_error, TimeoutError):
             raise UpstreamTimeout("no upstream sent a first token in time (LLM_FIRST_TOKEN_TIMEOUT)")
+        # No candidate at all, or each cooled down by another answer before its turn: all are cooling down.
         raise last_error or UpstreamUnavailable(f"every upstream serving {model!r} is cooling down after failures")
 
     async def _open(

@@ -15,8 +15,10 @@ if TYPE_CHECKING:
     from config import Settings
 
 StoreBackend = Literal["numpy", "postgres"]
-# What the service calls on a store (`count`, `document_count` are properties: looked up on the class all the same).
+# What the service calls on a store, and what it reads (`count` and `document_count` are properties: a property is
+# found on the class as an attribute is).
 STORE_METHODS = ("upsert", "delete", "search", "list_documents", "layout", "refresh", "aclose")
+STORE_ATTRIBUTES = ("backend", "count", "document_count")
 
 
 async def open_store(settings: Settings, embedding_model: str, dimension: int) -> VectorStore:
@@ -44,7 +46,11 @@ async def open_store(settings: Settings, embedding_model: str, dimension: int) -
         case spec:
             cls = load_class("VECTOR_STORE", spec)
             require(
-                "VECTOR_STORE", cls, STORE_METHODS, ("backend",), "see the VectorStore protocol in rag/stores/base.py"
+                "VECTOR_STORE",
+                cls,
+                STORE_METHODS,
+                STORE_ATTRIBUTES,
+                "see the VectorStore protocol in rag/stores/base.py",
             )
             store: VectorStore = await construct(
                 "VECTOR_STORE", cls, settings.vector_store_options, embedding_model, dimension
