@@ -309,6 +309,30 @@ class Settings(BaseSettings):
         15.0, gt=0, description="A keep-alive comment goes out on an SSE stream that sent nothing for this long."
     )
     sse_send_timeout: float = Field(30.0, gt=0, description="Seconds a stalled client may block one send.")
+    sse_retry_ms: int = Field(
+        2000, ge=100, description="The `retry:` a resumable stream sends: how long a browser waits to reconnect."
+    )
+
+    # --- resumable answers ------------------------------------------------------------------------
+    resumable_max_per_org: int = Field(
+        20, ge=1, description="Most resumable answers running at once per organisation (per user without one); 429."
+    )
+    answer_flush_ms: int = Field(
+        100, ge=10, le=5000, description="A running answer's new events are written to the chat database this often."
+    )
+    answer_flush_bytes: int = Field(4096, ge=256, description="Sooner than that once this much new text is waiting.")
+    answer_lease_seconds: float = Field(
+        10.0,
+        ge=1,
+        description="A replica that stops renewing its answer for this long is taken for dead: a resume elsewhere "
+        "ends that answer with an answer_interrupted error.",
+    )
+    answer_retention_seconds: float = Field(
+        600.0,
+        ge=0,
+        description="Kept events of an ended answer are removed this long after its end (the answer "
+        "itself stays in the chat).",
+    )
 
     @field_validator(
         "jwt_secret",

@@ -30,6 +30,9 @@ from llm.errors import LLMError
 from llm.factory import build_chat_model
 from llm.router import UpstreamRouter
 from llm.types import ChatModel
+from rag.answers.log import AnswerLog
+from rag.answers.manager import AnswerSettings, ResumableAnswers
+from rag.answers.sqlite_log import SqliteAnswerLog
 from rag.chats.sqlite import Conversations, ConversationStore
 from rag.embedders import build_embedder
 from rag.errors import RAGError
@@ -75,6 +78,28 @@ def build_condenser(settings: Settings, llm: ChatModel) -> Condenser:
             return last_user_message
 
 
+async def open_answers(settings: Settings, conversations: Conversations) -> ResumableAnswers:
+    """Resumable answers, their events kept beside the chats: in PostgreSQL when replicas share it."""
+    log: AnswerLog
+    if settings.database_url is not None:
+        from rag.answers.postgres_log import PgAnswerLog
+
+        log = await PgAnswerLog.open(settings.database_url.get_secret_value())
+    else:
+        log = await SqliteAnswerLog.open(settings.data_dir / "chats.sqlite3")
+    return ResumableAnswers(
+        log,
+        conversations,
+        AnswerSettings(
+            max_running_per_org=settings.resumable_max_per_org,
+            flush_seconds=settings.answer_flush_ms / 1000,
+            flush_bytes=settings.answer_flush_bytes,
+            lease_seconds=settings.answer_lease_seconds,
+            retention_seconds=settings.answer_retention_seconds,
+        ),
+    )
+
+
 async def build_services(settings: Settings, metrics: ChatMetrics, stack: contextlib.AsyncExitStack) -> Services:
     """Build every shared component; each is registered on `stack` so that it is closed on the way out."""
     embedder = await build_embedder(settings)
@@ -91,6 +116,9 @@ async def build_services(settings: Settings, metrics: ChatMetrics, stack: contex
     stack.push_async_callback(conversations.aclose)
     llm = await build_chat_model(settings)
     stack.push_async_callback(llm.aclose)
+    answers = await open_answers(settings, conversations)
+    # Closed before the model (the stack unwinds in reverse): running answers are ended, and their ends written.
+    stack.push_async_callback(answers.aclose)
     retriever = Retriever(
         embedder, store, settings.top_k_results, settings.similarity_threshold, settings.retrieval_mode
     )
@@ -128,6 +156,7 @@ async def build_services(settings: Settings, metrics: ChatMetrics, stack: contex
     # Closed first (the stack unwinds in reverse): a running job is handed back to the queue before the store and
     # the embedder it uses are closed.
     stack.push_async_callback(job_runner.aclose)
+    answers.start_background()
     streams = StreamSupervisor(settings.sse_send_timeout, settings.sse_ping_seconds, SSE_SHUTDOWN_GRACE_SECONDS)
     streams.start()
     stack.push_async_callback(streams.aclose)
@@ -141,6 +170,7 @@ async def build_services(settings: Settings, metrics: ChatMetrics, stack: contex
         llm=llm,
         pipeline=pipeline,
         conversations=conversations,
+        answers=answers,
         metrics=metrics,
         rate_limiter=RateLimiter(settings.rate_limit_per_minute),
         authenticator=Authenticator(settings),

@@ -3,23 +3,25 @@ the same for request bodies of the Elasticsearch services we replace."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from api.auth import Principal, PrincipalDep
-from api.deps import ServicesDep
+from api.deps import Services, ServicesDep
 from api.errors import error_response
 from api.limits import check_conversation
 from api.schemas import ChatAnswer, ChatBody, ErrorBody, LegacyStreamBody, Source, UsageBody
 from api.security import RateLimited
-from api.sse import seed_sse_response
+from api.sse import resumable_sse_response, seed_sse_response
 from config import Settings
 from llm.types import GenerationOptions, Message
+from rag.answers.manager import EventWithId
 from rag.chats.sqlite import ChatOwner
 from rag.errors import InvalidRequest
-from rag.pipeline import ChatRef, ChatRequest, ChatStream
+from rag.pipeline import Answer, ChatRef, ChatRequest, ChatStream, collect_events
 
 router = APIRouter(tags=["chat"])
 legacy_router = APIRouter(tags=["chat"])
@@ -60,8 +62,8 @@ def build_chat_request(
     )
 
 
-async def answer_json(stream: ChatStream) -> ChatAnswer | JSONResponse:
-    answer = await stream.collect()
+async def answer_json(stream: ChatStream | Awaitable[Answer]) -> ChatAnswer | JSONResponse:
+    answer = await (stream.collect() if isinstance(stream, ChatStream) else stream)
     if answer.error is not None:
         # Not streaming, a half answer is no answer: report the failure as the status it is.
         return error_response(502, answer.error.type, answer.error.message)
@@ -72,6 +74,20 @@ async def answer_json(stream: ChatStream) -> ChatAnswer | JSONResponse:
         reasoning=answer.reasoning or None,
         finish_reason=answer.finish_reason,
     )
+
+
+async def resumable_answer(services: Services, request: ChatRequest, stream: bool):
+    """Start the answer apart from this connection, then follow it: as SSE with event ids, or whole as JSON (the
+    answer still ends and is stored if the client leaves while waiting)."""
+    run = await services.answers.start(request, services.pipeline.start)
+    events = await services.answers.follow(run)
+    if stream:
+        return resumable_sse_response(events, services.streams, services.settings.sse_retry_ms)
+    return await answer_json(collected(run.chat_id, events))
+
+
+async def collected(chat_id: str, events: AsyncIterator[EventWithId]) -> Answer:
+    return await collect_events(event async for _, event in events)
 
 
 @router.post("/chat", response_model=ChatAnswer, responses=_SSE_OR_JSON | _ERRORS, dependencies=[RateLimited])
@@ -89,6 +105,8 @@ async def chat(body: ChatBody, services: ServicesDep, principal: PrincipalDep):
         chat_id=body.chatId,
         title=body.chatTitle,
     )
+    if body.resumable:
+        return await resumable_answer(services, request, body.stream)
     # Everything that can fail with a status code happens here, before the response starts.
     stream = await services.pipeline.start(request)
     if body.stream:
@@ -113,5 +131,7 @@ async def legacy_stream(body: LegacyStreamBody, services: ServicesDep, principal
         chat_id=body.chatId,
         title=body.chatTitle,
     )
+    if body.resumable:
+        return await resumable_answer(services, request, stream=True)
     stream = await services.pipeline.start(request)
     return seed_sse_response(stream, services.streams)

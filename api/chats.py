@@ -1,15 +1,24 @@
-"""Stored conversations: list a user's chats, read one, delete one. A user never sees another user's chat: it
-answers 404, exactly as a chat that does not exist."""
+"""Stored conversations: list a user's chats, read one, delete one; continue or stop a chat's resumable answer. A
+user never sees another user's chat: it answers 404, exactly as a chat that does not exist."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Header, Query, Response
 
 from api.auth import Principal, PrincipalDep
 from api.deps import ServicesDep
-from api.schemas import ChatDetail, ChatList, ChatSummaryBody, ErrorBody, StoredMessageBody
+from api.schemas import (
+    AnswerStatusBody,
+    ChatDetail,
+    ChatList,
+    ChatSummaryBody,
+    ErrorBody,
+    StopResult,
+    StoredMessageBody,
+)
+from api.sse import resumable_sse_response
 from rag.chats.sqlite import ChatOwner, ChatSummary
 from rag.errors import InvalidRequest
 
@@ -60,9 +69,16 @@ async def get_chat(
     chatId: str, services: ServicesDep, principal: PrincipalDep, userId: UserId = None, orgId: OrgId = None
 ) -> ChatDetail:
     chat, messages = await services.conversations.get(chatId, owner_of(principal, userId, orgId))
+    run = await services.answers.current(chatId)
+    answer = (
+        AnswerStatusBody(status=run.status, question=run.question, startedAt=run.started_at, endedAt=run.ended_at)
+        if run is not None
+        else None
+    )
     return ChatDetail(
         **_summary(chat),
         messages=[StoredMessageBody(role=m.role, content=m.content, createdAt=m.created_at) for m in messages],
+        answer=answer,
     )
 
 
@@ -71,3 +87,42 @@ async def delete_chat(
     chatId: str, services: ServicesDep, principal: PrincipalDep, userId: UserId = None, orgId: OrgId = None
 ) -> None:
     await services.conversations.delete(chatId, owner_of(principal, userId, orgId))
+
+
+@router.get(
+    "/{chatId}/stream",
+    responses={
+        200: {"content": {"text/event-stream": {}}, "description": "The answer's events after Last-Event-ID"},
+        204: {"description": "No answer is running and none ended lately, or the client has seen all of it"},
+        404: {"model": ErrorBody},
+    },
+)
+async def resume_answer(
+    chatId: str,
+    services: ServicesDep,
+    principal: PrincipalDep,
+    userId: UserId = None,
+    orgId: OrgId = None,
+    last_event_id: Annotated[
+        str | None, Query(max_length=100, description="For clients that cannot set the Last-Event-ID header.")
+    ] = None,
+    last_event_id_header: Annotated[str | None, Header(alias="Last-Event-ID", max_length=100)] = None,
+):
+    """Continue the chat's running (or just-ended) resumable answer after the event named by `Last-Event-ID`, in
+    the same SSE format; from its beginning without one. A browser's EventSource reconnecting by itself lands here."""
+    events = await services.answers.resume(
+        chatId, owner_of(principal, userId, orgId), last_event_id_header or last_event_id
+    )
+    if events is None:
+        return Response(status_code=204)
+    return resumable_sse_response(events, services.streams, services.settings.sse_retry_ms)
+
+
+@router.post("/{chatId}/stop", response_model=StopResult, responses={404: {"model": ErrorBody}})
+async def stop_answer(
+    chatId: str, services: ServicesDep, principal: PrincipalDep, userId: UserId = None, orgId: OrgId = None
+) -> StopResult:
+    """Stop the chat's running answer, on whichever replica produces it; its upstream request is closed. Asking
+    when none runs is not an error: `stopped` is false."""
+    stopped = await services.answers.stop(chatId, owner_of(principal, userId, orgId))
+    return StopResult(chatId=chatId, stopped=stopped)

@@ -13,6 +13,7 @@ from api.security import RateLimiter
 from api.sse_streams import StreamSupervisor
 from config import Settings
 from llm.types import ChatModel
+from rag.answers.manager import ResumableAnswers
 from rag.chats.sqlite import Conversations
 from rag.ingest.indexer import Indexer
 from rag.ingest.runner import JobRunner
@@ -33,6 +34,7 @@ class Services:
     llm: ChatModel
     pipeline: ChatPipeline
     conversations: Conversations
+    answers: ResumableAnswers  # resumable answers: produced apart from their connection
     metrics: ChatMetrics
     rate_limiter: RateLimiter
     authenticator: Authenticator

@@ -27,6 +27,7 @@ from llm.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from rag.answers.log import AnswerInProgress, TooManyAnswers
 from rag.chats.sqlite import ChatForbidden, ChatNotFound
 from rag.errors import (
     DocumentNotFound,
@@ -56,6 +57,8 @@ STATUS_TABLE: list[tuple[type[Exception], int]] = [
     (DocumentNotFound, 404),
     (ChatNotFound, 404),
     (ChatForbidden, 403),
+    (AnswerInProgress, 409),
+    (TooManyAnswers, 429),
     (TenantForbidden, 403),
     (EmbeddingUnavailable, 503),
     (EmbeddingError, 502),
@@ -134,6 +137,8 @@ def status_of(exc: Exception) -> int:
 def retry_headers(exc: Exception) -> dict[str, str] | None:
     if isinstance(exc, UpstreamRateLimited):
         return {"Retry-After": str(max(1, round(exc.retry_after or 1)))}
+    if isinstance(exc, TooManyAnswers):
+        return {"Retry-After": "5"}  # answers take seconds: a slot frees soon
     return None
 
 

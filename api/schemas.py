@@ -59,6 +59,11 @@ class ChatBody(BaseModel):
         None, min_length=1, max_length=256, description="Store this turn in that chat; its history is used."
     )
     chatTitle: str | None = Field(None, max_length=500, description="Title for a new chat.")
+    resumable: bool = Field(
+        False,
+        description="Produce the answer apart from this connection: it runs to its end if the client leaves, and "
+        "GET /api/v1/chats/{chatId}/stream continues it. Needs chatId and userId.",
+    )
     model: str | None = Field(
         None,
         min_length=1,
@@ -225,6 +230,11 @@ class LegacyStreamBody(BaseModel):
     orgId: str | None = Field(None, min_length=1, max_length=256)
     chatId: str | None = Field(None, min_length=1, max_length=256)
     chatTitle: str | None = Field(None, max_length=500)
+    resumable: bool = Field(
+        False,
+        description="Produce the answer apart from this connection: it runs to its end if the client leaves, and "
+        "GET /api/v1/chats/{chatId}/stream continues it. Needs chatId and userId.",
+    )
     updateTime: str | None = Field(None, description="Accepted for compatibility; the server keeps its own times.")
     history: list[LegacyMessage] = Field(default_factory=list, description="Earlier turns, oldest first.")
     top_k: int | None = Field(None, ge=1)
@@ -253,5 +263,22 @@ class StoredMessageBody(BaseModel):
     createdAt: float
 
 
+class AnswerStatusBody(BaseModel):
+    """The chat's current or recently ended resumable answer."""
+
+    status: str = Field(description="running, done, stopped or interrupted.")
+    question: str = Field(description="The question it answers (stored in the chat once the answer ends).")
+    startedAt: float
+    endedAt: float | None
+
+
 class ChatDetail(ChatSummaryBody):
     messages: list[StoredMessageBody]
+    answer: AnswerStatusBody | None = Field(
+        None, description="The resumable answer running (resume it at /stream), or one that ended lately."
+    )
+
+
+class StopResult(BaseModel):
+    chatId: str
+    stopped: bool = Field(description="Whether an answer was running and is now stopped.")

@@ -15,6 +15,7 @@ import anyio
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from api.sse_streams import StreamSupervisor, SupervisedEventSource
+from rag.answers.manager import EventWithId
 from rag.pipeline import ChatStream
 from rag.types import ChatEvent, DoneEvent, ErrorEvent, ReasoningEvent, SourcesEvent, TokenEvent, UsageEvent
 
@@ -133,3 +134,27 @@ def seed_sse_response(stream: ChatStream, supervisor: StreamSupervisor) -> Event
     """The answer in the seed's format. Closing the events (client gone, shutdown) closes the model's stream."""
     farewell: list[Frame] = [json_frame({"content": "", "error": SHUTDOWN_ERROR}), data_frame(DONE)]
     return event_source(stream.events(), supervisor, farewell, render=seed_event)
+
+
+def resumable_renderer(retry_ms: int) -> Callable[[EventWithId], bytes]:
+    """Seed-format frames that carry their event's id, the first one also the stream's `retry:`."""
+    first = f"retry: {retry_ms}\r\n".encode()
+
+    def render(item: EventWithId) -> bytes:
+        nonlocal first
+        eid, event = item
+        frame = b"id: " + eid.encode() + b"\r\n" + seed_event(event)
+        if first:
+            frame, first = first + frame, b""
+        return frame
+
+    return render
+
+
+def resumable_sse_response(
+    events: AsyncIterator[EventWithId], supervisor: StreamSupervisor, retry_ms: int
+) -> EventSourceResponse:
+    """A resumable answer's events from wherever the reader joined. Closing this response stops the reading only:
+    the answer goes on. At shutdown the stream just ends, with no farewell: the client reconnects (a browser's
+    EventSource by itself) and continues through another replica."""
+    return event_source(events, supervisor, [], render=resumable_renderer(retry_ms))

@@ -4,7 +4,12 @@ One connection serves many questions in turn. The client sends JSON frames:
     {"question": "...", "userId": "...", "orgId": "...", "chatId": "...", "history": [...], "stream": true}
     (or "messages" instead of "question"/"history"; "id" is echoed on every answer frame)
     {"type": "cancel"}   stops the current answer, upstream included
+    {"type": "resume", "chatId": "...", "userId": "...", "lastEventId": "..."}
+                         continues the chat's resumable answer after that event (from its start without one);
+                         {"type": "done", "finish_reason": "nothing_to_resume"} when there is nothing more
     {"type": "ping"}     answered with {"type": "pong"}
+A question frame with "resumable": true is answered apart from the connection: closing it does not stop the answer,
+and every frame of it carries an "eventId" to resume after.
 The server answers with {"type": "sources" | "token" | "reasoning" | "usage" | "error" | "done", ...}, or one
 {"type": "answer", ...} frame for "stream": false. A malformed frame gets an error frame; the connection stays open.
 """
@@ -16,6 +21,7 @@ import contextlib
 import json
 import logging
 import math
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
@@ -29,7 +35,10 @@ from api.schemas import ChatMessage, JsonObject, LegacyMessage
 from api.security import client_identity
 from llm.errors import LLMError
 from llm.types import GenerationOptions, Message
+from rag.answers.manager import EventWithId
+from rag.chats.sqlite import ChatOwner
 from rag.errors import InvalidRequest, RAGError
+from rag.pipeline import ChatRef
 from rag.types import ChatEvent, DoneEvent, ErrorEvent, ReasoningEvent, SourcesEvent, TokenEvent, UsageEvent
 
 logger = logging.getLogger(__name__)
@@ -51,6 +60,7 @@ class QuestionFrame(BaseModel):
     chatTitle: str | None = Field(None, max_length=500)
     model: str | None = None  # the old services named the model per request; ours is configured on the server
     stream: bool = True
+    resumable: bool = False
     top_k: int | None = Field(None, ge=1)
     filters: JsonObject | None = None
     max_tokens: int | None = Field(None, ge=1)
@@ -63,6 +73,16 @@ class QuestionFrame(BaseModel):
         if self.question and self.question.strip():
             return [*earlier, Message("user", self.question)]
         raise InvalidRequest("a question frame needs 'question' or 'messages'")
+
+
+class ResumeFrame(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    id: str | int | None = None
+    chatId: str = Field(min_length=1, max_length=256)
+    userId: str | None = Field(None, min_length=1, max_length=256)
+    orgId: str | None = Field(None, min_length=1, max_length=256)
+    lastEventId: str | None = Field(None, max_length=100)
 
 
 def event_frame(event: ChatEvent) -> dict[str, Any]:
@@ -96,6 +116,7 @@ class ChatSession:
         self.services = services
         self.principal = principal  # authenticated at connect; every question is scoped by it
         self._answer: asyncio.Task[None] | None = None
+        self._resumable_chat: ChatRef | None = None  # the chat of the resumable answer being followed
         self._send_lock = asyncio.Lock()  # frames from the reader and the answer task must not interleave
 
     async def send(self, frame: dict[str, Any], request_id: str | int | None = None) -> None:
@@ -130,6 +151,10 @@ class ChatSession:
             await self.send(error_frame("invalid_frame", "the frame must be a JSON object"))
             return
         kind = data.get("type", "question")
+        if kind == "cancel" and self._resumable_chat is not None and self._busy():
+            chat, self._resumable_chat = self._resumable_chat, None
+            await self.services.answers.stop(chat.chat_id, chat.owner)  # the following task ends with its "done"
+            return
         if kind == "cancel":
             if not await self._cancel_answer(notify=True):
                 await self.send(error_frame("nothing_to_cancel", "no answer is in progress"))
@@ -137,11 +162,19 @@ class ChatSession:
         if kind == "ping":
             await self.send({"type": "pong"})
             return
-        if kind != "question":
+        if kind not in ("question", "resume"):
             await self.send(error_frame("invalid_frame", f"unknown frame type {kind!r}"))
             return
-        if self._answer is not None and not self._answer.done():
+        if self._busy():
             await self.send(error_frame("busy", "an answer is in progress: wait for 'done' or send a cancel frame"))
+            return
+        if kind == "resume":
+            try:
+                resume = ResumeFrame.model_validate(data)
+            except ValidationError as exc:
+                await self.send(error_frame("validation_error", describe_validation(exc.errors()), 422), data.get("id"))
+                return
+            self._answer = asyncio.create_task(self._resume(resume))
             return
         wait = self.services.rate_limiter.acquire(client_identity(self.websocket))
         if wait is not None:
@@ -157,6 +190,9 @@ class ChatSession:
             await self.send(error_frame("validation_error", describe_validation(exc.errors()), 422), data.get("id"))
             return
         self._answer = asyncio.create_task(self._run_answer(frame))
+
+    def _busy(self) -> bool:
+        return self._answer is not None and not self._answer.done()
 
     async def _cancel_answer(self, notify: bool) -> bool:
         task, self._answer = self._answer, None
@@ -183,7 +219,11 @@ class ChatSession:
                 chat_id=frame.chatId,
                 title=frame.chatTitle,
             )
-            stream = await self.services.pipeline.start(request)
+            if frame.resumable:
+                run = await self.services.answers.start(request, self.services.pipeline.start)
+                self._resumable_chat = request.chat
+            else:
+                stream = await self.services.pipeline.start(request)
         except (RAGError, LLMError) as exc:
             await self.send(error_frame(exc.error_type, str(exc), status_of(exc)), rid)
             await self.send({"type": "done", "finish_reason": "error"}, rid)
@@ -194,6 +234,9 @@ class ChatSession:
             logger.exception("websocket answer failed before it started")
             await self.send(error_frame("internal_error", "the answer failed unexpectedly", 500), rid)
             await self.send({"type": "done", "finish_reason": "error"}, rid)
+            return
+        if frame.resumable:
+            await self._follow(await self.services.answers.follow(run), rid)
             return
         try:
             if not frame.stream:
@@ -218,6 +261,33 @@ class ChatSession:
             pass  # the reader notices too, and ends the session
         finally:
             await stream.aclose()
+
+    async def _follow(self, events: AsyncIterator[EventWithId], rid: str | int | None) -> None:
+        """Send a resumable answer's frames, each with its event id; leaving stops the following, not the answer."""
+        try:
+            async with contextlib.aclosing(events):  # type: ignore[type-var]
+                async for event_id, event in events:
+                    await self.send({**event_frame(event), "eventId": event_id}, rid)
+        except WebSocketDisconnect:
+            pass
+        finally:
+            self._resumable_chat = None
+
+    async def _resume(self, frame: ResumeFrame) -> None:
+        try:
+            user_id, org_id = self.principal.scope(frame.userId, frame.orgId)
+            if user_id is None:
+                raise InvalidRequest("userId is required: chats belong to a user")
+            owner = ChatOwner(user_id, org_id)
+            events = await self.services.answers.resume(frame.chatId, owner, frame.lastEventId)
+        except (RAGError, LLMError) as exc:
+            await self.send(error_frame(exc.error_type, str(exc), status_of(exc)), frame.id)
+            return
+        if events is None:
+            await self.send({"type": "done", "finish_reason": "nothing_to_resume"}, frame.id)
+            return
+        self._resumable_chat = ChatRef(frame.chatId, owner)
+        await self._follow(events, frame.id)
 
 
 async def chat_socket(websocket: WebSocket, principal: PrincipalDep) -> None:

@@ -163,24 +163,7 @@ class ChatStream:
         yield seen(DoneEvent(finish_reason))
 
     async def collect(self) -> Answer:
-        content: list[str] = []
-        reasoning: list[str] = []
-        usage: Usage | None = None
-        error: ErrorEvent | None = None
-        finish_reason: str | None = None
-        async for event in self.events():
-            match event:
-                case TokenEvent(text):
-                    content.append(text)
-                case ReasoningEvent(text):
-                    reasoning.append(text)
-                case UsageEvent(u):
-                    usage = u
-                case ErrorEvent():
-                    error = event
-                case DoneEvent(reason):
-                    finish_reason = reason
-        return Answer("".join(content), "".join(reasoning), self.hits, usage, finish_reason, error)
+        return await collect_events(self.events())
 
     async def aclose(self) -> None:
         if self._observer is not None:
@@ -188,6 +171,31 @@ class ChatStream:
         aclose = getattr(self._deltas, "aclose", None)
         if aclose is not None:
             await aclose()
+
+
+async def collect_events(events: AsyncIterator[ChatEvent]) -> Answer:
+    """A whole answer from its events."""
+    content: list[str] = []
+    reasoning: list[str] = []
+    sources: list[Hit] = []
+    usage: Usage | None = None
+    error: ErrorEvent | None = None
+    finish_reason: str | None = None
+    async for event in events:
+        match event:
+            case TokenEvent(text):
+                content.append(text)
+            case ReasoningEvent(text):
+                reasoning.append(text)
+            case SourcesEvent(hits):
+                sources = hits
+            case UsageEvent(u):
+                usage = u
+            case ErrorEvent():
+                error = event
+            case DoneEvent(reason):
+                finish_reason = reason
+    return Answer("".join(content), "".join(reasoning), sources, usage, finish_reason, error)
 
 
 class ChatPipeline:

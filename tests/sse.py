@@ -32,3 +32,17 @@ def read_stream(response: httpx.Response) -> tuple[list[dict[str, Any]], bool]:
         else:
             payloads.append(json.loads(data))
     return payloads, done
+
+
+def iter_events(response: httpx.Response) -> Iterator[tuple[str | None, str]]:
+    """Each event's id (None without one) and data, comments skipped."""
+    data: list[str] = []
+    event_id: str | None = None
+    for line in response.iter_lines():
+        if line.startswith("data:"):
+            data.append(line[5:].removeprefix(" "))
+        elif line.startswith("id:"):
+            event_id = line[3:].removeprefix(" ")
+        elif line == "" and data:
+            yield event_id, "\n".join(data)
+            data, event_id = [], None
