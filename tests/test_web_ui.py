@@ -139,6 +139,27 @@ def test_conversation_is_kept_per_chat(page, upstream: FakeUpstream, live_url: s
     assert page.locator(".message").count() == 0
 
 
+def test_a_reload_mid_answer_shows_the_whole_answer_as_it_continues(page, upstream: FakeUpstream) -> None:
+    tokens = [f"part{i} " for i in range(40)]
+    upstream.reset(Script(tokens=tokens, delay=0.08))
+    ask(page, "Tell me a long story.")
+    page.wait_for_function(f"document.querySelector('{LAST_ANSWER} .text').textContent.includes('part3')")
+    page.reload()  # the page's connection is gone; the answer goes on on the server
+    page.wait_for_selector(LAST_ANSWER)
+    assert page.locator(".message.user").last.text_content() == "Tell me a long story."
+    # it shows the answer from its beginning, then as it continues, and ends it as done
+    assert answer_state(page) == "streaming"
+    page.wait_for_function(f"document.querySelector('{LAST_ANSWER}').dataset.state === 'done'", timeout=30_000)
+    assert page.get_attribute(LAST_ANSWER, "data-raw") == "".join(tokens)
+    assert not upstream.disconnected.is_set() and upstream.completed == 1
+    # once it ended, a reload shows the stored turn, with nothing to continue
+    page.reload()
+    page.wait_for_selector(LAST_ANSWER)
+    assert answer_text(page) == "".join(tokens).strip()
+    assert page.locator(".message.assistant").count() == page.locator(".message.user").count()  # nothing twice
+    assert answer_state(page) is None  # a stored message, not an answer in progress
+
+
 def test_errors_are_shown_clearly(page, upstream: FakeUpstream) -> None:
     upstream.reset(Script(status=500))
     ask(page, "Will this work?")

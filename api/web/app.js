@@ -92,11 +92,13 @@ const getJSON = async (path, options) => (await request(path, options)).json();
 const postJSON = (path, body, options = {}) =>
   request(path, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body), ...options });
 
-// Reads the service's SSE stream: JSON objects on `data:` lines, `data: [DONE]` at the end. Lines can be split
-// across network chunks, so text is buffered until a whole line is there.
+// Reads the service's SSE stream: JSON objects on `data:` lines, `data: [DONE]` at the end, and, for a resumable
+// answer, each event's `id:` (passed along, to resume after it). Lines can be split across network chunks, so text
+// is buffered until a whole line is there.
 async function readEvents(response, onEvent) {
   const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
   let buffer = "";
+  let id = null;
   for (;;) {
     const { value, done } = await reader.read();
     if (done) return false;
@@ -105,12 +107,36 @@ async function readEvents(response, onEvent) {
     while ((end = buffer.indexOf("\n")) >= 0) {
       const line = buffer.slice(0, end).replace(/\r$/, "");
       buffer = buffer.slice(end + 1);
+      if (line.startsWith("id:")) id = line.slice(3).trim();
       if (!line.startsWith("data:")) continue;
       const data = line.slice(5).trim();
       if (data === "[DONE]") return true;
-      onEvent(JSON.parse(data));
+      onEvent(JSON.parse(data), id);
     }
   }
+}
+
+// Continues a chat's resumable answer with an EventSource: after `lastEventId`, or from its beginning. The browser
+// reconnects by itself when the connection drops (sending Last-Event-ID); a 204 (nothing more) closes it.
+function followAnswer(chatId, lastEventId, onEvent) {
+  const params = new URLSearchParams({ userId: store.userId });
+  if (lastEventId) params.set("last_event_id", lastEventId);
+  const key = localStorage.getItem("rag.apiKey");
+  if (key) params.set("access_token", key); // EventSource cannot set headers
+  const source = new EventSource(`api/v1/chats/${encodeURIComponent(chatId)}/stream?${params}`);
+  following = source;
+  return new Promise((resolve) => {
+    source.onmessage = (message) => {
+      if (message.data === "[DONE]") {
+        source.close();
+        resolve(true);
+      } else onEvent(JSON.parse(message.data), message.lastEventId);
+    };
+    source.onerror = () => {
+      if (source.readyState === EventSource.CLOSED) resolve(false);
+    };
+    source.stopped = () => { source.close(); resolve(false); };
+  });
 }
 
 function showError(message) {
@@ -294,6 +320,7 @@ async function openChat(chatId) {
   try {
     const chat = await getJSON(`api/v1/chats/${encodeURIComponent(chatId)}?userId=${encodeURIComponent(store.userId)}`);
     for (const message of chat.messages) addMessage(message.role, message.content);
+    if (chat.answer?.status === "running" && !controller && !following) continueAnswer(chatId, chat.answer.question);
   } catch (err) {
     if (err.status !== 404) showError(err.message); // 404: a new chat with nothing stored yet
   }
@@ -309,43 +336,100 @@ function newChat() {
 
 // --- asking ----------------------------------------------------------------------------------------
 
-let controller = null;
+let controller = null; // the request of the answer being asked
+let following = null; // the EventSource continuing an answer
 
+// Shows one event of the answer; returns the error message of an error event.
+function showEvent(answer, event) {
+  if (event.sources) answer.setSources(event.sources);
+  if (event.reasoning) answer.appendReasoning(event.reasoning);
+  if (event.content) answer.appendText(event.content);
+  answer.item.scrollIntoView({ block: "end" });
+  return event.error?.message ?? null;
+}
+
+function busy(on) {
+  $("#send").disabled = on;
+  $("#stop").disabled = !on;
+}
+
+// The page always asks for a resumable answer: a dropped connection, a reload or a closed lid loses nothing; the
+// answer goes on on the server and the page continues it from the last event it showed.
 async function ask(question) {
   showError("");
   addMessage("user", question);
   const answer = assistantMessage();
+  const chatId = store.chatId;
   controller = new AbortController();
-  $("#send").disabled = true;
-  $("#stop").disabled = false;
+  busy(true);
+  let failure = null;
+  let lastId = null;
+  const onEvent = (event, id) => {
+    failure = showEvent(answer, event) ?? failure;
+    lastId = id ?? lastId;
+  };
   try {
     const response = await postJSON(
       "api/v1/chat",
-      { messages: [{ role: "user", content: question }], stream: true, userId: store.userId, chatId: store.chatId },
+      { messages: [{ role: "user", content: question }], stream: true, userId: store.userId, chatId, resumable: true },
       { signal: controller.signal },
     );
-    let failure = null;
-    const complete = await readEvents(response, (event) => {
-      if (event.sources) answer.setSources(event.sources);
-      if (event.reasoning) answer.appendReasoning(event.reasoning);
-      if (event.error) failure = event.error.message;
-      if (event.content) answer.appendText(event.content);
-      answer.item.scrollIntoView({ block: "end" });
-    });
-    if (failure) answer.finish("failed", `The answer failed: ${failure}`);
-    else if (!complete) answer.finish("failed", "The connection closed before the answer was complete.");
-    else answer.finish("done");
+    let complete = await readEvents(response, onEvent);
+    if (!complete && !controller.signal.aborted) complete = await followAnswer(chatId, lastId, onEvent);
+    finishAnswer(answer, complete, failure);
   } catch (err) {
     if (err.name === "AbortError") answer.finish("stopped", "Stopped.");
+    else if (lastId) finishAnswer(answer, await followAnswer(chatId, lastId, onEvent), failure);
     else {
       answer.finish("failed", err.message);
       showError(err.message);
     }
   } finally {
     controller = null;
-    $("#send").disabled = false;
-    $("#stop").disabled = true;
+    following = null;
+    busy(false);
     loadChats();
+  }
+}
+
+function finishAnswer(answer, complete, failure) {
+  if (answer.item.dataset.state !== "streaming") return; // stopped meanwhile
+  if (failure) answer.finish("failed", `The answer failed: ${failure}`);
+  else if (!complete) answer.finish("failed", "The connection closed before the answer was complete.");
+  else answer.finish("done");
+}
+
+// After a reload, or on opening a chat whose answer is still running: show it from its beginning as it goes on.
+async function continueAnswer(chatId, question) {
+  addMessage("user", question);
+  const answer = assistantMessage();
+  busy(true);
+  let failure = null;
+  try {
+    const complete = await followAnswer(chatId, null, (event) => { failure = showEvent(answer, event) ?? failure; });
+    finishAnswer(answer, complete, failure);
+  } finally {
+    following = null;
+    busy(false);
+    loadChats();
+  }
+}
+
+async function stop() {
+  const chatId = store.chatId;
+  controller?.abort();
+  if (following) {
+    following.stopped();
+    const answer = document.querySelector(".message.assistant:last-child");
+    if (answer?.dataset.state === "streaming") {
+      answer.dataset.state = "stopped";
+      answer.append(el("div", "meta", "Stopped."));
+    }
+  }
+  try {
+    await request(`api/v1/chats/${encodeURIComponent(chatId)}/stop?userId=${encodeURIComponent(store.userId)}`, { method: "POST" });
+  } catch (err) {
+    showError(err.message);
   }
 }
 
@@ -514,7 +598,7 @@ async function refreshStatus() {
 $("#ask").addEventListener("submit", (event) => {
   event.preventDefault();
   const question = $("#question").value.trim();
-  if (!question || controller) return;
+  if (!question || controller || following) return;
   $("#question").value = "";
   ask(question);
 });
@@ -524,7 +608,7 @@ $("#question").addEventListener("keydown", (event) => {
     $("#ask").requestSubmit();
   }
 });
-$("#stop").addEventListener("click", () => controller?.abort());
+$("#stop").addEventListener("click", stop);
 $("#new-chat").addEventListener("click", newChat);
 $("#toggle-docs").addEventListener("click", () => {
   const open = $("#docs").classList.toggle("open");
