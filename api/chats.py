@@ -19,7 +19,8 @@ from api.schemas import (
     StoredMessageBody,
 )
 from api.sse import resumable_sse_response
-from rag.chats.sqlite import ChatOwner, ChatSummary
+from rag.answers.manager import owns
+from rag.chats.sqlite import ChatNotFound, ChatOwner, ChatSummary
 from rag.errors import InvalidRequest
 
 router = APIRouter(prefix="/chats", tags=["chats"])
@@ -68,11 +69,19 @@ async def list_chats(
 async def get_chat(
     chatId: str, services: ServicesDep, principal: PrincipalDep, userId: UserId = None, orgId: OrgId = None
 ) -> ChatDetail:
-    chat, messages = await services.conversations.get(chatId, owner_of(principal, userId, orgId))
+    owner = owner_of(principal, userId, orgId)
     run = await services.answers.current(chatId)
+    try:
+        chat, messages = await services.conversations.get(chatId, owner)
+    except ChatNotFound:
+        if run is None or not owns(run, owner):
+            raise
+        # A chat's first answer, still running: the chat is stored with its first turn, when the answer ends.
+        chat = ChatSummary(chatId, run.user_id, run.org_id, run.question[:80], run.started_at, run.started_at)
+        messages = []
     answer = (
         AnswerStatusBody(status=run.status, question=run.question, startedAt=run.started_at, endedAt=run.ended_at)
-        if run is not None
+        if run is not None and owns(run, owner)
         else None
     )
     return ChatDetail(

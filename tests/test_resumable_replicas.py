@@ -82,6 +82,10 @@ def test_an_answer_from_one_replica_continues_through_the_other_after_several_dr
     assert stored["messages"][-1]["content"] == FULL
     with resume(pair[1], chat_id, events[-1][0]) as response:
         assert response.status_code == 204
+    # A client that saw the end asks again at once, through the other replica: the chat is free.
+    upstream.reset()
+    again = httpx.post(f"{pair[0]}/api/v1/chat", json=chat_body(chat_id, stream=False), timeout=30)
+    assert again.status_code == 200, again.text
     other = httpx.post(f"{pair[1]}/api/v1/chats/{chat_id}/stop", params={"userId": "u-other"}, timeout=30)
     assert other.status_code == 404
 

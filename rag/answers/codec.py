@@ -1,4 +1,6 @@
-"""Pipeline events to and from compact JSON objects, the form a resumable answer's events are kept in."""
+"""Pipeline events to and from compact JSON values, the form a resumable answer's events are kept in: a token is its
+bare text (nearly every event, so a batch costs little more than the answer's own text), any other event an object
+with one short key."""
 
 from __future__ import annotations
 
@@ -8,10 +10,10 @@ from llm.types import Usage
 from rag.types import ChatEvent, Chunk, DoneEvent, ErrorEvent, Hit, ReasoningEvent, SourcesEvent, TokenEvent, UsageEvent
 
 
-def encode(event: ChatEvent) -> dict[str, Any]:
+def encode(event: ChatEvent) -> str | dict[str, Any]:
     match event:
         case TokenEvent(text):
-            return {"t": text}
+            return text
         case ReasoningEvent(text):
             return {"r": text}
         case SourcesEvent(hits):
@@ -24,9 +26,9 @@ def encode(event: ChatEvent) -> dict[str, Any]:
             return {"d": reason}
 
 
-def decode(data: dict[str, Any]) -> ChatEvent:
-    if "t" in data:
-        return TokenEvent(data["t"])
+def decode(data: str | dict[str, Any]) -> ChatEvent:
+    if isinstance(data, str):
+        return TokenEvent(data)
     if "r" in data:
         return ReasoningEvent(data["r"])
     if "s" in data:

@@ -83,7 +83,7 @@ class AnswerLog(Protocol):
 
     async def get(self, run_id: str) -> Run | None: ...
 
-    async def read(self, run_id: str, after_seq: int) -> list[tuple[int, dict[str, Any]]]:
+    async def read(self, run_id: str, after_seq: int) -> list[tuple[int, str | dict[str, Any]]]:
         """The kept events numbered after `after_seq`, in order."""
         ...
 
@@ -110,13 +110,13 @@ def runs_by_id(batches: list[Batch], renew: list[str]) -> list[str]:
     return list(dict.fromkeys([*(batch.run_id for batch in batches), *renew]))
 
 
-def dump_events(events: list[dict[str, Any]]) -> str:
+def dump_events(events: list[str | dict[str, Any]]) -> str:
     return json.dumps(events, ensure_ascii=False, separators=(",", ":"))
 
 
-def unbatch(rows: list[Any], after_seq: int) -> list[tuple[int, dict[str, Any]]]:
+def unbatch(rows: list[Any], after_seq: int) -> list[tuple[int, str | dict[str, Any]]]:
     """Kept batches as numbered events, those after `after_seq` only."""
-    events: list[tuple[int, dict[str, Any]]] = []
+    events: list[tuple[int, str | dict[str, Any]]] = []
     for first_seq, data in rows:
         for offset, event in enumerate(json.loads(data)):
             seq = first_seq + offset

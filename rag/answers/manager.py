@@ -62,10 +62,14 @@ def owns(run: Run, owner: ChatOwner) -> bool:
 
 @dataclass(eq=False)
 class LiveAnswer:
-    """An answer produced on this replica: all its events so far (event n is `events[n - 1]`)."""
+    """An answer produced on this replica: all its events so far (event n is `events[n - 1]`).
+
+    Readers see `events[:visible]`. The answer's last event (DoneEvent) is held back until the log has the run's end:
+    a client that saw the end may ask its next question through any replica at once, and find the chat free."""
 
     run: Run
     events: list[ChatEvent] = field(default_factory=list)
+    visible: int = 0
     ended: bool = False
     status: str = RUNNING
     flushed: int = 0  # events written to the log
@@ -73,23 +77,34 @@ class LiveAnswer:
     renewed_at: float = field(default_factory=time.monotonic)
     stop_reason: str | None = None
     task: asyncio.Task[None] | None = None
+    released: asyncio.Event = field(default_factory=asyncio.Event)
     _wake: asyncio.Event | None = None
 
     def push(self, event: ChatEvent) -> int:
         self.events.append(event)
+        if type(event) is DoneEvent:
+            return self.unflushed_bytes  # held back: see the class docstring
+        self.visible = len(self.events)
         if type(event) is TokenEvent or type(event) is ReasoningEvent:
             self.unflushed_bytes += len(event.text)
-        wake = self._wake
-        if wake is not None:
-            self._wake = None
-            wake.set()
+        self._wake_readers()
         return self.unflushed_bytes
 
     def end(self, status: str) -> None:
+        """No more events: the flusher writes the end, then `release`s them."""
         self.status = status
         self.ended = True
-        wake, self._wake = self._wake, None
+
+    def release(self) -> None:
+        """The end is written (or could not be): readers may see every event."""
+        self.visible = len(self.events)
+        self.released.set()
+        self._wake_readers()
+
+    def _wake_readers(self) -> None:
+        wake = self._wake
         if wake is not None:
+            self._wake = None
             wake.set()
 
     async def changed(self) -> None:
@@ -101,11 +116,10 @@ class LiveAnswer:
         """Its events after number `after`, as they come, to the end."""
         run_id, seq = self.run.run_id, after
         while True:
-            events = self.events
-            while seq < len(events):
+            while seq < self.visible:
                 seq += 1
-                yield event_id(run_id, seq), events[seq - 1]
-            if self.ended:
+                yield event_id(run_id, seq), self.events[seq - 1]
+            if self.released.is_set():
                 return
             await self.changed()
 
@@ -159,13 +173,6 @@ class ResumableAnswers:
         try:
             stream = await open_stream(request)
         except BaseException:
-            await self.log.abandon(run.run_id)
-            raise
-        try:
-            # The chat exists from its first question on: its page lists it, and a reload finds the answer.
-            await self.conversations.append(chat.chat_id, chat.owner, [], chat.title or question[:80])
-        except BaseException:
-            await stream.aclose()
             await self.log.abandon(run.run_id)
             raise
         live = LiveAnswer(run)
@@ -283,6 +290,8 @@ class ResumableAnswers:
             if live.ended:
                 return False
             await self._cancel(live, "stopped")
+            with contextlib.suppress(TimeoutError):  # answer once the log says so: the chat is free for any replica
+                await asyncio.wait_for(live.released.wait(), self.settings.lease_seconds)
             return True
         if run.status != RUNNING:
             return False
@@ -319,6 +328,9 @@ class ResumableAnswers:
                 await self.flush()
             except Exception:  # the database is away: the events stay in memory, the next pass tries again
                 logger.warning("could not write the answers' events", exc_info=True)
+                for live in self._live.values():
+                    if live.ended:
+                        live.release()  # readers here need not wait for the database to see the end
 
     async def flush(self) -> None:
         """Write every answer's new events, renew the leases falling due, and act on what the log says."""
@@ -349,6 +361,7 @@ class ResumableAnswers:
             self.bytes_written += len(batch.data.encode()) if batch.data else 0
             if batch.final_status is not None or batch.run_id not in owned:
                 self._forget(live)
+                live.release()
         for live in renew:
             live.renewed_at = now
         for live in [*(live for live, _, _ in batches), *renew]:
@@ -381,6 +394,8 @@ class ResumableAnswers:
             await self._cancel(live, "shutdown")
         with contextlib.suppress(Exception):
             await self.flush()
+        for live in list(self._live.values()):
+            live.release()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

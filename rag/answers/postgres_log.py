@@ -221,7 +221,7 @@ class PgAnswerLog:
         async with self._connection() as conn:
             return _run(await conn.fetchrow(f"SELECT {_RUN_COLUMNS} FROM rag_answer_runs WHERE run_id = $1", run_id))
 
-    async def read(self, run_id: str, after_seq: int) -> list[tuple[int, dict[str, Any]]]:
+    async def read(self, run_id: str, after_seq: int) -> list[tuple[int, str | dict[str, Any]]]:
         async with self._connection() as conn:
             rows = await conn.fetch(
                 "SELECT first_seq, data FROM rag_answer_events WHERE run_id = $1 AND first_seq + n - 1 > $2 "

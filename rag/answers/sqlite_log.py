@@ -202,7 +202,7 @@ class SqliteAnswerLog:
             )
         )
 
-    async def read(self, run_id: str, after_seq: int) -> list[tuple[int, dict[str, Any]]]:
+    async def read(self, run_id: str, after_seq: int) -> list[tuple[int, str | dict[str, Any]]]:
         rows = await self._call(
             lambda db: db.execute(
                 "SELECT first_seq, data FROM answer_events WHERE run_id = ? AND first_seq + n - 1 > ? "

