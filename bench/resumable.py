@@ -8,10 +8,14 @@ the turn; the only difference is `"resumable": true`.
 
 - CPU per relayed token: the service's user+system CPU time (from /proc, all its threads, the log writes included)
   over 10 answers of 2,000 tokens sent back to back, resumable against not.
+- The same storage figures at a model's pace: 10 answers at once of 200 tokens 20 ms apart (50 tokens a second
+  each), where every flush (ANSWER_FLUSH_MS) holds a few tokens of each answer.
 - First token: p50 over 20 answers of 20 tokens 20 ms apart, resumable against not; the difference is what
   admitting the answer in the log adds.
-- Bytes written per 1,000 tokens: the event data kept in the log for those 2,000-token answers (read back from the
-  database), beside the bytes of the answers' text itself; and the rows (batches) written per 1,000 tokens.
+- Bytes written per 1,000 tokens, for those 2,000-token answers: the event data kept in the log (read back from the
+  database) beside the answers' own text, and the rows (batches) written; then what reached the storage, resumable
+  against not: the service's `write_bytes` (/proc/<pid>/io: SQLite's pages, WAL and checkpoints) on SQLite, the
+  WAL the database generated (pg_current_wal_lsn) on PostgreSQL.
 - Resume: p50 over 30 requests of the time from `GET /api/v1/chats/{chatId}/stream` (Last-Event-ID: the first
   event) to its first event, while the answer runs: on the replica producing it (read from memory) and on the other
   (read from PostgreSQL).
@@ -74,6 +78,21 @@ async def cpu_per_token(pid: int, url: str, resumable: bool) -> float:
         for _ in range(ANSWERS):
             tokens += (await answer(client, url, body(resumable)))[1]
         return (cpu_seconds(pid) - before) / tokens * 1e6
+
+
+async def paced_answers(url: str, resumable: bool, concurrency: int = 10) -> int:
+    async with httpx.AsyncClient(timeout=120) as client:
+        results = await asyncio.gather(*(answer(client, url, body(resumable)) for _ in range(concurrency)))
+    return sum(tokens for _, tokens, _ in results)
+
+
+def measure_paced(url: str, storage_bytes: Any, storage: str) -> None:
+    figures = []
+    for resumable in (True, False):
+        before = storage_bytes()
+        tokens = asyncio.run(paced_answers(url, resumable))
+        figures.append((storage_bytes() - before) * 1000 / tokens / 1024)
+    row(f"{storage} per 1,000 tokens, paced", *figures, "KiB")
 
 
 async def first_token_ms(url: str, resumable: bool, rounds: int = 20) -> float:
@@ -139,10 +158,38 @@ def header(title: str) -> None:
     print(f"\n{title}\n  {'':<44} {'resumable':>13} {'not':>13} {'ratio':>7}")
 
 
-def measure(url: str, pid: int, kept: Any) -> None:
+def process_write_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/io") as handle:
+        return int(dict(line.split(": ") for line in handle.read().splitlines())["write_bytes"])
+
+
+def wal_position(dsn: str) -> int:
+    import asyncpg
+
+    async def read() -> int:
+        conn = await asyncpg.connect(dsn)
+        try:
+            return int(await conn.fetchval("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')"))
+        finally:
+            await conn.close()
+
+    return asyncio.run(read())
+
+
+def measure(url: str, pid: int, kept: Any, storage_bytes: Any, storage: str) -> None:
+    before = storage_bytes()
     resumable_cpu = asyncio.run(cpu_per_token(pid, url, True))
+    middle = storage_bytes()
     plain_cpu = asyncio.run(cpu_per_token(pid, url, False))
+    after = storage_bytes()
     row("CPU per relayed token", resumable_cpu, plain_cpu, "µs")
+    per_thousand = 1000 / ((ANSWERS + 1) * TOKENS)
+    row(
+        f"{storage} per 1,000 tokens",
+        (middle - before) * per_thousand / 1024,
+        (after - middle) * per_thousand / 1024,
+        "KiB",
+    )
     written, rows = kept()
     tokens = (ANSWERS + 1) * TOKENS
     text_bytes = sum(len(f"t{i} ".encode()) for i in range(TOKENS)) * (ANSWERS + 1)
@@ -158,12 +205,15 @@ def main() -> None:
         fast = stack.enter_context(FakeUpstreamProcess(TOKENS, 0, prefix="t")).url
         slow = stack.enter_context(FakeUpstreamProcess(20, 0.02, prefix="t")).url
         long = stack.enter_context(FakeUpstreamProcess(3000, 0.005, prefix="t")).url
+        paced = stack.enter_context(FakeUpstreamProcess(200, 0.02, prefix="t")).url
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
 
         service = stack.enter_context(ServiceProcess(tmp / "sqlite", fast))
         service.wait_ready()
         header("SQLite (one service)")
-        measure(service.url, service.process.pid, lambda: kept_bytes_sqlite(tmp / "sqlite" / "chats.sqlite3"))
+        pid = service.process.pid
+        kept = lambda: kept_bytes_sqlite(tmp / "sqlite" / "chats.sqlite3")  # noqa: E731
+        measure(service.url, pid, kept, lambda: process_write_bytes(pid), "bytes to storage (write_bytes)")
         service.__exit__()
         service = stack.enter_context(ServiceProcess(tmp / "sqlite-slow", slow))
         service.wait_ready()
@@ -171,6 +221,11 @@ def main() -> None:
         plain_ttft = asyncio.run(first_token_ms(service.url, False))
         row("first token, p50", resumable_ttft, plain_ttft, "ms")
         print(f"  added first-token time: {resumable_ttft - plain_ttft:+.2f} ms")
+        service.__exit__()
+        service = stack.enter_context(ServiceProcess(tmp / "sqlite-paced", paced))
+        service.wait_ready()
+        pid = service.process.pid
+        measure_paced(service.url, lambda: process_write_bytes(pid), "bytes to storage")
         service.__exit__()
         service = stack.enter_context(ServiceProcess(tmp / "sqlite-long", long))
         service.wait_ready()
@@ -186,7 +241,11 @@ def main() -> None:
         header("PostgreSQL (two replicas)")
         service = stack.enter_context(ServiceProcess(tmp / "pg-a", fast, **pg))
         service.wait_ready()
-        measure(service.url, service.process.pid, lambda: kept_bytes_pg(dsn))
+        measure(service.url, service.process.pid, lambda: kept_bytes_pg(dsn), lambda: wal_position(dsn), "WAL")
+        service.__exit__()
+        service = stack.enter_context(ServiceProcess(tmp / "pg-paced", paced, **pg))
+        service.wait_ready()
+        measure_paced(service.url, lambda: wal_position(dsn), "WAL")
         service.__exit__()
         a = stack.enter_context(ServiceProcess(tmp / "pg-long-a", long, **pg))
         b = stack.enter_context(ServiceProcess(tmp / "pg-long-b", long, **pg))

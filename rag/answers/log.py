@@ -40,7 +40,7 @@ class Run:
     started_at: float
     lease_until: float
     status: str = RUNNING
-    last_seq: int = 0  # the last event kept (events are numbered from 1)
+    last_seq: int = 0  # the last event kept (events are numbered from 1); read from the events, never stored
     ended_at: float | None = None
 
     @property
@@ -73,8 +73,10 @@ class AnswerLog(Protocol):
         ...
 
     async def flush(self, batches: list[Batch], renew: list[str], lease_until: float) -> dict[str, bool]:
-        """Append `batches` and extend the lease of their runs and of `renew` to `lease_until`, in one
-        transaction; only for runs still running. Returns, for every run still owned, whether a stop was asked."""
+        """In one transaction, for runs still running only: append `batches` (ending the runs whose batch has a
+        final status) and extend the lease of the runs in `renew` to `lease_until`. A run's row is written only to
+        renew or end it, so that a flush of a few tokens writes little more than them. Returns, for every run of
+        either list still owned, whether a stop was asked."""
         ...
 
     async def current(self, chat_id: str) -> Run | None:

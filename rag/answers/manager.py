@@ -139,7 +139,6 @@ class ResumableAnswers:
         self._live: dict[str, LiveAnswer] = {}  # by chat id
         self._flush_now = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self.bytes_written = 0  # event data written to the log, for the bench's write amplification figure
         if hasattr(log, "on_stop"):
             log.on_stop = self._stop_asked  # PostgreSQL tells of stops asked through other replicas
 
@@ -347,7 +346,7 @@ class ResumableAnswers:
                 events = [encode(event) for event in live.events[live.flushed : end]]
                 data = dump_events(events) if events else None
                 batches.append((live, Batch(live.run.run_id, live.flushed + 1, len(events), data, status), end))
-            elif now - live.renewed_at >= renew_after:
+            if not live.ended and now - live.renewed_at >= renew_after:
                 renew.append(live)
         if not batches and not renew:
             return
@@ -357,14 +356,13 @@ class ResumableAnswers:
             time.time() + self.settings.lease_seconds,
         )
         for live, batch, end in batches:
-            live.flushed, live.unflushed_bytes, live.renewed_at = end, 0, now
-            self.bytes_written += len(batch.data.encode()) if batch.data else 0
+            live.flushed, live.unflushed_bytes = end, 0
             if batch.final_status is not None or batch.run_id not in owned:
                 self._forget(live)
                 live.release()
         for live in renew:
             live.renewed_at = now
-        for live in [*(live for live, _, _ in batches), *renew]:
+        for live in {*(live for live, _, _ in batches), *renew}:
             if live.run.run_id not in owned and not live.ended:
                 logger.warning("answer %s was declared interrupted elsewhere: it stops here", live.run.run_id)
                 await self._cancel(live, "lost")

@@ -39,8 +39,8 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS rag_answer_runs (
     run_id text PRIMARY KEY, chat_id text NOT NULL, user_id text NOT NULL, org_id text, org_key text NOT NULL,
     question text NOT NULL, replica text NOT NULL, started_at double precision NOT NULL,
-    lease_until double precision NOT NULL, status text NOT NULL, last_seq integer NOT NULL DEFAULT 0,
-    ended_at double precision, stop_requested boolean NOT NULL DEFAULT false);
+    lease_until double precision NOT NULL, status text NOT NULL, ended_at double precision,
+    stop_requested boolean NOT NULL DEFAULT false);
 CREATE INDEX IF NOT EXISTS rag_answer_runs_by_chat ON rag_answer_runs (chat_id, started_at);
 CREATE INDEX IF NOT EXISTS rag_answer_runs_running ON rag_answer_runs (org_key) WHERE status = 'running';
 CREATE TABLE IF NOT EXISTS rag_answer_events (
@@ -48,19 +48,23 @@ CREATE TABLE IF NOT EXISTS rag_answer_events (
     first_seq integer NOT NULL, n integer NOT NULL, data text NOT NULL, PRIMARY KEY (run_id, first_seq));
 """
 _RUN_COLUMNS = (
-    "run_id, chat_id, user_id, org_id, question, replica, started_at, lease_until, status, last_seq, ended_at"
+    "run_id, chat_id, user_id, org_id, question, replica, started_at, lease_until, status, "
+    "(SELECT coalesce(max(first_seq + n - 1), 0) FROM rag_answer_events e WHERE e.run_id = r.run_id), ended_at"
 )
 _FLUSH = """
 WITH b AS (
-    SELECT * FROM unnest($1::text[], $2::int[], $3::int[], $4::text[], $5::text[])
-        AS b(run_id, first_seq, n, data, final)
+    SELECT * FROM unnest($1::text[], $2::int[], $3::int[], $4::text[], $5::text[], $6::bool[])
+        AS b(run_id, first_seq, n, data, final, renew)
 ), r AS (
-    UPDATE rag_answer_runs a SET lease_until = $6,
-        last_seq = GREATEST(a.last_seq, COALESCE(b.first_seq + b.n - 1, 0)),
+    -- FOR SHARE: a reader declaring the run interrupted waits for this flush, and then numbers after its events.
+    SELECT a.run_id, a.stop_requested FROM rag_answer_runs a JOIN b USING (run_id)
+    WHERE a.status = 'running' FOR SHARE OF a
+), u AS (
+    UPDATE rag_answer_runs a SET
+        lease_until = CASE WHEN b.renew THEN $7 ELSE a.lease_until END,
         status = COALESCE(b.final, a.status),
-        ended_at = CASE WHEN b.final IS NULL THEN a.ended_at ELSE $7 END
-    FROM b WHERE a.run_id = b.run_id AND a.status = 'running'
-    RETURNING a.run_id, a.stop_requested
+        ended_at = CASE WHEN b.final IS NULL THEN a.ended_at ELSE $8 END
+    FROM b JOIN r USING (run_id) WHERE a.run_id = b.run_id AND (b.renew OR b.final IS NOT NULL)
 ), i AS (
     INSERT INTO rag_answer_events (run_id, first_seq, n, data)
     SELECT b.run_id, b.first_seq, b.n, b.data FROM b JOIN r USING (run_id) WHERE b.n > 0
@@ -192,9 +196,11 @@ class PgAnswerLog:
     async def flush(self, batches: list[Batch], renew: list[str], lease_until: float) -> dict[str, bool]:
         by_run = {batch.run_id: batch for batch in batches}
         run_ids = runs_by_id(batches, renew)
-        columns: tuple[list[Any], ...] = ([], [], [], [], [])
+        renewing = set(renew)
+        columns: tuple[list[Any], ...] = ([], [], [], [], [], [])
         for run_id in run_ids:
             batch = by_run.get(run_id)
+            columns[5].append(run_id in renewing)
             columns[0].append(run_id)
             columns[1].append(batch.first_seq if batch else None)
             columns[2].append(batch.count if batch else 0)
@@ -212,14 +218,14 @@ class PgAnswerLog:
         async with self._connection() as conn:
             return _run(
                 await conn.fetchrow(
-                    f"SELECT {_RUN_COLUMNS} FROM rag_answer_runs WHERE chat_id = $1 ORDER BY started_at DESC LIMIT 1",
+                    f"SELECT {_RUN_COLUMNS} FROM rag_answer_runs r WHERE chat_id = $1 ORDER BY started_at DESC LIMIT 1",
                     chat_id,
                 )
             )
 
     async def get(self, run_id: str) -> Run | None:
         async with self._connection() as conn:
-            return _run(await conn.fetchrow(f"SELECT {_RUN_COLUMNS} FROM rag_answer_runs WHERE run_id = $1", run_id))
+            return _run(await conn.fetchrow(f"SELECT {_RUN_COLUMNS} FROM rag_answer_runs r WHERE run_id = $1", run_id))
 
     async def read(self, run_id: str, after_seq: int) -> list[tuple[int, str | dict[str, Any]]]:
         async with self._connection() as conn:

@@ -40,7 +40,6 @@ CREATE TABLE IF NOT EXISTS answer_runs (
     started_at     REAL NOT NULL,
     lease_until    REAL NOT NULL,
     status         TEXT NOT NULL,
-    last_seq       INTEGER NOT NULL DEFAULT 0,
     ended_at       REAL,
     stop_requested INTEGER NOT NULL DEFAULT 0
 );
@@ -55,7 +54,8 @@ CREATE TABLE IF NOT EXISTS answer_events (
 ) WITHOUT ROWID;
 """
 _RUN_COLUMNS = (
-    "run_id, chat_id, user_id, org_id, question, replica, started_at, lease_until, status, last_seq, ended_at"
+    "run_id, chat_id, user_id, org_id, question, replica, started_at, lease_until, status, "
+    "(SELECT coalesce(max(first_seq + n - 1), 0) FROM answer_events e WHERE e.run_id = answer_runs.run_id), ended_at"
 )
 
 
@@ -155,13 +155,12 @@ class SqliteAnswerLog:
             now = time.time()
             owned: dict[str, bool] = {}
             for run_id in runs_by_id(batches, renew):
+                # Inside the write transaction: no one can declare the run interrupted between this and the writes.
                 row = db.execute(
-                    "UPDATE answer_runs SET lease_until = ? WHERE run_id = ? AND status = 'running' "
-                    "RETURNING stop_requested",
-                    (lease_until, run_id),
+                    "SELECT status, stop_requested FROM answer_runs WHERE run_id = ?", (run_id,)
                 ).fetchone()
-                if row is not None:
-                    owned[run_id] = bool(row[0])
+                if row is not None and row[0] == RUNNING:
+                    owned[run_id] = bool(row[1])
             for batch in batches:
                 if batch.run_id not in owned:
                     continue  # fenced: another replica declared this run interrupted
@@ -170,17 +169,15 @@ class SqliteAnswerLog:
                         "INSERT INTO answer_events (run_id, first_seq, n, data) VALUES (?, ?, ?, ?)",
                         (batch.run_id, batch.first_seq, batch.count, batch.data),
                     )
-                db.execute(
-                    "UPDATE answer_runs SET last_seq = max(last_seq, ?), status = COALESCE(?, status), "
-                    "ended_at = CASE WHEN ? IS NULL THEN NULL ELSE ? END WHERE run_id = ?",
-                    (
-                        batch.first_seq + batch.count - 1,
-                        batch.final_status,
-                        batch.final_status,
-                        now,
-                        batch.run_id,
-                    ),
-                )
+                if batch.final_status is not None:
+                    db.execute(
+                        "UPDATE answer_runs SET status = ?, ended_at = ? WHERE run_id = ?",
+                        (batch.final_status, now, batch.run_id),
+                    )
+            db.executemany(
+                "UPDATE answer_runs SET lease_until = ? WHERE run_id = ? AND status = 'running'",
+                [(lease_until, run_id) for run_id in renew if run_id in owned],
+            )
             return owned
 
         return await self._write(flush)
