@@ -76,7 +76,8 @@ async def get_chat(
     except ChatNotFound:
         if run is None or not owns(run, owner):
             raise
-        # A chat's first answer, still running: the chat is stored with its first turn, when the answer ends.
+        # A chat's first answer, running or just ended without a stored turn (stopped, failed): the chat is stored
+        # with its first complete turn.
         chat = ChatSummary(chatId, run.user_id, run.org_id, run.question[:80], run.started_at, run.started_at)
         messages = []
     answer = (
@@ -95,7 +96,13 @@ async def get_chat(
 async def delete_chat(
     chatId: str, services: ServicesDep, principal: PrincipalDep, userId: UserId = None, orgId: OrgId = None
 ) -> None:
-    await services.conversations.delete(chatId, owner_of(principal, userId, orgId))
+    owner = owner_of(principal, userId, orgId)
+    stopped = await services.answers.forget_chat(chatId, owner)
+    try:
+        await services.conversations.delete(chatId, owner)
+    except ChatNotFound:
+        if not stopped:  # a first answer, stopped before its chat was stored: nothing more to delete
+            raise
 
 
 @router.get(

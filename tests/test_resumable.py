@@ -103,7 +103,16 @@ def test_the_stream_sends_retry_and_a_resume_without_id_starts_from_the_beginnin
         whole, done = read_some(response, None)
     assert done and text_of(whole) == "".join(TOKENS[:5])
     check_numbering(whole)
-    # ?last_event_id= for clients that cannot set headers
+    # the Elasticsearch services' route takes the same flag
+    legacy = {"question": "Again?", "userId": "u-resume", "chatId": chat_id, "resumable": True}
+    with client.stream("POST", "/stream", json=legacy) as response:
+        again, done = read_some(response, None)
+    assert done and text_of(again) == "".join(TOKENS[:5])
+    check_numbering(again)
+    # ?last_event_id= for clients that cannot set headers (an id of the chat's earlier answer: from the beginning)
+    with resume(client, chat_id, None, last_event_id=whole[2][0]) as response:
+        assert [event_id for event_id, _ in read_some(response, None)[0]] == [event_id for event_id, _ in again]
+    whole = again
     with resume(client, chat_id, None, last_event_id=whole[2][0]) as response:
         rest, done = read_some(response, None)
     assert done and [event_id for event_id, _ in rest] == [event_id for event_id, _ in whole[3:]]
@@ -161,6 +170,20 @@ def test_only_the_owner_resumes_or_stops(client: httpx.Client, upstream: FakeUps
     with resume(client, chat_id, None) as response:
         read_some(response, None)
     client.post("/api/v1/chat", json={**chat_body(chat_id), "resumable": False, "stream": False})
+
+
+def test_deleting_a_chat_stops_its_answer_so_that_it_stays_deleted(
+    client: httpx.Client, upstream: FakeUpstream
+) -> None:
+    upstream.reset(Script(tokens=TOKENS * 10, delay=0.05))
+    chat_id = f"c-{uuid.uuid4().hex}"
+    client.post("/api/v1/chat", json={**chat_body(chat_id), "resumable": False, "stream": False})  # a stored turn
+    upstream.reset(Script(tokens=TOKENS * 10, delay=0.05))
+    with client.stream("POST", "/api/v1/chat", json=chat_body(chat_id)) as response:
+        read_some(response, 2)
+    assert client.delete(f"/api/v1/chats/{chat_id}", params={"userId": "u-resume"}).status_code == 204
+    assert upstream.wait_disconnect(5)
+    assert client.get(f"/api/v1/chats/{chat_id}", params={"userId": "u-resume"}).status_code == 404
 
 
 def test_one_answer_per_chat_and_a_resumable_answer_needs_a_chat(client: httpx.Client, upstream: FakeUpstream) -> None:

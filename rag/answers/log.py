@@ -97,6 +97,10 @@ class AnswerLog(Protocol):
         """Mark the run interrupted if it is still running with its lease lapsed at `now`; True when it was."""
         ...
 
+    async def forget_chat(self, chat_id: str) -> None:
+        """Remove the chat's ended runs and their events (the chat is being deleted)."""
+        ...
+
     async def sweep(self, now: float, retention_seconds: float) -> int:
         """Remove runs (and their events) that ended more than `retention_seconds` ago; returns how many."""
         ...

@@ -303,6 +303,13 @@ class ResumableAnswers:
             await asyncio.sleep(0.05)
         return True
 
+    async def forget_chat(self, chat_id: str, owner: ChatOwner) -> bool:
+        """Stop the chat's answer and remove its kept events, before the chat is deleted: an answer still running
+        would store its turn when it ends, bringing the chat back. True when an answer was stopped."""
+        stopped = await self.stop(chat_id, owner)
+        await self.log.forget_chat(chat_id)
+        return stopped
+
     def _stop_asked(self, run_id: str) -> None:
         for live in list(self._live.values()):
             if live.run.run_id == run_id and not live.ended:

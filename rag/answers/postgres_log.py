@@ -255,6 +255,10 @@ class PgAnswerLog:
             )
         return result != "UPDATE 0"
 
+    async def forget_chat(self, chat_id: str) -> None:
+        async with self._connection() as conn:
+            await conn.execute("DELETE FROM rag_answer_runs WHERE chat_id = $1 AND status != 'running'", chat_id)
+
     async def sweep(self, now: float, retention_seconds: float) -> int:
         async with self._connection() as conn, conn.transaction():
             await conn.execute(

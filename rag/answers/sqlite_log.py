@@ -226,6 +226,11 @@ class SqliteAnswerLog:
         )
         return cursor.rowcount > 0
 
+    async def forget_chat(self, chat_id: str) -> None:
+        await self._write(
+            lambda db: db.execute("DELETE FROM answer_runs WHERE chat_id = ? AND status != 'running'", (chat_id,))
+        )
+
     async def sweep(self, now: float, retention_seconds: float) -> int:
         def sweep(db: sqlite3.Connection) -> int:
             db.execute(
