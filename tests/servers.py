@@ -6,6 +6,7 @@ cancellation; a live server can.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -44,3 +45,60 @@ def serve(app: Any, startup_timeout: float = 60.0) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+class CuttableProxy:
+    """A TCP proxy on 127.0.0.1 in front of `target` ("host:port"), whose open connections `cut()` drops at once, as
+    a network change drops a phone's: the client sees its stream end mid-answer and may connect again."""
+
+    def __init__(self, target: str) -> None:
+        host, port = target.rsplit(":", 1)
+        self.target = (host, int(port))
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        self._open: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self.connections = 0
+        self.sent: list[str] = []  # what clients sent (each read's first 2 KB), to see which requests they made
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return  # closed
+            upstream = socket.create_connection(self.target)
+            with self._lock:
+                self._open |= {client, upstream}
+                self.connections += 1
+            for source, sink, record in ((client, upstream, True), (upstream, client, False)):
+                threading.Thread(target=self._pump, args=(source, sink, record), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, record: bool) -> None:
+        try:
+            while data := source.recv(65536):
+                if record:
+                    self.sent.append(data[:2048].decode("latin-1"))
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, sink):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+            with self._lock:
+                self._open -= {source, sink}
+
+    def cut(self) -> int:
+        """Drop every open connection; returns how many sockets were open."""
+        with self._lock:
+            sockets, self._open = list(self._open), set()
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        return len(sockets)
+
+    def close(self) -> None:
+        self._listener.close()
+        self.cut()

@@ -162,3 +162,23 @@ def test_workers_sharing_one_data_dir_resume_and_stop_each_others_answers(
         stopped = httpx.post(f"{service.url}/api/v1/chats/{chat_id}/stop", params={"userId": "u-resume"}, timeout=30)
         assert stopped.json()["stopped"] is True
         assert upstream.wait_disconnect(5)
+
+
+def test_a_replica_stopped_gracefully_ends_its_answers_for_readers_elsewhere(
+    pair: list[str], pg_database: str, upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    upstream.reset(Script(tokens=TOKENS * 20, delay=0.05))
+    chat_id = f"c-{uuid.uuid4().hex}"
+    with replica(tmp_path, upstream, pg_database) as leaving:
+        leaving.wait_ready()
+        with httpx.stream("POST", f"{leaving.url}/api/v1/chat", json=chat_body(chat_id), timeout=30) as response:
+            events, _ = read_some(response, 5)
+        assert leaving.terminate() in (0, -15)  # SIGTERM (a deploy, a scale-down); uvicorn re-raises it on exit
+    assert upstream.wait_disconnect(5), "the answer's upstream request was closed on the way out"
+    with resume(pair[1], chat_id, events[-1][0]) as response:
+        rest, done = read_some(response, None)
+    assert done
+    errors = [data["error"] for _, data in rest if isinstance(data, dict) and "error" in data]
+    assert [error["type"] for error in errors] == ["answer_interrupted"]
+    assert "shut down" in errors[0]["message"]
+    check_numbering(events + rest)

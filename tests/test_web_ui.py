@@ -15,7 +15,7 @@ from config import PROJECT_DIR
 from main import create_app
 from tests.conftest import make_settings
 from tests.fake_upstream import FakeUpstream, Script
-from tests.servers import serve
+from tests.servers import CuttableProxy, serve
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = PROJECT_DIR / "test-artifacts"
@@ -158,6 +158,34 @@ def test_a_reload_mid_answer_shows_the_whole_answer_as_it_continues(page, upstre
     assert answer_text(page) == "".join(tokens).strip()
     assert page.locator(".message.assistant").count() == page.locator(".message.user").count()  # nothing twice
     assert answer_state(page) is None  # a stored message, not an answer in progress
+
+
+def test_dropped_connections_mid_answer_lose_nothing(browser, live_url: str, upstream: FakeUpstream) -> None:
+    """The page behind a proxy whose connections are cut twice mid-answer: the first cut ends the page's fetch (it
+    continues with an EventSource after the last event it showed), the second the EventSource (the browser
+    reconnects by itself, sending Last-Event-ID). The answer shows whole, nothing twice."""
+    proxy = CuttableProxy(live_url.removeprefix("http://"))
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        page.set_default_timeout(15_000)
+        page.goto(proxy.url)
+        page.wait_for_function("document.querySelector('#status').textContent.includes('openai')")
+        tokens = [f"piece{i} " for i in range(60)]
+        upstream.reset(Script(tokens=tokens, delay=0.08))
+        ask(page, "Tell me everything, slowly.")
+        for mark in ("piece5 ", "piece25 "):
+            page.wait_for_function(f"document.querySelector('{LAST_ANSWER} .text').textContent.includes('{mark}')")
+            assert proxy.cut() > 0
+        page.wait_for_function(f"document.querySelector('{LAST_ANSWER}').dataset.state === 'done'", timeout=30_000)
+        assert page.get_attribute(LAST_ANSWER, "data-raw") == "".join(tokens)
+        assert not upstream.disconnected.is_set() and upstream.completed == 1
+        resumes = [r.lower() for r in proxy.sent if r.startswith("GET /api/v1/chats/") and "/stream?" in r]
+        assert len(resumes) >= 2  # the page's EventSource, then the browser's own reconnection...
+        assert any("\r\nlast-event-id: " in r for r in resumes)  # ...which names the last event it got
+    finally:
+        context.close()
+        proxy.close()
 
 
 def test_errors_are_shown_clearly(page, upstream: FakeUpstream) -> None:
