@@ -133,6 +133,7 @@ async def build_services(settings: Settings, metrics: ChatMetrics, stack: contex
         log_prompts=settings.log_prompts,
     )
     metrics.store_chunks.read_from(lambda: store.count)
+    metrics.resumable_running.read_from(lambda: answers.running)
     if isinstance(llm, UpstreamRouter):
         metrics.watch_upstreams(llm.states)
     indexer = Indexer(embedder, store, settings.chunk_size, settings.chunk_overlap)

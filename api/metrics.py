@@ -132,6 +132,9 @@ class ChatMetrics:
         self.active_streams = Gauge("rag_active_streams", "Answers being streamed now.")
         self.upstream_errors = Counter("rag_upstream_errors_total", "Model failures, by error type.")
         self.store_chunks = Gauge("rag_store_chunks", "Chunks in the vector store.", read=lambda: math.nan)
+        self.resumable_running = Gauge(
+            "rag_resumable_answers_running", "Resumable answers produced by this process now.", read=lambda: math.nan
+        )
         self.upstream_in_flight = LabelledReading(
             "rag_upstream_in_flight", "Answers in flight, by chat upstream.", "gauge", "upstream"
         )
@@ -152,6 +155,7 @@ class ChatMetrics:
             self.active_streams,
             self.upstream_errors,
             self.store_chunks,
+            self.resumable_running,
             self.upstream_in_flight,
             self.upstream_failures,
             self.upstream_cooling,

@@ -4,6 +4,7 @@ continues after the last event a client saw, stops on request, and stays its own
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -268,3 +269,26 @@ def test_websocket_resume_frame_continues_after_a_new_connection(live_url: str, 
         ws.send(json.dumps({"type": "resume", "userId": "u-other", "chatId": chat_id}))
         refused = json.loads(ws.recv(timeout=10))
         assert refused["type"] == "error" and refused["status"] == 404
+
+
+def test_kept_events_go_after_the_retention_and_the_metrics_count_running_answers(
+    fake_upstream: FakeUpstream, upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    settings = make_settings(tmp_path, fake_upstream.url, answer_retention_seconds=0)  # type: ignore[attr-defined]
+    with serve(create_app(settings)) as url, httpx.Client(base_url=url, timeout=30) as client:
+        upstream.reset(Script(tokens=TOKENS, delay=0.05))
+        chat_id = f"c-{uuid.uuid4().hex}"
+        with client.stream("POST", "/api/v1/chat", json=chat_body(chat_id)) as response:
+            read_some(response, 2)
+            assert "rag_resumable_answers_running 1" in client.get("/metrics").text.splitlines()
+        with resume(client, chat_id, None) as response:
+            assert read_some(response, None)[1]
+        assert "rag_resumable_answers_running 0" in client.get("/metrics").text.splitlines()
+        deadline = time.monotonic() + 10
+        while client.get(f"/api/v1/chats/{chat_id}", params={"userId": "u-resume"}).json()["answer"] is not None:
+            assert time.monotonic() < deadline, "the ended answer's events were not removed"
+            time.sleep(0.2)
+        with resume(client, chat_id, None) as response:
+            assert response.status_code == 204
+        stored = client.get(f"/api/v1/chats/{chat_id}", params={"userId": "u-resume"}).json()
+        assert stored["messages"][-1]["content"] == FULL  # the answer itself stays

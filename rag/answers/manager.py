@@ -142,6 +142,11 @@ class ResumableAnswers:
         if hasattr(log, "on_stop"):
             log.on_stop = self._stop_asked  # PostgreSQL tells of stops asked through other replicas
 
+    @property
+    def running(self) -> int:
+        """Answers this replica is producing now."""
+        return sum(1 for live in self._live.values() if not live.ended)
+
     def start_background(self) -> None:
         self._tasks = [
             asyncio.create_task(self._flush_forever(), name="answer-flusher"),
