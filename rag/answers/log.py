@@ -8,6 +8,7 @@ condition on every write fences a replica that was only slow, not dead)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -105,9 +106,14 @@ class AnswerLog(Protocol):
         """Remove runs (and their events) that ended more than `retention_seconds` ago; returns how many."""
         ...
 
-    async def wait(self, run_id: str, at_most: float) -> None:
-        """Return when the run may have new events (told by the database where it can), or after `at_most` seconds."""
+    poll_seconds: float  # how long a reader on another replica waits at most before it reads again
+
+    def subscribe(self, run_id: str) -> asyncio.Event:
+        """An event set when the run may have new events, where the database tells (PostgreSQL); a reader clears it
+        before each read, so that news arriving during the read is not missed."""
         ...
+
+    def unsubscribe(self, run_id: str, event: asyncio.Event) -> None: ...
 
     async def aclose(self) -> None: ...
 

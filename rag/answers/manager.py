@@ -138,6 +138,7 @@ class ResumableAnswers:
         self.replica = replica or uuid.uuid4().hex[:12]
         self._live: dict[str, LiveAnswer] = {}  # by chat id
         self._flush_now = asyncio.Event()
+        self._flushing = asyncio.Lock()  # the flusher and shutdown's last flush must not write one batch twice
         self._tasks: list[asyncio.Task[None]] = []
         if hasattr(log, "on_stop"):
             log.on_stop = self._stop_asked  # PostgreSQL tells of stops asked through other replicas
@@ -257,30 +258,37 @@ class ResumableAnswers:
 
     async def _follow_log(self, run: Run, after: int) -> AsyncIterator[EventWithId]:
         run_id, seq = run.run_id, after
-        while True:
-            for number, data in await self.log.read(run_id, seq):
-                seq, event = number, decode(data)
-                yield event_id(run_id, seq), event
-                if type(event) is DoneEvent:
+        news = self.log.subscribe(run_id)
+        try:
+            while True:
+                news.clear()  # before the read: news arriving during it is not missed
+                for number, data in await self.log.read(run_id, seq):
+                    seq, event = number, decode(data)
+                    yield event_id(run_id, seq), event
+                    if type(event) is DoneEvent:
+                        return
+                state = await self.log.get(run_id)
+                if state is None:
+                    return  # removed meanwhile (retention): nothing more to tell
+                if state.last_seq > seq:
+                    continue  # written between the two reads
+                if state.status != RUNNING:
+                    # Ended without its end kept: declared interrupted after its lease lapsed.
+                    yield (
+                        event_id(run_id, seq + 1),
+                        ErrorEvent(INTERRUPTED_ERROR, "the answer was interrupted: the server producing it stopped"),
+                    )
+                    yield event_id(run_id, seq + 2), DoneEvent("error")
                     return
-            state = await self.log.get(run_id)
-            if state is None:
-                return  # removed meanwhile (retention): nothing more to tell
-            if state.last_seq > seq:
-                continue  # written between the two reads
-            if state.status != RUNNING:
-                # Ended without its end kept: declared interrupted after its lease lapsed.
-                yield (
-                    event_id(run_id, seq + 1),
-                    ErrorEvent(INTERRUPTED_ERROR, "the answer was interrupted: the server producing it stopped"),
-                )
-                yield event_id(run_id, seq + 2), DoneEvent("error")
-                return
-            now = time.time()
-            if state.lease_until < now:
-                await self.log.interrupt_lapsed(run_id, now)
-                continue
-            await self.log.wait(run_id, state.lease_until - now + 0.05)
+                now = time.time()
+                if state.lease_until < now:
+                    await self.log.interrupt_lapsed(run_id, now)
+                    continue
+                wait = min(state.lease_until - now + 0.05, self.log.poll_seconds)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(news.wait(), wait)
+        finally:
+            self.log.unsubscribe(run_id, news)
 
     # --- stopping ---------------------------------------------------------------------------------
 
@@ -345,6 +353,10 @@ class ResumableAnswers:
 
     async def flush(self) -> None:
         """Write every answer's new events, renew the leases falling due, and act on what the log says."""
+        async with self._flushing:
+            await self._flush()
+
+    async def _flush(self) -> None:
         if not self._live:
             return
         now = time.monotonic()

@@ -134,17 +134,17 @@ class PgAnswerLog:
             for event in events:
                 event.set()
 
-    async def wait(self, run_id: str, at_most: float) -> None:
+    def subscribe(self, run_id: str) -> asyncio.Event:
         event = asyncio.Event()
-        waiters = self._waiters.setdefault(run_id, set())
-        waiters.add(event)
-        try:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(event.wait(), min(at_most, self.poll_seconds))
-        finally:
+        self._waiters.setdefault(run_id, set()).add(event)
+        return event
+
+    def unsubscribe(self, run_id: str, event: asyncio.Event) -> None:
+        waiters = self._waiters.get(run_id)
+        if waiters is not None:
             waiters.discard(event)
             if not waiters:
-                self._waiters.pop(run_id, None)
+                del self._waiters[run_id]
 
     # --- runs ------------------------------------------------------------------------------------
 

@@ -2,10 +2,11 @@
 
 One connection, used from worker threads one call at a time. Its writes are `synchronous=NORMAL`: in WAL mode they
 survive the process being killed, which is what a resume needs; an answer in progress does not outlive a power cut
-of its machine anyway. Readers in other processes sharing the file poll it (`wait` is a sleep)."""
+of its machine anyway. Readers in other processes sharing the file poll it every `poll_seconds`."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import threading
 import time
@@ -245,8 +246,11 @@ class SqliteAnswerLog:
 
         return await self._write(sweep)
 
-    async def wait(self, run_id: str, at_most: float) -> None:
-        await anyio.sleep(min(at_most, self.poll_seconds))
+    def subscribe(self, run_id: str) -> asyncio.Event:
+        return asyncio.Event()  # never set: readers poll
+
+    def unsubscribe(self, run_id: str, event: asyncio.Event) -> None:
+        pass
 
     async def aclose(self) -> None:
         def close() -> None:
