@@ -4,6 +4,7 @@ mid-answer leaves its readers an `answer_interrupted` error within the lease, ne
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -182,3 +183,36 @@ def test_a_replica_stopped_gracefully_ends_its_answers_for_readers_elsewhere(
     assert [error["type"] for error in errors] == ["answer_interrupted"]
     assert "shut down" in errors[0]["message"]
     check_numbering(events + rest)
+
+
+def test_twenty_answers_at_once_each_dropped_and_resumed_through_the_other_replica(
+    pair: list[str], upstream: FakeUpstream
+) -> None:
+    """Many answers share each flush (one statement for all of a replica's answers): none loses or repeats an event."""
+    upstream.reset(Script(tokens=TOKENS, delay=0.02))
+    results: dict[int, tuple[list, bool]] = {}
+
+    def one(n: int) -> None:
+        chat_id = f"c-{uuid.uuid4().hex}"
+        with httpx.stream(
+            "POST", f"{pair[n % 2]}/api/v1/chat", json=chat_body(chat_id, user=f"u-{n}"), timeout=30
+        ) as response:
+            events, _ = read_some(response, 2 + n % 5)
+        params = {"userId": f"u-{n}"}
+        headers = {"Last-Event-ID": events[-1][0]}
+        with httpx.stream(
+            "GET", f"{pair[(n + 1) % 2]}/api/v1/chats/{chat_id}/stream", params=params, headers=headers, timeout=30
+        ) as response:
+            rest, done = read_some(response, None)
+        results[n] = (events + rest, done)
+
+    threads = [threading.Thread(target=one, args=(n,)) for n in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(results) == 20
+    for events, done in results.values():
+        assert done
+        check_numbering(events)
+        assert text_of(events) == FULL
