@@ -90,6 +90,9 @@ class LiveAnswer:
         self._wake_readers()
         return self.unflushed_bytes
 
+    def has_end(self) -> bool:
+        return bool(self.events) and type(self.events[-1]) is DoneEvent
+
     def end(self, status: str) -> None:
         """No more events: the flusher writes the end, then `release`s them."""
         self.status = status
@@ -122,6 +125,18 @@ class LiveAnswer:
             if self.released.is_set():
                 return
             await self.changed()
+
+
+def ending_events(stop_reason: str | None) -> list[ChatEvent]:
+    """How an answer cut short ends for its readers."""
+    if stop_reason == "stopped":
+        return [DoneEvent("cancelled")]
+    message = (
+        "the server producing this answer shut down before it ended"
+        if stop_reason == "shutdown"
+        else "the server producing this answer lost contact with the database"
+    )
+    return [ErrorEvent(INTERRUPTED_ERROR, message), DoneEvent("error")]
 
 
 class ResumableAnswers:
@@ -194,24 +209,18 @@ class ResumableAnswers:
                     if live.push(event) >= flush_bytes:
                         self._flush_now.set()
         except asyncio.CancelledError:
-            # Cancelled by us only (a stop, a lost lease, shutdown): the answer ends here, with its reason.
-            if live.stop_reason == "stopped":
-                status = STOPPED
-                live.push(DoneEvent("cancelled"))
-            else:
-                status = INTERRUPTED
-                message = (
-                    "the server producing this answer shut down before it ended"
-                    if live.stop_reason == "shutdown"
-                    else "the server producing this answer lost contact with the database"
-                )
-                live.push(ErrorEvent(INTERRUPTED_ERROR, message))
-                live.push(DoneEvent("error"))
+            # Cancelled by us only (a stop, a lost lease, shutdown): the answer ends here, with its reason, unless
+            # its own end came first.
+            if not live.has_end():
+                status = STOPPED if live.stop_reason == "stopped" else INTERRUPTED
+                for event in ending_events(live.stop_reason):
+                    live.push(event)
         except Exception:
             logger.exception("a resumable answer failed")
-            status = INTERRUPTED
-            live.push(ErrorEvent("internal_error", "the answer failed unexpectedly"))
-            live.push(DoneEvent("error"))
+            if not live.has_end():
+                status = INTERRUPTED
+                live.push(ErrorEvent("internal_error", "the answer failed unexpectedly"))
+                live.push(DoneEvent("error"))
         finally:
             live.end(status)
             self._flush_now.set()
