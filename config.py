@@ -320,7 +320,11 @@ class Settings(BaseSettings):
     answer_flush_ms: int = Field(
         100, ge=10, le=5000, description="A running answer's new events are written to the chat database this often."
     )
-    answer_flush_bytes: int = Field(4096, ge=256, description="Sooner than that once this much new text is waiting.")
+    answer_flush_bytes: int = Field(
+        4096,
+        ge=256,
+        description="New events are written sooner than ANSWER_FLUSH_MS once this many bytes of text wait.",
+    )
     answer_lease_seconds: float = Field(
         10.0,
         ge=1,
