@@ -292,3 +292,20 @@ def test_kept_events_go_after_the_retention_and_the_metrics_count_running_answer
             assert response.status_code == 204
         stored = client.get(f"/api/v1/chats/{chat_id}", params={"userId": "u-resume"}).json()
         assert stored["messages"][-1]["content"] == FULL  # the answer itself stays
+
+
+def test_a_websocket_cancel_frame_stops_the_resumable_answer_it_follows(live_url: str, upstream: FakeUpstream) -> None:
+    from websockets.sync.client import connect
+
+    upstream.reset(Script(tokens=TOKENS * 10, delay=0.05))
+    chat_id = f"c-{uuid.uuid4().hex}"
+    with connect(live_url.replace("http", "ws") + "/api/v1/ws/chat") as ws:
+        ws.send(json.dumps({"question": "Tell me.", "userId": "u-resume", "chatId": chat_id, "resumable": True}))
+        frames = [json.loads(ws.recv(timeout=10)) for _ in range(3)]
+        ws.send(json.dumps({"type": "cancel"}))
+        while frames[-1]["type"] != "done":
+            frames.append(json.loads(ws.recv(timeout=10)))
+    assert frames[-1]["finish_reason"] == "cancelled"
+    assert upstream.wait_disconnect(5)
+    state = httpx.get(f"{live_url}/api/v1/chats/{chat_id}", params={"userId": "u-resume"}, timeout=10).json()
+    assert state["answer"]["status"] == "stopped"
