@@ -3,7 +3,7 @@ the same for request bodies of the Elasticsearch services we replace."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import Awaitable
 from typing import Any
 
 from fastapi import APIRouter
@@ -18,7 +18,6 @@ from api.security import RateLimited
 from api.sse import resumable_sse_response, seed_sse_response
 from config import Settings
 from llm.types import GenerationOptions, Message
-from rag.answers.manager import EventWithId
 from rag.chats.sqlite import ChatOwner
 from rag.errors import InvalidRequest
 from rag.pipeline import Answer, ChatRef, ChatRequest, ChatStream, collect_events
@@ -83,11 +82,7 @@ async def resumable_answer(services: Services, request: ChatRequest, stream: boo
     events = await services.answers.follow(run)
     if stream:
         return resumable_sse_response(events, services.streams, services.settings.sse_retry_ms)
-    return await answer_json(collected(run.chat_id, events))
-
-
-async def collected(chat_id: str, events: AsyncIterator[EventWithId]) -> Answer:
-    return await collect_events(event async for _, event in events)
+    return await answer_json(collect_events(event async for _, event in events))
 
 
 @router.post("/chat", response_model=ChatAnswer, responses=_SSE_OR_JSON | _ERRORS, dependencies=[RateLimited])
