@@ -1,0 +1,175 @@
+"""The keyword leg's cost as the corpus grows, on realistic text, on both backends: the figures #21 starts from.
+
+    .venv/bin/python bench/keyword_leg.py --embedded 100000 1000000 --postgres 100000
+
+The corpus is built from `../shared/datasets/scifact`: every chunk is three sentences drawn at random (seeded) from
+SciFact's abstracts, so it has real words at real frequencies, and belongs to one of 50 tenants; its vector is a
+random unit vector (dense-only speed does not depend on what the vectors mean). The questions are SciFact's 300 test
+claims (`--questions N`: the first N), each with a random query vector. Through the storage protocol, top 5:
+
+- keyword, hybrid, and hybrid within one tenant of 50: p50 and p95 over the questions;
+- the reference: the bare dense product, a float32 matrix product over the same vectors held in RAM plus
+  `argpartition`, p50, measured in the same run; every figure is printed with its ratio to it;
+- PostgreSQL only: the ingestion rate into the indexed tables while the corpus is built, adds of 256 chunks from 4
+  concurrent writers, embedding excluded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import re
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.store import DIMENSION, TENANTS, geometric, unit_rows
+from config import PROJECT_DIR
+from rag.stores import SearchRequest, VectorStore
+from rag.types import Chunk
+
+SCIFACT = PROJECT_DIR.parent / "shared" / "datasets" / "scifact"
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+WRITERS = 4
+BATCH = 256
+
+
+def sentences() -> list[str]:
+    found: list[str] = []
+    with open(SCIFACT / "corpus.jsonl", encoding="utf-8") as handle:
+        for line in handle:
+            text = json.loads(line).get("text", "")
+            found += [s for s in _SENTENCE_END.split(text) if len(s) > 20]
+    return found
+
+
+def questions() -> list[str]:
+    with open(SCIFACT / "queries.jsonl", encoding="utf-8") as handle:
+        return [json.loads(line)["text"] for line in handle]
+
+
+class Corpus:
+    """Chunk i is always the same three sentences, so every backend and size gets the same text."""
+
+    def __init__(self) -> None:
+        self.sentences = sentences()
+
+    def chunks(self, start: int, n: int) -> list[Chunk]:
+        out = []
+        for i in range(start, start + n):
+            pick = random.Random(i)
+            text = " ".join(pick.sample(self.sentences, 3))
+            out.append(Chunk(f"d{i}:0", f"d{i}", text, {"orgId": f"org{i % TENANTS}"}))
+        return out
+
+
+def percentile(timings: list[float], q: float) -> float:
+    ordered = sorted(timings)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q))] * 1000
+
+
+async def timed(search: Callable[[], Awaitable[object]]) -> float:
+    started = time.perf_counter()
+    await search()
+    return time.perf_counter() - started
+
+
+async def measure(store: VectorStore, matrix: np.ndarray, label: str, seed: int, count: int) -> None:
+    texts = questions()[:count]
+    queries = unit_rows(np.random.default_rng(seed), len(texts))
+    bare = []
+    for query in queries:
+        started = time.perf_counter()
+        scores = matrix @ query
+        best = np.argpartition(-scores, 4)[:5]
+        best[np.argsort(-scores[best])]
+        bare.append(time.perf_counter() - started)
+    reference = statistics.median(bare) * 1000
+    cases: dict[str, tuple[str, dict | None]] = {
+        "keyword": ("keyword", None),
+        "hybrid": ("hybrid", None),
+        "hybrid, 1 tenant of 50": ("hybrid", {"orgId": "org7"}),
+    }
+    print(f"  {label}: bare dense product p50 {reference:.2f} ms")
+    for name, (mode, filters) in cases.items():
+        await store.search(SearchRequest(texts[0], queries[0], 5, filters, None, mode))  # type: ignore[arg-type]
+        timings = []
+        for text, query in zip(texts, queries, strict=True):
+            request = SearchRequest(text, query, 5, filters, None, mode)  # type: ignore[arg-type]
+            timings.append(await timed(lambda request=request: store.search(request)))
+        p50, p95 = percentile(timings, 0.5), percentile(timings, 0.95)
+        print(f"    {name:<24} p50 {p50:9.2f} ms ({p50 / reference:6.2f}x)   p95 {p95:9.2f} ms")
+
+
+async def build(store: VectorStore, corpus: Corpus, size: int, seed: int, parts: list[int], writers: int) -> np.ndarray:
+    """Store `size` chunks in adds of the given sizes, `writers` at a time; returns their vectors."""
+    matrix = unit_rows(np.random.default_rng(seed), size)
+    starts = np.cumsum([0, *parts[:-1]]).tolist()
+    queue = list(zip(starts, parts, strict=True))
+    started = time.perf_counter()
+
+    async def writer() -> None:
+        while queue:
+            start, n = queue.pop(0)
+            await store.upsert(corpus.chunks(start, n), matrix[start : start + n])
+
+    await asyncio.gather(*(writer() for _ in range(writers)))
+    elapsed = time.perf_counter() - started
+    print(f"  built {size:,} chunks in {elapsed:.0f} s: {size / elapsed:,.0f} chunks/s ({writers} writers)")
+    return matrix
+
+
+async def embedded(size: int, corpus: Corpus, count: int) -> None:
+    from rag.stores.numpy_store import NumpyVectorStore
+
+    with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
+        store = await NumpyVectorStore.open(Path(tmp), "bench", DIMENSION, auto_compact=False)
+        print(f"\nembedded, {size:,} chunks")
+        matrix = await build(store, corpus, size, size, geometric(size), 1)  # the layout compaction keeps
+        await measure(store, matrix, "embedded", size + 1, count)
+        await store.aclose()
+
+
+async def postgres(size: int, corpus: Corpus, count: int) -> None:
+    import pgserver
+
+    from rag.stores.postgres_store import PostgresVectorStore
+
+    with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
+        server = pgserver.get_server(Path(tmp) / "pg", cleanup_mode="stop")
+        try:
+            store = await PostgresVectorStore.open(server.get_uri(), "bench", DIMENSION)
+            print(f"\nPostgreSQL, {size:,} chunks")
+            adds = [BATCH] * (size // BATCH) + ([size % BATCH] if size % BATCH else [])
+            matrix = await build(store, corpus, size, size, adds, WRITERS)
+            await measure(store, matrix, "PostgreSQL", size + 1, count)
+            await store.aclose()
+        finally:
+            server.cleanup()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--embedded", type=int, nargs="*", default=[100_000, 1_000_000])
+    parser.add_argument("--postgres", type=int, nargs="*", default=[100_000])
+    parser.add_argument("--questions", type=int, default=300, help="the first N test claims (300: all)")
+    args = parser.parse_args()
+    corpus = Corpus()
+    for size in args.embedded:
+        asyncio.run(embedded(size, corpus, args.questions))
+    for size in args.postgres:
+        asyncio.run(postgres(size, corpus, args.questions))
+
+
+if __name__ == "__main__":
+    main()
