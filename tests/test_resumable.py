@@ -176,7 +176,6 @@ def test_only_the_owner_resumes_or_stops(client: httpx.Client, upstream: FakeUps
 def test_deleting_a_chat_stops_its_answer_so_that_it_stays_deleted(
     client: httpx.Client, upstream: FakeUpstream
 ) -> None:
-    upstream.reset(Script(tokens=TOKENS * 10, delay=0.05))
     chat_id = f"c-{uuid.uuid4().hex}"
     client.post("/api/v1/chat", json={**chat_body(chat_id), "resumable": False, "stream": False})  # a stored turn
     upstream.reset(Script(tokens=TOKENS * 10, delay=0.05))
@@ -225,6 +224,7 @@ def test_an_organisation_past_its_cap_gets_429(capped: str, upstream: FakeUpstre
             with client.stream("POST", "/api/v1/chat", json=chat_body(chat_id, orgId="org-cap")) as response:
                 assert response.status_code == 200
                 read_some(response, 1)
+        upstream.reset()  # short answers from here on (the two running keep their own script)
         third = client.post("/api/v1/chat", json=chat_body(chats[2], orgId="org-cap"))
         assert third.status_code == 429 and third.json()["error"]["type"] == "too_many_answers"
         assert "RESUMABLE_MAX_PER_ORG" in third.json()["error"]["message"] and third.headers["Retry-After"]
