@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -48,6 +49,36 @@ class Run:
     def org_key(self) -> str:
         """Whose cap the run counts against: its organisation, or its user when it has none."""
         return self.org_id if self.org_id is not None else f"user:{self.user_id}"
+
+    def new_row(self) -> tuple[Any, ...]:
+        """The values of `NEW_RUN_COLUMNS` that record this run as running."""
+        return (
+            self.run_id,
+            self.chat_id,
+            self.user_id,
+            self.org_id,
+            self.org_key,
+            self.question,
+            self.replica,
+            self.started_at,
+            self.lease_until,
+            RUNNING,
+        )
+
+
+NEW_RUN_COLUMNS = "run_id, chat_id, user_id, org_id, org_key, question, replica, started_at, lease_until, status"
+
+
+def admit(run: Run, chat_busy: bool, running: int, max_running_per_org: int) -> None:
+    """The admission rule both logs apply inside the transaction that records a run: one answer at a time per chat
+    (`chat_busy`: it has a running one), and at most `max_running_per_org` per organisation (`running` now)."""
+    if chat_busy:
+        raise AnswerInProgress(f"chat {run.chat_id!r} has an answer running: resume it, stop it, or wait for its end")
+    if running >= max_running_per_org:
+        raise TooManyAnswers(
+            f"{running} resumable answers are running for this organisation; the limit is {max_running_per_org} "
+            "(RESUMABLE_MAX_PER_ORG)"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +138,9 @@ class AnswerLog(Protocol):
         ...
 
     poll_seconds: float  # how long a reader on another replica waits at most before it reads again
+    # Called with a run id when a stop of a run is asked through another replica, where the database tells of it
+    # (PostgreSQL); elsewhere never called, and the stop is read at the next flush.
+    on_stop: Callable[[str], None] | None
 
     def subscribe(self, run_id: str) -> asyncio.Event:
         """An event set when the run may have new events, where the database tells (PostgreSQL); a reader clears it

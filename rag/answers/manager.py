@@ -155,8 +155,7 @@ class ResumableAnswers:
         self._flush_now = asyncio.Event()
         self._flushing = asyncio.Lock()  # the flusher and shutdown's last flush must not write one batch twice
         self._tasks: list[asyncio.Task[None]] = []
-        if hasattr(log, "on_stop"):
-            log.on_stop = self._stop_asked  # PostgreSQL tells of stops asked through other replicas
+        log.on_stop = self._stop_asked
 
     @property
     def running(self) -> int:

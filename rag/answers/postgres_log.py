@@ -18,16 +18,7 @@ from typing import Any
 
 import asyncpg
 
-from rag.answers.log import (
-    INTERRUPTED,
-    RUNNING,
-    AnswerInProgress,
-    Batch,
-    Run,
-    TooManyAnswers,
-    runs_by_id,
-    unbatch,
-)
+from rag.answers.log import INTERRUPTED, NEW_RUN_COLUMNS, Batch, Run, admit, runs_by_id, unbatch
 from rag.stores.postgres_store import pooled_connection
 
 logger = logging.getLogger(__name__)
@@ -160,33 +151,16 @@ class PgAnswerLog:
                 run.chat_id,
                 run.org_key,
             )
-            if await conn.fetchval(
+            busy = await conn.fetchval(
                 "SELECT 1 FROM rag_answer_runs WHERE chat_id = $1 AND status = 'running' FOR UPDATE", run.chat_id
-            ):
-                raise AnswerInProgress(
-                    f"chat {run.chat_id!r} has an answer running: resume it, stop it, or wait for its end"
-                )
+            )
             running = await conn.fetchval(
                 "SELECT count(*) FROM rag_answer_runs WHERE org_key = $1 AND status = 'running'", run.org_key
             )
-            if running >= max_running_per_org:
-                raise TooManyAnswers(
-                    f"{running} resumable answers are running for this organisation; the limit is "
-                    f"{max_running_per_org} (RESUMABLE_MAX_PER_ORG)"
-                )
+            admit(run, busy is not None, running, max_running_per_org)
             await conn.execute(
-                "INSERT INTO rag_answer_runs (run_id, chat_id, user_id, org_id, org_key, question, replica, "
-                "started_at, lease_until, status) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-                run.run_id,
-                run.chat_id,
-                run.user_id,
-                run.org_id,
-                run.org_key,
-                run.question,
-                run.replica,
-                run.started_at,
-                run.lease_until,
-                RUNNING,
+                f"INSERT INTO rag_answer_runs ({NEW_RUN_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                *run.new_row(),
             )
 
     async def abandon(self, run_id: str) -> None:

@@ -16,16 +16,7 @@ from typing import Any, TypeVar
 
 import anyio
 
-from rag.answers.log import (
-    INTERRUPTED,
-    RUNNING,
-    AnswerInProgress,
-    Batch,
-    Run,
-    TooManyAnswers,
-    runs_by_id,
-    unbatch,
-)
+from rag.answers.log import INTERRUPTED, NEW_RUN_COLUMNS, RUNNING, Batch, Run, admit, runs_by_id, unbatch
 
 T = TypeVar("T")
 
@@ -68,6 +59,7 @@ class SqliteAnswerLog:
     def __init__(self, path: Path, poll_seconds: float = 0.05) -> None:
         self.path = path
         self.poll_seconds = poll_seconds
+        self.on_stop: Callable[[str], None] | None = None  # never called: stops are read at each flush
         self._db: sqlite3.Connection | None = None
         self._lock = threading.Lock()
 
@@ -115,35 +107,15 @@ class SqliteAnswerLog:
                 "WHERE status = 'running' AND lease_until < ? AND (chat_id = ? OR org_key = ?)",
                 (INTERRUPTED, now, run.chat_id, run.org_key),
             )
-            if db.execute(
+            busy = db.execute(
                 "SELECT 1 FROM answer_runs WHERE chat_id = ? AND status = 'running'", (run.chat_id,)
-            ).fetchone():
-                raise AnswerInProgress(
-                    f"chat {run.chat_id!r} has an answer running: resume it, stop it, or wait for its end"
-                )
+            ).fetchone()
             (running,) = db.execute(
                 "SELECT count(*) FROM answer_runs WHERE org_key = ? AND status = 'running'", (run.org_key,)
             ).fetchone()
-            if running >= max_running_per_org:
-                raise TooManyAnswers(
-                    f"{running} resumable answers are running for this organisation; the limit is "
-                    f"{max_running_per_org} (RESUMABLE_MAX_PER_ORG)"
-                )
+            admit(run, busy is not None, running, max_running_per_org)
             db.execute(
-                "INSERT INTO answer_runs (run_id, chat_id, user_id, org_id, org_key, question, replica, started_at, "
-                "lease_until, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    run.run_id,
-                    run.chat_id,
-                    run.user_id,
-                    run.org_id,
-                    run.org_key,
-                    run.question,
-                    run.replica,
-                    run.started_at,
-                    run.lease_until,
-                    RUNNING,
-                ),
+                f"INSERT INTO answer_runs ({NEW_RUN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", run.new_row()
             )
 
         await self._write(begin)
