@@ -3,7 +3,6 @@ the same for request bodies of the Elasticsearch services we replace."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
 from typing import Any
 
 from fastapi import APIRouter
@@ -20,7 +19,7 @@ from config import Settings
 from llm.types import GenerationOptions, Message
 from rag.chats.sqlite import ChatOwner
 from rag.errors import InvalidRequest
-from rag.pipeline import Answer, ChatRef, ChatRequest, ChatStream, collect_events
+from rag.pipeline import Answer, ChatRef, ChatRequest, collect_events
 
 router = APIRouter(tags=["chat"])
 legacy_router = APIRouter(tags=["chat"])
@@ -61,8 +60,7 @@ def build_chat_request(
     )
 
 
-async def answer_json(stream: ChatStream | Awaitable[Answer]) -> ChatAnswer | JSONResponse:
-    answer = await (stream.collect() if isinstance(stream, ChatStream) else stream)
+def answer_json(answer: Answer) -> ChatAnswer | JSONResponse:
     if answer.error is not None:
         # Not streaming, a half answer is no answer: report the failure as the status it is.
         return error_response(502, answer.error.type, answer.error.message)
@@ -82,7 +80,7 @@ async def resumable_answer(services: Services, request: ChatRequest, stream: boo
     events = await services.answers.follow(run)
     if stream:
         return resumable_sse_response(events, services.streams, services.settings.sse_retry_ms)
-    return await answer_json(collect_events(event async for _, event in events))
+    return answer_json(await collect_events(event async for _, event in events))
 
 
 @router.post("/chat", response_model=ChatAnswer, responses=_SSE_OR_JSON | _ERRORS, dependencies=[RateLimited])
@@ -106,7 +104,7 @@ async def chat(body: ChatBody, services: ServicesDep, principal: PrincipalDep):
     stream = await services.pipeline.start(request)
     if body.stream:
         return seed_sse_response(stream, services.streams)
-    return await answer_json(stream)
+    return answer_json(await stream.collect())
 
 
 @legacy_router.post("/stream", responses=_SSE_OR_JSON | _ERRORS, dependencies=[RateLimited])

@@ -22,7 +22,7 @@ import json
 import logging
 import math
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -83,6 +83,9 @@ class ResumeFrame(BaseModel):
     userId: str | None = Field(None, min_length=1, max_length=256)
     orgId: str | None = Field(None, min_length=1, max_length=256)
     lastEventId: str | None = Field(None, max_length=100)
+
+
+Frame = TypeVar("Frame", QuestionFrame, ResumeFrame)
 
 
 def event_frame(event: ChatEvent) -> dict[str, Any]:
@@ -169,12 +172,8 @@ class ChatSession:
             await self.send(error_frame("busy", "an answer is in progress: wait for 'done' or send a cancel frame"))
             return
         if kind == "resume":
-            try:
-                resume = ResumeFrame.model_validate(data)
-            except ValidationError as exc:
-                await self.send(error_frame("validation_error", describe_validation(exc.errors()), 422), data.get("id"))
-                return
-            self._answer = asyncio.create_task(self._resume(resume))
+            if (resume := await self._parsed(ResumeFrame, data)) is not None:
+                self._answer = asyncio.create_task(self._resume(resume))
             return
         wait = self.services.rate_limiter.acquire(client_identity(self.websocket))
         if wait is not None:
@@ -184,12 +183,16 @@ class ChatSession:
                 error_frame("rate_limited", message, 429) | {"retry_after": math.ceil(wait)}, data.get("id")
             )
             return
+        if (frame := await self._parsed(QuestionFrame, data)) is not None:
+            self._answer = asyncio.create_task(self._run_answer(frame))
+
+    async def _parsed(self, model: type[Frame], data: dict[str, Any]) -> Frame | None:
+        """The frame as `model`, or None once its validation error was sent."""
         try:
-            frame = QuestionFrame.model_validate(data)
+            return model.model_validate(data)
         except ValidationError as exc:
             await self.send(error_frame("validation_error", describe_validation(exc.errors()), 422), data.get("id"))
-            return
-        self._answer = asyncio.create_task(self._run_answer(frame))
+            return None
 
     def _busy(self) -> bool:
         return self._answer is not None and not self._answer.done()
