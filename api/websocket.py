@@ -38,7 +38,7 @@ from llm.types import GenerationOptions, Message
 from rag.answers.manager import EventWithId
 from rag.chats.sqlite import ChatOwner
 from rag.errors import InvalidRequest, RAGError
-from rag.pipeline import ChatRef
+from rag.pipeline import Answer, ChatRef, collect_events
 from rag.types import ChatEvent, DoneEvent, ErrorEvent, ReasoningEvent, SourcesEvent, TokenEvent, UsageEvent
 
 logger = logging.getLogger(__name__)
@@ -102,6 +102,19 @@ def event_frame(event: ChatEvent) -> dict[str, Any]:
             return error_frame(type_, message)
         case DoneEvent(reason):
             return {"type": "done", "finish_reason": reason}
+
+
+def answer_frame(answer: Answer) -> dict[str, Any]:
+    """The one frame of an answer asked with "stream": false."""
+    return {
+        "type": "answer",
+        "content": answer.content,
+        "reasoning": answer.reasoning or None,
+        "sources": [hit.as_dict() for hit in answer.sources],
+        "usage": answer.usage.as_dict() if answer.usage else None,
+        "finish_reason": answer.finish_reason,
+        "error": {"type": answer.error.type, "message": answer.error.message} if answer.error else None,
+    }
 
 
 def error_frame(type_: str, message: str, status: int | None = None) -> dict[str, Any]:
@@ -239,23 +252,17 @@ class ChatSession:
             await self.send({"type": "done", "finish_reason": "error"}, rid)
             return
         if frame.resumable:
-            await self._follow(await self.services.answers.follow(run), rid)
+            followed = await self.services.answers.follow(run)
+            if frame.stream:
+                await self._follow(followed, rid)
+            else:  # one answer frame, the answer still produced apart from this connection
+                with contextlib.suppress(WebSocketDisconnect):
+                    await self.send(answer_frame(await collect_events(event async for _, event in followed)), rid)
+                self._resumable_chat = None
             return
         try:
             if not frame.stream:
-                answer = await stream.collect()
-                await self.send(
-                    {
-                        "type": "answer",
-                        "content": answer.content,
-                        "reasoning": answer.reasoning or None,
-                        "sources": [hit.as_dict() for hit in answer.sources],
-                        "usage": answer.usage.as_dict() if answer.usage else None,
-                        "finish_reason": answer.finish_reason,
-                        "error": {"type": answer.error.type, "message": answer.error.message} if answer.error else None,
-                    },
-                    rid,
-                )
+                await self.send(answer_frame(await stream.collect()), rid)
                 return
             async with contextlib.aclosing(stream.events()) as events:
                 async for event in events:

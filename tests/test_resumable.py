@@ -269,6 +269,11 @@ def test_websocket_resume_frame_continues_after_a_new_connection(live_url: str, 
         ws.send(json.dumps({"type": "resume", "userId": "u-other", "chatId": chat_id}))
         refused = json.loads(ws.recv(timeout=10))
         assert refused["type"] == "error" and refused["status"] == 404
+        # "stream": false: one answer frame, as for any question
+        question = {"question": "Again.", "userId": "u-resume", "chatId": chat_id, "resumable": True, "stream": False}
+        ws.send(json.dumps(question))
+        whole = json.loads(ws.recv(timeout=10))
+        assert whole["type"] == "answer" and whole["content"] == FULL and whole["error"] is None
 
 
 def test_kept_events_go_after_the_retention_and_the_metrics_count_running_answers(
