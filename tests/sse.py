@@ -10,15 +10,8 @@ import httpx
 
 
 def iter_data(response: httpx.Response) -> Iterator[str]:
-    data: list[str] = []
-    for line in response.iter_lines():
-        if line.startswith("data:"):
-            data.append(line[5:].removeprefix(" "))
-        elif line == "" and data:
-            yield "\n".join(data)
-            data = []
-    if data:
-        yield "\n".join(data)
+    for _, data in iter_events(response):
+        yield data
 
 
 def read_stream(response: httpx.Response) -> tuple[list[dict[str, Any]], bool]:
@@ -35,7 +28,8 @@ def read_stream(response: httpx.Response) -> tuple[list[dict[str, Any]], bool]:
 
 
 def iter_events(response: httpx.Response) -> Iterator[tuple[str | None, str]]:
-    """Each event's id (None without one) and data, comments skipped."""
+    """Each event's id (None without one) and data, comments skipped; an event cut off before its blank line
+    still counts."""
     data: list[str] = []
     event_id: str | None = None
     for line in response.iter_lines():
@@ -46,3 +40,5 @@ def iter_events(response: httpx.Response) -> Iterator[tuple[str | None, str]]:
         elif line == "" and data:
             yield event_id, "\n".join(data)
             data, event_id = [], None
+    if data:
+        yield event_id, "\n".join(data)

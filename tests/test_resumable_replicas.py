@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -107,25 +107,38 @@ def test_a_stop_through_the_other_replica_closes_the_upstream(pair: list[str], u
     check_numbering(events + rest)
 
 
+def cut_short(
+    upstream: FakeUpstream, dsn: str, data_dir: Path, reader: str, end: Callable[[ServiceProcess], object]
+) -> tuple[str, list, list, float]:
+    """A long answer on a replica of its own, which `end` ends after its client saw 5 events; then a resume through
+    `reader`, to the stream's end. Returns the chat id, the events seen before and after, and the seconds from the
+    end of the replica to the end of the resume."""
+    upstream.reset(Script(tokens=TOKENS * 20, delay=0.05))
+    chat_id = f"c-{uuid.uuid4().hex}"
+    with replica(data_dir, upstream, dsn) as producer:
+        producer.wait_ready()
+        with httpx.stream("POST", f"{producer.url}/api/v1/chat", json=chat_body(chat_id), timeout=30) as response:
+            events, _ = read_some(response, 5)
+            time.sleep(0.5)  # a few more tokens reach the log
+            end(producer)
+    ended_at = time.monotonic()
+    with resume(reader, chat_id, events[-1][0]) as response:
+        rest, done = read_some(response, None)
+    assert done
+    check_numbering(events + rest)
+    return chat_id, events, rest, time.monotonic() - ended_at
+
+
+def errors_in(events: list) -> list[dict]:
+    return [data["error"] for _, data in events if isinstance(data, dict) and "error" in data]
+
+
 def test_a_killed_replica_leaves_its_readers_an_interrupted_error_within_the_lease(
     pair: list[str], pg_database: str, upstream: FakeUpstream, tmp_path: Path
 ) -> None:
-    upstream.reset(Script(tokens=TOKENS * 20, delay=0.05))
-    chat_id = f"c-{uuid.uuid4().hex}"
-    with replica(tmp_path, upstream, pg_database) as doomed:
-        doomed.wait_ready()
-        with httpx.stream("POST", f"{doomed.url}/api/v1/chat", json=chat_body(chat_id), timeout=30) as response:
-            events, _ = read_some(response, 5)
-            time.sleep(0.5)  # a few more tokens reach the log
-            doomed.kill()
-    killed_at = time.monotonic()
-    with resume(pair[1], chat_id, events[-1][0]) as response:
-        rest, done = read_some(response, None)
-    waited = time.monotonic() - killed_at
-    assert done and waited < LEASE_SECONDS + 3
-    errors = [data["error"] for _, data in rest if isinstance(data, dict) and "error" in data]
-    assert [error["type"] for error in errors] == ["answer_interrupted"]
-    check_numbering(events + rest)
+    chat_id, events, rest, waited = cut_short(upstream, pg_database, tmp_path, pair[1], ServiceProcess.kill)
+    assert waited < LEASE_SECONDS + 3
+    assert [error["type"] for error in errors_in(rest)] == ["answer_interrupted"]
     assert text_of(events + rest).startswith(text_of(events)) and len(text_of(events + rest)) > len(text_of(events))
     status = httpx.get(f"{pair[0]}/api/v1/chats/{chat_id}", params={"userId": "u-resume"}, timeout=30).json()
     assert status["answer"]["status"] == "interrupted"
@@ -168,21 +181,14 @@ def test_workers_sharing_one_data_dir_resume_and_stop_each_others_answers(
 def test_a_replica_stopped_gracefully_ends_its_answers_for_readers_elsewhere(
     pair: list[str], pg_database: str, upstream: FakeUpstream, tmp_path: Path
 ) -> None:
-    upstream.reset(Script(tokens=TOKENS * 20, delay=0.05))
-    chat_id = f"c-{uuid.uuid4().hex}"
-    with replica(tmp_path, upstream, pg_database) as leaving:
-        leaving.wait_ready()
-        with httpx.stream("POST", f"{leaving.url}/api/v1/chat", json=chat_body(chat_id), timeout=30) as response:
-            events, _ = read_some(response, 5)
-        assert leaving.terminate() in (0, -15)  # SIGTERM (a deploy, a scale-down); uvicorn re-raises it on exit
+    def sigterm(producer: ServiceProcess) -> None:  # a deploy, a scale-down
+        assert producer.terminate() in (0, -15)  # uvicorn re-raises the signal on its way out
+
+    _, _, rest, _ = cut_short(upstream, pg_database, tmp_path, pair[1], sigterm)
     assert upstream.wait_disconnect(5), "the answer's upstream request was closed on the way out"
-    with resume(pair[1], chat_id, events[-1][0]) as response:
-        rest, done = read_some(response, None)
-    assert done
-    errors = [data["error"] for _, data in rest if isinstance(data, dict) and "error" in data]
+    errors = errors_in(rest)
     assert [error["type"] for error in errors] == ["answer_interrupted"]
     assert "shut down" in errors[0]["message"]
-    check_numbering(events + rest)
 
 
 def test_twenty_answers_at_once_each_dropped_and_resumed_through_the_other_replica(
