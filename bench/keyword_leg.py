@@ -22,7 +22,6 @@ import json
 import os
 import random
 import re
-import statistics
 import sys
 import tempfile
 import time
@@ -33,7 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.store import DIMENSION, TENANTS, geometric, unit_rows
+from bench.store import DIMENSION, TENANTS, bare_dense_ms, geometric, unit_rows
 from config import PROJECT_DIR
 from rag.stores import SearchRequest, VectorStore
 from rag.types import Chunk
@@ -87,14 +86,7 @@ async def timed(search: Callable[[], Awaitable[object]]) -> float:
 async def measure(store: VectorStore, matrix: np.ndarray, label: str, seed: int, count: int) -> None:
     texts = questions()[:count]
     queries = unit_rows(np.random.default_rng(seed), len(texts))
-    bare = []
-    for query in queries:
-        started = time.perf_counter()
-        scores = matrix @ query
-        best = np.argpartition(-scores, 4)[:5]
-        best[np.argsort(-scores[best])]
-        bare.append(time.perf_counter() - started)
-    reference = statistics.median(bare) * 1000
+    reference = bare_dense_ms(matrix, queries)
     cases: dict[str, tuple[str, dict | None]] = {
         "keyword": ("keyword", None),
         "hybrid": ("hybrid", None),

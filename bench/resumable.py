@@ -38,7 +38,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.relay import cpu_seconds
+from bench.relay import cpu_seconds, stream_once
 from bench.service_process import FakeUpstreamProcess, ServiceProcess
 
 USER = "bench-user"
@@ -55,27 +55,11 @@ def body(resumable: bool) -> dict[str, Any]:
     }
 
 
-async def answer(client: httpx.AsyncClient, url: str, payload: dict[str, Any]) -> tuple[float | None, int, str]:
-    """(seconds to the first token, tokens received, the first event id)"""
-    started = time.perf_counter()
-    first, tokens, first_id = None, 0, ""
-    async with client.stream("POST", f"{url}/api/v1/chat", json=payload) as response:
-        response.raise_for_status()
-        async for line in response.aiter_lines():
-            if line.startswith("id:") and not first_id:
-                first_id = line[3:].strip()
-            if line.startswith('data: {"content": "') and line != 'data: {"content": ""}':
-                tokens += 1
-                if first is None:
-                    first = time.perf_counter() - started
-    return first, tokens, first_id
-
-
 async def cpu_per_token(pid: int, url: str, resumable: bool, answers: int = ANSWERS) -> float:
     async with httpx.AsyncClient(timeout=120) as client:
         before, tokens = cpu_seconds(pid), 0
         for _ in range(answers):
-            tokens += (await answer(client, url, body(resumable)))[1]
+            tokens += (await stream_once(client, f"{url}/api/v1/chat", body(resumable)))[1]
         return (cpu_seconds(pid) - before) / tokens * 1e6
 
 
@@ -102,8 +86,9 @@ def cpu_pair(pid: int, url: str, storage_bytes: Any) -> tuple[float, float, floa
 
 async def paced_answers(url: str, resumable: bool, concurrency: int = 10) -> int:
     async with httpx.AsyncClient(timeout=120) as client:
-        results = await asyncio.gather(*(answer(client, url, body(resumable)) for _ in range(concurrency)))
-    return sum(tokens for _, tokens, _ in results)
+        chat = f"{url}/api/v1/chat"
+        results = await asyncio.gather(*(stream_once(client, chat, body(resumable)) for _ in range(concurrency)))
+    return sum(tokens for _, tokens in results)
 
 
 def measure_paced(url: str, storage_bytes: Any, storage: str) -> None:
@@ -117,8 +102,9 @@ def measure_paced(url: str, storage_bytes: Any, storage: str) -> None:
 
 async def first_token_ms(url: str, resumable: bool, rounds: int = 20) -> float:
     async with httpx.AsyncClient(timeout=120) as client:
-        await answer(client, url, body(resumable))
-        firsts = [(await answer(client, url, body(resumable)))[0] for _ in range(rounds)]
+        chat = f"{url}/api/v1/chat"
+        await stream_once(client, chat, body(resumable))
+        firsts = [(await stream_once(client, chat, body(resumable)))[0] for _ in range(rounds)]
     return statistics.median(f for f in firsts if f is not None) * 1000
 
 
