@@ -1,6 +1,8 @@
 """Crash test: concurrent writers add and delete documents, the server is killed with SIGKILL at a random moment,
 restarted, and every document whose add was acknowledged (HTTP 200) must be there, every document whose delete was
-acknowledged must stay gone, and the store must load and answer searches.
+acknowledged must stay gone, and the store must load and answer searches. The keyword index must agree: every
+acknowledged document of the run (and a sample of earlier ones) is found by a keyword search for its id, no deleted
+one is, and the index holds exactly as many chunks as the catalog.
 
     .venv/bin/python bench/crash.py --runs 20
 
@@ -10,8 +12,9 @@ restart, the script counts the segment files no commit names (the work the kill 
 discard) and the merges the killed process had completed.
 
 Prints, per run and in total, the acknowledged documents, the lost ones (must be 0), the deleted ones that came back
-(must be 0) and the load failures (must be 0); exits 1 if any is not. The store grows across runs, so later runs
-also kill writes to a bigger store. Everything runs on 127.0.0.1; the service needs no LLM for adds.
+(must be 0), the keyword index's disagreements (must be 0) and the load failures (must be 0); exits 1 if any is
+not. The store grows across runs, so later runs also kill writes to a bigger store. Everything runs on 127.0.0.1;
+the service needs no LLM for adds.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ class RunResult:
     killed_after: float = 0.0
     merges_before_kill: int = 0
     interrupted_files: int = 0
+    keyword_disagreements: set[str] = field(default_factory=set)  # ids the keyword leg gets wrong after restart
 
 
 def writer(url: str, result: RunResult, lock: threading.Lock, stop: threading.Event, seed: int) -> None:
@@ -107,6 +111,25 @@ def stored_ids(url: str) -> set[str]:
                 return ids
 
 
+def found_by_keyword(client: httpx.Client, doc_id: str) -> bool:
+    response = client.get("/api/v1/documents/search", params={"query": doc_id, "top_k": 1, "mode": "keyword"})
+    response.raise_for_status()
+    return any(hit["document_id"] == doc_id for hit in response.json()["results"])
+
+
+def keyword_disagreements(url: str, expected: set[str], gone: set[str], rng: random.Random) -> set[str]:
+    """Ids the keyword leg gets wrong: an expected document it does not find, a gone one it does; and a marker
+    when the index does not hold exactly the catalog's chunks."""
+    wrong: set[str] = set()
+    with httpx.Client(base_url=url, timeout=30) as client:
+        wrong |= {doc_id for doc_id in expected if not found_by_keyword(client, doc_id)}
+        wrong |= {doc_id for doc_id in gone if found_by_keyword(client, doc_id)}
+        store = client.get("/api/v1/health").json()["store"]
+        if store["keyword_documents"] != store["chunks"]:
+            wrong.add(f"index holds {store['keyword_documents']} chunks, the catalog {store['chunks']}")
+    return wrong
+
+
 def one_run(
     data_dir: Path, writers: int, rng: random.Random, all_acknowledged: set[str], all_deleted: set[str]
 ) -> RunResult:
@@ -142,6 +165,9 @@ def one_run(
             return result
         result.lost = all_acknowledged - present
         result.resurrected = all_deleted & present
+        earlier = rng.sample(sorted(all_acknowledged), min(100, len(all_acknowledged)))
+        this_run = (result.acknowledged - result.uncertain - result.deleted) & present
+        result.keyword_disagreements = keyword_disagreements(service.url, this_run | set(earlier), result.deleted, rng)
         service.terminate()
     return result
 
@@ -157,7 +183,7 @@ def run(runs: int, writers: int, seed: int, data_dir: Path | None = None) -> tup
         directory = data_dir or Path(tmp)
         for n in range(1, runs + 1):
             result = one_run(directory, writers, rng, all_acknowledged, all_deleted)
-            lost |= result.lost | result.resurrected
+            lost |= result.lost | result.resurrected | result.keyword_disagreements
             failures += result.load_failed
             merges += result.merges_before_kill
             interrupted += result.interrupted_files > 0
@@ -165,12 +191,14 @@ def run(runs: int, writers: int, seed: int, data_dir: Path | None = None) -> tup
                 f"run {n:2}: killed after {result.killed_after:.2f} s, {len(result.acknowledged):4} added, "
                 f"{len(result.deleted):3} deleted, {result.merges_before_kill:3} merges, "
                 f"{result.interrupted_files} uncommitted files left, {len(result.lost)} lost, "
-                f"{len(result.resurrected)} resurrected, load {'FAILED' if result.load_failed else 'ok'}",
+                f"{len(result.resurrected)} resurrected, {len(result.keyword_disagreements)} keyword index "
+                f"disagreements, load {'FAILED' if result.load_failed else 'ok'}",
                 flush=True,
             )
     print(
         f"total: {len(all_acknowledged)} acknowledged documents stored, {len(all_deleted)} acknowledged deletes, "
-        f"{merges} merges, {interrupted} kills that left uncommitted work; {len(lost)} lost or resurrected, "
+        f"{merges} merges, {interrupted} kills that left uncommitted work; {len(lost)} lost, resurrected or "
+        "wrong in the keyword index, "
         f"{failures} load failures"
     )
     return len(all_acknowledged), len(lost), failures

@@ -1,5 +1,6 @@
 """What only the embedded NumPy store promises: append-only segments, tombstones, compaction that changes no answer,
-crash safety at each step, and the migration of stores written by the previous format.
+crash safety at each step, a keyword index that commits in step with the catalog and is rebuilt from it, and the
+migration of stores written by the previous format.
 
 The behaviour every backend shares is in `test_store_conformance.py`."""
 
@@ -7,6 +8,8 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
+import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +17,7 @@ import pytest
 
 from rag.stores import SearchRequest
 from rag.stores.catalog import Catalog
+from rag.stores.keyword_index import KeywordIndex
 from rag.stores.numpy_store import NumpyVectorStore
 from rag.stores.segments import plan_merge, write_segment
 from rag.types import Chunk
@@ -31,7 +35,7 @@ def chunks_of(doc_id: str, n: int) -> list[Chunk]:
 
 
 def layout(store: NumpyVectorStore) -> dict[str, int]:
-    return {key: value for key, value in store.layout().items() if key != "compactions"}
+    return {key: value for key, value in store.layout().items() if key not in ("compactions", "keyword_documents")}
 
 
 def files(directory: Path) -> dict[str, tuple[int, int]]:
@@ -47,6 +51,11 @@ async def dense(store: NumpyVectorStore, query: np.ndarray, k: int = 10) -> list
 def brute_force(model: dict[str, tuple[Chunk, np.ndarray]], query: np.ndarray, k: int = 10) -> list[tuple[str, float]]:
     scored = sorted(((float(v @ query), cid) for cid, (_, v) in model.items()), reverse=True)[:k]
     return [(cid, round(score, 5)) for score, cid in scored]
+
+
+async def keyword(store: NumpyVectorStore, text: str, k: int = 10) -> list[str]:
+    hits = await store.search(SearchRequest(text, None, k, mode="keyword"))
+    return sorted(h.chunk.id for h in hits)
 
 
 async def test_an_add_writes_only_its_own_segment(tmp_path: Path) -> None:
@@ -240,3 +249,88 @@ async def test_a_store_of_the_previous_format_is_migrated(tmp_path: Path) -> Non
 )
 def test_merge_plan_keeps_sizes_geometric(live: list[int], dead: list[int], plan: tuple[int, int] | None) -> None:
     assert plan_merge(live, dead) == plan
+
+
+async def test_a_lost_keyword_index_is_rebuilt_from_the_catalog(tmp_path: Path) -> None:
+    store = await NumpyVectorStore.open(tmp_path, "toy", DIM)
+    await store.upsert(chunks_of("alpha", 3) + chunks_of("beta", 2), unit(20, 5))
+    await store.delete("beta")
+    await store.aclose()
+    shutil.rmtree(tmp_path / "keywords")
+    reopened = await NumpyVectorStore.open(tmp_path, "toy", DIM)
+    assert await keyword(reopened, "alpha") == ["alpha:0", "alpha:1", "alpha:2"]
+    assert await keyword(reopened, "beta") == []
+    assert reopened.layout()["keyword_documents"] == reopened.count == 3
+    await reopened.aclose()
+
+
+async def test_a_store_with_the_old_fts5_index_drops_it_and_builds_the_keyword_index(tmp_path: Path) -> None:
+    store = await NumpyVectorStore.open(tmp_path, "toy", DIM)
+    await store.upsert(chunks_of("alpha", 2), unit(21, 2))
+    await store.aclose()
+    # what a store written before the Tantivy index looked like: an FTS5 table kept by triggers, no keywords/
+    with sqlite3.connect(tmp_path / "catalog.sqlite3") as conn:
+        conn.execute("CREATE VIRTUAL TABLE chunks_fts USING fts5(text, content='chunks', content_rowid='key')")
+        conn.execute("CREATE TRIGGER chunks_fts_insert AFTER INSERT ON chunks BEGIN SELECT 1; END")
+    shutil.rmtree(tmp_path / "keywords")
+    reopened = await NumpyVectorStore.open(tmp_path, "toy", DIM)
+    assert await keyword(reopened, "alpha") == ["alpha:0", "alpha:1"]
+    with sqlite3.connect(tmp_path / "catalog.sqlite3") as conn:
+        assert not conn.execute("SELECT name FROM sqlite_master WHERE name LIKE 'chunks_fts%'").fetchall()
+    await reopened.aclose()
+
+
+async def test_keyword_leftovers_of_an_add_that_crashed_before_its_commit_never_surface(tmp_path: Path) -> None:
+    store = await NumpyVectorStore.open(tmp_path, "toy", DIM)
+    await store.upsert(chunks_of("kept", 2), unit(22, 2))
+    # what a process killed between its keyword index commit and its catalog commit leaves behind
+    next_key = int(store.catalog.meta("next_key") or 0)
+    store.keywords.add(next_key, chunks_of("ghost", 3))
+    assert await keyword(store, "ghost part") == ["kept:0", "kept:1"]  # indexed, but no snapshot holds its keys
+    await store.upsert(chunks_of("real", 3), unit(23, 3))  # takes the very keys the ghost was indexed under
+    assert await keyword(store, "ghost") == []
+    assert await keyword(store, "real") == ["real:0", "real:1", "real:2"]
+    store.keywords.add(int(store.catalog.meta("next_key") or 0), chunks_of("ghost", 2))
+    await store.aclose()
+    reopened = await NumpyVectorStore.open(tmp_path, "toy", DIM)  # the start reconciles the index
+    assert reopened.layout()["keyword_documents"] == reopened.count == 5
+    assert await keyword(reopened, "ghost") == []
+    await reopened.aclose()
+
+
+async def test_a_delete_the_keyword_index_missed_stays_hidden(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = await NumpyVectorStore.open(tmp_path, "toy", DIM, auto_compact=False)
+    await store.upsert(chunks_of("gone", 2), unit(24, 2))
+    await store.upsert(chunks_of("kept", 2), unit(25, 2))
+
+    def crash(self: KeywordIndex, keys: object) -> None:
+        raise OSError("simulated crash after the catalog's commit")
+
+    monkeypatch.setattr(KeywordIndex, "remove", crash)
+    assert await store.delete("gone") == 2  # committed in the catalog: the delete is acknowledged
+    await store.upsert(chunks_of("kept", 2), unit(26, 2))  # a replacement the index missed too
+    monkeypatch.undo()
+    assert store.layout()["keyword_documents"] == 6  # the index still holds them all
+    # the tombstones hide the rest, and the search looks further for its k (the hidden ones rank first)
+    assert await keyword(store, "gone part", k=2) == ["kept:0", "kept:1"]
+    await store.compact()  # drops the tombstones: the rows are gone from every segment
+    assert store.layout()["tombstoned"] == 0
+    assert await keyword(store, "gone part", k=2) == ["kept:0", "kept:1"]
+    await store.aclose()
+    reopened = await NumpyVectorStore.open(tmp_path, "toy", DIM)
+    assert reopened.layout()["keyword_documents"] == reopened.count == 2
+    await reopened.aclose()
+
+
+async def test_two_processes_write_in_turn_and_search_each_others_keywords(tmp_path: Path) -> None:
+    first = await NumpyVectorStore.open(tmp_path, "toy", DIM)
+    second = await NumpyVectorStore.open(tmp_path, "toy", DIM)
+    for i in range(6):
+        await (first if i % 2 else second).upsert(chunks_of(f"doc{i}", 2), unit(30 + i, 2))
+    for store in (first, second):
+        await store.refresh()
+        assert await keyword(store, "doc1 doc4") == ["doc1:0", "doc1:1", "doc4:0", "doc4:1"]
+    await second.delete("doc1")
+    assert await keyword(first, "doc1 doc4") == ["doc4:0", "doc4:1"]
+    await first.aclose()
+    await second.aclose()

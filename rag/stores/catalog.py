@@ -2,7 +2,8 @@
 
 It holds everything but the vectors: chunk texts and metadata (so they do not live in RAM as Python objects),
 documents in insertion order, the list of vector segments on disk, tombstones (chunks deleted or replaced whose
-vector rows are still in a segment until compaction drops them), an FTS5 index for the keyword leg, and counters.
+vector rows are still in a segment until compaction drops them), and counters. The keyword leg's index is derived
+from it (`keyword_index.py`).
 
 Every change is one transaction, so an add (its segment row, its chunks, the tombstones of the chunks it replaces)
 is committed whole or not at all. WAL mode lets searches read while a writer commits; `synchronous=FULL` makes a
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rag.types import TENANT_KEY, Chunk, DocumentSummary
+from rag.types import Chunk, DocumentSummary
 
 SCHEMA_VERSION = 2  # 1 was the whole-store generations of manifest.json
 
@@ -31,21 +32,21 @@ CREATE TABLE IF NOT EXISTS segments (
     last_key INTEGER NOT NULL, rows INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS chunks (
     key INTEGER PRIMARY KEY, id TEXT NOT NULL, document_id TEXT NOT NULL, text TEXT NOT NULL,
-    metadata TEXT NOT NULL, tenant TEXT);
+    metadata TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS chunks_by_document ON chunks (document_id);
 CREATE TABLE IF NOT EXISTS documents (
     id TEXT PRIMARY KEY, seq INTEGER NOT NULL UNIQUE, chunks INTEGER NOT NULL, metadata TEXT NOT NULL,
     preview TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS documents_by_tenant ON documents (json_extract(metadata, '$."orgId"'), seq);
 CREATE TABLE IF NOT EXISTS tombstones (key INTEGER PRIMARY KEY);
-CREATE VIRTUAL TABLE IF NOT EXISTS chunks_fts USING fts5(
-    text, tenant, content='chunks', content_rowid='key', tokenize='porter unicode61 remove_diacritics 2');
-CREATE TRIGGER IF NOT EXISTS chunks_fts_insert AFTER INSERT ON chunks BEGIN
-    INSERT INTO chunks_fts (rowid, text, tenant) VALUES (new.key, new.text, new.tenant);
-END;
-CREATE TRIGGER IF NOT EXISTS chunks_fts_delete AFTER DELETE ON chunks BEGIN
-    INSERT INTO chunks_fts (chunks_fts, rowid, text, tenant) VALUES ('delete', old.key, old.text, old.tenant);
-END;
+"""
+
+# Stores written before the keyword index moved to Tantivy kept an FTS5 index, filled by triggers: dropped at open
+# (the Tantivy index is then built from the catalog), so writes stop paying for it.
+_DROP_FTS5 = """
+DROP TRIGGER IF EXISTS chunks_fts_insert;
+DROP TRIGGER IF EXISTS chunks_fts_delete;
+DROP TABLE IF EXISTS chunks_fts;
 """
 
 _DOCUMENT_TENANT = """json_extract(metadata, '$."orgId"')"""  # as in the index documents_by_tenant
@@ -78,12 +79,6 @@ def _connect(path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
     return conn
-
-
-def tenant_token(org_id: object) -> str | None:
-    """The single FTS5 token that stands for an organisation: the keyword leg matches it together with the words,
-    so a tenant's search reads only that tenant's postings. Hex keeps any id one exact token."""
-    return "t" + org_id.encode("utf-8").hex() if isinstance(org_id, str) else None
 
 
 def _json_path(key: str) -> str | None:
@@ -135,7 +130,7 @@ class Catalog:
     def create_or_check(self, embedding_model: str, dimension: int) -> dict[str, str] | None:
         """Create the schema on first use; return the stored identity (model, dimension, version) when it existed."""
         # One script in one transaction: idempotent, and safe when several workers start at once.
-        self._writer.executescript(f"BEGIN IMMEDIATE;{_SCHEMA}COMMIT;")
+        self._writer.executescript(f"BEGIN IMMEDIATE;{_SCHEMA}{_DROP_FTS5}COMMIT;")
         with self.transaction() as conn:
             existing = dict(conn.execute("SELECT key, value FROM meta").fetchall())
             if existing:
@@ -218,18 +213,19 @@ class Catalog:
             else:  # null, integer, real, text: SQLite hands back the Python value
                 yield chunk_key, value
 
-    def keyword_search(self, match: str, limit: int, org_id: str | None = None) -> list[tuple[int, float]]:
-        """(chunk key, BM25 score, higher is better) of the best `limit` matches of an FTS5 expression over chunk
-        text, within one organisation's chunks when `org_id` is given. The tenant column weighs 0 in BM25."""
-        expression = f"text : ({match})"
-        if org_id is not None:
-            expression = f'tenant : "{tenant_token(org_id)}" AND {expression}'
-        rows = self._reader().execute(
-            "SELECT rowid, -bm25(chunks_fts, 1.0, 0.0) AS score FROM chunks_fts WHERE chunks_fts MATCH ? "
-            "ORDER BY bm25(chunks_fts, 1.0, 0.0) LIMIT ?",
-            (expression, limit),
-        )
-        return [(int(key), float(score)) for key, score in rows]
+    def all_chunks(self, batch: int = 10_000) -> Iterator[tuple[int, Chunk]]:
+        """Every live chunk with its key, in key order, read in batches (what a keyword index is rebuilt from)."""
+        conn, after = self._reader(), -1
+        while True:
+            rows = conn.execute(
+                "SELECT key, id, document_id, text, metadata FROM chunks WHERE key > ? ORDER BY key LIMIT ?",
+                (after, batch),
+            ).fetchall()
+            if not rows:
+                return
+            for key, cid, doc, text, meta in rows:
+                yield key, Chunk(cid, doc, text, json.loads(meta))
+            after = rows[-1][0]
 
     def list_documents(
         self, offset: int, limit: int, org_id: str | None = None
@@ -280,29 +276,22 @@ class Catalog:
         for name, delta in changes.items():
             conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + ? WHERE key = ?", (delta, name))
 
-    def remove_documents(self, conn: sqlite3.Connection, document_ids: list[str]) -> tuple[int, int]:
-        """Tombstone the chunks of these documents and delete them; returns (chunks, documents) removed."""
+    def remove_documents(self, conn: sqlite3.Connection, document_ids: list[str]) -> tuple[list[int], int]:
+        """Tombstone the chunks of these documents and delete them; returns (their chunk keys, documents removed)."""
         keys = self.document_keys(conn, document_ids)
         conn.executemany("INSERT OR IGNORE INTO tombstones (key) VALUES (?)", ((k,) for k in keys))
         conn.executemany("DELETE FROM chunks WHERE key = ?", ((k,) for k in keys))
         removed_docs = 0
         for doc_id in document_ids:
             removed_docs += conn.execute("DELETE FROM documents WHERE id = ?", (doc_id,)).rowcount
-        return len(keys), removed_docs
+        return keys, removed_docs
 
     def insert_chunks(self, conn: sqlite3.Connection, first_key: int, chunks: list[Chunk], first_seq: int) -> int:
         """Insert chunks with consecutive keys, and their documents in order; returns how many documents."""
         conn.executemany(
-            "INSERT INTO chunks (key, id, document_id, text, metadata, tenant) VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO chunks (key, id, document_id, text, metadata) VALUES (?, ?, ?, ?, ?)",
             (
-                (
-                    first_key + i,
-                    c.id,
-                    c.document_id,
-                    c.text,
-                    json.dumps(c.metadata, ensure_ascii=False),
-                    tenant_token(c.metadata.get(TENANT_KEY)),
-                )
+                (first_key + i, c.id, c.document_id, c.text, json.dumps(c.metadata, ensure_ascii=False))
                 for i, c in enumerate(chunks)
             ),
         )

@@ -1,14 +1,17 @@
 """The embedded store (the default): NumPy vector segments on disk plus a SQLite catalog, append-only.
 
 Under its directory:
-    catalog.sqlite3      chunk texts and metadata, documents, the list of segments, tombstones, the FTS5 index
+    catalog.sqlite3      chunk texts and metadata, documents, the list of segments, tombstones
     seg-<name>.npy       vectors of one segment (float32, memory-mapped); seg-<name>.keys.npy their chunk keys
+    keywords/            the keyword leg's Tantivy index, derived from the catalog (see `keyword_index.py`)
 
 An add writes only its own new segment (fsynced), then commits it in one catalog transaction together with its
 chunks and the tombstones of the chunks it replaces: the commit is the moment the add exists, and a crash before it
-leaves orphan files that the next start removes. A delete writes tombstones only. A background compaction merges
-adjacent segments and drops tombstoned rows (see `segments.plan_merge`); it writes its new segment outside every
-lock and takes the write lock only to swap, so neither searches nor adds wait for it.
+leaves orphan files that the next start removes. The keyword index commits the add's texts just before, and the
+removal of replaced or deleted chunks just after, the catalog; a search's snapshot hides whatever it holds beyond.
+A delete writes tombstones only. A background compaction merges adjacent segments and drops tombstoned rows (see
+`segments.plan_merge`); it writes its new segment outside every lock and takes the write lock only to swap, so
+neither searches nor adds wait for it.
 
 Several processes (uvicorn workers) may share the directory: writes take an `flock`, every commit moves a
 generation counter in the catalog, and a search first catches up when the generation moved. Searches read an
@@ -34,7 +37,7 @@ from rag.filters import Filters
 from rag.stores.base import SearchRequest
 from rag.stores.catalog import SCHEMA_VERSION, Catalog
 from rag.stores.fusion import fuse
-from rag.stores.keyword import match_expression
+from rag.stores.keyword_index import KeywordIndex
 from rag.stores.legacy import migrate_generation_store
 from rag.stores.segments import (
     Segment,
@@ -49,6 +52,7 @@ from rag.types import TENANT_KEY, Chunk, DocumentSummary, Hit
 logger = logging.getLogger(__name__)
 
 CATALOG = "catalog.sqlite3"
+KEYWORDS = "keywords"
 WRITE_LOCK = ".lock"
 COMPACTION_LOCK = ".compaction.lock"
 HYBRID_POOL = 100  # candidates taken from each leg before fusion (the pool the fusion was tuned with)
@@ -90,10 +94,13 @@ class _Snapshot:
         return int(self.offsets[-1])
 
     def rows_of_keys(self, keys: np.ndarray) -> np.ndarray:
-        """Rows of the given chunk keys; -1 for a key this snapshot does not hold."""
+        """Rows of the given chunk keys; -1 for a key this snapshot does not hold, or holds tombstoned."""
         rows = np.searchsorted(self.keys, keys)
         rows[rows >= self.keys.shape[0]] = 0
         found = self.keys[rows] == keys if self.keys.shape[0] else np.zeros(keys.shape, dtype=bool)
+        if self.dead_rows.shape[0]:
+            at = np.minimum(np.searchsorted(self.dead_rows, rows), self.dead_rows.shape[0] - 1)
+            found &= self.dead_rows[at] != rows
         return np.where(found, rows, -1)
 
     def vectors_of(self, rows: np.ndarray) -> np.ndarray:
@@ -114,6 +121,7 @@ class NumpyVectorStore:
         self.embedding_model = embedding_model
         self.dimension = dimension
         self._catalog: Catalog | None = None
+        self._keywords: KeywordIndex | None = None
         self._snapshot = _Snapshot.build(0, (), np.zeros(0, dtype=np.int64), 0, 0)
         self._write_lock = asyncio.Lock()
         self._state_lock = threading.Lock()
@@ -125,6 +133,11 @@ class NumpyVectorStore:
     def catalog(self) -> Catalog:
         assert self._catalog is not None, "the store is not open"
         return self._catalog
+
+    @property
+    def keywords(self) -> KeywordIndex:
+        assert self._keywords is not None, "the store is not open"
+        return self._keywords
 
     # --- opening -------------------------------------------------------------------------------
 
@@ -147,6 +160,7 @@ class NumpyVectorStore:
                 self._check_identity(identity)
             migrate_generation_store(self.directory, self.catalog, self.embedding_model, self.dimension)
             self._remove_orphans()
+            self._open_keywords()
             self._reload()
         snap = self._snapshot
         logger.info(
@@ -156,6 +170,16 @@ class NumpyVectorStore:
             len(snap.segments),
             snap.dead_rows.shape[0],
         )
+
+    def _open_keywords(self) -> None:
+        """Open the keyword index and bring it in line with the catalog (under the write lock): leftovers of a
+        crashed write are deleted, and an index that still disagrees (lost, damaged, or from before it existed) is
+        rebuilt from the catalog."""
+        self._keywords = KeywordIndex(self.directory / KEYWORDS)
+        state = self.catalog.state()
+        if not self.keywords.reconcile(state.chunks, int(self.catalog.meta("next_key") or 0), state.tombstones):
+            logger.info("building the keyword index of %s from its %d chunks", self.directory, state.chunks)
+            self.keywords.rebuild(self.catalog.all_chunks())
 
     def _check_identity(self, identity: dict[str, str]) -> None:
         if identity.get("format_version") != str(SCHEMA_VERSION):
@@ -215,6 +239,7 @@ class NumpyVectorStore:
             except (OSError, ValueError) as exc:
                 raise StoreCorrupt(f"cannot read the segments of {self.directory}: {exc}") from exc
             tombstones = np.asarray(state.tombstones, dtype=np.int64)
+            self.keywords.reload()  # after the catalog's state: it then holds at least that state's chunks
             self._snapshot = _Snapshot.build(state.generation, segments, tombstones, state.chunks, state.documents)
 
     def _catch_up(self) -> _Snapshot:
@@ -243,6 +268,7 @@ class NumpyVectorStore:
             "rows": snap.rows,
             "tombstoned": int(snap.dead_rows.shape[0]),
             "compactions": self.compactions,  # merges this process ran since it started
+            "keyword_documents": self.keywords.count,  # the catalog's chunks, plus leftovers a snapshot hides
         }
 
     @property
@@ -257,6 +283,7 @@ class NumpyVectorStore:
             keys = np.arange(first_key, first_key + len(chunks), dtype=np.int64)
             name = write_segment(self.directory, vectors, keys)
             try:
+                self.keywords.add(first_key, chunks)  # before the catalog: whatever it commits is searchable
                 with self.catalog.transaction() as conn:
                     counters = self.catalog.counters(conn)
                     if counters["next_key"] != first_key:
@@ -264,20 +291,30 @@ class NumpyVectorStore:
                     document_ids = list(dict.fromkeys(chunk.document_id for chunk in chunks))
                     if org_id is not None and self.catalog.foreign_documents(conn, document_ids, org_id):
                         raise TenantForbidden("a document with one of these ids belongs to another organisation")
-                    removed_chunks, removed_docs = self.catalog.remove_documents(conn, document_ids)
+                    removed, removed_docs = self.catalog.remove_documents(conn, document_ids)
                     added_docs = self.catalog.insert_chunks(conn, first_key, chunks, counters["next_seq"])
                     self.catalog.insert_segment(conn, name, first_key, int(keys[-1]), len(chunks))
                     self.catalog.bump(
                         conn,
                         next_key=len(chunks),
                         next_seq=added_docs,
-                        chunks=len(chunks) - removed_chunks,
+                        chunks=len(chunks) - len(removed),
                         documents=added_docs - removed_docs,
                     )
             except BaseException:
                 remove_segment(self.directory, name)
                 raise
+            self._forget_keywords(removed)
             self._reload()
+
+    def _forget_keywords(self, keys: list[int]) -> None:
+        """Remove chunks the catalog has removed from the keyword index. The write is already committed, so a
+        failure here must not report it failed: tombstones hide those chunks meanwhile, and the next open
+        reconciles the index."""
+        try:
+            self.keywords.remove(keys)
+        except Exception:
+            logger.exception("could not remove %d chunks from the keyword index; the next start does", len(keys))
 
     async def upsert(self, chunks: list[Chunk], vectors: np.ndarray, org_id: str | None = None) -> None:
         if vectors.shape != (len(chunks), self.dimension):
@@ -293,12 +330,13 @@ class NumpyVectorStore:
             with self.catalog.transaction() as conn:
                 if org_id is not None and self.catalog.foreign_documents(conn, [document_id], org_id):
                     raise DocumentNotFound(f"no document with id {document_id!r}")  # another tenant's: not for you
-                removed_chunks, removed_docs = self.catalog.remove_documents(conn, [document_id])
+                removed, removed_docs = self.catalog.remove_documents(conn, [document_id])
                 if not removed_docs:
                     raise DocumentNotFound(f"no document with id {document_id!r}")
-                self.catalog.bump(conn, chunks=-removed_chunks, documents=-removed_docs)
+                self.catalog.bump(conn, chunks=-len(removed), documents=-removed_docs)
+            self._forget_keywords(removed)
             self._reload()
-            return removed_chunks
+            return len(removed)
 
     async def delete(self, document_id: str, org_id: str | None = None) -> int:
         async with self._write_lock:
@@ -413,20 +451,20 @@ class NumpyVectorStore:
     def _keyword(
         self, snap: _Snapshot, text: str, k: int, filters: Filters | None, eligible: np.ndarray | None
     ) -> dict[int, float]:
-        """Row -> BM25 score of the best `k` eligible rows. Filters apply after FTS5 ranks, so the candidate list
-        grows until it holds k eligible rows or every match was seen."""
-        expression = match_expression(text)
-        if expression is None or snap.rows == 0:
+        """Row -> BM25 score of the best `k` eligible rows. The index may hold chunks this snapshot does not (added
+        since, tombstoned, leftovers of a crash) and filters other than the tenant apply after it ranks, so the
+        candidate list grows until it holds k eligible rows or every match was seen."""
+        if snap.rows == 0:
             return {}
         limit = max(k, 10)
         tenant = filters.get(TENANT_KEY) if filters else None
         if not isinstance(tenant, str):
-            tenant = None  # a tenant named by a string is matched inside FTS5; anything else is filtered after
+            tenant = None  # a tenant named by a string is matched inside the index; anything else is filtered after
             if eligible is not None:  # expect the filter to keep its share of the matches: ask for enough at once
                 share = max(float(eligible.mean()), 1e-4)
                 limit = max(limit, int(k / share * 1.5))
         while True:
-            found = self.catalog.keyword_search(expression, limit, tenant)
+            found = self.keywords.search(text, limit, tenant)
             keys = np.asarray([key for key, _ in found], dtype=np.int64)
             rows = snap.rows_of_keys(keys)
             ok = rows >= 0
@@ -507,6 +545,9 @@ class NumpyVectorStore:
         async with self._write_lock:  # an in-flight write finishes: it is acknowledged only once durable
             if self._compaction is not None:
                 await asyncio.gather(self._compaction, return_exceptions=True)
+            if self._keywords is not None:
+                self._keywords.close()
+                self._keywords = None
             if self._catalog is not None:
                 self._catalog.close()
                 self._catalog = None
