@@ -105,7 +105,7 @@ async def run(size: int, repeats: int) -> None:
         model = Settings(_env_file=None).embedding_model  # the replicas below embed with it: the identity must match
         stores = {
             "numpy": await NumpyVectorStore.open(Path(tmp) / "numpy", model, DIMENSION),
-            "postgres": await PostgresVectorStore.open(dsn, model, DIMENSION),
+            "postgres": await PostgresVectorStore.open(dsn, model, DIMENSION, Path(tmp) / "keywords"),
         }
         print(f"{size:,} chunks of dimension {DIMENSION}, 50 organisations; {repeats} queries per figure")
         for name, store in stores.items():
@@ -179,7 +179,9 @@ async def scifact_recall() -> None:
     queries = await embedder.embed(texts)
     with tempfile.TemporaryDirectory() as tmp:
         server = pgserver.get_server(Path(tmp) / "pg", cleanup_mode="stop")
-        store = await PostgresVectorStore.open(server.get_uri(), embedder.model_name, embedder.dimension)
+        store = await PostgresVectorStore.open(
+            server.get_uri(), embedder.model_name, embedder.dimension, Path(tmp) / "keywords"
+        )
         for start in range(0, len(corpus_chunks), 2048):
             await store.upsert(corpus_chunks[start : start + 2048], vectors[start : start + 2048])
         for ef in (40, 100, 200):

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
 import asyncpg
 import numpy as np
 import pytest
@@ -13,10 +18,10 @@ from rag.types import Chunk
 DIM = 16
 
 
-async def test_a_small_tenant_gets_k_rows_even_when_the_index_scan_gives_up_early(pg_dsn: str) -> None:
+async def test_a_small_tenant_gets_k_rows_even_when_the_index_scan_gives_up_early(pg_dsn: str, tmp_path: Path) -> None:
     """pgvector's iterative scan stops after hnsw.max_scan_tuples; a tenant of 7 rows among 3,000 would then come
     back short. The store falls back to an exact scan of the tenant's rows."""
-    await (await PostgresVectorStore.open(pg_dsn, "toy", DIM)).aclose()  # creates the schema
+    await (await PostgresVectorStore.open(pg_dsn, "toy", DIM, tmp_path / "keywords")).aclose()  # creates the schema
     conn = await asyncpg.connect(pg_dsn)
     database = await conn.fetchval("SELECT current_database()")
     # Make the planner take the HNSW index (as it does on a large table) and let the scan give up early.
@@ -24,7 +29,7 @@ async def test_a_small_tenant_gets_k_rows_even_when_the_index_scan_gives_up_earl
     await conn.execute(f'ALTER DATABASE "{database}" SET enable_seqscan = off')
     await conn.execute(f'ALTER DATABASE "{database}" SET hnsw.max_scan_tuples = 20')
     await conn.close()
-    store = await PostgresVectorStore.open(pg_dsn, "toy", DIM)
+    store = await PostgresVectorStore.open(pg_dsn, "toy", DIM, tmp_path / "keywords")
     rng = np.random.default_rng(3)
     vectors = rng.normal(size=(3000, DIM)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
@@ -41,10 +46,125 @@ async def test_a_small_tenant_gets_k_rows_even_when_the_index_scan_gives_up_earl
     await store.aclose()
 
 
-async def test_an_unreachable_database_is_store_unavailable(pg_dsn: str) -> None:
+async def test_an_unreachable_database_is_store_unavailable(pg_dsn: str, tmp_path: Path) -> None:
     from rag.errors import StoreUnavailable
 
-    store = await PostgresVectorStore.open(pg_dsn, "toy", DIM)
+    store = await PostgresVectorStore.open(pg_dsn, "toy", DIM, tmp_path / "keywords")
     await store._pool.close()  # as if every connection were gone and none could be made
     with pytest.raises(StoreUnavailable):
         await store.search(SearchRequest("", np.ones(DIM, dtype=np.float32) / 4, 5, mode="dense"))
+
+
+# --- the replicas' keyword indexes -------------------------------------------------------------------------------
+
+
+def pg_dsn_of(pg_server: Any) -> str:
+    """Another fresh database on the same server."""
+    name = f"test_{uuid.uuid4().hex[:16]}"
+    pg_server.psql(f"CREATE DATABASE {name};")
+    return str(pg_server.get_uri(name))
+
+
+def chunks_of(doc_id: str, words: str, n: int = 2) -> list[Chunk]:
+    return [Chunk(f"{doc_id}:{i}", doc_id, f"{words} part {i}", {"orgId": "acme"}) for i in range(n)]
+
+
+def unit_rows(seed: int, n: int) -> np.ndarray:
+    vectors = np.random.default_rng(seed).normal(size=(n, DIM)).astype(np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+async def keyword(store: PostgresVectorStore, text: str, k: int = 10) -> list[str]:
+    hits = await store.search(SearchRequest(text, None, k, mode="keyword"))
+    return sorted(h.chunk.id for h in hits)
+
+
+async def test_a_replica_finds_by_keyword_what_another_wrote_just_before(pg_dsn: str, tmp_path: Path) -> None:
+    first = await PostgresVectorStore.open(pg_dsn, "toy", DIM, tmp_path / "first")
+    second = await PostgresVectorStore.open(pg_dsn, "toy", DIM, tmp_path / "second")
+    await first.upsert(chunks_of("volcano", "basalt eruption"), unit_rows(1, 2))
+    assert await keyword(second, "basalt") == ["volcano:0", "volcano:1"]  # no wait: the search caught up first
+    await second.upsert(chunks_of("volcano", "glacier melt", 1), unit_rows(2, 1))  # a replacement
+    assert await keyword(first, "basalt") == []
+    assert await keyword(first, "glacier") == ["volcano:0"]
+    await first.delete("volcano")
+    assert await keyword(second, "glacier") == []
+    hybrid = await second.search(SearchRequest("glacier", unit_rows(3, 1)[0], 5, mode="hybrid"))
+    assert hybrid == []
+    for store in (first, second):
+        assert await keyword(store, "glacier basalt") == []
+        assert store.layout()["keyword_documents"] == 0  # a replica's index catches up when it searches
+        await store.aclose()
+
+
+async def test_a_transaction_that_commits_after_a_later_one_is_not_skipped(pg_dsn: str, tmp_path: Path) -> None:
+    """Transaction ids order transactions by start, not by commit: the replica must not move past one still
+    running when it catches up with a later one."""
+    writer = await PostgresVectorStore.open(pg_dsn, "toy", DIM, tmp_path / "writer")
+    replica = await PostgresVectorStore.open(pg_dsn, "toy", DIM, tmp_path / "replica")
+    slow = await asyncpg.connect(pg_dsn)
+    transaction = slow.transaction()
+    await transaction.start()
+    await slow.execute("SELECT pg_current_xact_id()")  # takes its id now: lower than the add's below
+    await writer.upsert(chunks_of("quick", "quartz"), unit_rows(4, 2))
+    assert await keyword(replica, "quartz") == ["quick:0", "quick:1"]  # caught up while `slow` still runs
+    vector = "[" + ",".join(["0.25"] * DIM) + "]"
+    await slow.execute(
+        "INSERT INTO rag_documents (id, org_id, chunks, metadata, preview) VALUES ('slow', NULL, 1, '{}', '')"
+    )
+    await slow.execute(
+        "INSERT INTO rag_chunks (id, document_id, org_id, text, metadata, embedding) "
+        f"VALUES ('slow:0', 'slow', NULL, 'feldspar crystals', '{{}}', '{vector}')"
+    )
+    await slow.execute(
+        "UPDATE rag_counters SET chunks = chunks + 1, documents = documents + 1, generation = generation + 1"
+    )
+    await transaction.commit()
+    await slow.close()
+    assert await keyword(replica, "feldspar quartz") == ["quick:0", "quick:1", "slow:0"]
+    await writer.aclose()
+    await replica.aclose()
+
+
+async def test_a_lost_or_foreign_keyword_index_is_rebuilt_and_a_replayed_change_changes_nothing(
+    pg_dsn: str, pg_server: Any, tmp_path: Path
+) -> None:
+    store = await PostgresVectorStore.open(pg_dsn, "toy", DIM, tmp_path / "keywords")
+    await store.upsert(chunks_of("granite", "granite slab", 3), unit_rows(5, 3))
+    before = (tmp_path / "keywords" / "followed.json").read_text()
+    await store.upsert(chunks_of("marble", "marble slab"), unit_rows(6, 2))
+    assert await keyword(store, "slab") == ["granite:0", "granite:1", "granite:2", "marble:0", "marble:1"]
+    await store.aclose()
+    # a crash after the index committed but before its state was written: the next start replays the change
+    (tmp_path / "keywords" / "followed.json").write_text(before)
+    store = await PostgresVectorStore.open(pg_dsn, "toy", DIM, tmp_path / "keywords")
+    assert await keyword(store, "slab") == ["granite:0", "granite:1", "granite:2", "marble:0", "marble:1"]
+    assert store.layout()["keyword_documents"] == store.count == 5
+    await store.aclose()
+    shutil.rmtree(tmp_path / "keywords")  # lost: rebuilt from the table
+    store = await PostgresVectorStore.open(pg_dsn, "toy", DIM, tmp_path / "keywords")
+    assert await keyword(store, "marble") == ["marble:0", "marble:1"]
+    await store.aclose()
+    # the same directory pointed at another database: never mixed, rebuilt from that one
+    other = await PostgresVectorStore.open(pg_dsn_of(pg_server), "toy", DIM, tmp_path / "keywords")
+    assert await keyword(other, "marble") == [] and other.layout()["keyword_documents"] == 0
+    await other.aclose()
+
+
+async def test_two_processes_sharing_a_keyword_directory_stay_consistent(pg_dsn: str, tmp_path: Path) -> None:
+    writer = await PostgresVectorStore.open(pg_dsn, "toy", DIM, tmp_path / "writer")
+    first = await PostgresVectorStore.open(pg_dsn, "toy", DIM, tmp_path / "shared")
+    second = await PostgresVectorStore.open(pg_dsn, "toy", DIM, tmp_path / "shared")
+    for i in range(4):
+        await writer.upsert(chunks_of(f"rock{i}", f"mineral{i} stone"), unit_rows(10 + i, 2))
+        reader = first if i % 2 else second
+        assert len(await keyword(reader, "stone", k=20)) == 2 * (i + 1)
+    await writer.delete("rock0")
+    assert await keyword(first, "mineral0 mineral3") == ["rock3:0", "rock3:1"]
+    assert await keyword(second, "mineral0 mineral3") == ["rock3:0", "rock3:1"]
+    for store in (first, second):
+        assert store.layout()["keyword_documents"] == 6
+    assert writer.layout()["keyword_documents"] == 0  # a replica's index catches up when it searches
+    assert len(await keyword(writer, "stone")) == 6 and writer.layout()["keyword_documents"] == 6
+    for store in (writer, first, second):
+        await store.aclose()

@@ -332,5 +332,6 @@ async def test_two_processes_write_in_turn_and_search_each_others_keywords(tmp_p
         assert await keyword(store, "doc1 doc4") == ["doc1:0", "doc1:1", "doc4:0", "doc4:1"]
     await second.delete("doc1")
     assert await keyword(first, "doc1 doc4") == ["doc4:0", "doc4:1"]
+    assert first.layout()["keyword_documents"] == second.layout()["keyword_documents"] == first.count == 10
     await first.aclose()
     await second.aclose()

@@ -49,7 +49,12 @@ def postgres_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     from rag.stores.postgres_store import PostgresVectorStore
 
     dsn = request.getfixturevalue("pg_dsn")
-    return Backend("postgres", lambda model, dim: PostgresVectorStore.open(dsn, model, dim))
+    replicas = iter(range(1_000))  # each open is another replica: a keyword index of its own, on its own disk
+
+    def open_replica(model: str, dim: int) -> Awaitable[VectorStore]:
+        return PostgresVectorStore.open(dsn, model, dim, tmp_path / f"keywords-{next(replicas)}")
+
+    return Backend("postgres", open_replica)
 
 
 BACKENDS: dict[str, Callable[[pytest.FixtureRequest, Path], Backend]] = {

@@ -40,6 +40,7 @@ async def open_store(settings: Settings, embedding_model: str, dimension: int) -
                 settings.database_url.get_secret_value(),
                 embedding_model,
                 dimension,
+                settings.data_dir / "pg-keywords",
                 ef_search=settings.pg_ef_search,
                 pool_size=settings.pg_pool_size,
             )

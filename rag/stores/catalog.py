@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rag.types import Chunk, DocumentSummary
+from rag.types import TENANT_KEY, Chunk, DocumentSummary
 
 SCHEMA_VERSION = 2  # 1 was the whole-store generations of manifest.json
 
@@ -213,18 +213,20 @@ class Catalog:
             else:  # null, integer, real, text: SQLite hands back the Python value
                 yield chunk_key, value
 
-    def all_chunks(self, batch: int = 10_000) -> Iterator[tuple[int, Chunk]]:
-        """Every live chunk with its key, in key order, read in batches (what a keyword index is rebuilt from)."""
+    def keyword_entries(self, batch: int = 10_000) -> Iterator[tuple[int, str, str | None]]:
+        """(key, text, organisation) of every live chunk, in key order, read in batches: what the keyword index is
+        rebuilt from."""
         conn, after = self._reader(), -1
         while True:
             rows = conn.execute(
-                "SELECT key, id, document_id, text, metadata FROM chunks WHERE key > ? ORDER BY key LIMIT ?",
+                f"SELECT key, text, json_extract(metadata, '{_json_path(TENANT_KEY)}'), "
+                f"json_type(metadata, '{_json_path(TENANT_KEY)}') FROM chunks WHERE key > ? ORDER BY key LIMIT ?",
                 (after, batch),
             ).fetchall()
             if not rows:
                 return
-            for key, cid, doc, text, meta in rows:
-                yield key, Chunk(cid, doc, text, json.loads(meta))
+            for key, text, tenant, kind in rows:
+                yield key, text, tenant if kind == "text" else None
             after = rows[-1][0]
 
     def list_documents(

@@ -1,12 +1,16 @@
-"""The embedded store's keyword index: a Tantivy index of chunk texts, derived from the catalog.
+"""The keyword index of both stores: a Tantivy index of chunk texts, derived from the store's own records.
 
 Why Tantivy: SQLite FTS5 runs its rank function on every chunk that matches any word of the question, so the
 keyword leg cost grew with the corpus (265 ms p50 at 1,000,000 chunks). Tantivy keeps postings in blocks with the
 best score each block can reach and skips the blocks that cannot enter the current top k (block-max WAND), so the
 same question costs a few milliseconds. Scoring is BM25 (k1 1.2, b 0.75), exact: skipping never changes the top k.
 
-The catalog stays the store's commit point; this index is derived from it and is kept a superset of its live
-chunks, which the store's snapshot then filters:
+The embedded store (`numpy_store.py`) keeps it beside its catalog; each PostgreSQL replica keeps one on its own disk
+and follows the chunk table (`pg_keywords.py`). Either way the index is derived data, rebuilt from the records when
+lost, and every hit is checked against the store's snapshot before it is returned.
+
+In the embedded store the catalog stays the commit point, and this index is kept a superset of its live chunks,
+which the store's snapshot then filters:
 - an add commits here first, before the catalog, so a chunk the catalog holds is always here. A crash in between
   leaves documents under keys the catalog never gave out; the next add first deletes every key from its first one
   up, so they never resurface, and a search never returns them (no snapshot holds their keys);
@@ -26,13 +30,16 @@ import logging
 import shutil
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import tantivy
 
 from rag.stores.keyword import query_terms
 from rag.types import TENANT_KEY, Chunk
+
+# What the index holds of a chunk: its key in the store, its text, and its organisation (None: no organisation)
+Entry = tuple[int, str, str | None]
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +60,17 @@ def _analyzer() -> tantivy.TextAnalyzer:
         .filter(tantivy.Filter.stemmer("english"))
         .build()
     )
+
+
+def entries(first_key: int, chunks: Iterable[Chunk]) -> Iterator[Entry]:
+    """Index entries for chunks stored under consecutive keys from `first_key`."""
+    for offset, chunk in enumerate(chunks):
+        yield first_key + offset, chunk.text, tenant_of(chunk.metadata)
+
+
+def tenant_of(metadata: dict[str, object]) -> str | None:
+    tenant = metadata.get(TENANT_KEY)
+    return tenant if isinstance(tenant, str) else None
 
 
 def _schema() -> tantivy.Schema:
@@ -146,13 +164,14 @@ class KeywordIndex:
         self._merging = threading.Thread(target=writer.wait_merging_threads, name="keyword-merges", daemon=True)
         self._merging.start()
 
-    def _document(self, key: int, chunk: Chunk) -> tantivy.Document:
+    @staticmethod
+    def _document(entry: Entry) -> tantivy.Document:
+        key, text, tenant = entry
         document = tantivy.Document()
         document.add_unsigned("key", key)
-        tenant = chunk.metadata.get(TENANT_KEY)
-        if isinstance(tenant, str):
+        if tenant is not None:
             document.add_text("tenant", tenant)
-        document.add_text("text", chunk.text)
+        document.add_text("text", text)
         return document
 
     def add(self, first_key: int, chunks: list[Chunk]) -> None:
@@ -162,14 +181,33 @@ class KeywordIndex:
         writer = self._writer()
         try:
             writer.delete_documents_by_query(self._keys_from(first_key))
-            for offset, chunk in enumerate(chunks):
-                writer.add_document(self._document(first_key + offset, chunk))
+            for entry in entries(first_key, chunks):
+                writer.add_document(self._document(entry))
             writer.commit()
         except BaseException:
             writer.rollback()
             self._finish(writer)
             raise
         self._finish(writer)
+        self._index.reload()
+
+    def apply(self, added: list[Entry], removed: Iterable[int]) -> None:
+        """Make the index hold `added` and not `removed`, durably; applying the same change twice changes nothing
+        (each key is deleted before it is added)."""
+        removed = list(removed)
+        if not added and not removed:
+            return
+        writer = self._writer()
+        try:
+            self._delete_keys(writer, [*(entry[0] for entry in added), *removed])
+            for entry in added:
+                writer.add_document(self._document(entry))
+            writer.commit()
+        except BaseException:
+            writer.rollback()
+            raise
+        finally:
+            self._finish(writer)
         self._index.reload()
 
     def remove(self, keys: Iterable[int]) -> None:
@@ -179,12 +217,18 @@ class KeywordIndex:
             return
         writer = self._writer()
         try:
-            for key in keys:
-                writer.delete_documents_by_term("key", key)
+            self._delete_keys(writer, keys)
             writer.commit()
         finally:
             self._finish(writer)
         self._index.reload()
+
+    def _delete_keys(self, writer: tantivy.IndexWriter, keys: list[int]) -> None:
+        # By a query on the set of keys: a delete by term builds a signed term from a Python int, which matches no
+        # unsigned key.
+        for start in range(0, len(keys), 10_000):
+            part = keys[start : start + 10_000]
+            writer.delete_documents_by_query(tantivy.Query.term_set_query(self._schema, "key", part))
 
     def _keys_from(self, first_key: int) -> tantivy.Query:
         return tantivy.Query.range_query(self._schema, "key", tantivy.FieldType.Unsigned, first_key, None)
@@ -198,22 +242,21 @@ class KeywordIndex:
             writer = self._writer()
             try:
                 writer.delete_documents_by_query(self._keys_from(next_key))
-                for key in tombstones:
-                    writer.delete_documents_by_term("key", key)
+                self._delete_keys(writer, tombstones)
                 writer.commit()
             finally:
                 self._finish(writer)
             self.reload()
         return self.count == live_chunks
 
-    def rebuild(self, chunks: Iterable[tuple[int, Chunk]]) -> int:
-        """Replace the whole index with `chunks` (key, chunk); returns how many were indexed."""
+    def rebuild(self, records: Iterable[Entry]) -> int:
+        """Replace the whole index with `records`; returns how many were indexed."""
         writer = self._writer(heap=4 * WRITER_HEAP)
         indexed = 0
         try:
             writer.delete_all_documents()
-            for key, chunk in chunks:
-                writer.add_document(self._document(key, chunk))
+            for entry in records:
+                writer.add_document(self._document(entry))
                 indexed += 1
             writer.commit()
         except BaseException:

@@ -179,7 +179,7 @@ class NumpyVectorStore:
         state = self.catalog.state()
         if not self.keywords.reconcile(state.chunks, int(self.catalog.meta("next_key") or 0), state.tombstones):
             logger.info("building the keyword index of %s from its %d chunks", self.directory, state.chunks)
-            self.keywords.rebuild(self.catalog.all_chunks())
+            self.keywords.rebuild(self.catalog.keyword_entries())
 
     def _check_identity(self, identity: dict[str, str]) -> None:
         if identity.get("format_version") != str(SCHEMA_VERSION):

@@ -1,17 +1,19 @@
 """The shared backend: PostgreSQL with pgvector, for any number of stateless replicas (`VECTOR_STORE=postgres`).
 
 One table of documents and one of chunks: each chunk has its `vector(dim)` (an HNSW index, cosine), its metadata
-as JSONB, its organisation in an indexed column, and a generated `tsvector` (a GIN index) for the keyword leg. An
-add replaces its documents in one transaction, under a transaction-level advisory lock per document id, so two
-replicas adding the same document at once serialise instead of failing. PostgreSQL acknowledges only what it has
-made durable, so every replica sees an acknowledged add on its next request.
+as JSONB, its organisation in an indexed column, and the transaction that wrote it. The keyword leg is not in the
+database: each replica keeps a Tantivy index that follows the chunk table (`pg_keywords.py`), so it needs no
+extension beyond pgvector and stops early as the embedded store's does. An add replaces its documents in one
+transaction, under a transaction-level advisory lock per document id, so two replicas adding the same document at
+once serialise instead of failing. PostgreSQL acknowledges only what it has made durable, so every replica sees an
+acknowledged add on its next request.
 
 pgvector's HNSW applies a WHERE clause after the index scan, so a filtered top k could come back short; searches
 run with `hnsw.iterative_scan = relaxed_order`, which keeps scanning until k rows pass (pgvector 0.8+), re-sort
-what comes back, and scan a filter's rows exactly when the index scan still gave up early. The keyword leg is BM25
-computed in SQL over the `tsvector`s (PostgreSQL's own ranks lack IDF). The schema is created and migrated at
-start-up under an advisory lock, so replicas starting together do it once; a table built for another embedding
-model is refused, as the embedded store refuses one.
+what comes back, and scan a filter's rows exactly when the index scan still gave up early. A search runs in one
+REPEATABLE READ transaction: both legs, and the rows of the keyword leg's hits, come from one snapshot. The schema
+is created and migrated at start-up under an advisory lock, so replicas starting together do it once; a table built
+for another embedding model is refused, as the embedded store refuses one.
 
 A lost connection (PostgreSQL restarting, a network cut) is `StoreUnavailable`, a 503; the pool reconnects by
 itself once the server is back.
@@ -23,8 +25,10 @@ import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
 from typing import Any
 
+import anyio
 import asyncpg
 import numpy as np
 from pgvector.asyncpg import register_vector
@@ -32,8 +36,8 @@ from pgvector.asyncpg import register_vector
 from rag.errors import DocumentNotFound, StoreIncompatible, StoreUnavailable, TenantForbidden
 from rag.stores.base import SearchRequest
 from rag.stores.fusion import fuse
-from rag.stores.keyword import query_terms
 from rag.stores.pg_filters import SqlParams, where_clause
+from rag.stores.pg_keywords import PRUNE_DELETED, SCHEMA, FollowedKeywordIndex
 from rag.types import TENANT_KEY, Chunk, DocumentSummary, Hit
 
 logger = logging.getLogger(__name__)
@@ -63,6 +67,14 @@ MIGRATIONS = [
     CREATE INDEX rag_chunks_by_org ON rag_chunks (org_id);
     CREATE INDEX rag_chunks_tsv ON rag_chunks USING gin (tsv);
     CREATE INDEX rag_chunks_embedding ON rag_chunks USING hnsw (embedding vector_cosine_ops);
+    """,
+    # 2: the keyword leg moves to each replica's Tantivy index, which follows the table; the tsvector goes
+    SCHEMA
+    + """
+    DROP INDEX rag_chunks_tsv;
+    ALTER TABLE rag_chunks DROP COLUMN tsv;
+    ALTER TABLE rag_counters DROP COLUMN lexemes;
+    INSERT INTO rag_meta (key, value) VALUES ('store_id', gen_random_uuid()::text);
     """,
 ]
 
@@ -103,8 +115,16 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
 class PostgresVectorStore:
     backend = "postgres"
 
-    def __init__(self, pool: asyncpg.Pool, embedding_model: str, dimension: int, ef_search: int) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        keywords: FollowedKeywordIndex,
+        embedding_model: str,
+        dimension: int,
+        ef_search: int,
+    ) -> None:
         self._pool = pool
+        self._keywords = keywords
         self.embedding_model = embedding_model
         self.dimension = dimension
         self.ef_search = ef_search
@@ -112,21 +132,35 @@ class PostgresVectorStore:
 
     @classmethod
     async def open(
-        cls, dsn: str, embedding_model: str, dimension: int, ef_search: int = 100, pool_size: int = 10
+        cls,
+        dsn: str,
+        embedding_model: str,
+        dimension: int,
+        keyword_dir: Path,
+        ef_search: int = 100,
+        pool_size: int = 10,
     ) -> PostgresVectorStore:
+        """Open the store in the database at `dsn`; this replica's keyword index lives in `keyword_dir` (built from
+        the table when it is missing)."""
         # The extension must exist before a connection can register the vector codec.
         conn = await asyncpg.connect(dsn)
         try:
-            await cls._migrate(conn, embedding_model, dimension)
+            store_id = await cls._migrate(conn, embedding_model, dimension)
         finally:
             await conn.close()
         pool = await asyncpg.create_pool(dsn, min_size=1, max_size=pool_size, init=_init_connection)
-        store = cls(pool, embedding_model, dimension, ef_search)
+        try:
+            keywords = await FollowedKeywordIndex.open(pool, keyword_dir, store_id)
+        except BaseException:
+            await pool.close()
+            raise
+        store = cls(pool, keywords, embedding_model, dimension, ef_search)
         await store.refresh()
         return store
 
     @staticmethod
-    async def _migrate(conn: asyncpg.Connection, embedding_model: str, dimension: int) -> None:
+    async def _migrate(conn: asyncpg.Connection, embedding_model: str, dimension: int) -> str:
+        """Create or migrate the schema, check the identity; returns the store's id."""
         async with conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", SCHEMA_LOCK)
             await conn.execute("CREATE TABLE IF NOT EXISTS rag_schema (version int NOT NULL)")
@@ -136,7 +170,7 @@ class PostgresVectorStore:
                 await conn.execute("INSERT INTO rag_schema (version) VALUES ($1)", number)
                 logger.info("database schema migrated to version %d", number)
             identity = dict(await conn.fetch("SELECT key, value FROM rag_meta"))
-            if not identity:
+            if "embedding_model" not in identity:
                 await conn.executemany(
                     "INSERT INTO rag_meta (key, value) VALUES ($1, $2)",
                     [("embedding_model", embedding_model), ("dimension", str(dimension))],
@@ -147,6 +181,7 @@ class PostgresVectorStore:
                     f"(dimension {identity.get('dimension')}), but this service embeds with {embedding_model!r} "
                     f"(dimension {dimension}). Use another database, or set EMBEDDING_MODEL back."
                 )
+            return str(await conn.fetchval("SELECT value FROM rag_meta WHERE key = 'store_id'"))
 
     def _connection(self) -> AbstractAsyncContextManager[asyncpg.Connection]:
         return pooled_connection(self._pool)
@@ -162,7 +197,7 @@ class PostgresVectorStore:
         return self._counts[1]
 
     def layout(self) -> dict[str, int]:
-        return {"ef_search": self.ef_search}
+        return {"ef_search": self.ef_search, "keyword_documents": self._keywords.index.count}
 
     async def refresh(self) -> None:
         async with self._connection() as conn:
@@ -187,9 +222,6 @@ class PostgresVectorStore:
                 "SELECT count(*) FROM rag_documents WHERE id = ANY($1) AND org_id IS DISTINCT FROM $2", ids, org_id
             ):
                 raise TenantForbidden("a document with one of these ids belongs to another organisation")
-            removed_lexemes = await conn.fetchval(
-                "SELECT coalesce(sum(length(tsv)), 0) FROM rag_chunks WHERE document_id = ANY($1)", ids
-            )
             removed = await conn.fetchrow(
                 "WITH gone AS (DELETE FROM rag_documents WHERE id = ANY($1) RETURNING chunks) "
                 "SELECT count(*) AS documents, coalesce(sum(chunks), 0) AS chunks FROM gone",
@@ -210,24 +242,18 @@ class PostgresVectorStore:
                     for c, vector in zip(chunks, vectors.astype(np.float32, copy=False), strict=True)
                 ],
             )
-            added_lexemes = await conn.fetchval(
-                "SELECT coalesce(sum(length(tsv)), 0) FROM rag_chunks WHERE document_id = ANY($1)", ids
-            )
+            await conn.execute(PRUNE_DELETED)
             counts = await conn.fetchrow(
-                "UPDATE rag_counters SET chunks = chunks + $1, documents = documents + $2, lexemes = lexemes + $3 "
+                "UPDATE rag_counters SET chunks = chunks + $1, documents = documents + $2, generation = generation + 1 "
                 "WHERE id = 1 RETURNING chunks, documents",
                 len(chunks) - int(removed["chunks"]),
                 len(documents) - int(removed["documents"]),
-                int(added_lexemes) - int(removed_lexemes),
             )
         self._counts = (int(counts["chunks"]), int(counts["documents"]))
 
     async def delete(self, document_id: str, org_id: str | None = None) -> int:
         async with self._connection() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", document_id)
-            lexemes = await conn.fetchval(
-                "SELECT coalesce(sum(length(tsv)), 0) FROM rag_chunks WHERE document_id = $1", document_id
-            )
             chunks = await conn.fetchval(
                 "DELETE FROM rag_documents WHERE id = $1 AND ($2::text IS NULL OR org_id = $2) RETURNING chunks",
                 document_id,
@@ -235,94 +261,97 @@ class PostgresVectorStore:
             )
             if chunks is None:
                 raise DocumentNotFound(f"no document with id {document_id!r}")
+            await conn.execute(PRUNE_DELETED)
             counts = await conn.fetchrow(
-                "UPDATE rag_counters SET chunks = chunks - $1, documents = documents - 1, lexemes = lexemes - $2 "
+                "UPDATE rag_counters SET chunks = chunks - $1, documents = documents - 1, generation = generation + 1 "
                 "WHERE id = 1 RETURNING chunks, documents",
                 chunks,
-                int(lexemes),
             )
         self._counts = (int(counts["chunks"]), int(counts["documents"]))
         return int(chunks)
 
     # --- reading ---------------------------------------------------------------------------------
 
-    async def _fetch(self, sql: str, params: SqlParams) -> list[asyncpg.Record]:
-        async with self._connection() as conn, conn.transaction():
+    @asynccontextmanager
+    async def _snapshot(self) -> AsyncIterator[asyncpg.Connection]:
+        """A connection in a read-only REPEATABLE READ transaction: every query of one search sees one snapshot."""
+        async with self._connection() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
             await conn.execute(f"SET LOCAL hnsw.ef_search = {int(self.ef_search)}")
             await conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
-            return await conn.fetch(sql, *params.values)
+            yield conn
 
-    async def _dense(self, request: SearchRequest, k: int) -> list[asyncpg.Record]:
+    async def _dense(self, conn: asyncpg.Connection, request: SearchRequest, k: int) -> list[asyncpg.Record]:
         params = SqlParams(np.asarray(request.vector, dtype=np.float32))
         where = where_clause(request.filters, params)
         select = "SELECT key, id, document_id, text, metadata, 1 - (embedding <=> $1) AS similarity FROM rag_chunks"
-        rows = await self._fetch(f"{select} WHERE {where} ORDER BY embedding <=> $1 LIMIT {int(k)}", params)
+        rows = await conn.fetch(f"{select} WHERE {where} ORDER BY embedding <=> $1 LIMIT {int(k)}", *params.values)
         if request.filters and len(rows) < k:
             # A small tenant among many: the iterative index scan can stop (hnsw.max_scan_tuples) before it has seen
             # k of its rows. An exact scan of the filtered rows (the ORDER BY no longer matches the index) finds
             # every one; it is cheap precisely because the filter keeps few rows.
-            rows = await self._fetch(f"{select} WHERE {where} ORDER BY (embedding <=> $1) + 0 LIMIT {int(k)}", params)
+            rows = await conn.fetch(
+                f"{select} WHERE {where} ORDER BY (embedding <=> $1) + 0 LIMIT {int(k)}", *params.values
+            )
         return sorted(rows, key=lambda row: row["similarity"], reverse=True)  # relaxed order: sort again
 
-    async def _keyword(self, request: SearchRequest, k: int) -> list[asyncpg.Record]:
-        """BM25 (k1 1.2, b 0.75), computed in SQL from the `tsvector`s: PostgreSQL's own ranks have no IDF, and
-        without IDF a word in every chunk counts as much as a rare one. A term's document frequency is counted with
-        the GIN index; a chunk's length is its number of distinct lexemes."""
-        terms = query_terms(request.text)
-        if not terms:
-            return []
+    async def _keyword(
+        self, conn: asyncpg.Connection, request: SearchRequest, k: int
+    ) -> list[tuple[asyncpg.Record, float]]:
+        """(row, BM25 score) of the best `k` chunks the snapshot holds and the filters pass, from this replica's
+        keyword index, caught up first. A tenant named by a string is matched inside the index; other filters,
+        and whatever the index holds that the snapshot does not, are dropped after it ranks, so the candidate list
+        grows until it holds k rows or every match was seen."""
+        await self._keywords.catch_up(conn)
+        filters = request.filters or {}
+        tenant = filters.get(TENANT_KEY)
+        tenant = tenant if isinstance(tenant, str) else None
         with_vector = request.vector is not None
-        params = SqlParams(" ".join(terms), *([np.asarray(request.vector, dtype=np.float32)] if with_vector else []))
-        similarity = "1 - (c.embedding <=> $2)" if with_vector else "NULL::float8"
-        where = where_clause(request.filters, params)
-        sql = f"""
-            WITH query_lexemes AS (
-                SELECT DISTINCT lexeme FROM unnest(to_tsvector('english', $1)) AS t(lexeme, positions, weights)),
-            corpus AS (
-                SELECT greatest(chunks, 1) AS n, greatest(lexemes::float8 / greatest(chunks, 1), 1) AS avgdl
-                FROM rag_counters WHERE id = 1),
-            idf AS (
-                SELECT q.lexeme, ln(1 + (corpus.n - d.df + 0.5) / (d.df + 0.5)) AS weight
-                FROM query_lexemes q CROSS JOIN corpus
-                CROSS JOIN LATERAL (
-                    SELECT count(*) AS df FROM rag_chunks WHERE tsv @@ quote_literal(q.lexeme)::tsquery) d),
-            matches AS (
-                SELECT key, tsv FROM rag_chunks
-                WHERE tsv @@ (SELECT string_agg(quote_literal(lexeme), ' | ')::tsquery FROM query_lexemes)
-                AND {where}),
-            scored AS (
-                SELECT m.key, sum(idf.weight * cardinality(u.positions) * 2.2 / (cardinality(u.positions)
-                       + 1.2 * (0.25 + 0.75 * length(m.tsv) / corpus.avgdl))) AS rank
-                FROM matches m CROSS JOIN corpus
-                CROSS JOIN LATERAL unnest(m.tsv) AS u(lexeme, positions, weights)
-                JOIN idf ON idf.lexeme = u.lexeme
-                GROUP BY m.key ORDER BY rank DESC, m.key LIMIT {int(k)})
-            SELECT c.key, c.id, c.document_id, c.text, c.metadata, s.rank, {similarity} AS similarity
-            FROM scored s JOIN rag_chunks c ON c.key = s.key ORDER BY s.rank DESC, c.key"""
-        return await self._fetch(sql, params)
+        limit = max(k, 10)
+        while True:
+            found = await anyio.to_thread.run_sync(self._keywords.index.search, request.text, limit, tenant)
+            if not found:
+                return []
+            params = SqlParams([key for key, _ in found])
+            if with_vector:
+                params.add(np.asarray(request.vector, dtype=np.float32))
+            similarity = "1 - (embedding <=> $2)" if with_vector else "NULL::float8"
+            where = where_clause(request.filters, params)
+            rows = await conn.fetch(
+                f"SELECT key, id, document_id, text, metadata, {similarity} AS similarity FROM rag_chunks "
+                f"WHERE key = ANY($1::bigint[]) AND {where}",
+                *params.values,
+            )
+            by_key = {row["key"]: row for row in rows}
+            ranked = [(by_key[key], score) for key, score in found if key in by_key]
+            if len(ranked) >= k or len(found) < limit:
+                return ranked[:k]
+            limit *= 4
 
     async def search(self, request: SearchRequest) -> list[Hit]:
         if request.top_k < 1:
             return []
-        if request.mode == "keyword":
-            rows = await self._keyword(request, request.top_k)
-            return [Hit(_chunk(r), float(r["rank"]), ("keyword",), float(r["rank"])) for r in rows]
-        if request.vector is None:
+        if request.mode != "keyword" and request.vector is None:
             raise ValueError(f"{request.mode} search needs a query vector")
-        floor = request.threshold
-        if request.mode == "dense":
-            rows = await self._dense(request, request.top_k)
-            return [Hit(_chunk(r), float(r["similarity"])) for r in rows if floor is None or r["similarity"] >= floor]
-        pool = max(request.top_k, HYBRID_POOL)
-        dense_rows = await self._dense(request, pool)
-        if floor is not None:
-            if not dense_rows or dense_rows[0]["similarity"] < floor:
-                return []  # no chunk is similar enough: the question is off-topic
-            dense_rows = [r for r in dense_rows if r["similarity"] >= floor]
-        keyword_rows = await self._keyword(request, pool)
-        by_key = {r["key"]: r for r in (*keyword_rows, *dense_rows)}
+        async with self._snapshot() as conn:
+            if request.mode == "keyword":
+                found = await self._keyword(conn, request, request.top_k)
+                return [Hit(_chunk(row), score, ("keyword",), score) for row, score in found]
+            floor = request.threshold
+            if request.mode == "dense":
+                rows = await self._dense(conn, request, request.top_k)
+                return [
+                    Hit(_chunk(r), float(r["similarity"])) for r in rows if floor is None or r["similarity"] >= floor
+                ]
+            pool = max(request.top_k, HYBRID_POOL)
+            dense_rows = await self._dense(conn, request, pool)
+            if floor is not None:
+                if not dense_rows or dense_rows[0]["similarity"] < floor:
+                    return []  # no chunk is similar enough: the question is off-topic
+                dense_rows = [r for r in dense_rows if r["similarity"] >= floor]
+            keyword_rows = await self._keyword(conn, request, pool)
+        by_key = {r["key"]: r for r in (*(row for row, _ in keyword_rows), *dense_rows)}
         dense = {r["key"]: float(r["similarity"]) for r in dense_rows}
-        keyword = {r["key"]: float(r["rank"]) for r in keyword_rows}
+        keyword = {row["key"]: score for row, score in keyword_rows}
         similarity = {key: float(row["similarity"]) for key, row in by_key.items()}
         hits = []
         for key, fused in fuse(similarity, keyword)[: request.top_k]:
@@ -357,3 +386,4 @@ class PostgresVectorStore:
 
     async def aclose(self) -> None:
         await self._pool.close()
+        await anyio.to_thread.run_sync(self._keywords.close)
