@@ -25,7 +25,6 @@ from bench.retrieval import DEFAULT_DATASET, ndcg_at_k, read_jsonl, read_qrels, 
 from config import Settings
 from rag.chunking import split_text
 from rag.stores.keyword_index import KeywordIndex
-from rag.types import Chunk
 
 K1, B = 1.2, 0.75
 POOL = 100  # chunks each side ranks, as the hybrid search takes from each leg
@@ -69,15 +68,17 @@ def main() -> None:
     settings = Settings()
     corpus = read_jsonl(DEFAULT_DATASET / "corpus.jsonl")
     queries = {q["_id"]: q["text"] for q in read_jsonl(DEFAULT_DATASET / "queries.jsonl")}
-    qrels = read_qrels(DEFAULT_DATASET / "qrels" / "test.tsv")
+    qrels = read_qrels(DEFAULT_DATASET / "qrels_test.tsv")
     texts, owner = [], []
     for doc in corpus:
-        for piece in split_text(f"{doc.get('title', '')} {doc['text']}", settings.chunk_size, settings.chunk_overlap):
+        for piece in split_text(
+            f"{doc.get('title', '')} {doc['text']}".strip(), settings.chunk_size, settings.chunk_overlap
+        ):
             texts.append(piece)
             owner.append(doc["_id"])
     with tempfile.TemporaryDirectory() as tmp:
         index = KeywordIndex(Path(tmp))
-        index.rebuild((key, Chunk(str(key), owner[key], text, {})) for key, text in enumerate(texts))
+        index.rebuild((key, text, None) for key, text in enumerate(texts))
         exhaustive = ExhaustiveBM25(index, texts)
         print(f"SciFact: {len(corpus):,} documents, {len(texts):,} chunks, {len(qrels)} test claims")
         results: dict[str, list[tuple[float, float, list[str]]]] = {"keyword index": [], "exhaustive BM25": []}
