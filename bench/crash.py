@@ -51,6 +51,7 @@ class RunResult:
     merges_before_kill: int = 0
     interrupted_files: int = 0
     keyword_disagreements: set[str] = field(default_factory=set)  # ids the keyword leg gets wrong after restart
+    keyword_out_of_step: bool = False  # the kill left the keyword index holding other chunks than the catalog
 
 
 def writer(url: str, result: RunResult, lock: threading.Lock, stop: threading.Event, seed: int) -> None:
@@ -90,6 +91,21 @@ def interrupted_files(store_dir: Path) -> int:
         named = {name for (name,) in conn.execute("SELECT file FROM segments")}
     on_disk = {p.name.removeprefix("seg-").split(".")[0] for p in store_dir.glob("seg-*")}
     return len(on_disk - named) + len(list(store_dir.glob(".seg-*.tmp")))
+
+
+def keyword_out_of_step(store_dir: Path) -> bool:
+    """Whether the kill left the keyword index and the catalog apart (an add's texts committed to the index but
+    not its catalog transaction, or a delete committed but not yet removed from the index): the restart must
+    reconcile them."""
+    from rag.stores.keyword_index import KeywordIndex
+
+    with sqlite3.connect(store_dir / "catalog.sqlite3") as conn:
+        (chunks,) = conn.execute("SELECT value FROM meta WHERE key = 'chunks'").fetchone()
+    index = KeywordIndex(store_dir / "keywords")
+    try:
+        return index.count != int(chunks)
+    finally:
+        index.close()
 
 
 def merges_so_far(url: str) -> int:
@@ -151,6 +167,7 @@ def one_run(
         for thread in threads:
             thread.join(timeout=30)
     result.interrupted_files = interrupted_files(data_dir / "store")
+    result.keyword_out_of_step = keyword_out_of_step(data_dir / "store")
     all_acknowledged -= result.deleted | result.uncertain
     all_acknowledged |= result.acknowledged - result.uncertain
     all_deleted |= result.deleted
@@ -178,7 +195,7 @@ def run(runs: int, writers: int, seed: int, data_dir: Path | None = None) -> tup
     all_acknowledged: set[str] = set()
     all_deleted: set[str] = set()
     lost: set[str] = set()
-    failures = merges = interrupted = 0
+    failures = merges = interrupted = out_of_step = 0
     with tempfile.TemporaryDirectory() as tmp:
         directory = data_dir or Path(tmp)
         for n in range(1, runs + 1):
@@ -187,17 +204,20 @@ def run(runs: int, writers: int, seed: int, data_dir: Path | None = None) -> tup
             failures += result.load_failed
             merges += result.merges_before_kill
             interrupted += result.interrupted_files > 0
+            out_of_step += result.keyword_out_of_step
             print(
                 f"run {n:2}: killed after {result.killed_after:.2f} s, {len(result.acknowledged):4} added, "
                 f"{len(result.deleted):3} deleted, {result.merges_before_kill:3} merges, "
-                f"{result.interrupted_files} uncommitted files left, {len(result.lost)} lost, "
+                f"{result.interrupted_files} uncommitted files left, keyword index "
+                f"{'out of step' if result.keyword_out_of_step else 'in step'}, {len(result.lost)} lost, "
                 f"{len(result.resurrected)} resurrected, {len(result.keyword_disagreements)} keyword index "
                 f"disagreements, load {'FAILED' if result.load_failed else 'ok'}",
                 flush=True,
             )
     print(
         f"total: {len(all_acknowledged)} acknowledged documents stored, {len(all_deleted)} acknowledged deletes, "
-        f"{merges} merges, {interrupted} kills that left uncommitted work; {len(lost)} lost, resurrected or "
+        f"{merges} merges, {interrupted} kills that left uncommitted work, {out_of_step} that left the keyword index "
+        f"out of step with the catalog; {len(lost)} lost, resurrected or "
         "wrong in the keyword index, "
         f"{failures} load failures"
     )

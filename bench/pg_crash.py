@@ -1,12 +1,15 @@
-"""Crash test of the PostgreSQL backend: concurrent writers add documents through two replicas while every
-PostgreSQL process is killed with SIGKILL at a random moment; PostgreSQL is started again (crash recovery), and
-every document whose add was acknowledged (HTTP 200) must be there.
+"""Crash test of the PostgreSQL backend: concurrent writers add documents through two replicas, and keyword searches
+keep both replicas' keyword indexes catching up, while one replica and then every PostgreSQL process are killed with
+SIGKILL at random moments; PostgreSQL is started again (crash recovery), the killed replica too, and every document
+whose add was acknowledged (HTTP 200) must be there, and found by a keyword search for its id on both replicas.
 
     .venv/bin/python bench/pg_crash.py --runs 10
 
-The replicas stay up across the kill: during the outage they answer 503, and they reconnect by themselves once the
-database is back. Prints, per run and in total, acknowledged documents, lost ones (must be 0), 503s seen during the
-outage, and other failures (must be 0); exits 1 if any document was lost.
+The other replica stays up across the kill: during the outage it answers 503, and it reconnects by itself once the
+database is back. The killed replica starts on the keyword index its kill left (cut mid-write, or mid-merge) and
+catches up from there. Prints, per run and in total, acknowledged documents, lost ones (must be 0), keyword index
+disagreements (must be 0: an acknowledged document not found, or an index holding another count than the table),
+503s seen during the outage, and other failures; exits 1 if any document was lost or any disagreement found.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.crash import keyword_disagreements
 from bench.service_process import ServiceProcess
 
 UNUSED_UPSTREAM = "http://127.0.0.1:9/v1"
@@ -73,6 +77,16 @@ def writer(urls: list[str], acknowledged: set[str], lock: threading.Lock, stop: 
                     stats["other"] += 1
 
 
+def searcher(urls: list[str], stop: threading.Event) -> None:
+    """Keyword searches on both replicas: each one catches the replica's index up with the writes."""
+    with httpx.Client(timeout=30) as client:
+        while not stop.is_set():
+            for url in list(urls):
+                with contextlib.suppress(httpx.HTTPError):
+                    client.get(f"{url}/api/v1/documents/search", params={"query": "crash", "mode": "keyword"})
+            time.sleep(0.01)
+
+
 def stored_ids(url: str) -> set[str]:
     ids: set[str] = set()
     offset = 0
@@ -103,14 +117,15 @@ def run(runs: int, writers: int, seed: int) -> int:
     rng = random.Random(seed)
     acknowledged: set[str] = set()
     lock = threading.Lock()
-    lost_total = 0
+    lost_total = disagreements_total = 0
     with tempfile.TemporaryDirectory() as tmp:
         server = pgserver.get_server(Path(tmp) / "pg", cleanup_mode="stop")
         dsn = server.get_uri()
-        services = [
-            ServiceProcess(Path(tmp) / f"replica{i}", UNUSED_UPSTREAM, vector_store="postgres", database_url=dsn)
-            for i in range(2)
-        ]
+
+        def replica(i: int) -> ServiceProcess:
+            return ServiceProcess(Path(tmp) / f"replica{i}", UNUSED_UPSTREAM, vector_store="postgres", database_url=dsn)
+
+        services = [replica(i) for i in range(2)]
         try:
             for service in services:
                 service.wait_ready()
@@ -120,17 +135,25 @@ def run(runs: int, writers: int, seed: int) -> int:
                 stats = {"503": 0, "other": 0, "transport errors": 0}
                 before = len(acknowledged)
                 stop = threading.Event()
+                earlier = set(acknowledged)
                 threads = [
                     threading.Thread(target=writer, args=(urls, acknowledged, lock, stop, stats))
                     for _ in range(writers)
-                ]
+                ] + [threading.Thread(target=searcher, args=(urls, stop))]
                 for thread in threads:
                     thread.start()
-                killed_after = rng.uniform(0.5, 3.0)
-                time.sleep(killed_after)
+                victim = n % 2
+                replica_killed_after = rng.uniform(0.3, 2.0)
+                time.sleep(replica_killed_after)
+                services[victim].kill()  # mid-write, mid-search, mid-catch-up: wherever it is
+                killed_after = replica_killed_after + rng.uniform(0.2, 1.0)
+                time.sleep(killed_after - replica_killed_after)
                 kill_postgres(server)
                 time.sleep(0.5)  # writers meet the outage
                 server.ensure_postgres_running()  # crash recovery
+                services[victim] = replica(victim)
+                services[victim].wait_ready()
+                urls[victim] = services[victim].url
                 for url in urls:
                     wait_serving(url)
                 stop.set()
@@ -139,9 +162,13 @@ def run(runs: int, writers: int, seed: int) -> int:
                 present = stored_ids(urls[n % 2])
                 lost = acknowledged - present
                 lost_total += len(lost)
+                expected = (acknowledged - earlier) | set(rng.sample(sorted(earlier), min(100, len(earlier))))
+                wrong = set().union(*(keyword_disagreements(url, expected, set(), rng) for url in urls))
+                disagreements_total += len(wrong)
                 print(
-                    f"run {n:2}: killed after {killed_after:.2f} s, {len(acknowledged) - before:4} acknowledged, "
-                    f"{len(lost)} lost, {stats['503']} answered 503 during the outage, "
+                    f"run {n:2}: replica {victim} killed after {replica_killed_after:.2f} s, PostgreSQL after "
+                    f"{killed_after:.2f} s, {len(acknowledged) - before:4} acknowledged, {len(lost)} lost, "
+                    f"{len(wrong)} keyword index disagreements, {stats['503']} answered 503 during the outage, "
                     f"{stats['other']} other failures",
                     flush=True,
                 )
@@ -149,8 +176,11 @@ def run(runs: int, writers: int, seed: int) -> int:
             for service in services:
                 service.__exit__()
             server.cleanup()
-    print(f"total: {len(acknowledged)} acknowledged documents, {lost_total} lost")
-    return lost_total
+    print(
+        f"total: {len(acknowledged)} acknowledged documents, {lost_total} lost, "
+        f"{disagreements_total} keyword index disagreements"
+    )
+    return lost_total + disagreements_total
 
 
 def main() -> None:
