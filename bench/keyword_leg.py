@@ -13,7 +13,9 @@ claims (`--questions N`: the first N), each with a random query vector. Through 
 - embedded only: an add of 256 chunks to the built store, persisted (p50 and p95 of 30 adds), what each add to a
   large store costs now that it also commits to the keyword index;
 - PostgreSQL only: the ingestion rate into the indexed tables while the corpus is built, adds of 256 chunks from 4
-  concurrent writers, embedding excluded.
+  concurrent writers, embedding excluded (over the whole build, and over its last tenth); a new replica's start-up,
+  which builds its keyword index from the table; with `--ingestion-breakdown`, the same adds without the HNSW
+  index, and the time to build that index over the whole table at once.
 """
 
 from __future__ import annotations
@@ -116,21 +118,50 @@ async def measure_adds(store: VectorStore, corpus: Corpus, size: int, adds: int 
 
 
 async def build(store: VectorStore, corpus: Corpus, size: int, seed: int, parts: list[int], writers: int) -> np.ndarray:
-    """Store `size` chunks in adds of the given sizes, `writers` at a time; returns their vectors."""
+    """Store `size` chunks in adds of the given sizes, `writers` at a time; returns their vectors. Prints the rate
+    over the whole build and over its last tenth (the rate a store of that size sustains)."""
     matrix = unit_rows(np.random.default_rng(seed), size)
     starts = np.cumsum([0, *parts[:-1]]).tolist()
     queue = list(zip(starts, parts, strict=True))
+    progress = {"done": 0, "at_nine_tenths": 0, "nine_tenths": 0.0}
     started = time.perf_counter()
 
     async def writer() -> None:
         while queue:
             start, n = queue.pop(0)
             await store.upsert(corpus.chunks(start, n), matrix[start : start + n])
+            progress["done"] += n
+            if not progress["nine_tenths"] and progress["done"] >= 0.9 * size:
+                progress["nine_tenths"], progress["at_nine_tenths"] = time.perf_counter(), progress["done"]
 
     await asyncio.gather(*(writer() for _ in range(writers)))
-    elapsed = time.perf_counter() - started
-    print(f"  built {size:,} chunks in {elapsed:.0f} s: {size / elapsed:,.0f} chunks/s ({writers} writers)")
+    finished = time.perf_counter()
+    last = (size - progress["at_nine_tenths"]) / max(finished - progress["nine_tenths"], 1e-9)
+    print(
+        f"  built {size:,} chunks in {finished - started:.0f} s: {size / (finished - started):,.0f} chunks/s, "
+        f"the last tenth {last:,.0f} chunks/s ({writers} writers)"
+    )
     return matrix
+
+
+async def ingestion_without_hnsw(store: VectorStore, corpus: Corpus, dsn: str, size: int) -> None:
+    """Where PostgreSQL's ingestion time goes: the same adds with the HNSW index dropped, then the time to build
+    the index over the whole table at once (the bulk path: load, then index)."""
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("DROP INDEX rag_chunks_embedding")
+        extra = 20 * WRITERS * BATCH
+        await build(store, corpus, extra, size + 3, [BATCH] * (extra // BATCH), WRITERS)
+        started = time.perf_counter()
+        await conn.execute("SET maintenance_work_mem = '2GB'")
+        await conn.execute("CREATE INDEX rag_chunks_embedding ON rag_chunks USING hnsw (embedding vector_cosine_ops)")
+        built = time.perf_counter() - started
+        rows = await conn.fetchval("SELECT count(*) FROM rag_chunks")
+        print(f"  without the HNSW index (above); building it over {rows:,} rows at once: {built:.0f} s")
+    finally:
+        await conn.close()
 
 
 async def embedded(size: int, corpus: Corpus, count: int) -> None:
@@ -145,7 +176,7 @@ async def embedded(size: int, corpus: Corpus, count: int) -> None:
         await store.aclose()
 
 
-async def postgres(size: int, corpus: Corpus, count: int) -> None:
+async def postgres(size: int, corpus: Corpus, count: int, breakdown: bool) -> None:
     import pgserver
 
     from rag.stores.postgres_store import PostgresVectorStore
@@ -158,6 +189,13 @@ async def postgres(size: int, corpus: Corpus, count: int) -> None:
             adds = [BATCH] * (size // BATCH) + ([size % BATCH] if size % BATCH else [])
             matrix = await build(store, corpus, size, size, adds, WRITERS)
             await measure(store, matrix, "PostgreSQL", size + 1, count)
+            started = time.perf_counter()
+            replica = await PostgresVectorStore.open(server.get_uri(), "bench", DIMENSION, Path(tmp) / "new-replica")
+            elapsed = time.perf_counter() - started
+            print(f"  a new replica's start, its keyword index built from the table: {elapsed:.1f} s")
+            await replica.aclose()
+            if breakdown:
+                await ingestion_without_hnsw(store, corpus, server.get_uri(), size)
             await store.aclose()
         finally:
             server.cleanup()
@@ -168,12 +206,17 @@ def main() -> None:
     parser.add_argument("--embedded", type=int, nargs="*", default=[100_000, 1_000_000])
     parser.add_argument("--postgres", type=int, nargs="*", default=[100_000])
     parser.add_argument("--questions", type=int, default=300, help="the first N test claims (300: all)")
+    parser.add_argument(
+        "--ingestion-breakdown",
+        action="store_true",
+        help="PostgreSQL: also time adds without the HNSW index, and building it at once (drops it: minutes at 1M)",
+    )
     args = parser.parse_args()
     corpus = Corpus()
     for size in args.embedded:
         asyncio.run(embedded(size, corpus, args.questions))
     for size in args.postgres:
-        asyncio.run(postgres(size, corpus, args.questions))
+        asyncio.run(postgres(size, corpus, args.questions, args.ingestion_breakdown))
 
 
 if __name__ == "__main__":
