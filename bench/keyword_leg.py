@@ -155,7 +155,6 @@ async def ingestion_without_hnsw(store: VectorStore, corpus: Corpus, dsn: str, s
         extra = 20 * WRITERS * BATCH
         await build(store, corpus, extra, size + 3, [BATCH] * (extra // BATCH), WRITERS)
         started = time.perf_counter()
-        await conn.execute("SET maintenance_work_mem = '2GB'")
         await conn.execute("CREATE INDEX rag_chunks_embedding ON rag_chunks USING hnsw (embedding vector_cosine_ops)")
         built = time.perf_counter() - started
         rows = await conn.fetchval("SELECT count(*) FROM rag_chunks")
@@ -177,12 +176,11 @@ async def embedded(size: int, corpus: Corpus, count: int) -> None:
 
 
 async def postgres(size: int, corpus: Corpus, count: int, breakdown: bool) -> None:
-    import pgserver
-
+    from bench.pg_server import sized_server
     from rag.stores.postgres_store import PostgresVectorStore
 
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
-        server = pgserver.get_server(Path(tmp) / "pg", cleanup_mode="stop")
+        server = sized_server(Path(tmp) / "pg")
         try:
             store = await PostgresVectorStore.open(server.get_uri(), "bench", DIMENSION, Path(tmp) / "keywords")
             print(f"\nPostgreSQL, {size:,} chunks")

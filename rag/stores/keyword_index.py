@@ -152,8 +152,8 @@ class KeywordIndex:
         while True:
             try:
                 return self._index.writer(heap, 1)
-            except ValueError:  # another process's writer still holds the index (finishing its merges)
-                if time.monotonic() > deadline:
+            except ValueError as exc:  # LockBusy: another process's writer still holds the index (its merges)
+                if "LockBusy" not in str(exc) or time.monotonic() > deadline:
                     raise
                 time.sleep(0.01)
 
