@@ -26,6 +26,7 @@ wait for a merge; the next write waits for that thread (in another process, for 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import threading
@@ -172,22 +173,29 @@ class KeywordIndex:
         document.add_text("text", text)
         return document
 
+    @contextlib.contextmanager
+    def _writing(self, heap: int = WRITER_HEAP) -> Iterator[tantivy.IndexWriter]:
+        """A writer for one change: committed (durably) when the block succeeds, rolled back when it fails; then
+        handed to the merge thread, and the reader reloaded."""
+        writer = self._writer(heap)
+        try:
+            yield writer
+            writer.commit()
+        except BaseException:
+            writer.rollback()
+            raise
+        finally:
+            self._finish(writer)
+        self._index.reload()
+
     def add(self, first_key: int, chunks: list[Chunk]) -> None:
         """Index chunks under consecutive keys from `first_key`, durably, before the catalog commits them. Every
         document at or above `first_key` is deleted first: leftovers of an add that crashed before its catalog
         commit, under the very keys now given out again."""
-        writer = self._writer()
-        try:
+        with self._writing() as writer:
             writer.delete_documents_by_query(self._keys_from(first_key))
             for entry in entries(first_key, chunks):
                 writer.add_document(self._document(entry))
-            writer.commit()
-        except BaseException:
-            writer.rollback()
-            self._finish(writer)
-            raise
-        self._finish(writer)
-        self._index.reload()
 
     def apply(self, added: list[Entry], removed: Iterable[int]) -> None:
         """Make the index hold `added` and not `removed`, durably; applying the same change twice changes nothing
@@ -195,31 +203,14 @@ class KeywordIndex:
         removed = list(removed)
         if not added and not removed:
             return
-        writer = self._writer()
-        try:
+        with self._writing() as writer:
             self._delete_keys(writer, [*(entry[0] for entry in added), *removed])
             for entry in added:
                 writer.add_document(self._document(entry))
-            writer.commit()
-        except BaseException:
-            writer.rollback()
-            raise
-        finally:
-            self._finish(writer)
-        self._index.reload()
 
     def remove(self, keys: Iterable[int]) -> None:
         """Delete chunks the catalog has already removed (their snapshot tombstones hide them until then)."""
-        keys = list(keys)
-        if not keys:
-            return
-        writer = self._writer()
-        try:
-            self._delete_keys(writer, keys)
-            writer.commit()
-        finally:
-            self._finish(writer)
-        self._index.reload()
+        self.apply([], keys)
 
     def _delete_keys(self, writer: tantivy.IndexWriter, keys: list[int]) -> None:
         # By a query on the set of keys: a delete by term builds a signed term from a Python int, which matches no
@@ -235,34 +226,20 @@ class KeywordIndex:
         """Delete what the catalog does not hold (keys never given out, tombstoned chunks); True when the index
         then holds exactly as many documents as the catalog's live chunks, False when it must be rebuilt."""
         self.reload()
-        tombstones = list(tombstones)
         if self.count != live_chunks:
-            writer = self._writer()
-            try:
+            with self._writing() as writer:
                 writer.delete_documents_by_query(self._keys_from(next_key))
-                self._delete_keys(writer, tombstones)
-                writer.commit()
-            finally:
-                self._finish(writer)
-            self.reload()
+                self._delete_keys(writer, list(tombstones))
         return self.count == live_chunks
 
     def rebuild(self, records: Iterable[Entry]) -> int:
         """Replace the whole index with `records`; returns how many were indexed."""
-        writer = self._writer(heap=4 * WRITER_HEAP)
         indexed = 0
-        try:
+        with self._writing(heap=4 * WRITER_HEAP) as writer:
             writer.delete_all_documents()
             for entry in records:
                 writer.add_document(self._document(entry))
                 indexed += 1
-            writer.commit()
-        except BaseException:
-            writer.rollback()
-            raise
-        finally:
-            self._finish(writer)
-        self.reload()
         return indexed
 
     def close(self) -> None:
