@@ -335,3 +335,23 @@ async def test_two_processes_write_in_turn_and_search_each_others_keywords(tmp_p
     assert first.layout()["keyword_documents"] == second.layout()["keyword_documents"] == first.count == 10
     await first.aclose()
     await second.aclose()
+
+
+async def test_a_keyword_index_of_another_schema_is_rebuilt(tmp_path: Path) -> None:
+    import tantivy
+
+    store = await NumpyVectorStore.open(tmp_path, "toy", DIM)
+    await store.upsert(chunks_of("alpha", 2), unit(40, 2))
+    await store.aclose()
+    shutil.rmtree(tmp_path / "keywords")
+    (tmp_path / "keywords").mkdir()
+    builder = tantivy.SchemaBuilder()  # what an older version of the index (or anything else) left there
+    builder.add_text_field("body", stored=True)
+    foreign = tantivy.Index(builder.build(), path=str(tmp_path / "keywords"))
+    writer = foreign.writer(15_000_000, 1)
+    writer.add_document(tantivy.Document(body="alpha"))
+    writer.commit()
+    writer.wait_merging_threads()
+    reopened = await NumpyVectorStore.open(tmp_path, "toy", DIM)
+    assert await keyword(reopened, "alpha") == ["alpha:0", "alpha:1"]
+    await reopened.aclose()

@@ -78,7 +78,7 @@ def _schema() -> tantivy.Schema:
     builder = tantivy.SchemaBuilder()
     builder.add_unsigned_field("key", indexed=True, fast=True)  # the catalog's chunk key: deleted by, read back
     builder.add_text_field("tenant", tokenizer_name="raw")  # the organisation, one exact term; not scored
-    builder.add_text_field("text", tokenizer_name=ANALYZER)
+    builder.add_text_field("text", tokenizer_name=ANALYZER, index_option="freq")  # BM25 needs no positions
     return builder.build()
 
 
