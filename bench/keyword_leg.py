@@ -107,14 +107,25 @@ async def measure(store: VectorStore, matrix: np.ndarray, label: str, seed: int,
         print(f"    {name:<24} p50 {p50:9.2f} ms ({p50 / reference:6.2f}x)   p95 {p95:9.2f} ms")
 
 
-async def measure_adds(store: VectorStore, corpus: Corpus, size: int, adds: int = 30) -> None:
+async def measure_adds(store: VectorStore, corpus: Corpus, size: int, directory: Path, adds: int = 30) -> None:
+    """A 256-chunk add to the built store, persisted, beside np.save + fsync of the same vectors (the reference
+    `bench/store.py` uses)."""
     vectors = unit_rows(np.random.default_rng(size + 2), BATCH)
-    timings = []
+    timings, saves = [], []
     for n in range(adds):
         chunks = corpus.chunks(size + n * BATCH, BATCH)
         timings.append(await timed(lambda chunks=chunks: store.upsert(chunks, vectors)))
-    p50, p95 = percentile(timings, 0.5), percentile(timings, 0.95)
-    print(f"    add of {BATCH} chunks, persisted  p50 {p50:9.2f} ms            p95 {p95:9.2f} ms")
+        started = time.perf_counter()
+        with open(directory / "reference.npy", "wb") as handle:
+            np.save(handle, vectors)
+            handle.flush()
+            os.fsync(handle.fileno())
+        saves.append(time.perf_counter() - started)
+    p50, p95, save = percentile(timings, 0.5), percentile(timings, 0.95), percentile(saves, 0.5)
+    print(
+        f"    add of {BATCH} chunks, persisted  p50 {p50:9.2f} ms ({p50 / save:6.1f}x)   p95 {p95:9.2f} ms   "
+        f"np.save+fsync p50 {save:.2f} ms"
+    )
 
 
 async def build(store: VectorStore, corpus: Corpus, size: int, seed: int, parts: list[int], writers: int) -> np.ndarray:
@@ -171,7 +182,7 @@ async def embedded(size: int, corpus: Corpus, count: int) -> None:
         print(f"\nembedded, {size:,} chunks")
         matrix = await build(store, corpus, size, size, geometric(size), 1)  # the layout compaction keeps
         await measure(store, matrix, "embedded", size + 1, count)
-        await measure_adds(store, corpus, size)
+        await measure_adds(store, corpus, size, Path(tmp))
         await store.aclose()
 
 
