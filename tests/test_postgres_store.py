@@ -168,3 +168,22 @@ async def test_two_processes_sharing_a_keyword_directory_stay_consistent(pg_dsn:
     assert len(await keyword(writer, "stone")) == 6 and writer.layout()["keyword_documents"] == 6
     for store in (writer, first, second):
         await store.aclose()
+
+
+async def test_a_replica_that_last_caught_up_before_the_deletions_were_pruned_rebuilds(
+    pg_dsn: str, tmp_path: Path
+) -> None:
+    writer = await PostgresVectorStore.open(pg_dsn, "toy", DIM, tmp_path / "writer")
+    idle = await PostgresVectorStore.open(pg_dsn, "toy", DIM, tmp_path / "idle")
+    await writer.upsert(chunks_of("old", "obsidian"), unit_rows(20, 2))
+    assert await keyword(idle, "obsidian") == ["old:0", "old:1"]
+    idle._keywords._state.at -= 8 * 86_400  # as if it had not caught up for eight days
+    await writer.delete("old")
+    conn = await asyncpg.connect(pg_dsn)
+    await conn.execute("DELETE FROM rag_deleted_chunks")  # what the retention prunes meanwhile
+    await conn.close()
+    await writer.upsert(chunks_of("new", "pumice"), unit_rows(21, 2))
+    assert await keyword(idle, "obsidian pumice") == ["new:0", "new:1"]
+    assert idle.layout()["keyword_documents"] == 2  # rebuilt: the deletion it never saw is not left behind
+    await writer.aclose()
+    await idle.aclose()

@@ -30,7 +30,7 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -75,6 +75,11 @@ PRUNE_DELETED = f"DELETE FROM rag_deleted_chunks WHERE at < now() - interval '{D
 _SNAPSHOT = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS xmin, extract(epoch FROM now()) AS now"
 
 
+def _stale(state: FollowState, now: float) -> bool:
+    """Whether the index last caught up too long ago to trust the deletions still noted (a day's margin)."""
+    return now - state.at > (DELETED_RETENTION_DAYS - 1) * 86_400
+
+
 @dataclass
 class FollowState:
     store: str  # the database's store id (rag_meta), so that an index never follows another database
@@ -100,8 +105,7 @@ class FollowedKeywordIndex:
         follower = await anyio.to_thread.run_sync(cls, directory, store_id)
         async with pool.acquire() as conn:
             now = float(await conn.fetchval("SELECT extract(epoch FROM now())"))
-        state = follower._state
-        if state is None or now - state.at > (DELETED_RETENTION_DAYS - 1) * 86_400:
+        if follower._state is None or _stale(follower._state, now):
             await follower.rebuild(pool)
         return follower
 
@@ -145,13 +149,8 @@ class FollowedKeywordIndex:
         generation = int(await conn.fetchval("SELECT generation FROM rag_counters WHERE id = 1"))
         if self._state is not None and generation <= self._state.generation:
             return  # nothing written since, or the index is already past this snapshot
-        async with self._lock:
-            lock = self._file_lock()
-            await anyio.to_thread.run_sync(lock.__enter__)
-            try:
-                await self._catch_up_locked(conn, generation)
-            finally:
-                lock.__exit__(None, None, None)
+        async with self._locked():
+            await self._catch_up_locked(conn, generation)
 
     async def _catch_up_locked(self, conn: asyncpg.Connection, generation: int) -> None:
         on_disk = self._read_state()  # another process sharing the directory may have caught up
@@ -162,6 +161,9 @@ class FollowedKeywordIndex:
         if state is None or generation <= state.generation:
             return
         snapshot = await conn.fetchrow(_SNAPSHOT)
+        if _stale(state, float(snapshot["now"])):  # deletions it has not seen may be pruned already
+            await self._rebuild_in(conn)
+            return
         added = await conn.fetch(
             "SELECT key, text, org_id, xid::text::bigint AS xid FROM rag_chunks "
             "WHERE xid >= $1::text::xid8 AND NOT (xid::text::bigint = ANY($2::bigint[]))",
@@ -190,29 +192,42 @@ class FollowedKeywordIndex:
 
     async def rebuild(self, pool: asyncpg.Pool) -> None:
         """Index every chunk row of one snapshot, then follow from that snapshot."""
+        async with (
+            self._locked(),
+            pool.acquire() as conn,
+            conn.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            await self._rebuild_in(conn)
+
+    async def _rebuild_in(self, conn: asyncpg.Connection) -> None:
+        """Rebuild from the snapshot of `conn`'s REPEATABLE READ transaction; the caller holds both locks."""
+        snapshot = await conn.fetchrow(_SNAPSHOT)
+        generation = int(await conn.fetchval("SELECT generation FROM rag_counters WHERE id = 1"))
+        cursor = await conn.cursor("SELECT key, text, org_id FROM rag_chunks")
+
+        def rows() -> Iterator[Entry]:  # runs in the indexing thread; each batch is fetched on the event loop
+            while batch := anyio.from_thread.run(cursor.fetch, REBUILD_BATCH):
+                yield from ((row["key"], row["text"], row["org_id"]) for row in batch)
+
+        state = FollowState(self.store_id, int(snapshot["xmin"]), [], float(snapshot["now"]), generation)
+
+        def index_all() -> int:
+            indexed = self.index.rebuild(rows())
+            self._write_state(state)
+            return indexed
+
+        indexed = await anyio.to_thread.run_sync(index_all)
+        self._state = state
+        logger.info("keyword index at %s built from %d chunks", self.directory, indexed)
+
+    @contextlib.asynccontextmanager
+    async def _locked(self) -> AsyncIterator[None]:
+        """This process's lock, then the directory's (other processes of the host), taken in a thread."""
         async with self._lock:
             lock = self._file_lock()
             await anyio.to_thread.run_sync(lock.__enter__)
             try:
-                async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
-                    snapshot = await conn.fetchrow(_SNAPSHOT)
-                    generation = int(await conn.fetchval("SELECT generation FROM rag_counters WHERE id = 1"))
-                    cursor = await conn.cursor("SELECT key, text, org_id FROM rag_chunks")
-
-                    def rows() -> Iterator[Entry]:  # runs in the indexing thread; each batch is fetched on the loop
-                        while batch := anyio.from_thread.run(cursor.fetch, REBUILD_BATCH):
-                            yield from ((row["key"], row["text"], row["org_id"]) for row in batch)
-
-                    state = FollowState(self.store_id, int(snapshot["xmin"]), [], float(snapshot["now"]), generation)
-
-                    def index_all() -> int:
-                        indexed = self.index.rebuild(rows())
-                        self._write_state(state)
-                        return indexed
-
-                    indexed = await anyio.to_thread.run_sync(index_all)
-                self._state = state
-                logger.info("keyword index at %s built from %d chunks", self.directory, indexed)
+                yield
             finally:
                 lock.__exit__(None, None, None)
 
