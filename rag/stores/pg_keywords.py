@@ -17,9 +17,9 @@ How a replica follows the table:
 
 The watermark is kept in `followed.json` beside the index, written after the index commits: a crash in between
 re-applies a change, which changes nothing. Processes of one host may share the directory: catching up takes a file
-lock and starts from the state on disk. Deletions are noted for `DELETED_RETENTION_DAYS`; a replica that last
-caught up more than a day less ago rebuilds its index (at start, or at its next search), as does one whose state
-names another database.
+lock and starts from the state on disk. Deletions are noted for `DELETED_RETENTION_DAYS`; a replica whose last
+catch-up is older than that, less a day's margin, rebuilds its index (at start, or at its next search), as does one
+whose state names another database.
 """
 
 from __future__ import annotations
