@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -64,13 +64,14 @@ def client_for(url: str, credential: str) -> httpx.Client:
     return httpx.Client(base_url=url, headers={"Authorization": f"Bearer {credential}"}, timeout=60)
 
 
-CREDENTIALS = {"scoped key": KEY_A, "token": token()}
+# Minted when a test asks, not at collection: a token minted then expires (5 minutes) before a slow run gets here.
+CREDENTIALS: dict[str, Callable[[], str]] = {"scoped key": lambda: KEY_A, "token": token}
 
 
 @pytest.fixture(params=list(CREDENTIALS))
 def org_a(request: pytest.FixtureRequest, tenant_url: str, upstream: FakeUpstream) -> Iterator[httpx.Client]:
     """A client whose credential belongs to organisation A (a scoped key, or alice's token)."""
-    with client_for(tenant_url, CREDENTIALS[request.param]) as client:
+    with client_for(tenant_url, CREDENTIALS[request.param]()) as client:
         yield client
 
 
