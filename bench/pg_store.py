@@ -94,13 +94,13 @@ def http_throughput(urls: list[str], seconds: float, concurrency: int) -> float:
 
 async def run(size: int, repeats: int) -> None:
     warnings.simplefilter("ignore")
-    import pgserver
+    from bench.pg_server import sized_server
 
     rng = np.random.default_rng(7)
     matrix = unit_rows(rng, size)
     queries = unit_rows(rng, repeats)
     with tempfile.TemporaryDirectory() as tmp:
-        server = pgserver.get_server(Path(tmp) / "pg", cleanup_mode="stop")
+        server = sized_server(Path(tmp) / "pg")
         dsn = server.get_uri()
         model = Settings(_env_file=None).embedding_model  # the replicas below embed with it: the identity must match
         stores = {
