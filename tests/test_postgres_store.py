@@ -187,3 +187,20 @@ async def test_a_replica_that_last_caught_up_before_the_deletions_were_pruned_re
     assert idle.layout()["keyword_documents"] == 2  # rebuilt: the deletion it never saw is not left behind
     await writer.aclose()
     await idle.aclose()
+
+
+async def test_a_large_catch_up_is_read_and_applied_in_batches(
+    pg_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rag.stores import pg_keywords
+
+    monkeypatch.setattr(pg_keywords, "REBUILD_BATCH", 3)  # a load of 8 chunks arrives in three batches
+    writer = await PostgresVectorStore.open(pg_dsn, "toy", DIM, tmp_path / "writer")
+    replica = await PostgresVectorStore.open(pg_dsn, "toy", DIM, tmp_path / "replica")
+    await writer.upsert(chunks_of("load", "loess dune", 8), unit_rows(30, 8))
+    await writer.delete("load")
+    await writer.upsert(chunks_of("kept", "loess plain", 8), unit_rows(31, 8))
+    assert await keyword(replica, "loess", k=20) == [f"kept:{i}" for i in range(8)]
+    assert replica.layout()["keyword_documents"] == 8
+    await writer.aclose()
+    await replica.aclose()

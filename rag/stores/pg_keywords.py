@@ -165,27 +165,33 @@ class FollowedKeywordIndex:
         if _stale(state, float(snapshot["now"])):  # deletions it has not seen may be pruned already
             await self._rebuild_in(conn)
             return
-        added = await conn.fetch(
+        applied = set(state.applied)
+        # Rows in batches: the first search after a large load through another replica reads the whole load, and
+        # its texts need not all be in memory at once. A crash midway replays the batches, which changes nothing.
+        added = await conn.cursor(
             "SELECT key, text, org_id, xid::text::bigint AS xid FROM rag_chunks "
             "WHERE xid >= $1::text::xid8 AND NOT (xid::text::bigint = ANY($2::bigint[]))",
             str(state.xmin),
             state.applied,
         )
+        while batch := await added.fetch(REBUILD_BATCH):
+            applied |= {row["xid"] for row in batch}
+            entries: list[Entry] = [(row["key"], row["text"], row["org_id"]) for row in batch]
+            await anyio.to_thread.run_sync(self.index.apply, entries, ())
         removed = await conn.fetch(
             "SELECT key, xid::text::bigint AS xid FROM rag_deleted_chunks "
             "WHERE xid >= $1::text::xid8 AND NOT (xid::text::bigint = ANY($2::bigint[]))",
             str(state.xmin),
             state.applied,
         )
+        applied |= {row["xid"] for row in removed}
         xmin = max(state.xmin, int(snapshot["xmin"]))
-        applied = {*state.applied, *(row["xid"] for row in added), *(row["xid"] for row in removed)}
         new_state = FollowState(
             self.store_id, xmin, sorted(x for x in applied if x >= xmin), float(snapshot["now"]), generation
         )
-        entries: list[Entry] = [(row["key"], row["text"], row["org_id"]) for row in added]
 
         def apply() -> None:
-            self.index.apply(entries, (row["key"] for row in removed))
+            self.index.apply([], (row["key"] for row in removed))
             self._write_state(new_state)
 
         await anyio.to_thread.run_sync(apply)
