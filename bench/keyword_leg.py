@@ -128,11 +128,13 @@ async def measure_adds(store: VectorStore, corpus: Corpus, size: int, directory:
     )
 
 
-async def build(store: VectorStore, corpus: Corpus, size: int, seed: int, parts: list[int], writers: int) -> np.ndarray:
-    """Store `size` chunks in adds of the given sizes, `writers` at a time; returns their vectors. Prints the rate
-    over the whole build and over its last tenth (the rate a store of that size sustains)."""
+async def build(
+    store: VectorStore, corpus: Corpus, size: int, seed: int, parts: list[int], writers: int, first: int = 0
+) -> np.ndarray:
+    """Store `size` chunks (corpus chunks from `first`) in adds of the given sizes, `writers` at a time; returns their
+    vectors. Prints the rate over the whole build and over its last tenth (the rate a store of that size sustains)."""
     matrix = unit_rows(np.random.default_rng(seed), size)
-    starts = np.cumsum([0, *parts[:-1]]).tolist()
+    starts = np.cumsum([first, *parts[:-1]]).tolist()
     queue = list(zip(starts, parts, strict=True))
     progress = {"done": 0, "at_nine_tenths": 0, "nine_tenths": 0.0}
     started = time.perf_counter()
@@ -140,7 +142,7 @@ async def build(store: VectorStore, corpus: Corpus, size: int, seed: int, parts:
     async def writer() -> None:
         while queue:
             start, n = queue.pop(0)
-            await store.upsert(corpus.chunks(start, n), matrix[start : start + n])
+            await store.upsert(corpus.chunks(start, n), matrix[start - first : start - first + n])
             progress["done"] += n
             if not progress["nine_tenths"] and progress["done"] >= 0.9 * size:
                 progress["nine_tenths"], progress["at_nine_tenths"] = time.perf_counter(), progress["done"]
@@ -164,7 +166,7 @@ async def ingestion_without_hnsw(store: VectorStore, corpus: Corpus, dsn: str, s
     try:
         await conn.execute("DROP INDEX rag_chunks_embedding")
         extra = 20 * WRITERS * BATCH
-        await build(store, corpus, extra, size + 3, [BATCH] * (extra // BATCH), WRITERS)
+        await build(store, corpus, extra, size + 3, [BATCH] * (extra // BATCH), WRITERS, first=size)
         started = time.perf_counter()
         await conn.execute("CREATE INDEX rag_chunks_embedding ON rag_chunks USING hnsw (embedding vector_cosine_ops)")
         built = time.perf_counter() - started
