@@ -1,8 +1,8 @@
-"""The keyword leg's query: a question turned into an FTS5 expression that BM25 can score.
+"""The keyword leg's query: a question's searchable words.
 
-Each word becomes a quoted term (quoting disarms FTS5 syntax in user text: `AND`, `*`, `"`, `:`), joined by OR so
-that a chunk matching some of the words still scores. Common English words are dropped: they carry almost no
-weight in BM25, and a term like "the" matches nearly every chunk, which makes SQLite score them all.
+Each word is a term of its own, never query syntax, and a chunk matching any of them scores (the keyword index joins
+them by OR). Common English words are dropped: they carry almost no weight in BM25, and a term like "the" matches
+nearly every chunk, whose postings the index would then have to read.
 """
 
 from __future__ import annotations
@@ -96,9 +96,3 @@ def query_terms(text: str) -> list[str]:
         if word not in STOP_WORDS and word not in terms:
             terms.append(word)
     return terms[:MAX_TERMS]
-
-
-def match_expression(text: str) -> str | None:
-    """The FTS5 MATCH expression for a question, or None when it has no searchable word."""
-    terms = query_terms(text)
-    return " OR ".join(f'"{term}"' for term in terms) if terms else None
