@@ -36,7 +36,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.store import DIMENSION, TENANTS, bare_dense_ms, geometric, unit_rows
+from bench.store import DIMENSION, TENANTS, bare_dense_ms, geometric, saved_seconds, unit_rows
 from config import PROJECT_DIR
 from rag.stores import SearchRequest, VectorStore
 from rag.types import Chunk
@@ -115,12 +115,7 @@ async def measure_adds(store: VectorStore, corpus: Corpus, size: int, directory:
     for n in range(adds):
         chunks = corpus.chunks(size + n * BATCH, BATCH)
         timings.append(await timed(lambda chunks=chunks: store.upsert(chunks, vectors)))
-        started = time.perf_counter()
-        with open(directory / "reference.npy", "wb") as handle:
-            np.save(handle, vectors)
-            handle.flush()
-            os.fsync(handle.fileno())
-        saves.append(time.perf_counter() - started)
+        saves.append(saved_seconds(directory, vectors))
     p50, p95, save = percentile(timings, 0.5), percentile(timings, 0.95), percentile(saves, 0.5)
     print(
         f"    add of {BATCH} chunks, persisted  p50 {p50:9.2f} ms ({p50 / save:6.1f}x)   p95 {p95:9.2f} ms   "
