@@ -15,6 +15,13 @@ Metadata = dict[str, Any]
 TENANT_KEY = "orgId"
 
 
+def tenant_of(fields: Metadata) -> str | None:
+    """The organisation that metadata (or a filter) names as one string; None for none, or for anything else (a
+    filter such as {"$in": [...]}), which stores then treat as an ordinary field."""
+    tenant = fields.get(TENANT_KEY)
+    return tenant if isinstance(tenant, str) else None
+
+
 @dataclass(frozen=True, slots=True)
 class Chunk:
     """A piece of a document as stored: its own id, its document's id and metadata, and its text."""

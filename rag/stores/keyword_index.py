@@ -37,7 +37,7 @@ from pathlib import Path
 import tantivy
 
 from rag.stores.keyword import query_terms
-from rag.types import TENANT_KEY, Chunk
+from rag.types import Chunk, tenant_of
 
 # What the index holds of a chunk: its key in the store, its text, and its organisation (None: no organisation)
 Entry = tuple[int, str, str | None]
@@ -67,11 +67,6 @@ def entries(first_key: int, chunks: Iterable[Chunk]) -> Iterator[Entry]:
     """Index entries for chunks stored under consecutive keys from `first_key`."""
     for offset, chunk in enumerate(chunks):
         yield first_key + offset, chunk.text, tenant_of(chunk.metadata)
-
-
-def tenant_of(metadata: dict[str, object]) -> str | None:
-    tenant = metadata.get(TENANT_KEY)
-    return tenant if isinstance(tenant, str) else None
 
 
 def _schema() -> tantivy.Schema:

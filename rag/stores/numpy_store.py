@@ -47,7 +47,7 @@ from rag.stores.segments import (
     write_merged_segment,
     write_segment,
 )
-from rag.types import TENANT_KEY, Chunk, DocumentSummary, Hit
+from rag.types import Chunk, DocumentSummary, Hit, tenant_of
 
 logger = logging.getLogger(__name__)
 
@@ -457,12 +457,10 @@ class NumpyVectorStore:
         if snap.rows == 0:
             return {}
         limit = max(k, 10)
-        tenant = filters.get(TENANT_KEY) if filters else None
-        if not isinstance(tenant, str):
-            tenant = None  # a tenant named by a string is matched inside the index; anything else is filtered after
-            if eligible is not None:  # expect the filter to keep its share of the matches: ask for enough at once
-                share = max(float(eligible.mean()), 1e-4)
-                limit = max(limit, int(k / share * 1.5))
+        tenant = tenant_of(filters or {})  # a tenant named by a string is matched inside the index
+        if tenant is None and eligible is not None:  # other filters apply after: ask for enough at once
+            share = max(float(eligible.mean()), 1e-4)
+            limit = max(limit, int(k / share * 1.5))
         while True:
             found = self.keywords.search(text, limit, tenant)
             keys = np.asarray([key for key, _ in found], dtype=np.int64)

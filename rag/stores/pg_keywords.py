@@ -73,6 +73,8 @@ SCHEMA = """
 # Run by every write, in its transaction: the deletions no replica can still need
 PRUNE_DELETED = f"DELETE FROM rag_deleted_chunks WHERE at < now() - interval '{DELETED_RETENTION_DAYS} days'"
 
+# The rows of transactions not applied yet: at or above the watermark ($1) and not among those applied ($2)
+_UNAPPLIED = "xid >= $1::text::xid8 AND NOT (xid::text::bigint = ANY($2::bigint[]))"
 _SNAPSHOT = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS xmin, extract(epoch FROM now()) AS now"
 
 
@@ -169,8 +171,7 @@ class FollowedKeywordIndex:
         # Rows in batches: the first search after a large load through another replica reads the whole load, and
         # its texts need not all be in memory at once. A crash midway replays the batches, which changes nothing.
         added = await conn.cursor(
-            "SELECT key, text, org_id, xid::text::bigint AS xid FROM rag_chunks "
-            "WHERE xid >= $1::text::xid8 AND NOT (xid::text::bigint = ANY($2::bigint[]))",
+            f"SELECT key, text, org_id, xid::text::bigint AS xid FROM rag_chunks WHERE {_UNAPPLIED}",
             str(state.xmin),
             state.applied,
         )
@@ -179,8 +180,7 @@ class FollowedKeywordIndex:
             entries: list[Entry] = [(row["key"], row["text"], row["org_id"]) for row in batch]
             await anyio.to_thread.run_sync(self.index.apply, entries, ())
         removed = await conn.fetch(
-            "SELECT key, xid::text::bigint AS xid FROM rag_deleted_chunks "
-            "WHERE xid >= $1::text::xid8 AND NOT (xid::text::bigint = ANY($2::bigint[]))",
+            f"SELECT key, xid::text::bigint AS xid FROM rag_deleted_chunks WHERE {_UNAPPLIED}",
             str(state.xmin),
             state.applied,
         )

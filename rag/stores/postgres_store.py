@@ -26,7 +26,6 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import anyio
 import asyncpg
@@ -38,7 +37,7 @@ from rag.stores.base import SearchRequest
 from rag.stores.fusion import fuse
 from rag.stores.pg_filters import SqlParams, where_clause
 from rag.stores.pg_keywords import PRUNE_DELETED, SCHEMA, FollowedKeywordIndex
-from rag.types import TENANT_KEY, Chunk, DocumentSummary, Hit
+from rag.types import Chunk, DocumentSummary, Hit, tenant_of
 
 logger = logging.getLogger(__name__)
 
@@ -97,11 +96,6 @@ async def pooled_connection(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connect
             yield conn
     except CONNECTION_ERRORS as exc:
         raise StoreUnavailable("the database is unavailable; try again in a moment") from exc
-
-
-def _org_of(metadata: dict[str, Any]) -> str | None:
-    org = metadata.get(TENANT_KEY)
-    return org if isinstance(org, str) else None
 
 
 def _chunk(row: asyncpg.Record) -> Chunk:
@@ -230,7 +224,13 @@ class PostgresVectorStore:
             await conn.executemany(
                 "INSERT INTO rag_documents (id, org_id, chunks, metadata, preview) VALUES ($1, $2, $3, $4, $5)",
                 [
-                    (doc_id, _org_of(parts[0].metadata), len(parts), json.dumps(parts[0].metadata), parts[0].text[:200])
+                    (
+                        doc_id,
+                        tenant_of(parts[0].metadata),
+                        len(parts),
+                        json.dumps(parts[0].metadata),
+                        parts[0].text[:200],
+                    )
                     for doc_id, parts in documents.items()
                 ],
             )
@@ -238,7 +238,7 @@ class PostgresVectorStore:
                 "rag_chunks",
                 columns=["id", "document_id", "org_id", "text", "metadata", "embedding"],
                 records=[
-                    (c.id, c.document_id, _org_of(c.metadata), c.text, json.dumps(c.metadata), vector)
+                    (c.id, c.document_id, tenant_of(c.metadata), c.text, json.dumps(c.metadata), vector)
                     for c, vector in zip(chunks, vectors.astype(np.float32, copy=False), strict=True)
                 ],
             )
@@ -302,9 +302,7 @@ class PostgresVectorStore:
         and whatever the index holds that the snapshot does not, are dropped after it ranks, so the candidate list
         grows until it holds k rows or every match was seen."""
         await self._keywords.catch_up(conn)
-        filters = request.filters or {}
-        tenant = filters.get(TENANT_KEY)
-        tenant = tenant if isinstance(tenant, str) else None
+        tenant = tenant_of(request.filters or {})
         with_vector = request.vector is not None
         limit = max(k, 10)
         while True:
