@@ -95,17 +95,18 @@ def interrupted_files(store_dir: Path) -> int:
 
 def keyword_out_of_step(store_dir: Path) -> bool:
     """Whether the kill left the keyword index and the catalog apart (an add's texts committed to the index but
-    not its catalog transaction, or a delete committed but not yet removed from the index): the restart must
-    reconcile them."""
-    from rag.stores.keyword_index import KeywordIndex
+    not its catalog transaction, a delete committed but not yet removed from the index, or an index that does not
+    open): the restart must reconcile them. The index is only read: opening it through the store's class would
+    replace an unreadable one here, before the restart that must cope with it."""
+    import tantivy
 
     with sqlite3.connect(store_dir / "catalog.sqlite3") as conn:
         (chunks,) = conn.execute("SELECT value FROM meta WHERE key = 'chunks'").fetchone()
-    index = KeywordIndex(store_dir / "keywords")
     try:
-        return index.count != int(chunks)
-    finally:
-        index.close()
+        documents = tantivy.Index.open(str(store_dir / "keywords")).searcher().num_docs
+    except ValueError:
+        return True
+    return int(documents) != int(chunks)
 
 
 def merges_so_far(url: str) -> int:
