@@ -6,6 +6,7 @@ The behaviour every backend shares is in `test_store_conformance.py`."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import shutil
@@ -127,6 +128,71 @@ async def test_random_operations_with_background_compaction_match_brute_force(tm
         query = unit(9000 + seed)[0]
         assert await dense(reopened, query, 50) == brute_force(model, query, 50)
     await reopened.aclose()
+
+
+def tenant_chunks(doc_id: str, n: int, tenant: str | None) -> list[Chunk]:
+    extra = {} if tenant is None else {"orgId": tenant}
+    return [Chunk(f"{doc_id}:{i}", doc_id, f"{doc_id} part {i}", {"doc": doc_id, "part": i} | extra) for i in range(n)]
+
+
+def contiguous_tenants(store: NumpyVectorStore) -> bool:
+    """Whether every segment holds each tenant's live rows as one run, in ascending key order (a tombstoned row's
+    metadata is gone from the catalog, so it is left out)."""
+    snap = store._snapshot
+    for segment, dead in zip(snap.segments, snap.dead, strict=True):
+        live = np.setdiff1d(np.arange(segment.rows), dead)
+        tenants, keys = segment.tenants(store.catalog.field_values)[live], segment.keys[live]
+        starts = [0] + [i for i in range(1, len(live)) if tenants[i] != tenants[i - 1]]
+        if len({tenants[i] for i in starts}) != len(starts):
+            return False  # a tenant's rows in two runs
+        bounds = [*starts, len(live)]
+        if any(np.any(np.diff(keys[a:b]) <= 0) for a, b in itertools.pairwise(bounds)):
+            return False
+    return True
+
+
+async def test_rows_grouped_by_tenant_through_adds_and_merges_match_brute_force(tmp_path: Path) -> None:
+    """Adds and merges write each tenant's rows as one run per segment; key lookups (deletes, the keyword leg) and
+    filtered searches, whose product runs over a tenant's span in place, still give brute force's answers."""
+    rng = random.Random(11)
+    store = await NumpyVectorStore.open(tmp_path, "toy", DIM)
+    model: dict[str, tuple[Chunk, np.ndarray]] = {}
+    for step in range(150):
+        if model and rng.random() < 0.2:
+            doc = rng.choice(sorted({c.document_id for c, _ in model.values()}))
+            await store.delete(doc)
+            model = {cid: item for cid, item in model.items() if item[0].document_id != doc}
+            continue
+        # each add mixes tenants (and chunks with none), as a batch of several documents would
+        added = []
+        for doc in rng.sample([f"d{i}" for i in range(80)], rng.randint(1, 3)):
+            model = {cid: item for cid, item in model.items() if item[0].document_id != doc}
+            added += tenant_chunks(doc, rng.randint(1, 5), rng.choice(["t1", "t2", "t3", None]))
+        vectors = unit(2000 + step, len(added))
+        await store.upsert(added, vectors)
+        model |= {c.id: (c, v) for c, v in zip(added, vectors, strict=True)}
+    await store.wait_for_compaction()
+    assert store.compactions > 0 and contiguous_tenants(store)
+    for seed, filters in enumerate([{"orgId": "t2"}, {"orgId": {"$in": ["t1", "t3"]}}, {"part": 0}, {"orgId": "t9"}]):
+        query = unit(7000 + seed)[0]
+        wanted = {
+            cid: item
+            for cid, item in model.items()
+            if all(
+                item[0].metadata.get(k) == v or (isinstance(v, dict) and item[0].metadata.get(k) in v["$in"])
+                for k, v in filters.items()
+            )
+        }
+        hits = await store.search(SearchRequest("", query, 20, filters))
+        assert [(h.chunk.id, round(h.score, 5)) for h in hits] == brute_force(wanted, query, 20), filters
+    for doc in sorted({c.document_id for c, _ in model.values()})[:10]:  # keyword hits map back to the right rows
+        tenant = next(c.metadata.get("orgId") for c, _ in model.values() if c.document_id == doc)
+        filters = None if tenant is None else {"orgId": tenant}
+        hits = await store.search(SearchRequest(f"{doc} part", None, 50, filters, mode="keyword"))
+        assert {h.chunk.id for h in hits if h.chunk.document_id == doc} == {
+            cid for cid, (c, _) in model.items() if c.document_id == doc
+        }
+    await store.aclose()
 
 
 async def test_an_add_that_fails_before_its_commit_leaves_the_store_as_it_was(

@@ -24,8 +24,10 @@ import asyncio
 import contextlib
 import fcntl
 import logging
+import os
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +43,7 @@ from rag.stores.keyword_index import KeywordIndex
 from rag.stores.legacy import migrate_generation_store
 from rag.stores.segments import (
     Segment,
+    grouped_by_tenant,
     plan_merge,
     remove_segment,
     segment_name,
@@ -57,6 +60,7 @@ WRITE_LOCK = ".lock"
 COMPACTION_LOCK = ".compaction.lock"
 HYBRID_POOL = 100  # candidates taken from each leg before fusion (the pool the fusion was tuned with)
 GATHER_BELOW = 0.5  # a filter keeping less than this share of rows scores only those rows
+SPAN_SLACK = 2  # rows of a segment spanning at most this many times their number are scored over the span
 
 
 # A ranked row: (row, similarity or BM25 score, legs that found it, BM25 score, fused score)
@@ -70,8 +74,10 @@ class _Snapshot:
     chunks: int
     documents: int
     offsets: np.ndarray  # row where each segment starts in the concatenated view, and the total at the end
-    keys: np.ndarray  # every row's chunk key, ascending
-    dead_rows: np.ndarray  # rows whose chunk is tombstoned
+    keys: np.ndarray  # every row's chunk key, in row order
+    sorted_keys: np.ndarray  # every chunk key, ascending (segments hold disjoint, ordered key ranges)
+    key_rows: np.ndarray  # the row of each of sorted_keys
+    dead_rows: np.ndarray  # rows whose chunk is tombstoned, ascending
     dead: tuple[np.ndarray, ...]  # the same, per segment, as local positions
 
     @classmethod
@@ -80,14 +86,20 @@ class _Snapshot:
     ) -> _Snapshot:
         offsets = np.zeros(len(segments) + 1, dtype=np.int64)
         np.cumsum([s.rows for s in segments], out=offsets[1:])
-        keys = np.concatenate([s.keys for s in segments]) if segments else np.zeros(0, dtype=np.int64)
-        positions = np.searchsorted(keys, tombstones)
-        inside = positions < keys.shape[0]
+
+        def joined(parts: list[np.ndarray]) -> np.ndarray:
+            return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+        keys = joined([s.keys for s in segments])
+        sorted_keys = joined([s.sorted_keys for s in segments])
+        key_rows = joined([s.by_key + start for s, start in zip(segments, offsets.tolist(), strict=False)])
+        positions = np.searchsorted(sorted_keys, tombstones)
+        inside = positions < sorted_keys.shape[0]
         positions = positions[inside]
-        dead_rows = positions[keys[positions] == tombstones[inside]]
+        dead_rows = np.sort(key_rows[positions[sorted_keys[positions] == tombstones[inside]]])
         bounds = np.searchsorted(dead_rows, offsets)
         dead = tuple(dead_rows[bounds[i] : bounds[i + 1]] - offsets[i] for i in range(len(segments)))
-        return cls(generation, segments, chunks, documents, offsets, keys, dead_rows, dead)
+        return cls(generation, segments, chunks, documents, offsets, keys, sorted_keys, key_rows, dead_rows, dead)
 
     @property
     def rows(self) -> int:
@@ -95,9 +107,11 @@ class _Snapshot:
 
     def rows_of_keys(self, keys: np.ndarray) -> np.ndarray:
         """Rows of the given chunk keys; -1 for a key this snapshot does not hold, or holds tombstoned."""
-        rows = np.searchsorted(self.keys, keys)
-        rows[rows >= self.keys.shape[0]] = 0
-        found = self.keys[rows] == keys if self.keys.shape[0] else np.zeros(keys.shape, dtype=bool)
+        if not self.sorted_keys.shape[0]:
+            return np.full(keys.shape, -1, dtype=np.int64)
+        positions = np.minimum(np.searchsorted(self.sorted_keys, keys), self.sorted_keys.shape[0] - 1)
+        found = self.sorted_keys[positions] == keys
+        rows = self.key_rows[positions]
         if self.dead_rows.shape[0]:
             at = np.minimum(np.searchsorted(self.dead_rows, rows), self.dead_rows.shape[0] - 1)
             found &= self.dead_rows[at] != rows
@@ -110,6 +124,22 @@ class _Snapshot:
             picked = segment_of == s
             out[picked] = self.segments[s].vectors[rows[picked] - self.offsets[s]]
         return out
+
+    def scores_of(self, rows: np.ndarray, query: np.ndarray) -> np.ndarray:
+        """Similarities of the given rows (ascending). Where a segment's rows lie close together, as a tenant's do,
+        the product runs over their span in place, which costs less than gathering them into a copy first."""
+        scores = np.empty(rows.shape[0], dtype=np.float32)
+        bounds = np.searchsorted(rows, self.offsets)
+        for s, segment in enumerate(self.segments):
+            picked = rows[bounds[s] : bounds[s + 1]] - self.offsets[s]
+            if not picked.shape[0]:
+                continue
+            low, high = int(picked[0]), int(picked[-1]) + 1
+            if high - low <= SPAN_SLACK * picked.shape[0]:
+                scores[bounds[s] : bounds[s + 1]] = (segment.vectors[low:high] @ query)[picked - low]
+            else:
+                scores[bounds[s] : bounds[s + 1]] = segment.vectors[picked] @ query
+        return scores
 
 
 class NumpyVectorStore:
@@ -128,6 +158,9 @@ class NumpyVectorStore:
         self._compaction: asyncio.Task[None] | None = None
         self._closing = False
         self.compactions = 0
+        # A hybrid search runs its keyword leg here while its own thread runs the dense product, so a question
+        # costs the longer leg rather than both. One worker per core: more would only queue on the cores.
+        self._keyword_legs = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="keyword-leg")
 
     @property
     def catalog(self) -> Catalog:
@@ -281,7 +314,8 @@ class NumpyVectorStore:
         with self._file_lock(WRITE_LOCK):
             first_key = int(self.catalog.meta("next_key") or 0)  # stable: every writer holds this lock
             keys = np.arange(first_key, first_key + len(chunks), dtype=np.int64)
-            name = write_segment(self.directory, vectors, keys)
+            order = grouped_by_tenant(keys, [tenant_of(chunk.metadata) for chunk in chunks])
+            name = write_segment(self.directory, vectors[order], keys[order])
             try:
                 self.keywords.add(first_key, chunks)  # before the catalog: whatever it commits is searchable
                 with self.catalog.transaction() as conn:
@@ -375,15 +409,23 @@ class NumpyVectorStore:
             if plan is None:
                 return False
             inputs = snap.segments[plan[0] : plan[1]]
-            parts, kept_keys, dropped = [], [], []
+            kept_rows, kept_keys, tenants, dropped = [], [], [], []
+            first_row = 0
             for segment, dead in zip(inputs, snap.dead[plan[0] : plan[1]], strict=True):
                 keep = np.ones(segment.rows, dtype=bool)
                 keep[dead] = False
-                parts.append((segment.vectors, keep))
-                kept_keys.append(segment.keys[keep])
+                kept = np.flatnonzero(keep)
+                kept_rows.append(kept + first_row)
+                kept_keys.append(segment.keys[kept])
+                tenants.append(segment.tenants(self.catalog.field_values)[kept])
                 dropped.append(segment.keys[dead])
+                first_row += segment.rows
             keys = np.concatenate(kept_keys)
-            name = write_merged_segment(self.directory, parts, keys) if keys.shape[0] else None
+            order = grouped_by_tenant(keys, np.concatenate(tenants))  # the merged rows grouped by tenant again
+            name = None
+            if keys.shape[0]:
+                sources = [segment.vectors for segment in inputs]
+                name = write_merged_segment(self.directory, sources, np.concatenate(kept_rows)[order], keys[order])
             with self._file_lock(WRITE_LOCK):
                 try:
                     with self.catalog.transaction() as conn:
@@ -392,7 +434,7 @@ class NumpyVectorStore:
                         if conn.execute(f"DELETE FROM segments WHERE id IN ({marks})", ids).rowcount != len(ids):
                             raise StoreCorrupt("segments being merged vanished from the catalog")
                         if name is not None:
-                            self.catalog.insert_segment(conn, name, int(keys[0]), int(keys[-1]), keys.shape[0])
+                            self.catalog.insert_segment(conn, name, int(keys.min()), int(keys.max()), keys.shape[0])
                         dropped_keys = np.concatenate(dropped).tolist()
                         conn.executemany("DELETE FROM tombstones WHERE key = ?", ((k,) for k in dropped_keys))
                         self.catalog.bump(conn)
@@ -430,7 +472,7 @@ class NumpyVectorStore:
         if eligible is not None:
             rows = np.flatnonzero(eligible)
             if rows.shape[0] < GATHER_BELOW * snap.rows:  # score only the rows the filter keeps
-                return rows, snap.vectors_of(rows) @ query
+                return rows, snap.scores_of(rows, query)
         scores = np.empty(snap.rows, dtype=np.float32)
         for segment, start in zip(snap.segments, snap.offsets.tolist(), strict=False):
             np.matmul(segment.vectors, query, out=scores[start : start + segment.rows])
@@ -486,8 +528,13 @@ class NumpyVectorStore:
             return self._hits(snap, [(row, score, ("keyword",), score, None) for row, score in by_bm25])
         if request.vector is None:
             raise ValueError(f"{request.mode} search needs a query vector")
-        rows, scores = self._dense(snap, request.vector, eligible)
         pool = request.top_k if request.mode == "dense" else max(request.top_k, HYBRID_POOL)
+        keyword_leg = (  # started first: it needs nothing from the dense leg, and both release the GIL
+            self._keyword_legs.submit(self._keyword, snap, request.text, pool, request.filters, eligible)
+            if request.mode == "hybrid"
+            else None
+        )
+        rows, scores = self._dense(snap, request.vector, eligible)
         rows, scores = self._best(rows, scores, pool)
         floor = request.threshold
         if request.mode == "dense":
@@ -501,7 +548,8 @@ class NumpyVectorStore:
                 return []  # hybrid: no chunk is similar enough, the question is off-topic
             rows, scores = rows[scores >= floor], scores[scores >= floor]  # the dense leg's candidates pass its bar
         dense = {int(r): float(s) for r, s in zip(rows.tolist(), scores.tolist(), strict=True)}
-        keyword = self._keyword(snap, request.text, pool, request.filters, eligible)
+        assert keyword_leg is not None
+        keyword = keyword_leg.result()
         only_keyword = [row for row in keyword if row not in dense]
         similarity = dict(dense)
         if only_keyword:  # their similarity is known too: score them, so both legs rank every candidate
@@ -543,6 +591,7 @@ class NumpyVectorStore:
         async with self._write_lock:  # an in-flight write finishes: it is acknowledged only once durable
             if self._compaction is not None:
                 await asyncio.gather(self._compaction, return_exceptions=True)
+            self._keyword_legs.shutdown(wait=True)
             if self._keywords is not None:
                 self._keywords.close()
                 self._keywords = None

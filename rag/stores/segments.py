@@ -1,8 +1,13 @@
 """Vector segments of the embedded store: immutable `.npy` files, memory-mapped, and the plan for merging them.
 
 A segment is two files written once and never changed: `seg-<name>.npy` (float32 rows, one per chunk) and
-`seg-<name>.keys.npy` (each row's chunk key, int64, ascending). Keys only grow, and only adjacent segments are
-merged, so the segments, in key order, also hold every key in ascending order: a key is found with a binary search.
+`seg-<name>.keys.npy` (each row's chunk key, int64). Rows are grouped by tenant (`orgId`), in ascending key order
+within a tenant, so a tenant's rows in a segment are one contiguous slice: its dense search is a product over that
+slice, with nothing gathered first. Segments written before the grouping hold their rows in key order; both read
+the same way.
+
+Keys only grow, and only adjacent segments are merged, so each segment holds one range of keys and the segments, in
+key order, never overlap: a key is found by a binary search over each segment's keys sorted once at open.
 The catalog decides which segments exist; a file it does not name is a leftover of a crash and is removed.
 """
 
@@ -21,6 +26,7 @@ import numpy as np
 
 from rag.durable import fsync_path
 from rag.filters import MISSING, Filters, ValueIndex, filter_mask
+from rag.types import TENANT_KEY
 
 PREFIX = "seg-"
 
@@ -51,33 +57,46 @@ def segment_files(directory: Path, name: str) -> tuple[Path, Path]:
     return directory / f"{PREFIX}{name}.npy", directory / f"{PREFIX}{name}.keys.npy"
 
 
+def grouped_by_tenant(keys: np.ndarray, tenants: Sequence[Hashable | None] | np.ndarray) -> np.ndarray:
+    """The order to write rows in: grouped by tenant (rows without a string tenant form one group), ascending keys
+    within each group."""
+    codes: dict[str, int] = {}
+    group = np.fromiter(
+        (codes.setdefault(t, len(codes)) if isinstance(t, str) else -1 for t in tenants), np.int64, len(tenants)
+    )
+    return np.lexsort((keys, group))
+
+
 def write_segment(directory: Path, vectors: np.ndarray, keys: np.ndarray) -> str:
-    """Write a new segment's two files durably (files and directory fsynced); returns its name."""
-    return write_merged_segment(directory, [(vectors, None)], np.ascontiguousarray(keys, dtype=np.int64))
+    """Write a new segment's two files durably (files and directory fsynced), rows as given; returns its name."""
+    return write_merged_segment(directory, [vectors], np.arange(len(keys)), np.ascontiguousarray(keys, dtype=np.int64))
 
 
 def write_merged_segment(
-    directory: Path, parts: Sequence[tuple[np.ndarray, np.ndarray | None]], keys: np.ndarray, block: int = 65_536
+    directory: Path, sources: Sequence[np.ndarray], rows: np.ndarray, keys: np.ndarray, block: int = 65_536
 ) -> str:
-    """Write the rows of `parts` (each a matrix and an optional boolean mask of the rows to keep) as one segment.
+    """Write one segment whose i-th row is row `rows[i]` of the sources stacked one after another (rows may skip
+    and reorder them), with `keys[i]` as its key.
 
     Rows are copied block by block into a memory-mapped file, so merging segments of a million rows needs no more
     RAM than one block."""
+    if rows.shape != keys.shape:
+        raise ValueError(f"segment of {rows.shape[0]} rows for {keys.shape[0]} keys")
     name = uuid.uuid4().hex
     vectors_path, keys_path = segment_files(directory, name)
-    dimension = parts[0][0].shape[1]
+    starts = np.cumsum([0, *(source.shape[0] for source in sources)])
     with _replacing(vectors_path) as tmp:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(keys), dimension))
-        row = 0
-        for matrix, keep in parts:
-            for start in range(0, matrix.shape[0], block):
-                rows = matrix[start : start + block]
-                if keep is not None:
-                    rows = rows[keep[start : start + block]]
-                out[row : row + rows.shape[0]] = rows
-                row += rows.shape[0]
-        if row != len(keys):
-            raise ValueError(f"segment of {row} rows for {len(keys)} keys")
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(keys), sources[0].shape[1]))
+        for first in range(0, rows.shape[0], block):
+            wanted = rows[first : first + block]
+            source_of = np.searchsorted(starts, wanted, side="right") - 1
+            for s in np.unique(source_of):
+                picked = np.flatnonzero(source_of == s)
+                local = wanted[picked] - starts[s]
+                if picked.shape[0] == wanted.shape[0] and bool(np.all(np.diff(local) == 1)):
+                    out[first : first + len(local)] = sources[s][local[0] : local[-1] + 1]  # a run: no gather
+                else:
+                    out[first + picked] = sources[s][local]
         out.flush()
         del out
     _save_atomic(keys_path, keys)
@@ -109,7 +128,9 @@ class Segment:
     id: int
     name: str
     vectors: np.ndarray
-    keys: np.ndarray
+    keys: np.ndarray  # each row's chunk key, in row order
+    by_key: np.ndarray  # the rows in ascending key order
+    sorted_keys: np.ndarray  # keys[by_key]
     # metadata field -> value -> local row positions; built on the first filter on that field, kept for the
     # segment's life (a segment never changes, so neither do its indexes)
     _indexes: dict[str, ValueIndex] = field(default_factory=dict)
@@ -121,7 +142,8 @@ class Segment:
         keys = np.load(keys_path, allow_pickle=False)
         if vectors.ndim != 2 or keys.shape != (vectors.shape[0],):
             raise ValueError(f"segment {name}: {vectors.shape[0]} vectors but {keys.shape[0]} keys")
-        return cls(segment_id, name, vectors, keys)
+        by_key = np.argsort(keys, kind="stable")  # linear on a run per tenant: a merge of sorted runs
+        return cls(segment_id, name, vectors, keys, by_key, keys[by_key])
 
     @property
     def rows(self) -> int:
@@ -129,11 +151,15 @@ class Segment:
 
     @property
     def first_key(self) -> int:
-        return int(self.keys[0])
+        return int(self.sorted_keys[0])
 
     @property
     def last_key(self) -> int:
-        return int(self.keys[-1])
+        return int(self.sorted_keys[-1])
+
+    def rows_of(self, keys: np.ndarray) -> np.ndarray:
+        """Local rows of keys this segment holds (every key must be one of its own)."""
+        return self.by_key[np.searchsorted(self.sorted_keys, keys)]
 
     def value_index(self, key: str, values_of: ValuesOf) -> ValueIndex:
         index = self._indexes.get(key)
@@ -144,7 +170,7 @@ class Segment:
             for chunk_key, value in values_of(key, self.first_key, self.last_key):
                 chunk_keys.append(chunk_key)
                 values.append(value)
-            positions = np.searchsorted(self.keys, np.asarray(chunk_keys, dtype=np.int64))
+            positions = self.rows_of(np.asarray(chunk_keys, dtype=np.int64))
             present = np.zeros(self.rows, dtype=bool)
             for position, value in zip(positions.tolist(), values, strict=True):
                 present[position] = True
@@ -154,6 +180,14 @@ class Segment:
             index[MISSING] = np.flatnonzero(~present)
             self._indexes[key] = index
         return index
+
+    def tenants(self, values_of: ValuesOf) -> np.ndarray:
+        """Each row's tenant (its `orgId` when that is a string, else None), in row order."""
+        tenants = np.full(self.rows, None, dtype=object)
+        for value, positions in self.value_index(TENANT_KEY, values_of).items():
+            if isinstance(value, str):
+                tenants[positions] = value
+        return tenants
 
     def mask(self, filters: Filters, values_of: ValuesOf) -> np.ndarray:
         """The rows whose chunk satisfies every filter, as a boolean mask."""
