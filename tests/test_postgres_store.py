@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import uuid
 from pathlib import Path
@@ -12,20 +13,19 @@ import numpy as np
 import pytest
 
 from rag.stores import SearchRequest
-from rag.stores.postgres_store import PostgresVectorStore
+from rag.stores.postgres_store import PostgresVectorStore, exact_tenant_scan
 from rag.types import Chunk
 
 DIM = 16
 
 
-async def test_a_small_tenant_gets_k_rows_even_when_the_index_scan_gives_up_early(pg_dsn: str, tmp_path: Path) -> None:
-    """pgvector's iterative scan stops after hnsw.max_scan_tuples; a tenant of 7 rows among 3,000 would then come
-    back short. The store falls back to an exact scan of the tenant's rows."""
+async def test_a_rare_filter_gets_k_rows_even_when_the_index_scan_gives_up_early(pg_dsn: str, tmp_path: Path) -> None:
+    """pgvector's iterative scan stops after hnsw.max_scan_tuples; a filter that keeps 8 rows among 3,000 would then
+    come back short. The store falls back to an exact scan of the filtered rows."""
     await (await PostgresVectorStore.open(pg_dsn, "toy", DIM, tmp_path / "keywords")).aclose()  # creates the schema
     conn = await asyncpg.connect(pg_dsn)
     database = await conn.fetchval("SELECT current_database()")
     # Make the planner take the HNSW index (as it does on a large table) and let the scan give up early.
-    await conn.execute("DROP INDEX rag_chunks_by_org")
     await conn.execute(f'ALTER DATABASE "{database}" SET enable_seqscan = off')
     await conn.execute(f'ALTER DATABASE "{database}" SET hnsw.max_scan_tuples = 20')
     await conn.close()
@@ -34,15 +34,63 @@ async def test_a_small_tenant_gets_k_rows_even_when_the_index_scan_gives_up_earl
     vectors = rng.normal(size=(3000, DIM)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     chunks = [
-        Chunk(f"d{i}:0", f"d{i}", f"text {i}", {"orgId": "small" if i % 400 == 0 else "big"}) for i in range(3000)
+        Chunk(f"d{i}:0", f"d{i}", f"text {i}", {"group": "small" if i % 400 == 0 else "big"}) for i in range(3000)
     ]
     await store.upsert(chunks, vectors)
-    query = vectors[1]  # a big tenant's vector: the small tenant's rows are far from it
-    hits = await store.search(SearchRequest("", query, 5, {"orgId": "small"}, mode="dense"))
-    assert len(hits) == 5 and {h.chunk.metadata["orgId"] for h in hits} == {"small"}
+    query = vectors[1]  # a big group's vector: the small group's rows are far from it
+    hits = await store.search(SearchRequest("", query, 5, {"group": "small"}, mode="dense"))
+    assert len(hits) == 5 and {h.chunk.metadata["group"] for h in hits} == {"small"}
     small = [i for i in range(3000) if i % 400 == 0]
     expected = sorted(small, key=lambda i: -float(vectors[i] @ query))[:5]
     assert [h.chunk.document_id for h in hits] == [f"d{i}" for i in expected]
+    await store.aclose()
+
+
+async def index_scans(conn: asyncpg.Connection, index: str, before: int = -1) -> int:
+    """The index's scan count once the statistics show more than `before` (they are flushed about once a second)."""
+    for _ in range(100):
+        scans = int(await conn.fetchval("SELECT idx_scan FROM pg_stat_user_indexes WHERE indexrelname = $1", index))
+        if scans > before:
+            return scans
+        await asyncio.sleep(0.1)
+    return scans
+
+
+@pytest.mark.parametrize(
+    ("tenant", "total", "exact"),
+    [(20_000, 1_000_000, True), (100_000, 1_000_000, False), (30, 3_000, True), (2_970, 3_000, False), (0, 0, True)],
+)
+def test_a_tenant_is_scored_exactly_while_that_costs_less_than_hnsw(tenant: int, total: int, exact: bool) -> None:
+    assert exact_tenant_scan(tenant, total, 100) is exact
+
+
+async def test_a_small_tenant_is_scored_exactly_from_the_index_holding_its_vectors(pg_dsn: str, tmp_path: Path) -> None:
+    """A tenant's dense leg costs in proportion to the tenant while it is small: every one of its chunks is scored
+    from the B-tree that holds the tenant's vectors side by side (exact, no HNSW scan). Which plan PostgreSQL takes
+    for a large tenant is its own choice on 3,000 rows; the rule that sends it to HNSW is tested above."""
+    conn = await asyncpg.connect(pg_dsn)
+    # On 3,000 rows the planner would rather read the table; make it choose among the indexes, as on a large one.
+    await conn.execute(f'ALTER DATABASE "{await conn.fetchval("SELECT current_database()")}" SET enable_seqscan = off')
+    store = await PostgresVectorStore.open(pg_dsn, "toy", DIM, tmp_path / "keywords")
+    rng = np.random.default_rng(4)
+    vectors = rng.normal(size=(3000, DIM)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    chunks = [
+        Chunk(f"d{i}:0", f"d{i}", f"text {i}", {"orgId": "small" if i % 100 == 0 else "big"}) for i in range(3000)
+    ]
+    await store.upsert(chunks, vectors)
+    await conn.execute("VACUUM rag_chunks")  # all-visible pages: the scan needs no heap page
+    by_org, hnsw = "rag_chunks_by_org_with_vectors", "rag_chunks_embedding"
+    seen = {index: await index_scans(conn, index) for index in (by_org, hnsw)}
+    query = vectors[1]
+    hits = await store.search(SearchRequest("", query, 5, {"orgId": "small"}, mode="dense"))
+    expected = sorted(range(0, 3000, 100), key=lambda i: -float(vectors[i] @ query))[:5]
+    assert [h.chunk.document_id for h in hits] == [f"d{i}" for i in expected]
+    seen[by_org] = await index_scans(conn, by_org, seen[by_org])
+    assert await index_scans(conn, hnsw, seen[hnsw]) == seen[hnsw]  # HNSW was not asked
+    hits = await store.search(SearchRequest("", query, 5, {"orgId": "big"}, mode="dense"))
+    assert len(hits) == 5 and {h.chunk.metadata["orgId"] for h in hits} == {"big"}
+    await conn.close()
     await store.aclose()
 
 

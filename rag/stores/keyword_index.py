@@ -107,6 +107,11 @@ class KeywordIndex:
         """Documents in the index as last reloaded (the live chunks, plus leftovers a snapshot filters out)."""
         return int(self._index.searcher().num_docs)
 
+    def tenant_count(self, org_id: str) -> int:
+        """About how many chunks the organisation holds (deleted ones count until a merge drops them): enough to
+        choose how to search them."""
+        return int(self._index.searcher().doc_freq("tenant", org_id))
+
     def reload(self) -> None:
         """See what the last commit (of any process) holds."""
         self._index.reload()
