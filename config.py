@@ -234,6 +234,13 @@ class Settings(BaseSettings):
     )
     pg_ef_search: int = Field(100, ge=10, le=1000, description="HNSW candidates per search (recall against speed).")
     pg_pool_size: int = Field(10, ge=1, le=200, description="Connections each replica keeps to PostgreSQL.")
+    pg_bulk_index_memory: str = Field(
+        "1GB",
+        pattern=r"^[1-9][0-9]*(kB|MB|GB)$",
+        description="maintenance_work_mem for building the search indexes at the end of a bulk load "
+        "(python -m rag.ingest.bulk). Fit the HNSW graph: it holds every vector (1.5 GB a million "
+        "384-dimension chunks) and their links; one that does not fit builds far more slowly.",
+    )
     retrieval_mode: Literal["hybrid", "dense", "keyword"] = Field(
         "hybrid",
         description="'hybrid' (dense and BM25 keyword legs fused), 'dense' (cosine only) or 'keyword' (BM25 only).",

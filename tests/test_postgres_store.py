@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from rag.stores import SearchRequest
-from rag.stores.postgres_store import PostgresVectorStore, exact_tenant_scan
+from rag.stores.postgres_store import SEARCH_INDEXES, PostgresVectorStore, exact_tenant_scan
 from rag.types import Chunk
 
 DIM = 16
@@ -92,6 +92,100 @@ async def test_a_small_tenant_is_scored_exactly_from_the_index_holding_its_vecto
     assert len(hits) == 5 and {h.chunk.metadata["orgId"] for h in hits} == {"big"}
     await conn.close()
     await store.aclose()
+
+
+# --- bulk loads ----------------------------------------------------------------------------------------------------
+
+
+async def search_indexes(pg_dsn: str) -> set[str]:
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        rows = await conn.fetch("SELECT indexname FROM pg_indexes WHERE tablename = 'rag_chunks'")
+    finally:
+        await conn.close()
+    return {row["indexname"] for row in rows} & set(SEARCH_INDEXES)
+
+
+def tenant_corpus(seed: int, n: int, first: int = 0) -> tuple[list[Chunk], np.ndarray]:
+    vectors = np.random.default_rng(seed).normal(size=(n, DIM)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    chunks = [
+        Chunk(f"d{i}:0", f"d{i}", f"word{i % 7} text {i}", {"orgId": f"t{i % 3}"}) for i in range(first, first + n)
+    ]
+    return chunks, vectors
+
+
+async def test_a_bulk_load_builds_the_search_indexes_once_at_its_end(pg_dsn: str, tmp_path: Path) -> None:
+    """During the load the indexes are gone and every search is still exact and complete, including another
+    replica's adds; at its end both indexes exist again and the searches find the same."""
+    store = await PostgresVectorStore.open(pg_dsn, "toy", DIM, tmp_path / "a")
+    other = await PostgresVectorStore.open(pg_dsn, "toy", DIM, tmp_path / "b")
+    chunks, vectors = tenant_corpus(5, 600)
+    query = vectors[0] * -1
+    async with store.bulk_load(index_memory="64MB"):
+        assert await search_indexes(pg_dsn) == set()
+        await store.upsert(chunks[:300], vectors[:300])
+        await other.upsert(chunks[300:], vectors[300:])  # another replica's add during the load
+        during = await other.search(SearchRequest("word3", query, 10, {"orgId": "t1"}, mode="dense"))
+        found = await store.search(SearchRequest("word3", None, 400, mode="keyword"))
+        assert {h.chunk.id for h in found} == {c.id for c in chunks if c.text.startswith("word3")}
+    assert await search_indexes(pg_dsn) == set(SEARCH_INDEXES)
+    in_t1 = [i for i in range(600) if i % 3 == 1]
+    expected = [f"d{i}:0" for i in sorted(in_t1, key=lambda i: -float(vectors[i] @ query))[:10]]
+    assert [h.chunk.id for h in during] == expected
+    after = await store.search(SearchRequest("word3", query, 10, {"orgId": "t1"}, mode="dense"))
+    assert [h.chunk.id for h in after] == expected
+    await store.refresh()
+    assert store.count == 600
+    await other.aclose()
+    await store.aclose()
+
+
+async def test_a_bulk_load_that_fails_keeps_its_adds_and_builds_the_indexes(pg_dsn: str, tmp_path: Path) -> None:
+    store = await PostgresVectorStore.open(pg_dsn, "toy", DIM, tmp_path / "a")
+    chunks, vectors = tenant_corpus(6, 50)
+    with pytest.raises(RuntimeError, match="the source ran dry"):
+        async with store.bulk_load(index_memory="64MB"):
+            await store.upsert(chunks, vectors)
+            raise RuntimeError("the source ran dry")
+    assert await search_indexes(pg_dsn) == set(SEARCH_INDEXES)
+    await store.refresh()
+    assert store.count == 50
+    await store.aclose()
+
+
+async def test_one_bulk_load_at_a_time_and_a_start_rebuilds_what_a_dead_one_dropped(
+    pg_dsn: str, tmp_path: Path
+) -> None:
+    store = await PostgresVectorStore.open(pg_dsn, "toy", DIM, tmp_path / "a")
+    chunks, vectors = tenant_corpus(7, 40)
+    await store.upsert(chunks, vectors)
+    second_entered = asyncio.Event()
+
+    async def second_load() -> None:
+        async with store.bulk_load(index_memory="64MB"):
+            second_entered.set()
+
+    async with store.bulk_load(index_memory="64MB"):
+        waiting = asyncio.create_task(second_load())
+        await asyncio.sleep(1)
+        assert not second_entered.is_set()  # the second load waits for the first
+        # A replica starting meanwhile leaves the indexes to the load that is running
+        await (await PostgresVectorStore.open(pg_dsn, "toy", DIM, tmp_path / "b")).aclose()
+        assert await search_indexes(pg_dsn) == set()
+    await asyncio.wait_for(waiting, 30)
+    assert second_entered.is_set() and await search_indexes(pg_dsn) == set(SEARCH_INDEXES)
+    await store.aclose()
+    # A load whose process died: its session ended, its lock with it, and the indexes stayed dropped
+    conn = await asyncpg.connect(pg_dsn)
+    for name in SEARCH_INDEXES:
+        await conn.execute(f"DROP INDEX {name}")
+    await conn.close()
+    reopened = await PostgresVectorStore.open(pg_dsn, "toy", DIM, tmp_path / "a")
+    assert await search_indexes(pg_dsn) == set(SEARCH_INDEXES)
+    hits = await reopened.search(SearchRequest("", vectors[3], 1, mode="dense"))
+    assert hits[0].chunk.id == chunks[3].id
+    await reopened.aclose()
 
 
 async def test_an_unreachable_database_is_store_unavailable(pg_dsn: str, tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
@@ -42,12 +43,22 @@ from rag.types import Chunk, DocumentSummary, Hit, tenant_of
 logger = logging.getLogger(__name__)
 
 SCHEMA_LOCK = 0x52414701  # pg_advisory_xact_lock key for migrations ("RAG" 1)
+BULK_LOCK = 0x52414702  # held (session level) by the one bulk load at a time
 HYBRID_POOL = 100
 # A tenant's dense leg: scoring all T of its chunks (an index-only scan, about 0.7 us a chunk) against HNSW, which
 # passes over the other tenants' neighbours to find k of its own, about k * N / T candidates at 9.4 us each (a heap
 # and a TOAST page): measured at 1M chunks, a tenant of 20,000: 13.9 against 47 ms. Exact wins while
 # T * T <= 13 * k * N, so the cost follows the tenant's size where it is small, and large tenants keep the index.
 EXACT_TENANT_FACTOR = 13
+
+# The indexes that searches use and adds maintain: a bulk load drops them and builds them once at its end, and a
+# start-up finding one missing (a bulk load that died) builds it again.
+SEARCH_INDEXES = {
+    "rag_chunks_embedding": "CREATE INDEX rag_chunks_embedding ON rag_chunks USING hnsw (embedding vector_cosine_ops)",
+    "rag_chunks_by_org_with_vectors": (
+        "CREATE INDEX rag_chunks_by_org_with_vectors ON rag_chunks (org_id) INCLUDE (key, embedding)"
+    ),
+}
 
 # Each entry migrates from the previous version; `{dim}` is the embedding dimension, fixed at creation.
 MIGRATIONS = [
@@ -83,10 +94,7 @@ MIGRATIONS = [
     # 3: each organisation's vectors side by side in a B-tree, so scoring all of a tenant's chunks reads its own
     # index pages (an index-only scan) instead of a heap page and a TOAST page per chunk; it serves the lookups
     # by organisation the index it replaces did
-    """
-    CREATE INDEX rag_chunks_by_org_with_vectors ON rag_chunks (org_id) INCLUDE (key, embedding);
-    DROP INDEX rag_chunks_by_org;
-    """,
+    SEARCH_INDEXES["rag_chunks_by_org_with_vectors"] + "; DROP INDEX rag_chunks_by_org;",
 ]
 
 # What a lost or refused connection raises, in asyncpg and below it
@@ -113,6 +121,10 @@ async def pooled_connection(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connect
 def exact_tenant_scan(tenant_rows: int, total_rows: int, k: int) -> bool:
     """Whether a tenant's k nearest chunks cost less found by scoring all of them than through HNSW."""
     return tenant_rows * tenant_rows <= EXACT_TENANT_FACTOR * k * max(total_rows, tenant_rows)
+
+
+def _log_notice(conn: asyncpg.Connection, message: asyncpg.PostgresLogMessage) -> None:
+    logger.warning("bulk load: PostgreSQL says: %s", message.message)
 
 
 def _chunk(row: asyncpg.Record) -> Chunk:
@@ -169,8 +181,8 @@ class PostgresVectorStore:
         await store.refresh()
         return store
 
-    @staticmethod
-    async def _migrate(conn: asyncpg.Connection, embedding_model: str, dimension: int) -> str:
+    @classmethod
+    async def _migrate(cls, conn: asyncpg.Connection, embedding_model: str, dimension: int) -> str:
         """Create or migrate the schema, check the identity; returns the store's id."""
         async with conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", SCHEMA_LOCK)
@@ -192,7 +204,20 @@ class PostgresVectorStore:
                     f"(dimension {identity.get('dimension')}), but this service embeds with {embedding_model!r} "
                     f"(dimension {dimension}). Use another database, or set EMBEDDING_MODEL back."
                 )
+            await cls._restore_search_indexes(conn)
             return str(await conn.fetchval("SELECT value FROM rag_meta WHERE key = 'store_id'"))
+
+    @staticmethod
+    async def _restore_search_indexes(conn: asyncpg.Connection) -> None:
+        """Build a search index a bulk load dropped and did not live to build again; a load still running
+        (holding BULK_LOCK) builds its own at its end."""
+        present = await conn.fetch("SELECT indexname FROM pg_indexes WHERE tablename = 'rag_chunks'")
+        missing = [name for name in SEARCH_INDEXES if name not in {row["indexname"] for row in present}]
+        if not missing or not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", BULK_LOCK):
+            return
+        for name in missing:
+            logger.warning("index %s is missing (a bulk load that did not finish); building it", name)
+            await conn.execute(SEARCH_INDEXES[name])
 
     def _connection(self) -> AbstractAsyncContextManager[asyncpg.Connection]:
         return pooled_connection(self._pool)
@@ -216,6 +241,37 @@ class PostgresVectorStore:
         self._counts = (int(row["chunks"]), int(row["documents"]))
 
     # --- writing ---------------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def bulk_load(self, index_memory: str = "1GB") -> AsyncIterator[None]:
+        """Load many adds at once: the search indexes are dropped on entry and built once, over every row, on
+        exit (also after an error: what was added stays). Building an HNSW graph at once is several times faster
+        than growing it one insert at a time, which is what bounds ingestion into a large store.
+
+        Meanwhile, adds from every replica go on as usual, and searches stay correct but read the whole table.
+        One load at a time: a second waits for the first. `index_memory` is the build's `maintenance_work_mem`;
+        a graph that outgrows it is finished far more slowly, and PostgreSQL says so (logged as a warning).
+        """
+        async with self._connection() as conn:
+            await conn.execute("SELECT pg_advisory_lock($1)", BULK_LOCK)
+            try:
+                for name in SEARCH_INDEXES:
+                    await conn.execute(f"DROP INDEX IF EXISTS {name}")
+                try:
+                    yield
+                finally:
+                    await conn.execute("SELECT set_config('maintenance_work_mem', $1, false)", index_memory)
+                    conn.add_log_listener(_log_notice)  # pgvector says when the graph outgrew index_memory
+                    try:
+                        for name, create in SEARCH_INDEXES.items():
+                            started = time.perf_counter()
+                            await conn.execute(create.replace("CREATE INDEX", "CREATE INDEX IF NOT EXISTS", 1))
+                            logger.info("bulk load: %s built in %.0f s", name, time.perf_counter() - started)
+                    finally:
+                        conn.remove_log_listener(_log_notice)
+                        await conn.execute("RESET maintenance_work_mem")
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock($1)", BULK_LOCK)
 
     async def upsert(self, chunks: list[Chunk], vectors: np.ndarray, org_id: str | None = None) -> None:
         if vectors.shape != (len(chunks), self.dimension):

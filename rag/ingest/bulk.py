@@ -1,0 +1,141 @@
+"""Load a large corpus in one run: `python -m rag.ingest.bulk documents.jsonl` (`-` reads standard input).
+
+Each line is one document, `{"text": "...", "id": "...", "metadata": {...}}`; `id` and `metadata` may be left out,
+but with ids a second run replaces what the first stored instead of storing it twice. Documents are chunked and
+embedded as the API's adds are, with the service's settings (`.env`), and stored in batches.
+
+On PostgreSQL the whole run is one bulk load (`PostgresVectorStore.bulk_load`): the search indexes are dropped,
+the batches are stored, and the indexes are built once at the end, several times faster than growing an HNSW graph
+one insert at a time (`docs/deployment.md`, "Loading a large corpus"). Replicas keep serving meanwhile, with exact
+and slower dense searches. The embedded store needs no such mode: its adds already cost about what writing the
+vectors does.
+
+A line that is not a document stops the run with its number, exit status 2; the documents before it stay stored
+(and on PostgreSQL the indexes are still built).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AbstractAsyncContextManager
+from typing import IO, Any
+
+from config import Settings, get_settings
+from rag.embedders.factory import build_embedder
+from rag.errors import InvalidRequest, RAGError
+from rag.ingest.indexer import Indexer
+from rag.stores import VectorStore, open_store
+
+PROGRESS_SECONDS = 10.0
+
+
+class BadLine(InvalidRequest):
+    """A line of the input that is not a document."""
+
+
+def documents(lines: IO[str]) -> Iterator[tuple[int, str, str | None, dict[str, Any] | None]]:
+    """(line number, text, id, metadata) of each non-blank line; BadLine names the first that is not a document."""
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            document = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise BadLine(f"line {number}: not JSON ({exc.msg})") from None
+        if not isinstance(document, dict) or not isinstance(document.get("text"), str):
+            raise BadLine(f'line {number}: expected an object with a string "text"')
+        doc_id, metadata = document.get("id"), document.get("metadata")
+        if doc_id is not None and not isinstance(doc_id, str):
+            raise BadLine(f'line {number}: "id" must be a string')
+        if metadata is not None and not isinstance(metadata, dict):
+            raise BadLine(f'line {number}: "metadata" must be an object')
+        yield number, document["text"], doc_id, metadata
+
+
+def bulk_mode(store: VectorStore, settings: Settings) -> AbstractAsyncContextManager[None]:
+    """The store's bulk load where it has one (PostgreSQL), else nothing to switch."""
+    bulk_load = getattr(store, "bulk_load", None)
+    if bulk_load is None:
+        return contextlib.nullcontext()
+    mode: AbstractAsyncContextManager[None] = bulk_load(index_memory=settings.pg_bulk_index_memory)
+    return mode
+
+
+async def batches(
+    source: Iterator[tuple[int, str, str | None, dict[str, Any] | None]], size: int
+) -> AsyncIterator[list[tuple[int, str, str | None, dict[str, Any] | None]]]:
+    batch = []
+    for document in source:
+        batch.append(document)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+async def load(lines: IO[str], settings: Settings, batch_size: int) -> tuple[int, int]:
+    """Store every document of `lines`; returns (documents, chunks)."""
+    embedder = await build_embedder(settings)
+    store = await open_store(settings, embedder.model_name, embedder.dimension)
+    indexer = Indexer(embedder, store, settings.chunk_size, settings.chunk_overlap)
+    stored = chunks = 0
+    started = reported = time.monotonic()
+    try:
+        async with bulk_mode(store, settings):
+            async for batch in batches(documents(lines), batch_size):
+                first, last = batch[0][0], batch[-1][0]
+                try:
+                    added = await indexer.add(
+                        [text for _, text, _, _ in batch],
+                        [metadata or {} for *_, metadata in batch],
+                        [doc_id or uuid.uuid4().hex for _, _, doc_id, _ in batch],
+                    )
+                except InvalidRequest as exc:
+                    raise BadLine(f"lines {first}-{last}: {exc}") from None
+                stored += len(added)
+                chunks += sum(document.chunks for document in added)
+                if time.monotonic() - reported >= PROGRESS_SECONDS:
+                    reported = time.monotonic()
+                    rate = chunks / (reported - started)
+                    print(f"{stored:,} documents, {chunks:,} chunks ({rate:,.0f} chunks/s)", file=sys.stderr)
+            print(f"{stored:,} documents stored; building the search indexes", file=sys.stderr)
+    finally:
+        await store.aclose()
+        await embedder.aclose()
+    return stored, chunks
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("path", help="a JSON Lines file of documents, or - for standard input")
+    parser.add_argument("--batch", type=int, default=256, help="documents per add (default 256)")
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    try:
+        with contextlib.ExitStack() as stack:
+            lines = sys.stdin if args.path == "-" else stack.enter_context(open(args.path, encoding="utf-8"))
+            stored, chunks = asyncio.run(load(lines, get_settings(), max(1, args.batch)))
+    except (OSError, UnicodeDecodeError) as exc:
+        print(f"error: cannot read {args.path}: {exc}", file=sys.stderr)
+        return 2
+    except BadLine as exc:
+        print(f"error: {exc}; the documents before it are stored", file=sys.stderr)
+        return 2
+    except RAGError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    elapsed = time.monotonic() - started
+    print(f"loaded {stored:,} documents ({chunks:,} chunks) in {elapsed:.0f} s", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
