@@ -14,6 +14,7 @@ import asyncpg
 from config import PROJECT_DIR
 from rag.stores import SearchRequest
 from rag.stores.postgres_store import SEARCH_INDEXES, PostgresVectorStore
+from tests.test_postgres_store import search_indexes
 
 TOPICS = ["volcanoes erupt molten rock", "glaciers carve valleys of ice", "coral reefs shelter fish"]
 
@@ -32,15 +33,6 @@ def run_bulk(source: Path, pg_dsn: str, data_dir: Path) -> subprocess.CompletedP
     return subprocess.run(command, cwd=data_dir, env=env, capture_output=True, text=True, timeout=300)
 
 
-async def indexes(pg_dsn: str) -> set[str]:
-    conn = await asyncpg.connect(pg_dsn)
-    try:
-        rows = await conn.fetch("SELECT indexname FROM pg_indexes WHERE tablename = 'rag_chunks'")
-    finally:
-        await conn.close()
-    return {row["indexname"] for row in rows} & set(SEARCH_INDEXES)
-
-
 async def test_a_corpus_is_loaded_in_bulk_and_searchable(pg_dsn: str, tmp_path: Path) -> None:
     lines = [
         json.dumps({"id": f"doc{i}", "text": f"{TOPICS[i % 3]}, note {i}.", "metadata": {"orgId": f"org{i % 2}"}})
@@ -52,7 +44,7 @@ async def test_a_corpus_is_loaded_in_bulk_and_searchable(pg_dsn: str, tmp_path: 
     result = run_bulk(source, pg_dsn, tmp_path)
     assert result.returncode == 0, result.stderr
     assert "loaded 10 documents" in result.stderr
-    assert await indexes(pg_dsn) == set(SEARCH_INDEXES)
+    assert await search_indexes(pg_dsn) == set(SEARCH_INDEXES)
 
     from config import Settings
     from rag.embedders.onnx import OnnxEmbedder
@@ -80,7 +72,7 @@ async def test_a_bad_line_stops_the_load_with_its_number(pg_dsn: str, tmp_path: 
     result = run_bulk(source, pg_dsn, tmp_path)
     assert result.returncode == 2
     assert 'line 7: expected an object with a string "text"' in result.stderr
-    assert await indexes(pg_dsn) == set(SEARCH_INDEXES)  # built even though the run stopped
+    assert await search_indexes(pg_dsn) == set(SEARCH_INDEXES)  # built even though the run stopped
     conn = await asyncpg.connect(pg_dsn)
     stored = await conn.fetchval("SELECT count(*) FROM rag_documents")
     await conn.close()

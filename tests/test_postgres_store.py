@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,15 @@ from rag.types import Chunk
 DIM = 16
 
 
+def corpus(
+    seed: int, n: int, metadata: Callable[[int], dict[str, Any]], text: Callable[[int], str] = "text {}".format
+) -> tuple[list[Chunk], np.ndarray]:
+    """Chunk i of document d{i}, with its text and metadata, and n random unit vectors."""
+    vectors = np.random.default_rng(seed).normal(size=(n, DIM)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    return [Chunk(f"d{i}:0", f"d{i}", text(i), metadata(i)) for i in range(n)], vectors
+
+
 async def test_a_rare_filter_gets_k_rows_even_when_the_index_scan_gives_up_early(pg_dsn: str, tmp_path: Path) -> None:
     """pgvector's iterative scan stops after hnsw.max_scan_tuples; a filter that keeps 8 rows among 3,000 would then
     come back short. The store falls back to an exact scan of the filtered rows."""
@@ -30,12 +40,7 @@ async def test_a_rare_filter_gets_k_rows_even_when_the_index_scan_gives_up_early
     await conn.execute(f'ALTER DATABASE "{database}" SET hnsw.max_scan_tuples = 20')
     await conn.close()
     store = await PostgresVectorStore.open(pg_dsn, "toy", DIM, tmp_path / "keywords")
-    rng = np.random.default_rng(3)
-    vectors = rng.normal(size=(3000, DIM)).astype(np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    chunks = [
-        Chunk(f"d{i}:0", f"d{i}", f"text {i}", {"group": "small" if i % 400 == 0 else "big"}) for i in range(3000)
-    ]
+    chunks, vectors = corpus(3, 3000, lambda i: {"group": "small" if i % 400 == 0 else "big"})
     await store.upsert(chunks, vectors)
     query = vectors[1]  # a big group's vector: the small group's rows are far from it
     hits = await store.search(SearchRequest("", query, 5, {"group": "small"}, mode="dense"))
@@ -72,12 +77,7 @@ async def test_a_small_tenant_is_scored_exactly_from_the_index_holding_its_vecto
     # On 3,000 rows the planner would rather read the table; make it choose among the indexes, as on a large one.
     await conn.execute(f'ALTER DATABASE "{await conn.fetchval("SELECT current_database()")}" SET enable_seqscan = off')
     store = await PostgresVectorStore.open(pg_dsn, "toy", DIM, tmp_path / "keywords")
-    rng = np.random.default_rng(4)
-    vectors = rng.normal(size=(3000, DIM)).astype(np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    chunks = [
-        Chunk(f"d{i}:0", f"d{i}", f"text {i}", {"orgId": "small" if i % 100 == 0 else "big"}) for i in range(3000)
-    ]
+    chunks, vectors = corpus(4, 3000, lambda i: {"orgId": "small" if i % 100 == 0 else "big"})
     await store.upsert(chunks, vectors)
     await conn.execute("VACUUM rag_chunks")  # all-visible pages: the scan needs no heap page
     by_org, hnsw = "rag_chunks_by_org_with_vectors", "rag_chunks_embedding"
@@ -106,13 +106,8 @@ async def search_indexes(pg_dsn: str) -> set[str]:
     return {row["indexname"] for row in rows} & set(SEARCH_INDEXES)
 
 
-def tenant_corpus(seed: int, n: int, first: int = 0) -> tuple[list[Chunk], np.ndarray]:
-    vectors = np.random.default_rng(seed).normal(size=(n, DIM)).astype(np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    chunks = [
-        Chunk(f"d{i}:0", f"d{i}", f"word{i % 7} text {i}", {"orgId": f"t{i % 3}"}) for i in range(first, first + n)
-    ]
-    return chunks, vectors
+def tenant_corpus(seed: int, n: int) -> tuple[list[Chunk], np.ndarray]:
+    return corpus(seed, n, lambda i: {"orgId": f"t{i % 3}"}, lambda i: f"word{i % 7} text {i}")
 
 
 async def test_a_bulk_load_builds_the_search_indexes_once_at_its_end(pg_dsn: str, tmp_path: Path) -> None:
