@@ -6,8 +6,9 @@ one is, and the index holds exactly as many chunks as the catalog.
 
     .venv/bin/python bench/crash.py --runs 20
 
-Adds of one to three documents each make new segments and deletes make tombstones, so the store's background
-compaction merges segments all the time: kills land in adds, in deletes and in merges. After each kill, before the
+Adds of one to three documents each (each in one of three tenants) make new segments and deletes make tombstones,
+so the store's background compaction merges segments all the time, grouping each tenant's rows again: kills land
+in adds, in deletes and in merges. After each kill, before the
 restart, the script counts the segment files no commit names (the work the kill interrupted, which the restart must
 discard) and the merges the killed process had completed.
 
@@ -75,8 +76,12 @@ def writer(url: str, result: RunResult, lock: threading.Lock, stop: threading.Ev
                 continue
             ids = [uuid.uuid4().hex for _ in range(rng.randint(1, 3))]
             texts = [f"crash test document {doc_id} " + "lorem ipsum " * rng.randint(1, 60) for doc_id in ids]
+            # three tenants, mixed within an add: segments are written, and merged, grouped by tenant
+            metadatas = [{"orgId": f"org{rng.randrange(3)}"} for _ in ids]
             try:
-                response = client.post("/api/v1/documents/add", json={"documents": texts, "ids": ids})
+                response = client.post(
+                    "/api/v1/documents/add", json={"documents": texts, "ids": ids, "metadatas": metadatas}
+                )
             except httpx.HTTPError:
                 return  # the server is gone
             if response.status_code == 200:
