@@ -13,6 +13,9 @@ A delete writes tombstones only. A background compaction merges adjacent segment
 `segments.plan_merge`); it writes its new segment outside every lock and takes the write lock only to swap, so
 neither searches nor adds wait for it.
 
+Each segment holds a tenant's rows together (see `segments.py`), so a tenant's dense search is a product over a
+slice per segment; a hybrid search runs its keyword leg in a small thread pool beside the dense product.
+
 Several processes (uvicorn workers) may share the directory: writes take an `flock`, every commit moves a
 generation counter in the catalog, and a search first catches up when the generation moved. Searches read an
 immutable snapshot; each write or catch-up builds a new one and swaps the reference.

@@ -10,10 +10,13 @@ acknowledged add on its next request.
 
 pgvector's HNSW applies a WHERE clause after the index scan, so a filtered top k could come back short; searches
 run with `hnsw.iterative_scan = relaxed_order`, which keeps scanning until k rows pass (pgvector 0.8+), re-sort
-what comes back, and scan a filter's rows exactly when the index scan still gave up early. A search runs in one
-REPEATABLE READ transaction: both legs, and the rows of the keyword leg's hits, come from one snapshot. The schema
-is created and migrated at start-up under an advisory lock, so replicas starting together do it once; a table built
-for another embedding model is refused, as the embedded store refuses one.
+what comes back, and scan a filter's rows exactly when the index scan still gave up early. A small tenant skips
+HNSW altogether: a B-tree on the organisation holds each chunk's key and vector, so all of its chunks are scored
+from the tenant's own index pages. A bulk load (`bulk_load`) drops both indexes and builds them once at its end.
+
+A search runs in one REPEATABLE READ transaction: both legs, and the rows of the keyword leg's hits, come from one
+snapshot. The schema is created and migrated at start-up under an advisory lock, so replicas starting together do
+it once; a table built for another embedding model is refused, as the embedded store refuses one.
 
 A lost connection (PostgreSQL restarting, a network cut) is `StoreUnavailable`, a 503; the pool reconnects by
 itself once the server is back.
