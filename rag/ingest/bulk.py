@@ -23,7 +23,7 @@ import json
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from contextlib import AbstractAsyncContextManager
 from typing import IO, Any
 
@@ -34,13 +34,14 @@ from rag.ingest.indexer import Indexer
 from rag.stores import VectorStore, open_store
 
 PROGRESS_SECONDS = 10.0
+Line = tuple[int, str, str | None, dict[str, Any] | None]  # (line number, text, id, metadata)
 
 
 class BadLine(InvalidRequest):
     """A line of the input that is not a document."""
 
 
-def documents(lines: IO[str]) -> Iterator[tuple[int, str, str | None, dict[str, Any] | None]]:
+def documents(lines: IO[str]) -> Iterator[Line]:
     """(line number, text, id, metadata) of each non-blank line; BadLine names the first that is not a document."""
     for number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -68,9 +69,7 @@ def bulk_mode(store: VectorStore, settings: Settings) -> AbstractAsyncContextMan
     return mode
 
 
-async def batches(
-    source: Iterator[tuple[int, str, str | None, dict[str, Any] | None]], size: int
-) -> AsyncIterator[list[tuple[int, str, str | None, dict[str, Any] | None]]]:
+def batches(source: Iterator[Line], size: int) -> Iterator[list[Line]]:
     batch = []
     for document in source:
         batch.append(document)
@@ -90,7 +89,7 @@ async def load(lines: IO[str], settings: Settings, batch_size: int) -> tuple[int
     started = reported = time.monotonic()
     try:
         async with bulk_mode(store, settings):
-            async for batch in batches(documents(lines), batch_size):
+            for batch in batches(documents(lines), batch_size):
                 first, last = batch[0][0], batch[-1][0]
                 try:
                     added = await indexer.add(

@@ -120,14 +120,6 @@ class _Snapshot:
             found &= self.dead_rows[at] != rows
         return np.where(found, rows, -1)
 
-    def vectors_of(self, rows: np.ndarray) -> np.ndarray:
-        segment_of = np.searchsorted(self.offsets, rows, side="right") - 1
-        out = np.empty((rows.shape[0], self.segments[0].vectors.shape[1]), dtype=np.float32)
-        for s in np.unique(segment_of):
-            picked = segment_of == s
-            out[picked] = self.segments[s].vectors[rows[picked] - self.offsets[s]]
-        return out
-
     def scores_of(self, rows: np.ndarray, query: np.ndarray) -> np.ndarray:
         """Similarities of the given rows (ascending). Where a segment's rows lie close together, as a tenant's do,
         the product runs over their span in place, which costs less than gathering them into a copy first."""
@@ -532,7 +524,7 @@ class NumpyVectorStore:
         if request.vector is None:
             raise ValueError(f"{request.mode} search needs a query vector")
         pool = request.top_k if request.mode == "dense" else max(request.top_k, HYBRID_POOL)
-        keyword_leg = (  # started first: it needs nothing from the dense leg, and both release the GIL
+        keyword_leg = (  # started first: it needs nothing from the dense leg, whose product releases the GIL
             self._keyword_legs.submit(self._keyword, snap, request.text, pool, request.filters, eligible)
             if request.mode == "hybrid"
             else None
@@ -556,8 +548,9 @@ class NumpyVectorStore:
         only_keyword = [row for row in keyword if row not in dense]
         similarity = dict(dense)
         if only_keyword:  # their similarity is known too: score them, so both legs rank every candidate
-            found = snap.vectors_of(np.asarray(only_keyword)) @ request.vector.astype(np.float32)
-            similarity |= dict(zip(only_keyword, found.tolist(), strict=True))
+            needed = np.sort(np.asarray(only_keyword, dtype=np.int64))
+            found = snap.scores_of(needed, request.vector.astype(np.float32))
+            similarity |= dict(zip(needed.tolist(), found.tolist(), strict=True))
         ranked: list[_Ranked] = []
         for row, fused in fuse(similarity, keyword)[: request.top_k]:
             legs = tuple(leg for leg, pool_of in (("dense", dense), ("keyword", keyword)) if row in pool_of)

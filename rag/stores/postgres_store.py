@@ -57,9 +57,11 @@ EXACT_TENANT_FACTOR = 13
 # The indexes that searches use and adds maintain: a bulk load drops them and builds them once at its end, and a
 # start-up finding one missing (a bulk load that died) builds it again.
 SEARCH_INDEXES = {
-    "rag_chunks_embedding": "CREATE INDEX rag_chunks_embedding ON rag_chunks USING hnsw (embedding vector_cosine_ops)",
+    "rag_chunks_embedding": (
+        "CREATE INDEX IF NOT EXISTS rag_chunks_embedding ON rag_chunks USING hnsw (embedding vector_cosine_ops)"
+    ),
     "rag_chunks_by_org_with_vectors": (
-        "CREATE INDEX rag_chunks_by_org_with_vectors ON rag_chunks (org_id) INCLUDE (key, embedding)"
+        "CREATE INDEX IF NOT EXISTS rag_chunks_by_org_with_vectors ON rag_chunks (org_id) INCLUDE (key, embedding)"
     ),
 }
 
@@ -268,7 +270,7 @@ class PostgresVectorStore:
                     try:
                         for name, create in SEARCH_INDEXES.items():
                             started = time.perf_counter()
-                            await conn.execute(create.replace("CREATE INDEX", "CREATE INDEX IF NOT EXISTS", 1))
+                            await conn.execute(create)
                             logger.info("bulk load: %s built in %.0f s", name, time.perf_counter() - started)
                     finally:
                         conn.remove_log_listener(_log_notice)
