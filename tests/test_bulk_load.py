@@ -76,7 +76,8 @@ async def test_a_bad_line_stops_the_load_with_its_number(pg_dsn: str, tmp_path: 
     conn = await asyncpg.connect(pg_dsn)
     stored = await conn.fetchval("SELECT count(*) FROM rag_documents")
     await conn.close()
-    assert stored == 4  # the first batch of 4; the batch holding line 7 was never added
+    assert stored == 6  # every document before line 7: the full batch of 4, then the 2 read before the bad line
+    assert "the documents before line 7 are stored" in result.stderr
 
     source.write_text('{"text": "fine"}\nnot json\n', encoding="utf-8")
     result = run_bulk(source, pg_dsn, tmp_path)

@@ -38,7 +38,11 @@ Line = tuple[int, str, str | None, dict[str, Any] | None]  # (line number, text,
 
 
 class BadLine(InvalidRequest):
-    """A line of the input that is not a document."""
+    """A line of the input that is not a document; every document before `line` is stored."""
+
+    def __init__(self, message: str, line: int) -> None:
+        super().__init__(message)
+        self.line = line
 
 
 def documents(lines: IO[str]) -> Iterator[Line]:
@@ -49,14 +53,14 @@ def documents(lines: IO[str]) -> Iterator[Line]:
         try:
             document = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise BadLine(f"line {number}: not JSON ({exc.msg})") from None
+            raise BadLine(f"line {number}: not JSON ({exc.msg})", number) from None
         if not isinstance(document, dict) or not isinstance(document.get("text"), str):
-            raise BadLine(f'line {number}: expected an object with a string "text"')
+            raise BadLine(f'line {number}: expected an object with a string "text"', number)
         doc_id, metadata = document.get("id"), document.get("metadata")
         if doc_id is not None and not isinstance(doc_id, str):
-            raise BadLine(f'line {number}: "id" must be a string')
+            raise BadLine(f'line {number}: "id" must be a string', number)
         if metadata is not None and not isinstance(metadata, dict):
-            raise BadLine(f'line {number}: "metadata" must be an object')
+            raise BadLine(f'line {number}: "metadata" must be an object', number)
         yield number, document["text"], doc_id, metadata
 
 
@@ -70,12 +74,19 @@ def bulk_mode(store: VectorStore, settings: Settings) -> AbstractAsyncContextMan
 
 
 def batches(source: Iterator[Line], size: int) -> Iterator[list[Line]]:
-    batch = []
-    for document in source:
-        batch.append(document)
-        if len(batch) == size:
+    """The documents in lists of `size`. A bad line ends them: the documents read before it come out as a last,
+    shorter batch, so that they are stored, and then its BadLine is raised."""
+    batch: list[Line] = []
+    try:
+        for document in source:
+            batch.append(document)
+            if len(batch) == size:
+                yield batch
+                batch = []
+    except BadLine:
+        if batch:
             yield batch
-            batch = []
+        raise
     if batch:
         yield batch
 
@@ -98,7 +109,7 @@ async def load(lines: IO[str], settings: Settings, batch_size: int) -> tuple[int
                         [doc_id or uuid.uuid4().hex for _, _, doc_id, _ in batch],
                     )
                 except InvalidRequest as exc:
-                    raise BadLine(f"lines {first}-{last}: {exc}") from None
+                    raise BadLine(f"lines {first}-{last}: {exc}", first) from None
                 stored += len(added)
                 chunks += sum(document.chunks for document in added)
                 if time.monotonic() - reported >= PROGRESS_SECONDS:
@@ -126,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: cannot read {args.path}: {exc}", file=sys.stderr)
         return 2
     except BadLine as exc:
-        print(f"error: {exc}; the documents before it are stored", file=sys.stderr)
+        print(f"error: {exc}; the documents before line {exc.line} are stored", file=sys.stderr)
         return 2
     except RAGError as exc:
         print(f"error: {exc}", file=sys.stderr)
