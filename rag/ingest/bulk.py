@@ -116,7 +116,8 @@ async def load(lines: IO[str], settings: Settings, batch_size: int) -> tuple[int
                     reported = time.monotonic()
                     rate = chunks / (reported - started)
                     print(f"{stored:,} documents, {chunks:,} chunks ({rate:,.0f} chunks/s)", file=sys.stderr)
-            print(f"{stored:,} documents stored; building the search indexes", file=sys.stderr)
+            if hasattr(store, "bulk_load"):  # its indexes are built as the block ends
+                print(f"{stored:,} documents stored; building the search indexes", file=sys.stderr)
     finally:
         await store.aclose()
         await embedder.aclose()
