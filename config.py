@@ -234,6 +234,13 @@ class Settings(BaseSettings):
     )
     pg_ef_search: int = Field(100, ge=10, le=1000, description="HNSW candidates per search (recall against speed).")
     pg_pool_size: int = Field(10, ge=1, le=200, description="Connections each replica keeps to PostgreSQL.")
+    pg_hnsw_ef_construction: int = Field(
+        64,
+        ge=32,
+        le=1000,
+        description="HNSW candidates while linking a chunk into the graph (build speed against recall): what a "
+        "bulk load builds the graph with and adds link with. At least twice the graph's m (16).",
+    )
     pg_bulk_index_memory: str = Field(
         "1GB",
         pattern=r"^[1-9][0-9]*(kB|MB|GB)$",

@@ -3,10 +3,10 @@
     .venv/bin/python bench/keyword_leg.py --embedded 100000 1000000 --postgres 100000
     .venv/bin/python bench/keyword_leg.py --embedded --postgres 1000000 --bulk
 
-The corpus is built from `../shared/datasets/scifact`: every chunk is three sentences drawn at random (seeded) from
-SciFact's abstracts, so it has real words at real frequencies, and belongs to one of 50 tenants; its vector is a
-random unit vector (dense-only speed does not depend on what the vectors mean). The questions are SciFact's 300 test
-claims (`--questions N`: the first N), each with a random query vector. Through the storage protocol, top 5:
+The corpus is `bench/scifact_corpus.py`'s: every chunk is three SciFact sentences drawn at random (seeded), so it
+has real words at real frequencies, belongs to one of 50 tenants, and has a realistic vector (the normalised sum of
+its sentences' embeddings). The questions are SciFact's 300 test claims (`--questions N`: the first N), embedded.
+Through the storage protocol, top 5:
 
 - keyword, hybrid, and hybrid within one tenant of 50: p50 and p95 over the questions;
 - the reference: the bare dense product, a float32 matrix product over the same vectors held in RAM plus
@@ -25,10 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import random
-import re
 import sys
 import tempfile
 import time
@@ -39,45 +36,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.store import DIMENSION, TENANTS, bare_dense_ms, geometric, saved_seconds, unit_rows
-from config import PROJECT_DIR
+from bench.scifact_corpus import Corpus
+from bench.store import DIMENSION, bare_dense_ms, geometric, saved_seconds
 from rag.stores import SearchRequest, VectorStore
-from rag.types import Chunk
 
-SCIFACT = PROJECT_DIR.parent / "shared" / "datasets" / "scifact"
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 WRITERS = 4
 BATCH = 256
 BULK_INDEX_MEMORY = "4GB"  # the HNSW graph of a million 384-dimension chunks, built in memory
-
-
-def sentences() -> list[str]:
-    found: list[str] = []
-    with open(SCIFACT / "corpus.jsonl", encoding="utf-8") as handle:
-        for line in handle:
-            text = json.loads(line).get("text", "")
-            found += [s for s in _SENTENCE_END.split(text) if len(s) > 20]
-    return found
-
-
-def questions() -> list[str]:
-    with open(SCIFACT / "queries.jsonl", encoding="utf-8") as handle:
-        return [json.loads(line)["text"] for line in handle]
-
-
-class Corpus:
-    """Chunk i is always the same three sentences, so every backend and size gets the same text."""
-
-    def __init__(self) -> None:
-        self.sentences = sentences()
-
-    def chunks(self, start: int, n: int) -> list[Chunk]:
-        out = []
-        for i in range(start, start + n):
-            pick = random.Random(i)
-            text = " ".join(pick.sample(self.sentences, 3))
-            out.append(Chunk(f"d{i}:0", f"d{i}", text, {"orgId": f"org{i % TENANTS}"}))
-        return out
 
 
 def percentile(timings: list[float], q: float) -> float:
@@ -91,9 +56,8 @@ async def timed(search: Callable[[], Awaitable[object]]) -> float:
     return time.perf_counter() - started
 
 
-async def measure(store: VectorStore, matrix: np.ndarray, label: str, seed: int, count: int) -> None:
-    texts = questions()[:count]
-    queries = unit_rows(np.random.default_rng(seed), len(texts))
+async def measure(store: VectorStore, matrix: np.ndarray, label: str, corpus: Corpus, count: int) -> None:
+    texts, queries = corpus.questions[:count], corpus.question_vectors[:count]
     reference = bare_dense_ms(matrix, queries)
     cases: dict[str, tuple[str, dict | None]] = {
         "keyword": ("keyword", None),
@@ -114,11 +78,10 @@ async def measure(store: VectorStore, matrix: np.ndarray, label: str, seed: int,
 async def measure_adds(store: VectorStore, corpus: Corpus, size: int, directory: Path, adds: int = 30) -> None:
     """A 256-chunk add to the built store, persisted, beside np.save + fsync of the same vectors (the reference
     `bench/store.py` uses)."""
-    vectors = unit_rows(np.random.default_rng(size + 2), BATCH)
     timings, saves = [], []
     for n in range(adds):
-        chunks = corpus.chunks(size + n * BATCH, BATCH)
-        timings.append(await timed(lambda chunks=chunks: store.upsert(chunks, vectors)))
+        chunks, vectors = corpus.chunks(size + n * BATCH, BATCH), corpus.vectors(size + n * BATCH, BATCH)
+        timings.append(await timed(lambda chunks=chunks, vectors=vectors: store.upsert(chunks, vectors)))
         saves.append(saved_seconds(directory, vectors))
     p50, p95, save = percentile(timings, 0.5), percentile(timings, 0.95), percentile(saves, 0.5)
     print(
@@ -131,17 +94,16 @@ async def build(
     store: VectorStore,
     corpus: Corpus,
     size: int,
-    seed: int,
     parts: list[int],
     writers: int,
     first: int = 0,
     matrix: np.ndarray | None = None,
 ) -> np.ndarray:
     """Store `size` chunks (corpus chunks from `first`) in adds of the given sizes, `writers` at a time; returns their
-    vectors (`matrix`, or random ones from `seed`). Prints the rate over the whole build and over its last tenth (the
+    vectors (`matrix`, or the corpus's). Prints the rate over the whole build and over its last tenth (the
     rate a store of that size sustains)."""
     if matrix is None:
-        matrix = unit_rows(np.random.default_rng(seed), size)
+        matrix = corpus.vectors(first, size)
     starts = np.cumsum([first, *parts[:-1]]).tolist()
     queue = list(zip(starts, parts, strict=True))
     progress = {"done": 0, "at_nine_tenths": 0, "nine_tenths": 0.0}
@@ -174,7 +136,7 @@ async def ingestion_without_hnsw(store: VectorStore, corpus: Corpus, dsn: str, s
     try:
         await conn.execute("DROP INDEX rag_chunks_embedding")
         extra = 20 * WRITERS * BATCH
-        await build(store, corpus, extra, size + 3, [BATCH] * (extra // BATCH), WRITERS, first=size)
+        await build(store, corpus, extra, [BATCH] * (extra // BATCH), WRITERS, first=size)
         started = time.perf_counter()
         await conn.execute("CREATE INDEX rag_chunks_embedding ON rag_chunks USING hnsw (embedding vector_cosine_ops)")
         built = time.perf_counter() - started
@@ -190,8 +152,8 @@ async def embedded(size: int, corpus: Corpus, count: int) -> None:
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
         store = await NumpyVectorStore.open(Path(tmp), "bench", DIMENSION, auto_compact=False)
         print(f"\nembedded, {size:,} chunks")
-        matrix = await build(store, corpus, size, size, geometric(size), 1)  # the layout compaction keeps
-        await measure(store, matrix, "embedded", size + 1, count)
+        matrix = await build(store, corpus, size, geometric(size), 1)  # the layout compaction keeps
+        await measure(store, matrix, "embedded", corpus, count)
         await measure_adds(store, corpus, size, Path(tmp))
         await store.aclose()
 
@@ -207,10 +169,10 @@ async def postgres(size: int, corpus: Corpus, count: int, breakdown: bool, bulk:
             print(f"\nPostgreSQL, {size:,} chunks")
             adds = [BATCH] * (size // BATCH) + ([size % BATCH] if size % BATCH else [])
             if bulk:
-                matrix = unit_rows(np.random.default_rng(size), size)  # made first: embedding is not timed
+                matrix = corpus.vectors(0, size)  # made first: embedding is not timed
                 started = time.perf_counter()
                 async with store.bulk_load(index_memory=BULK_INDEX_MEMORY):
-                    await build(store, corpus, size, size, adds, WRITERS, matrix=matrix)
+                    await build(store, corpus, size, adds, WRITERS, matrix=matrix)
                     loaded = time.perf_counter()
                 finished = time.perf_counter()
                 print(
@@ -219,12 +181,12 @@ async def postgres(size: int, corpus: Corpus, count: int, breakdown: bool, bulk:
                     "into the indexed tables"
                 )
             else:
-                matrix = await build(store, corpus, size, size, adds, WRITERS)
-            await measure(store, matrix, "PostgreSQL", size + 1, count)
+                matrix = await build(store, corpus, size, adds, WRITERS)
+            await measure(store, matrix, "PostgreSQL", corpus, count)
             if bulk:  # what adds cost once the store is built: every insert goes into both indexes again
                 extra = 20 * WRITERS * BATCH
                 print("  adds into the built store, indexes maintained:")
-                await build(store, corpus, extra, size + 5, [BATCH] * (extra // BATCH), WRITERS, first=size)
+                await build(store, corpus, extra, [BATCH] * (extra // BATCH), WRITERS, first=size)
             started = time.perf_counter()
             replica = await PostgresVectorStore.open(server.get_uri(), "bench", DIMENSION, Path(tmp) / "new-replica")
             elapsed = time.perf_counter() - started
@@ -253,7 +215,7 @@ def main() -> None:
         help="PostgreSQL: build the corpus through the store's bulk load (indexes built once, at its end)",
     )
     args = parser.parse_args()
-    corpus = Corpus()
+    corpus = asyncio.run(Corpus.load())
     for size in args.embedded:
         asyncio.run(embedded(size, corpus, args.questions))
     for size in args.postgres:

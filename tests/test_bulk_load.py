@@ -13,8 +13,8 @@ import asyncpg
 
 from config import PROJECT_DIR
 from rag.stores import SearchRequest
-from rag.stores.postgres_store import SEARCH_INDEXES, PostgresVectorStore
-from tests.test_postgres_store import search_indexes
+from rag.stores.postgres_store import PostgresVectorStore
+from tests.test_postgres_store import SEARCH_INDEXES, built_search_indexes
 
 TOPICS = ["volcanoes erupt molten rock", "glaciers carve valleys of ice", "coral reefs shelter fish"]
 
@@ -44,7 +44,7 @@ async def test_a_corpus_is_loaded_in_bulk_and_searchable(pg_dsn: str, tmp_path: 
     result = run_bulk(source, pg_dsn, tmp_path)
     assert result.returncode == 0, result.stderr
     assert "loaded 10 documents" in result.stderr
-    assert await search_indexes(pg_dsn) == set(SEARCH_INDEXES)
+    assert await built_search_indexes(pg_dsn) == SEARCH_INDEXES
 
     from config import Settings
     from rag.embedders.onnx import OnnxEmbedder
@@ -72,7 +72,7 @@ async def test_a_bad_line_stops_the_load_with_its_number(pg_dsn: str, tmp_path: 
     result = run_bulk(source, pg_dsn, tmp_path)
     assert result.returncode == 2
     assert 'line 7: expected an object with a string "text"' in result.stderr
-    assert await search_indexes(pg_dsn) == set(SEARCH_INDEXES)  # built even though the run stopped
+    assert await built_search_indexes(pg_dsn) == SEARCH_INDEXES  # built even though the run stopped
     conn = await asyncpg.connect(pg_dsn)
     stored = await conn.fetchval("SELECT count(*) FROM rag_documents")
     await conn.close()

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from rag.stores import SearchRequest
-from rag.stores.postgres_store import SEARCH_INDEXES, PostgresVectorStore, exact_tenant_scan
+from rag.stores.postgres_store import PostgresVectorStore, exact_tenant_scan, search_indexes
 from rag.types import Chunk
 
 DIM = 16
@@ -97,13 +97,16 @@ async def test_a_small_tenant_is_scored_exactly_from_the_index_holding_its_vecto
 # --- bulk loads ----------------------------------------------------------------------------------------------------
 
 
-async def search_indexes(pg_dsn: str) -> set[str]:
+SEARCH_INDEXES = set(search_indexes(64))
+
+
+async def built_search_indexes(pg_dsn: str) -> set[str]:
     conn = await asyncpg.connect(pg_dsn)
     try:
         rows = await conn.fetch("SELECT indexname FROM pg_indexes WHERE tablename = 'rag_chunks'")
     finally:
         await conn.close()
-    return {row["indexname"] for row in rows} & set(SEARCH_INDEXES)
+    return {row["indexname"] for row in rows} & SEARCH_INDEXES
 
 
 def tenant_corpus(seed: int, n: int) -> tuple[list[Chunk], np.ndarray]:
@@ -118,13 +121,13 @@ async def test_a_bulk_load_builds_the_search_indexes_once_at_its_end(pg_dsn: str
     chunks, vectors = tenant_corpus(5, 600)
     query = vectors[0] * -1
     async with store.bulk_load(index_memory="64MB"):
-        assert await search_indexes(pg_dsn) == set()
+        assert await built_search_indexes(pg_dsn) == set()
         await store.upsert(chunks[:300], vectors[:300])
         await other.upsert(chunks[300:], vectors[300:])  # another replica's add during the load
         during = await other.search(SearchRequest("word3", query, 10, {"orgId": "t1"}, mode="dense"))
         found = await store.search(SearchRequest("word3", None, 400, mode="keyword"))
         assert {h.chunk.id for h in found} == {c.id for c in chunks if c.text.startswith("word3")}
-    assert await search_indexes(pg_dsn) == set(SEARCH_INDEXES)
+    assert await built_search_indexes(pg_dsn) == SEARCH_INDEXES
     in_t1 = [i for i in range(600) if i % 3 == 1]
     expected = [f"d{i}:0" for i in sorted(in_t1, key=lambda i: -float(vectors[i] @ query))[:10]]
     assert [h.chunk.id for h in during] == expected
@@ -143,7 +146,7 @@ async def test_a_bulk_load_that_fails_keeps_its_adds_and_builds_the_indexes(pg_d
         async with store.bulk_load(index_memory="64MB"):
             await store.upsert(chunks, vectors)
             raise RuntimeError("the source ran dry")
-    assert await search_indexes(pg_dsn) == set(SEARCH_INDEXES)
+    assert await built_search_indexes(pg_dsn) == SEARCH_INDEXES
     await store.refresh()
     assert store.count == 50
     await store.aclose()
@@ -167,9 +170,9 @@ async def test_one_bulk_load_at_a_time_and_a_start_rebuilds_what_a_dead_one_drop
         assert not second_entered.is_set()  # the second load waits for the first
         # A replica starting meanwhile leaves the indexes to the load that is running
         await (await PostgresVectorStore.open(pg_dsn, "toy", DIM, tmp_path / "b")).aclose()
-        assert await search_indexes(pg_dsn) == set()
+        assert await built_search_indexes(pg_dsn) == set()
     await asyncio.wait_for(waiting, 30)
-    assert second_entered.is_set() and await search_indexes(pg_dsn) == set(SEARCH_INDEXES)
+    assert second_entered.is_set() and await built_search_indexes(pg_dsn) == SEARCH_INDEXES
     await store.aclose()
     # A load whose process died: its session ended, its lock with it, and the indexes stayed dropped
     conn = await asyncpg.connect(pg_dsn)
@@ -177,7 +180,7 @@ async def test_one_bulk_load_at_a_time_and_a_start_rebuilds_what_a_dead_one_drop
         await conn.execute(f"DROP INDEX {name}")
     await conn.close()
     reopened = await PostgresVectorStore.open(pg_dsn, "toy", DIM, tmp_path / "a")
-    assert await search_indexes(pg_dsn) == set(SEARCH_INDEXES)
+    assert await built_search_indexes(pg_dsn) == SEARCH_INDEXES
     hits = await reopened.search(SearchRequest("", vectors[3], 1, mode="dense"))
     assert hits[0].chunk.id == chunks[3].id
     await reopened.aclose()
@@ -341,3 +344,33 @@ async def test_a_large_catch_up_is_read_and_applied_in_batches(
     assert replica.layout()["keyword_documents"] == 8
     await writer.aclose()
     await replica.aclose()
+
+
+async def graph_ef_construction(pg_dsn: str) -> int:
+    """The HNSW index's ef_construction, as PostgreSQL holds it (pgvector's 64 when none was given)."""
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        options = await conn.fetchval("SELECT reloptions FROM pg_class WHERE relname = 'rag_chunks_embedding'")
+    finally:
+        await conn.close()
+    return int(dict(option.split("=", 1) for option in options or []).get("ef_construction", 64))
+
+
+async def test_the_graph_is_built_and_grown_with_the_configured_ef_construction(pg_dsn: str, tmp_path: Path) -> None:
+    store = await PostgresVectorStore.open(pg_dsn, "toy", DIM, tmp_path / "a", ef_construction=40)
+    assert await graph_ef_construction(pg_dsn) == 40  # a new database's graph
+    chunks, vectors = tenant_corpus(8, 300)
+    async with store.bulk_load(index_memory="64MB"):
+        await store.upsert(chunks, vectors)
+    assert await graph_ef_construction(pg_dsn) == 40  # the graph a bulk load builds
+    await store.aclose()
+    # Another setting at the next start: inserts link with it from then on, the store still finds what it holds
+    store = await PostgresVectorStore.open(pg_dsn, "toy", DIM, tmp_path / "a", ef_construction=100)
+    assert await graph_ef_construction(pg_dsn) == 100
+    more, more_vectors = corpus(9, 20, lambda i: {"orgId": "t9"}, "more {}".format)
+    more = [Chunk(f"e{i}:0", f"e{i}", c.text, c.metadata) for i, c in enumerate(more)]
+    await store.upsert(more, more_vectors)
+    for i in (0, 299):
+        assert (await store.search(SearchRequest("", vectors[i], 1, mode="dense")))[0].chunk.id == chunks[i].id
+    assert (await store.search(SearchRequest("", more_vectors[4], 1, mode="dense")))[0].chunk.id == "e4:0"
+    await store.aclose()

@@ -43,6 +43,7 @@ async def open_store(settings: Settings, embedding_model: str, dimension: int) -
                 settings.data_dir / "pg-keywords",
                 ef_search=settings.pg_ef_search,
                 pool_size=settings.pg_pool_size,
+                ef_construction=settings.pg_hnsw_ef_construction,
             )
         case spec:
             cls = load_class("VECTOR_STORE", spec)

@@ -54,16 +54,25 @@ HYBRID_POOL = 100
 # T * T <= 13 * k * N, so the cost follows the tenant's size where it is small, and large tenants keep the index.
 EXACT_TENANT_FACTOR = 13
 
-# The indexes that searches use and adds maintain: a bulk load drops them and builds them once at its end, and a
-# start-up finding one missing (a bulk load that died) builds it again.
-SEARCH_INDEXES = {
-    "rag_chunks_embedding": (
-        "CREATE INDEX IF NOT EXISTS rag_chunks_embedding ON rag_chunks USING hnsw (embedding vector_cosine_ops)"
-    ),
-    "rag_chunks_by_org_with_vectors": (
-        "CREATE INDEX IF NOT EXISTS rag_chunks_by_org_with_vectors ON rag_chunks (org_id) INCLUDE (key, embedding)"
-    ),
-}
+# pgvector's default candidate list while linking a vector into the graph; the store's is a setting
+# (PG_HNSW_EF_CONSTRUCTION), which a bulk load builds with and inserts follow.
+PGVECTOR_EF_CONSTRUCTION = 64
+TENANT_INDEX = (
+    "CREATE INDEX IF NOT EXISTS rag_chunks_by_org_with_vectors ON rag_chunks (org_id) INCLUDE (key, embedding)"
+)
+
+
+def search_indexes(ef_construction: int) -> dict[str, str]:
+    """The indexes that searches use and adds maintain: a bulk load drops them and builds them once at its end,
+    and a start-up finding one missing (a bulk load that died) builds it again."""
+    return {
+        "rag_chunks_embedding": (
+            "CREATE INDEX IF NOT EXISTS rag_chunks_embedding ON rag_chunks USING hnsw (embedding vector_cosine_ops) "
+            f"WITH (ef_construction = {int(ef_construction)})"
+        ),
+        "rag_chunks_by_org_with_vectors": TENANT_INDEX,
+    }
+
 
 # Each entry migrates from the previous version; `{dim}` is the embedding dimension, fixed at creation.
 MIGRATIONS = [
@@ -99,7 +108,7 @@ MIGRATIONS = [
     # 3: each organisation's vectors side by side in a B-tree, so scoring all of a tenant's chunks reads its own
     # index pages (an index-only scan) instead of a heap page and a TOAST page per chunk; it serves the lookups
     # by organisation the index it replaces did
-    SEARCH_INDEXES["rag_chunks_by_org_with_vectors"] + "; DROP INDEX rag_chunks_by_org;",
+    TENANT_INDEX + "; DROP INDEX rag_chunks_by_org;",
 ]
 
 # What a lost or refused connection raises, in asyncpg and below it
@@ -150,12 +159,14 @@ class PostgresVectorStore:
         embedding_model: str,
         dimension: int,
         ef_search: int,
+        ef_construction: int,
     ) -> None:
         self._pool = pool
         self._keywords = keywords
         self.embedding_model = embedding_model
         self.dimension = dimension
         self.ef_search = ef_search
+        self.ef_construction = ef_construction
         self._counts = (0, 0)
 
     @classmethod
@@ -167,13 +178,14 @@ class PostgresVectorStore:
         keyword_dir: Path,
         ef_search: int = 100,
         pool_size: int = 10,
+        ef_construction: int = PGVECTOR_EF_CONSTRUCTION,
     ) -> PostgresVectorStore:
         """Open the store in the database at `dsn`; this replica's keyword index lives in `keyword_dir` (built from
-        the table when it is missing)."""
+        the table when it is missing). `ef_construction` is what the HNSW graph is built and grown with."""
         # The extension must exist before a connection can register the vector codec.
         conn = await asyncpg.connect(dsn)
         try:
-            store_id = await cls._migrate(conn, embedding_model, dimension)
+            store_id = await cls._migrate(conn, embedding_model, dimension, ef_construction)
         finally:
             await conn.close()
         pool = await asyncpg.create_pool(dsn, min_size=1, max_size=pool_size, init=_init_connection)
@@ -182,12 +194,14 @@ class PostgresVectorStore:
         except BaseException:
             await pool.close()
             raise
-        store = cls(pool, keywords, embedding_model, dimension, ef_search)
+        store = cls(pool, keywords, embedding_model, dimension, ef_search, ef_construction)
         await store.refresh()
         return store
 
     @classmethod
-    async def _migrate(cls, conn: asyncpg.Connection, embedding_model: str, dimension: int) -> str:
+    async def _migrate(
+        cls, conn: asyncpg.Connection, embedding_model: str, dimension: int, ef_construction: int
+    ) -> str:
         """Create or migrate the schema, check the identity; returns the store's id."""
         async with conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", SCHEMA_LOCK)
@@ -209,20 +223,34 @@ class PostgresVectorStore:
                     f"(dimension {identity.get('dimension')}), but this service embeds with {embedding_model!r} "
                     f"(dimension {dimension}). Use another database, or set EMBEDDING_MODEL back."
                 )
-            await cls._restore_search_indexes(conn)
+            await cls._restore_search_indexes(conn, ef_construction)
+            await cls._follow_ef_construction(conn, ef_construction)
             return str(await conn.fetchval("SELECT value FROM rag_meta WHERE key = 'store_id'"))
 
     @staticmethod
-    async def _restore_search_indexes(conn: asyncpg.Connection) -> None:
+    async def _restore_search_indexes(conn: asyncpg.Connection, ef_construction: int) -> None:
         """Build a search index a bulk load dropped and did not live to build again; a load still running
         (holding BULK_LOCK) builds its own at its end."""
+        indexes = search_indexes(ef_construction)
         present = await conn.fetch("SELECT indexname FROM pg_indexes WHERE tablename = 'rag_chunks'")
-        missing = [name for name in SEARCH_INDEXES if name not in {row["indexname"] for row in present}]
+        missing = [name for name in indexes if name not in {row["indexname"] for row in present}]
         if not missing or not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", BULK_LOCK):
             return
         for name in missing:
             logger.warning("index %s is missing (a bulk load that did not finish); building it", name)
-            await conn.execute(SEARCH_INDEXES[name])
+            await conn.execute(indexes[name])
+
+    @staticmethod
+    async def _follow_ef_construction(conn: asyncpg.Connection, ef_construction: int) -> None:
+        """Make the HNSW index's ef_construction the configured one: inserts link with it from now on. The links
+        already in the graph stay as they were built until a bulk load builds the graph again."""
+        options = await conn.fetchval("SELECT reloptions FROM pg_class WHERE relname = 'rag_chunks_embedding'")
+        if options is None and not await conn.fetchval("SELECT to_regclass('rag_chunks_embedding') IS NOT NULL"):
+            return  # dropped by a bulk load that is running: its build uses its own setting
+        current = dict(option.split("=", 1) for option in options or [])
+        if int(current.get("ef_construction", PGVECTOR_EF_CONSTRUCTION)) != ef_construction:
+            await conn.execute(f"ALTER INDEX rag_chunks_embedding SET (ef_construction = {int(ef_construction)})")
+            logger.info("HNSW index: ef_construction set to %d for new inserts", ef_construction)
 
     def _connection(self) -> AbstractAsyncContextManager[asyncpg.Connection]:
         return pooled_connection(self._pool)
@@ -260,7 +288,8 @@ class PostgresVectorStore:
         async with self._connection() as conn:
             await conn.execute("SELECT pg_advisory_lock($1)", BULK_LOCK)
             try:
-                for name in SEARCH_INDEXES:
+                indexes = search_indexes(self.ef_construction)
+                for name in indexes:
                     await conn.execute(f"DROP INDEX IF EXISTS {name}")
                 try:
                     yield
@@ -268,7 +297,7 @@ class PostgresVectorStore:
                     await conn.execute("SELECT set_config('maintenance_work_mem', $1, false)", index_memory)
                     conn.add_log_listener(_log_notice)  # pgvector says when the graph outgrew index_memory
                     try:
-                        for name, create in SEARCH_INDEXES.items():
+                        for name, create in indexes.items():
                             started = time.perf_counter()
                             await conn.execute(create)
                             logger.info("bulk load: %s built in %.0f s", name, time.perf_counter() - started)
@@ -359,11 +388,11 @@ class PostgresVectorStore:
             yield conn
 
     async def _exact_for_tenant(self, conn: asyncpg.Connection, request: SearchRequest, k: int) -> bool:
-        """Whether scoring every chunk of the request's tenant costs less than the filtered HNSW scan."""
+        """Whether scoring every chunk of the request's tenant costs less than the filtered HNSW scan (the keyword
+        index, caught up by `search`, counts the tenant's chunks, the latest writes included)."""
         tenant = tenant_of(request.filters or {})
         if tenant is None:
             return False
-        await self._keywords.catch_up(conn)  # its count of the tenant's chunks then includes the latest writes
         return exact_tenant_scan(self._keywords.index.tenant_count(tenant), self.count, k)
 
     async def _dense(self, conn: asyncpg.Connection, request: SearchRequest, k: int) -> list[asyncpg.Record]:
@@ -393,10 +422,9 @@ class PostgresVectorStore:
         self, conn: asyncpg.Connection, request: SearchRequest, k: int
     ) -> list[tuple[asyncpg.Record, float]]:
         """(row, BM25 score) of the best `k` chunks the snapshot holds and the filters pass, from this replica's
-        keyword index, caught up first. A tenant named by a string is matched inside the index; other filters,
-        and whatever the index holds that the snapshot does not, are dropped after it ranks, so the candidate list
-        grows until it holds k rows or every match was seen."""
-        await self._keywords.catch_up(conn)
+        keyword index, which `search` caught up. A tenant named by a string is matched inside the index; other
+        filters, and whatever the index holds that the snapshot does not, are dropped after it ranks, so the
+        candidate list grows until it holds k rows or every match was seen."""
         tenant = tenant_of(request.filters or {})
         with_vector = request.vector is not None
         limit = max(k, 10)
@@ -426,6 +454,8 @@ class PostgresVectorStore:
         if request.mode != "keyword" and request.vector is None:
             raise ValueError(f"{request.mode} search needs a query vector")
         async with self._snapshot() as conn:
+            if request.mode != "dense" or tenant_of(request.filters or {}) is not None:
+                await self._keywords.catch_up(conn)  # once, in the search's snapshot: both legs read it
             if request.mode == "keyword":
                 found = await self._keyword(conn, request, request.top_k)
                 return [Hit(_chunk(row), score, ("keyword",), score) for row, score in found]
