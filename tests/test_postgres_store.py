@@ -128,6 +128,10 @@ async def test_a_bulk_load_builds_the_search_indexes_once_at_its_end(pg_dsn: str
         found = await store.search(SearchRequest("word3", None, 400, mode="keyword"))
         assert {h.chunk.id for h in found} == {c.id for c in chunks if c.text.startswith("word3")}
     assert await built_search_indexes(pg_dsn) == SEARCH_INDEXES
+    conn = await asyncpg.connect(pg_dsn)
+    pages, visible = await conn.fetchrow("SELECT relpages, relallvisible FROM pg_class WHERE relname = 'rag_chunks'")
+    await conn.close()
+    assert pages > 0 and visible == pages  # vacuumed: a tenant's index-only scan reads no heap page
     in_t1 = [i for i in range(600) if i % 3 == 1]
     expected = [f"d{i}:0" for i in sorted(in_t1, key=lambda i: -float(vectors[i] @ query))[:10]]
     assert [h.chunk.id for h in during] == expected
@@ -374,3 +378,12 @@ async def test_the_graph_is_built_and_grown_with_the_configured_ef_construction(
         assert (await store.search(SearchRequest("", vectors[i], 1, mode="dense")))[0].chunk.id == chunks[i].id
     assert (await store.search(SearchRequest("", more_vectors[4], 1, mode="dense")))[0].chunk.id == "e4:0"
     await store.aclose()
+
+
+async def test_the_chunk_table_is_vacuumed_after_inserts_of_two_percent(pg_dsn: str, tmp_path: Path) -> None:
+    """Rows are marked all-visible soon after they are added, which a tenant's index-only scan relies on."""
+    await (await PostgresVectorStore.open(pg_dsn, "toy", DIM, tmp_path / "a")).aclose()
+    conn = await asyncpg.connect(pg_dsn)
+    options = await conn.fetchval("SELECT reloptions FROM pg_class WHERE relname = 'rag_chunks'")
+    await conn.close()
+    assert "autovacuum_vacuum_insert_scale_factor=0.02" in options

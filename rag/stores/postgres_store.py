@@ -109,6 +109,10 @@ MIGRATIONS = [
     # index pages (an index-only scan) instead of a heap page and a TOAST page per chunk; it serves the lookups
     # by organisation the index it replaces did
     TENANT_INDEX + "; DROP INDEX rag_chunks_by_org;",
+    # 4: vacuum after inserts of 2% of the table instead of 20%, so that few rows wait to be marked all-visible
+    # (until they are, a tenant's index-only scan reads their heap pages too); vacuuming only inserts is cheap:
+    # it visits the pages not yet all-visible, and no index has entries to remove
+    "ALTER TABLE rag_chunks SET (autovacuum_vacuum_insert_scale_factor = 0.02)",
 ]
 
 # What a lost or refused connection raises, in asyncpg and below it
@@ -301,6 +305,11 @@ class PostgresVectorStore:
                             started = time.perf_counter()
                             await conn.execute(create)
                             logger.info("bulk load: %s built in %.0f s", name, time.perf_counter() - started)
+                        # The load's rows are not yet marked all-visible, so a tenant's index-only scan would read
+                        # each one's heap page too, until autovacuum came by: at 200,000 chunks a tenant's hybrid
+                        # question took 20.4 ms before and 4.4 ms after this (0.2 s). ANALYZE gives the planner
+                        # the load's statistics.
+                        await conn.execute("VACUUM (ANALYZE) rag_chunks")
                     finally:
                         conn.remove_log_listener(_log_notice)
                         await conn.execute("RESET maintenance_work_mem")
