@@ -12,7 +12,8 @@ pgvector's HNSW applies a WHERE clause after the index scan, so a filtered top k
 run with `hnsw.iterative_scan = relaxed_order`, which keeps scanning until k rows pass (pgvector 0.8+), re-sort
 what comes back, and scan a filter's rows exactly when the index scan still gave up early. A small tenant skips
 HNSW altogether: a B-tree on the organisation holds each chunk's key and vector, so all of its chunks are scored
-from the tenant's own index pages. A bulk load (`bulk_load`) drops both indexes and builds them once at its end.
+from the tenant's own index pages. A bulk load (`bulk_load`) drops both indexes, builds them once at its end,
+and vacuums the table, so that those index-only scans read no heap page.
 
 A search runs in one REPEATABLE READ transaction: both legs, and the rows of the keyword leg's hits, come from one
 snapshot. The schema is created and migrated at start-up under an advisory lock, so replicas starting together do
