@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PROJECT_DIR = Path(__file__).resolve().parent
@@ -412,3 +412,11 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """Settings read once per process (the app factory takes explicit settings in tests)."""
     return Settings()
+
+
+def settings_or_exit() -> Settings:
+    """get_settings() for a command: a bad setting ends the process with what is wrong, not a traceback."""
+    try:
+        return get_settings()
+    except ValidationError as exc:
+        raise SystemExit(f"error: invalid settings (environment or .env): {exc}") from None

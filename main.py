@@ -25,7 +25,7 @@ from api.middleware import BodyLimit, RequestContext, configure_logging
 from api.security import RateLimiter
 from api.sse_streams import StreamSupervisor
 from api.web_page import mount_web_page
-from config import Settings, get_settings
+from config import Settings, get_settings, settings_or_exit
 from llm.errors import LLMError
 from llm.factory import build_chat_model
 from llm.router import UpstreamRouter
@@ -256,7 +256,7 @@ def __getattr__(name: str) -> FastAPI:
 def main() -> None:
     import uvicorn
 
-    settings = get_settings()
+    settings = settings_or_exit()
     configure_logging(settings.log_level, settings.log_format)
     uvicorn.run(
         create_app(settings),

@@ -73,3 +73,29 @@ def test_env_example_copied_as_is_gives_the_defaults() -> None:
     copied = Settings(_env_file=PROJECT_DIR / ".env.example")
     defaults = Settings(_env_file=None)
     assert {name for name in Settings.model_fields if getattr(copied, name) != getattr(defaults, name)} == set()
+
+
+@pytest.mark.parametrize(
+    ("command", "variable"),
+    [(["main.py"], "MAX_TOP_K"), (["-m", "rag.ingest.bulk", "-"], "PG_HNSW_EF_CONSTRUCTION")],
+)
+def test_a_command_with_a_bad_setting_says_which_without_a_traceback(
+    command: list[str], variable: str, tmp_path: Path
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_DIR), variable: "0"}
+    result = subprocess.run(
+        [sys.executable, *command],
+        cwd=tmp_path if command[0] == "-m" else PROJECT_DIR,
+        env=env,
+        input="",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert "error: invalid settings" in result.stderr and variable.lower() in result.stderr
+    assert "Traceback" not in result.stderr

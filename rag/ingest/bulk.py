@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from contextlib import AbstractAsyncContextManager
 from typing import IO, Any
 
-from config import Settings, get_settings
+from config import Settings, settings_or_exit
 from rag.embedders.factory import build_embedder
 from rag.errors import InvalidRequest, RAGError
 from rag.ingest.indexer import Indexer
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with contextlib.ExitStack() as stack:
             lines = sys.stdin if args.path == "-" else stack.enter_context(open(args.path, encoding="utf-8"))
-            stored, chunks = asyncio.run(load(lines, get_settings(), max(1, args.batch)))
+            stored, chunks = asyncio.run(load(lines, settings_or_exit(), max(1, args.batch)))
     except (OSError, UnicodeDecodeError) as exc:
         print(f"error: cannot read {args.path}: {exc}", file=sys.stderr)
         return 2
