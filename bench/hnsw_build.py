@@ -31,7 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.keyword_leg import BATCH, BULK_INDEX_MEMORY, WRITERS, build, percentile
+from bench.keyword_leg import BULK_INDEX_MEMORY, WRITERS, adds_of, build, percentile
 from bench.scifact_corpus import Corpus
 from config import Settings
 from rag.embedders.factory import build_embedder
@@ -103,14 +103,13 @@ async def run(size: int, ef_constructions: list[int]) -> None:
             store = await PostgresVectorStore.open(
                 server.get_uri(), "bench", matrix.shape[1], Path(tmp) / "keywords", ef_construction=ef_constructions[0]
             )
-            adds = [BATCH] * (size // BATCH) + ([size % BATCH] if size % BATCH else [])
             for n, ef_construction in enumerate(ef_constructions):
                 store.ef_construction = ef_construction
                 print(f"\n  ef_construction {ef_construction}")
                 started = time.perf_counter()
                 async with store.bulk_load(index_memory=BULK_INDEX_MEMORY):
                     if n == 0:
-                        await build(store, corpus, size, adds, WRITERS, matrix=matrix)
+                        await build(store, corpus, size, adds_of(size), WRITERS, matrix=matrix)
                     loaded = time.perf_counter()
                 finished = time.perf_counter()
                 rate = f": {size / (finished - started):,.0f} chunks/s end to end" if n == 0 else ""

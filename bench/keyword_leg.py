@@ -31,6 +31,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -40,9 +41,17 @@ from bench.scifact_corpus import Corpus
 from bench.store import DIMENSION, bare_dense_ms, geometric, saved_seconds
 from rag.stores import SearchRequest, VectorStore
 
+if TYPE_CHECKING:
+    from rag.stores.postgres_store import PostgresVectorStore
+
 WRITERS = 4
 BATCH = 256
 BULK_INDEX_MEMORY = "4GB"  # the HNSW graph of a million 384-dimension chunks, built in memory
+
+
+def adds_of(size: int) -> list[int]:
+    """The sizes of the adds that store `size` chunks: BATCH each, the last one shorter."""
+    return [BATCH] * (size // BATCH) + ([size % BATCH] if size % BATCH else [])
 
 
 def percentile(timings: list[float], q: float) -> float:
@@ -127,10 +136,12 @@ async def build(
     return matrix
 
 
-async def ingestion_without_hnsw(store: VectorStore, corpus: Corpus, dsn: str, size: int) -> None:
+async def ingestion_without_hnsw(store: PostgresVectorStore, corpus: Corpus, dsn: str, size: int) -> None:
     """Where PostgreSQL's ingestion time goes: the same adds with the HNSW index dropped, then the time to build
     the index over the whole table at once (the bulk path: load, then index)."""
     import asyncpg
+
+    from rag.stores.postgres_store import search_indexes
 
     conn = await asyncpg.connect(dsn)
     try:
@@ -138,7 +149,7 @@ async def ingestion_without_hnsw(store: VectorStore, corpus: Corpus, dsn: str, s
         extra = 20 * WRITERS * BATCH
         await build(store, corpus, extra, [BATCH] * (extra // BATCH), WRITERS, first=size)
         started = time.perf_counter()
-        await conn.execute("CREATE INDEX rag_chunks_embedding ON rag_chunks USING hnsw (embedding vector_cosine_ops)")
+        await conn.execute(search_indexes(store.ef_construction)["rag_chunks_embedding"])
         built = time.perf_counter() - started
         rows = await conn.fetchval("SELECT count(*) FROM rag_chunks")
         print(f"  without the HNSW index (above); building it over {rows:,} rows at once: {built:.0f} s")
@@ -167,7 +178,7 @@ async def postgres(size: int, corpus: Corpus, count: int, breakdown: bool, bulk:
         try:
             store = await PostgresVectorStore.open(server.get_uri(), "bench", DIMENSION, Path(tmp) / "keywords")
             print(f"\nPostgreSQL, {size:,} chunks")
-            adds = [BATCH] * (size // BATCH) + ([size % BATCH] if size % BATCH else [])
+            adds = adds_of(size)
             if bulk:
                 matrix = corpus.vectors(0, size)  # made first: embedding is not timed
                 started = time.perf_counter()

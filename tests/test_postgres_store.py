@@ -14,7 +14,12 @@ import numpy as np
 import pytest
 
 from rag.stores import SearchRequest
-from rag.stores.postgres_store import PostgresVectorStore, exact_tenant_scan, search_indexes
+from rag.stores.postgres_store import (
+    PGVECTOR_EF_CONSTRUCTION,
+    PostgresVectorStore,
+    exact_tenant_scan,
+    search_indexes,
+)
 from rag.types import Chunk
 
 DIM = 16
@@ -97,7 +102,7 @@ async def test_a_small_tenant_is_scored_exactly_from_the_index_holding_its_vecto
 # --- bulk loads ----------------------------------------------------------------------------------------------------
 
 
-SEARCH_INDEXES = set(search_indexes(64))
+SEARCH_INDEXES = set(search_indexes(PGVECTOR_EF_CONSTRUCTION))
 
 
 async def built_search_indexes(pg_dsn: str) -> set[str]:
@@ -351,13 +356,13 @@ async def test_a_large_catch_up_is_read_and_applied_in_batches(
 
 
 async def graph_ef_construction(pg_dsn: str) -> int:
-    """The HNSW index's ef_construction, as PostgreSQL holds it (pgvector's 64 when none was given)."""
+    """The HNSW index's ef_construction, as PostgreSQL holds it (pgvector's default when none was given)."""
     conn = await asyncpg.connect(pg_dsn)
     try:
         options = await conn.fetchval("SELECT reloptions FROM pg_class WHERE relname = 'rag_chunks_embedding'")
     finally:
         await conn.close()
-    return int(dict(option.split("=", 1) for option in options or []).get("ef_construction", 64))
+    return int(dict(option.split("=", 1) for option in options or []).get("ef_construction", PGVECTOR_EF_CONSTRUCTION))
 
 
 async def test_the_graph_is_built_and_grown_with_the_configured_ef_construction(pg_dsn: str, tmp_path: Path) -> None:

@@ -249,10 +249,10 @@ class PostgresVectorStore:
     async def _follow_ef_construction(conn: asyncpg.Connection, ef_construction: int) -> None:
         """Make the HNSW index's ef_construction the configured one: inserts link with it from now on. The links
         already in the graph stay as they were built until a bulk load builds the graph again."""
-        options = await conn.fetchval("SELECT reloptions FROM pg_class WHERE relname = 'rag_chunks_embedding'")
-        if options is None and not await conn.fetchval("SELECT to_regclass('rag_chunks_embedding') IS NOT NULL"):
+        index = await conn.fetchrow("SELECT reloptions FROM pg_class WHERE relname = 'rag_chunks_embedding'")
+        if index is None:
             return  # dropped by a bulk load that is running: its build uses its own setting
-        current = dict(option.split("=", 1) for option in options or [])
+        current = dict(option.split("=", 1) for option in index["reloptions"] or [])
         if int(current.get("ef_construction", PGVECTOR_EF_CONSTRUCTION)) != ef_construction:
             await conn.execute(f"ALTER INDEX rag_chunks_embedding SET (ef_construction = {int(ef_construction)})")
             logger.info("HNSW index: ef_construction set to %d for new inserts", ef_construction)
@@ -399,7 +399,7 @@ class PostgresVectorStore:
             await conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
             yield conn
 
-    async def _exact_for_tenant(self, conn: asyncpg.Connection, request: SearchRequest, k: int) -> bool:
+    def _exact_for_tenant(self, request: SearchRequest, k: int) -> bool:
         """Whether scoring every chunk of the request's tenant costs less than the filtered HNSW scan (the keyword
         index, caught up by `search`, counts the tenant's chunks, the latest writes included)."""
         tenant = tenant_of(request.filters or {})
@@ -411,7 +411,7 @@ class PostgresVectorStore:
         params = SqlParams(np.asarray(request.vector, dtype=np.float32))
         where = where_clause(request.filters, params)
         select = "SELECT key, id, document_id, text, metadata, 1 - (embedding <=> $1) AS similarity FROM rag_chunks"
-        if await self._exact_for_tenant(conn, request, k):
+        if self._exact_for_tenant(request, k):
             # Ranked on the keys and vectors alone (the tenant's index pages), then the k winners' rows are read.
             best = f"SELECT key, (embedding <=> $1) + 0 AS distance FROM rag_chunks WHERE {where} ORDER BY distance"
             rows = await conn.fetch(
