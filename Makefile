@@ -29,6 +29,8 @@ $(VENV)/.runtime: requirements.txt | $(PY)
 
 $(VENV)/.dev: requirements-dev.txt $(VENV)/.runtime
 	$(PIP) install --quiet -r requirements-dev.txt
+	# The tests' PostgreSQL bundles a pgvector built for AVX-512 CPUs: elsewhere it is swapped for a portable build.
+	$(PY) scripts/portable_pgvector.py
 	touch $@
 
 install: $(VENV)/.runtime

@@ -47,6 +47,12 @@ class Settings(BaseSettings):
         description="Where the vector store, the chats, the jobs and their uploaded files live; a relative path is "
         "taken from the project directory.",
     )
+    purge_delay_seconds: float = Field(
+        60.0,
+        ge=0,
+        description="After a deletion, how long until no file under DATA_DIR holds the deleted text (index segments "
+        "rewritten, SQLite WALs truncated; PostgreSQL vacuumed). Deletions within it share one purge.",
+    )
 
     # --- security and limits ----------------------------------------------------------------------
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(
@@ -63,6 +69,12 @@ class Settings(BaseSettings):
     )
     jwt_audience: str | None = Field(None, description="Required `aud` of user tokens; unset: not checked.")
     jwt_org_claim: str = Field("orgId", min_length=1, description="The token claim that names the organisation.")
+    jwt_groups_claim: str = Field(
+        "groups",
+        min_length=1,
+        description="The token claim that lists the user's groups (a list of strings), matched against the groups "
+        "of documents' access lists.",
+    )
     jwt_leeway_seconds: int = Field(30, ge=0, le=300, description="Clock skew allowed on exp and nbf, in seconds.")
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Comma-separated origins allowed by CORS."

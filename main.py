@@ -16,7 +16,7 @@ from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.telemetry import TelemetryConfig
 
-from api import chat, chats, documents, health, jobs, openai_api, websocket
+from api import admin, chat, chats, documents, health, jobs, openai_api, websocket
 from api.auth import Authenticator, authenticate
 from api.deps import Services
 from api.errors import install_error_handlers
@@ -33,6 +33,8 @@ from llm.types import ChatModel
 from rag.answers.log import AnswerLog
 from rag.answers.manager import AnswerSettings, ResumableAnswers
 from rag.answers.sqlite_log import SqliteAnswerLog
+from rag.audit import AuditLog
+from rag.audit.sqlite import SqliteAuditLog
 from rag.chats.sqlite import Conversations, ConversationStore
 from rag.embedders import build_embedder
 from rag.errors import RAGError
@@ -43,6 +45,7 @@ from rag.ingest.parser_pool import ParserPool
 from rag.ingest.parsers import ParseLimits
 from rag.ingest.runner import JobRunner
 from rag.pipeline import ChatPipeline, Condenser, condense_with_rule, last_user_message
+from rag.purge import Purger, purge_of
 from rag.retriever import Retriever
 from rag.stores import open_store
 
@@ -114,6 +117,14 @@ async def build_services(settings: Settings, metrics: ChatMetrics, stack: contex
     else:
         conversations = await ConversationStore.open(settings.data_dir / "chats.sqlite3")
     stack.push_async_callback(conversations.aclose)
+    audit: AuditLog
+    if settings.database_url is not None:
+        from rag.audit.postgres import PgAuditLog
+
+        audit = await PgAuditLog.open(settings.database_url.get_secret_value())
+    else:
+        audit = SqliteAuditLog(settings.data_dir / "audit.sqlite3")
+    stack.push_async_callback(audit.aclose)
     llm = await build_chat_model(settings)
     stack.push_async_callback(llm.aclose)
     answers = await open_answers(settings, conversations)
@@ -161,6 +172,9 @@ async def build_services(settings: Settings, metrics: ChatMetrics, stack: contex
     streams = StreamSupervisor(settings.sse_send_timeout, settings.sse_ping_seconds, SSE_SHUTDOWN_GRACE_SECONDS)
     streams.start()
     stack.push_async_callback(streams.aclose)
+    purger = Purger(settings.data_dir, settings.purge_delay_seconds, purge_of(store))
+    stack.push_async_callback(purger.aclose)
+    purger.start()
     return Services(
         settings=settings,
         embedder=embedder,
@@ -172,6 +186,8 @@ async def build_services(settings: Settings, metrics: ChatMetrics, stack: contex
         pipeline=pipeline,
         conversations=conversations,
         answers=answers,
+        audit=audit,
+        purger=purger,
         metrics=metrics,
         rate_limiter=RateLimiter(settings.rate_limit_per_minute),
         authenticator=Authenticator(settings),
@@ -217,7 +233,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     authenticated = [Depends(authenticate)]
-    for router in (chat.router, chats.router, documents.router, jobs.router, websocket.router):
+    for router in (chat.router, chats.router, documents.router, jobs.router, websocket.router, admin.router):
         app.include_router(router, prefix=API_PREFIX, dependencies=authenticated)
     app.include_router(health.router, prefix=API_PREFIX)  # open: load balancers probe it
     app.include_router(health.metrics_router, dependencies=authenticated)

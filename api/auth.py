@@ -8,6 +8,10 @@ organisation. Keys are compared in constant time against every configured key; n
 
 The result is a `Principal`. Whenever it carries a tenant, that tenant wins: `Principal.scope()` fills in what a
 request left out and refuses, with 403, a request that names another user or organisation.
+
+Who may read which document is one more value on it, `Principal.reader` (see `rag/access.py`): a token's user and
+its groups (the JWT_GROUPS_CLAIM claim), or the end user a key narrows itself to with `X-On-Behalf-Of` and
+`X-On-Behalf-Of-Groups`. Narrowing only takes away: a token's holder sending those headers is refused (403).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from fastapi import Depends, HTTPException, WebSocketException, status
 from starlette.requests import HTTPConnection
 
 from config import Settings
+from rag.access import Reader
 from rag.errors import TenantForbidden
 
 PrincipalKind = Literal["anonymous", "key", "scoped_key", "token"]
@@ -37,6 +42,22 @@ class Principal:
     kind: PrincipalKind
     user_id: str | None = None
     org_id: str | None = None
+    groups: frozenset[str] = frozenset()
+    narrowed: bool = False  # a key acting for one end user (X-On-Behalf-Of)
+
+    @property
+    def reader(self) -> Reader | None:
+        """Whose access lists bind this caller: a token's user, or the user a key narrowed itself to; None for an
+        unnarrowed key or an open service, which read every document of the organisations they may name."""
+        if (self.kind == "token" or self.narrowed) and self.user_id is not None:
+            return Reader(self.user_id, self.groups)
+        return None
+
+    def narrowed_to(self, user_id: str, groups: frozenset[str]) -> Principal:
+        """This key, acting for one end user: it sees what that user may read, in its own organisation(s)."""
+        if self.kind == "token":
+            raise TenantForbidden("a user token cannot act on behalf of another user (X-On-Behalf-Of)")
+        return Principal(self.kind, user_id, self.org_id, groups, narrowed=True)
 
     def scope(self, user_id: str | None, org_id: str | None) -> tuple[str | None, str | None]:
         """The (user, organisation) a request acts for: the credential's wherever it has one."""
@@ -141,22 +162,47 @@ class Authenticator:
             raise Unauthenticated("invalid token") from None
         user = claims.get("sub")
         org = claims.get(settings.jwt_org_claim)
+        groups = claims.get(settings.jwt_groups_claim, [])
+        if not isinstance(groups, list) or not all(isinstance(g, str) and g for g in groups):
+            raise Unauthenticated(f"the token's {settings.jwt_groups_claim} claim must be a list of group names")
         if not isinstance(user, str) or not user:
             raise Unauthenticated("the token's sub claim must name the user")
         if not isinstance(org, str) or not org:
             raise Unauthenticated(f"the token has no {settings.jwt_org_claim} claim naming the organisation")
-        return Principal("token", user_id=user, org_id=org)
+        return Principal("token", user_id=user, org_id=org, groups=frozenset(groups))
 
 
 async def authenticate(conn: HTTPConnection) -> Principal:
     """The dependency every protected route and WebSocket runs first."""
     authenticator: Authenticator = conn.app.state.services.authenticator
     try:
-        return authenticator.principal(presented_credential(conn))
+        principal = authenticator.principal(presented_credential(conn))
     except Unauthenticated as exc:
         if conn.scope["type"] == "websocket":
             raise WebSocketException(code=status.WS_1008_POLICY_VIOLATION, reason=str(exc)) from None
         raise HTTPException(401, str(exc), headers={"WWW-Authenticate": "Bearer"}) from None
+    try:
+        return on_behalf_of(principal, conn)
+    except TenantForbidden as exc:
+        if conn.scope["type"] == "websocket":
+            raise WebSocketException(code=status.WS_1008_POLICY_VIOLATION, reason=str(exc)) from None
+        raise
+
+
+def on_behalf_of(principal: Principal, conn: HTTPConnection) -> Principal:
+    """The principal narrowed to the end user named by `X-On-Behalf-Of` (and `X-On-Behalf-Of-Groups`, comma
+    separated), when the request names one. Groups without a user are refused: they would narrow nothing."""
+    user = conn.headers.get("x-on-behalf-of")
+    groups_header = conn.headers.get("x-on-behalf-of-groups")
+    if user is None and groups_header is None:
+        return principal
+    if principal.kind == "token":
+        raise TenantForbidden("a user token cannot act on behalf of another user (X-On-Behalf-Of)")
+    user = (user or "").strip()
+    if not user:
+        raise TenantForbidden("X-On-Behalf-Of-Groups needs X-On-Behalf-Of naming the user")
+    groups = frozenset(g.strip() for g in (groups_header or "").split(",") if g.strip())
+    return principal.narrowed_to(user, groups)
 
 
 PrincipalDep = Annotated[Principal, Depends(authenticate)]

@@ -56,6 +56,7 @@ def build_chat_request(
         filters=filters,
         options=options or GenerationOptions(),
         org_id=org_id,
+        reader=principal.reader,
         chat=chat,
     )
 

@@ -103,6 +103,7 @@ async def delete_chat(
     except ChatNotFound:
         if not stopped:  # a first answer, stopped before its chat was stored: nothing more to delete
             raise
+    services.purger.deleted()
 
 
 @router.get(

@@ -14,10 +14,12 @@ from api.sse_streams import StreamSupervisor
 from config import Settings
 from llm.types import ChatModel
 from rag.answers.manager import ResumableAnswers
+from rag.audit import AuditLog
 from rag.chats.sqlite import Conversations
 from rag.ingest.indexer import Indexer
 from rag.ingest.runner import JobRunner
 from rag.pipeline import ChatPipeline
+from rag.purge import Purger
 from rag.retriever import Retriever
 from rag.stores import VectorStore
 from rag.types import Embedder
@@ -35,6 +37,8 @@ class Services:
     pipeline: ChatPipeline
     conversations: Conversations
     answers: ResumableAnswers  # resumable answers: produced apart from their connection
+    audit: AuditLog  # access changes, deletions and purges
+    purger: Purger  # erases deleted text from the files, PURGE_DELAY_SECONDS after a deletion
     metrics: ChatMetrics
     rate_limiter: RateLimiter
     authenticator: Authenticator

@@ -1,18 +1,22 @@
-"""Document routes: add (chunk + embed + store), search without generation, list and delete."""
+"""Document routes: add (chunk + embed + store), search without generation, list, fetch, delete, and access lists.
+
+Every route passes the caller's reader (`Principal.reader`) down to the store, which applies it where the rows are
+read: a document the caller may not read answers 404 exactly as one that does not exist."""
 
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, File, Form, Query, UploadFile
+from fastapi import APIRouter, Body, File, Form, Query, Request, UploadFile
 from fastapi.responses import JSONResponse
 
-from api.auth import PrincipalDep
-from api.deps import ServicesDep
+from api.auth import Principal, PrincipalDep
+from api.deps import Services, ServicesDep
 from api.jobs import job_accepted
 from api.limits import check_documents, check_top_k
 from api.schemas import (
+    AccessListBody,
     AddDocumentsAnswer,
     AddDocumentsBody,
     AddedDocumentBody,
@@ -25,11 +29,13 @@ from api.schemas import (
     Source,
 )
 from api.security import RateLimited
-from rag.errors import InvalidRequest
+from rag.access import AccessList
+from rag.errors import InvalidRequest, TenantForbidden
 from rag.ingest.indexer import prepare_documents
 from rag.ingest.runner import Upload
 from rag.pipeline import scoped_filters
 from rag.stores import RetrievalMode
+from rag.types import DocumentSummary, tenant_of
 
 router = APIRouter(prefix="/documents", tags=["documents"])
 
@@ -58,13 +64,26 @@ async def add_documents(
     `wait=false`) answers 202 with a job to follow. A credential bound to an organisation stamps its `orgId` on
     every document and cannot add to, or replace a document of, another organisation."""
     check_documents(services.settings, body.documents)
+    access = None if body.access is None else [None if a is None else a.parsed() for a in body.access]
+    if access is not None and len(access) != len(body.documents):
+        raise InvalidRequest(f"got {len(body.documents)} documents but {len(access)} access lists")
     if wait is None:
         wait = sum(map(len, body.documents)) <= services.settings.add_job_threshold_chars
     if not wait:
         prepared = prepare_documents(body.documents, body.metadatas, body.ids, principal.org_id)
-        job = await services.jobs.submit_documents(body.documents, prepared, principal.org_id, principal.user_id)
+        job = await services.jobs.submit_documents(
+            body.documents, prepared, principal.org_id, principal.user_id, access, principal.reader
+        )
         return job_accepted(job)
-    added = await services.indexer.add(body.documents, body.metadatas, body.ids, org_id=principal.org_id)
+    added = await services.indexer.add(
+        body.documents,
+        body.metadatas,
+        body.ids,
+        org_id=principal.org_id,
+        access=access,
+        reader=principal.reader,
+        added_by=principal.user_id,
+    )
     return AddDocumentsAnswer(
         ids=[doc.id for doc in added], documents=[AddedDocumentBody(id=doc.id, chunks=doc.chunks) for doc in added]
     )
@@ -88,6 +107,13 @@ async def upload_documents(
         str | None,
         Form(description="A JSON array of document ids, one per file; unset: derived from each file's content."),
     ] = None,
+    access: Annotated[
+        str | None,
+        Form(
+            description='Every file\'s access list as JSON, e.g. {"groups": ["hr"]}; "null": the whole organisation. '
+            "Unset: new documents are readable by the whole organisation, replaced ones keep their list."
+        ),
+    ] = None,
 ) -> JSONResponse:
     """Upload files for ingestion in the background: 202 with the job, whose progress `/api/v1/jobs/{id}/events`
     streams. A file of an unknown type (415) or an upload over MAX_UPLOAD_BYTES (413) is refused whole, before
@@ -104,8 +130,13 @@ async def upload_documents(
             raise InvalidRequest(f"ids must be a JSON array of {len(files)} non-empty strings, one per file")
         if len(set(given_ids)) != len(given_ids):
             raise InvalidRequest("ids must be unique within one upload")
+    listed: AccessList | Literal["keep"] | None = "keep"
+    if access is not None and access.strip():
+        listed = AccessList.parse(_json_form(access.strip(), object, "access must be JSON"), "access")
     uploads = [Upload(f.filename or f"file {n}", f.content_type, f.file) for n, f in enumerate(files)]
-    job = await services.jobs.submit_uploads(uploads, extra, given_ids, principal.org_id, principal.user_id)
+    job = await services.jobs.submit_uploads(
+        uploads, extra, given_ids, principal.org_id, principal.user_id, listed, principal.reader
+    )
     return job_accepted(job)
 
 
@@ -154,7 +185,9 @@ async def search_documents(
     """Ranked chunks for a query, no generation. The similarity threshold applies here as in chat."""
     check_top_k(services.settings, top_k)
     _, org_id = principal.scope(None, orgId)
-    hits = await services.retriever.retrieve(query, top_k, scoped_filters(_parse_filters(filters), org_id), mode=mode)
+    hits = await services.retriever.retrieve(
+        query, top_k, scoped_filters(_parse_filters(filters), org_id), mode=mode, reader=principal.reader
+    )
     return SearchAnswer(results=[Source.of(hit) for hit in hits])
 
 
@@ -166,11 +199,12 @@ async def list_documents(
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
     orgId: Annotated[str | None, Query(min_length=1, description="Only this organisation's documents.")] = None,
 ) -> DocumentPage:
-    """Stored documents in the order they were added, one page at a time."""
+    """Stored documents in the order they were added, one page at a time (only those the caller may read, and
+    their total)."""
     _, org_id = principal.scope(None, orgId)
-    total, page = await services.store.list_documents(offset, limit, org_id)
+    total, page = await services.store.list_documents(offset, limit, org_id, principal.reader)
     return DocumentPage(
-        documents=[DocumentSummaryBody(id=d.id, chunks=d.chunks, metadata=d.metadata, preview=d.preview) for d in page],
+        documents=[DocumentSummaryBody.of(d) for d in page],
         total=total,
         offset=offset,
         limit=limit,
@@ -180,5 +214,52 @@ async def list_documents(
 @router.delete("/{document_id}", response_model=DeletedAnswer, responses={404: {"model": ErrorBody}})
 async def delete_document(document_id: str, services: ServicesDep, principal: PrincipalDep) -> DeletedAnswer:
     """Remove a document and all its chunks, on disk before the answer (another organisation's is not found)."""
-    removed = await services.store.delete(document_id, principal.org_id)
+    document = await services.store.get_document(document_id, principal.org_id, principal.reader)
+    removed = await services.store.delete(document_id, principal.org_id, principal.reader)
+    await audit(services, principal, "document.delete", document)
+    services.purger.deleted()
     return DeletedAnswer(id=document_id, deleted_chunks=removed)
+
+
+@router.get("/{document_id}", response_model=DocumentSummaryBody, responses={404: {"model": ErrorBody}})
+async def get_document(document_id: str, services: ServicesDep, principal: PrincipalDep) -> DocumentSummaryBody:
+    """One document: its chunk count, metadata, preview and access list (404 for one the caller may not read)."""
+    return DocumentSummaryBody.of(await services.store.get_document(document_id, principal.org_id, principal.reader))
+
+
+@router.put(
+    "/{document_id}/access",
+    response_model=DocumentSummaryBody,
+    responses={code: {"model": ErrorBody} for code in (403, 404, 422)},
+)
+async def set_document_access(
+    document_id: str,
+    services: ServicesDep,
+    principal: PrincipalDep,
+    request: Request,
+    body: Annotated[AccessListBody | None, Body(description="The new list; null: the whole organisation.")] = None,
+) -> DocumentSummaryBody:
+    """Replace who may read a document, without re-embedding it; every replica applies it from its next request.
+    Only an organisation's own key (or a trusted key, or an open service) may: a user token or a key acting for a
+    user (X-On-Behalf-Of) gets 403."""
+    if principal.reader is not None:
+        raise TenantForbidden("changing who may read a document needs the organisation's key, not a user's")
+    if not (await request.body()).strip():  # null opens the document to everyone: it must be said, not implied
+        raise InvalidRequest('send the access list, e.g. {"groups": ["hr"]}, or null for the whole organisation')
+    access = None if body is None else body.parsed()
+    await services.store.set_access(document_id, access, principal.org_id)
+    document = await services.store.get_document(document_id, principal.org_id)
+    await audit(services, principal, "document.access", document, {"access": body and body.model_dump()})
+    return DocumentSummaryBody.of(document)
+
+
+async def audit(
+    services: Services,
+    principal: Principal,
+    action: str,
+    document: DocumentSummary,
+    details: dict[str, Any] | None = None,
+) -> None:
+    """One entry of the audit log, filed under the document's organisation: its admin reads it there."""
+    org_id = principal.org_id or tenant_of(document.metadata)
+    await services.audit.record(action, document.id, org_id, principal.kind, principal.user_id, details)

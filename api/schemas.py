@@ -8,7 +8,8 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from llm.types import GenerationOptions, Message
-from rag.types import Hit
+from rag.access import AccessList
+from rag.types import DocumentSummary, Hit
 
 
 def _finite(value: Any) -> Any:
@@ -106,6 +107,24 @@ class ChatAnswer(BaseModel):
     finish_reason: str | None = None
 
 
+class AccessListBody(BaseModel):
+    """Who may read a document, besides the organisation's unnarrowed keys (docs/api.md, "Who sees what")."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    users: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(
+        default_factory=list, description="User ids (a token's sub, or X-On-Behalf-Of)."
+    )
+    groups: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(
+        default_factory=list, description="Group names (a token's groups claim, or X-On-Behalf-Of-Groups)."
+    )
+
+    def parsed(self) -> AccessList:
+        parsed = AccessList.parse(self.model_dump())
+        assert parsed is not None
+        return parsed
+
+
 class AddDocumentsBody(BaseModel):
     """`POST /api/v1/documents/add`."""
 
@@ -113,6 +132,11 @@ class AddDocumentsBody(BaseModel):
     metadatas: list[JsonObject] | None = Field(None, description="One metadata object per document.")
     ids: list[Annotated[str, Field(min_length=1, max_length=256)]] | None = Field(
         None, description="One id per document; an id already stored replaces that document. Default: random ids."
+    )
+    access: list[AccessListBody | None] | None = Field(
+        None,
+        description="One access list per document (null: its whole organisation may read it). Unset: new documents "
+        "are readable by their whole organisation, replaced ones keep their list.",
     )
 
 
@@ -171,6 +195,14 @@ class DocumentSummaryBody(BaseModel):
     chunks: int
     metadata: dict[str, Any]
     preview: str
+    access: AccessListBody | None = Field(None, description="Who may read it; null: its whole organisation.")
+
+    @classmethod
+    def of(cls, summary: DocumentSummary) -> DocumentSummaryBody:
+        access = None if summary.access is None else AccessListBody(**summary.access.as_dict())
+        return cls(
+            id=summary.id, chunks=summary.chunks, metadata=summary.metadata, preview=summary.preview, access=access
+        )
 
 
 class DocumentPage(BaseModel):

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 
 from llm.errors import LLMError
 from llm.types import ChatModel, Delta, GenerationOptions, Message, Usage
+from rag.access import Reader
 from rag.chats.sqlite import ChatOwner, Conversations
 from rag.errors import InvalidRequest
 from rag.filters import Filters
@@ -59,6 +60,7 @@ class ChatRequest:
     filters: Filters | None = None
     options: GenerationOptions = field(default_factory=GenerationOptions)
     org_id: str | None = None  # when set, only this organisation's documents can be retrieved
+    reader: Reader | None = None  # when set, only the documents this user may read (rag/access.py)
     chat: ChatRef | None = None
 
 
@@ -253,7 +255,7 @@ class ChatPipeline:
         if self.log_prompts:
             logger.info("question %r, retrieval query %r", question, query)
         filters = scoped_filters(request.filters, request.org_id)
-        hits = await self.retriever.retrieve(query or question, request.top_k, filters)
+        hits = await self.retriever.retrieve(query or question, request.top_k, filters, reader=request.reader)
         prompt = build_messages(hits, fit_history(messages, self.history_budget_tokens))
         options = request.options
         if request.chat is not None and options.route_key is None:  # a chat's answers may stay on one upstream

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rag.access import Reader
 from rag.errors import InvalidRequest
 from rag.filters import Filters, validate_filters
 from rag.stores import RetrievalMode, SearchRequest, VectorStore
@@ -30,8 +31,10 @@ class Retriever:
         filters: Filters | None = None,
         threshold: float | None = None,
         mode: RetrievalMode | None = None,
+        reader: Reader | None = None,
     ) -> list[Hit]:
-        """Chunks for `query`, best first; `threshold` and `mode` override the configured ones."""
+        """Chunks for `query`, best first; `threshold` and `mode` override the configured ones; with `reader`, only
+        chunks of documents it may read (the store applies it inside the search)."""
         if not query.strip():
             raise InvalidRequest("the query is empty")
         filters = validate_filters(filters)
@@ -42,5 +45,5 @@ class Retriever:
         mode = mode or self.mode
         vector = None if mode == "keyword" else (await self.embedder.embed([query]))[0]
         floor = self.threshold if threshold is None else threshold
-        request = SearchRequest(query, vector, top_k or self.top_k, filters, floor, mode)
+        request = SearchRequest(query, vector, top_k or self.top_k, filters, floor, mode, reader)
         return await self.store.search(request)

@@ -8,6 +8,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from llm.types import Usage
+from rag.access import AccessList
 
 Metadata = dict[str, Any]
 
@@ -65,6 +66,7 @@ class DocumentSummary:
     chunks: int
     metadata: Metadata
     preview: str
+    access: AccessList | None = None
 
 
 class Embedder(Protocol):

@@ -74,6 +74,7 @@ class SqliteAnswerLog:
         db = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA secure_delete=ON")  # deleted text is zeroed, not left in free pages (rag/purge.py)
         db.execute("PRAGMA foreign_keys=ON")
         db.executescript(SCHEMA)
         self._db = db

@@ -119,5 +119,10 @@ class PgConversationStore:
                 raise ChatNotFound(f"no chat {chat_id!r} for this user")
             await conn.execute("DELETE FROM rag_chats WHERE chat_id = $1", chat_id)
 
+    async def chats_of_org(self, org_id: str) -> list[ChatSummary]:
+        async with self._connection() as conn:
+            rows = await conn.fetch(f"SELECT {_CHAT_COLUMNS} FROM rag_chats WHERE org_id = $1", org_id)
+        return [ChatSummary(*row) for row in rows]  # type: ignore[misc]
+
     async def aclose(self) -> None:
         await self._pool.close()

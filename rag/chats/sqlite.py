@@ -91,6 +91,10 @@ class Conversations(Protocol):
 
     async def delete(self, chat_id: str, owner: ChatOwner) -> None: ...
 
+    async def chats_of_org(self, org_id: str) -> list[ChatSummary]:
+        """Every chat of an organisation, whoever's (an organisation's purge)."""
+        ...
+
     async def aclose(self) -> None: ...
 
 
@@ -116,6 +120,7 @@ class ConversationStore:
         try:
             db.execute("PRAGMA foreign_keys=ON")
             db.execute("PRAGMA synchronous=FULL")  # an acknowledged turn survives a power cut
+            db.execute("PRAGMA secure_delete=ON")  # deleted text is zeroed, not left in free pages (rag/purge.py)
             with db:  # one transaction: commit on success, roll back on error
                 yield db
         finally:
@@ -203,6 +208,19 @@ class ConversationStore:
 
     async def delete(self, chat_id: str, owner: ChatOwner) -> None:
         await anyio.to_thread.run_sync(self._delete, chat_id, owner)
+
+    def _chats_of_org(self, org_id: str) -> list[ChatSummary]:
+        with self._connect() as db:
+            return [
+                ChatSummary(*row)
+                for row in db.execute(
+                    "SELECT chat_id, user_id, org_id, title, created_at, updated_at FROM chats WHERE org_id = ?",
+                    (org_id,),
+                ).fetchall()
+            ]
+
+    async def chats_of_org(self, org_id: str) -> list[ChatSummary]:
+        return await anyio.to_thread.run_sync(self._chats_of_org, org_id)
 
     async def aclose(self) -> None:
         """Nothing to close: connections live only as long as each call."""

@@ -1,7 +1,9 @@
 """Load a large corpus in one run: `python -m rag.ingest.bulk documents.jsonl` (`-` reads standard input).
 
-Each line is one document, `{"text": "...", "id": "...", "metadata": {...}}`; `id` and `metadata` may be left out,
-but with ids a second run replaces what the first stored instead of storing it twice. Documents are chunked and
+Each line is one document, `{"text": "...", "id": "...", "metadata": {...}, "access": {"users": [...], "groups":
+[...]}}`; all but `text` may be left out, but with ids a second run replaces what the first stored instead of
+storing it twice. Without `access` a new document is readable by its whole organisation and a replaced one keeps its
+list; `"access": null` opens it to the organisation. Documents are chunked and
 embedded as the API's adds are, with the service's settings (`.env`), and stored in batches.
 
 On PostgreSQL the whole run is one bulk load (`PostgresVectorStore.bulk_load`): the search indexes are dropped,
@@ -28,13 +30,16 @@ from contextlib import AbstractAsyncContextManager
 from typing import IO, Any
 
 from config import Settings, settings_or_exit
+from rag.access import AccessList
 from rag.embedders.factory import build_embedder
 from rag.errors import InvalidRequest, RAGError
 from rag.ingest.indexer import Indexer
 from rag.stores import VectorStore, open_store
+from rag.stores.base import AccessByDocument
 
 PROGRESS_SECONDS = 10.0
-Line = tuple[int, str, str | None, dict[str, Any] | None]  # (line number, text, id, metadata)
+# (line number, text, id, metadata, access: (given, list))
+Line = tuple[int, str, str | None, dict[str, Any] | None, tuple[bool, AccessList | None]]
 
 
 class BadLine(InvalidRequest):
@@ -61,7 +66,11 @@ def documents(lines: IO[str]) -> Iterator[Line]:
             raise BadLine(f'line {number}: "id" must be a string', number)
         if metadata is not None and not isinstance(metadata, dict):
             raise BadLine(f'line {number}: "metadata" must be an object', number)
-        yield number, document["text"], doc_id, metadata
+        try:
+            access = AccessList.parse(document.get("access"), f'line {number}: "access"')
+        except InvalidRequest as exc:
+            raise BadLine(str(exc), number) from None
+        yield number, document["text"], doc_id, metadata, ("access" in document, access)
 
 
 def bulk_mode(store: VectorStore, settings: Settings) -> AbstractAsyncContextManager[None]:
@@ -102,11 +111,16 @@ async def load(lines: IO[str], settings: Settings, batch_size: int) -> tuple[int
         async with bulk_mode(store, settings):
             for batch in batches(documents(lines), batch_size):
                 first, last = batch[0][0], batch[-1][0]
+                ids = [doc_id or uuid.uuid4().hex for _, _, doc_id, _, _ in batch]
+                access: AccessByDocument = {
+                    doc_id: listed for doc_id, (*_, (given, listed)) in zip(ids, batch, strict=True) if given
+                }
                 try:
                     added = await indexer.add(
-                        [text for _, text, _, _ in batch],
-                        [metadata or {} for *_, metadata in batch],
-                        [doc_id or uuid.uuid4().hex for _, _, doc_id, _ in batch],
+                        [text for _, text, _, _, _ in batch],
+                        [metadata or {} for _, _, _, metadata, _ in batch],
+                        ids,
+                        access=access,
                     )
                 except InvalidRequest as exc:
                     raise BadLine(f"lines {first}-{last}: {exc}", first) from None

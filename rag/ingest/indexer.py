@@ -9,10 +9,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from rag.access import AccessList, Reader
 from rag.chunking import split_text
 from rag.errors import InvalidRequest, TenantForbidden
 from rag.ingest.parsers import Section
 from rag.stores import VectorStore
+from rag.stores.base import AccessByDocument
 from rag.types import TENANT_KEY, Chunk, Embedder, Metadata
 
 # After each batch a job reports progress (and may learn it was cancelled).
@@ -57,20 +59,30 @@ class Indexer:
         metadatas: list[Metadata] | None = None,
         ids: list[str] | None = None,
         org_id: str | None = None,
+        access: list[AccessList | None] | AccessByDocument | None = None,
+        reader: Reader | None = None,
+        added_by: str | None = None,
     ) -> list[AddedDocument]:
         """Chunk, embed and store documents; a document whose id is already stored is replaced. With `org_id`,
         every document is stamped with it, and one naming another organisation, or replacing one of another
         organisation's documents, is refused.
 
+        `access`, parallel to `texts`, sets each document's access list (None: its whole organisation); without
+        it a replaced document keeps its list. As a dict by document id, only the documents it names are set.
+        With `reader`, replacing a document it may not read is refused.
+
         Nothing is written unless every document is valid, and the call returns only once the write is on disk.
         """
+        if isinstance(access, list) and len(access) != len(texts):
+            raise InvalidRequest(f"got {len(texts)} documents but {len(access)} access lists")
         chunks: list[Chunk] = []
         added: list[AddedDocument] = []
         for text, (doc_id, metadata) in zip(texts, prepare_documents(texts, metadatas, ids, org_id), strict=True):
             parts = self.chunk_document(doc_id, [Section(text)], metadata)
             chunks.extend(parts)
             added.append(AddedDocument(doc_id, len(parts)))
-        await self.store_chunks(chunks, org_id)
+        by_document = dict(zip((doc.id for doc in added), access, strict=True)) if isinstance(access, list) else access
+        await self.store_chunks(chunks, org_id, access=by_document, reader=reader, added_by=added_by)
         return added
 
     async def store_chunks(
@@ -79,6 +91,9 @@ class Indexer:
         org_id: str | None,
         batch_size: int | None = None,
         on_progress: ProgressCallback | None = None,
+        access: AccessByDocument | None = None,
+        reader: Reader | None = None,
+        added_by: str | None = None,
     ) -> None:
         """Embed chunks (in batches of `batch_size`, reporting the running count after each) and write them in one
         upsert: the documents they belong to are replaced whole."""
@@ -91,7 +106,7 @@ class Indexer:
             if on_progress is not None:
                 await on_progress(start + len(parts[-1]))
         vectors = parts[0] if len(parts) == 1 else np.concatenate(parts)
-        await self.store.upsert(chunks, vectors, org_id)
+        await self.store.upsert(chunks, vectors, org_id, access, reader, added_by)
 
 
 def prepare_documents(

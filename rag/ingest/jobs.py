@@ -22,7 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from rag.access import AccessList, Reader
 from rag.ingest.parsers import FileKind
+from rag.stores.base import AccessByDocument
 from rag.types import Metadata
 
 JobState = Literal["queued", "running", "done", "failed", "cancelled"]
@@ -39,10 +41,18 @@ CREATE TABLE IF NOT EXISTS job_items (
     job_id TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE, n INTEGER NOT NULL, name TEXT NOT NULL,
     kind TEXT NOT NULL, media_type TEXT NOT NULL, size INTEGER NOT NULL, sha256 TEXT NOT NULL,
     document_id TEXT NOT NULL, metadata TEXT NOT NULL, state TEXT NOT NULL, chunks_done INTEGER NOT NULL DEFAULT 0,
-    chunks_total INTEGER, error TEXT, interruptions INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (job_id, n));
+    chunks_total INTEGER, error TEXT, interruptions INTEGER NOT NULL DEFAULT 0, access TEXT,
+    PRIMARY KEY (job_id, n));
 """
 # Stores made before items counted their interruptions gain the column (SQLite has no ADD COLUMN IF NOT EXISTS).
-_MIGRATIONS = ("ALTER TABLE job_items ADD COLUMN interruptions INTEGER NOT NULL DEFAULT 0",)
+_MIGRATIONS = {
+    "interruptions": "ALTER TABLE job_items ADD COLUMN interruptions INTEGER NOT NULL DEFAULT 0",
+    # an item's access list as JSON ('null': the whole organisation); SQL NULL: none given, a replaced document
+    # keeps its own
+    "access": "ALTER TABLE job_items ADD COLUMN access TEXT",
+}
+# The reader a narrowed caller's job runs for (JSON {"user", "groups"}): it may not replace what it may not read.
+_JOB_MIGRATIONS = {"reader": "ALTER TABLE jobs ADD COLUMN reader TEXT"}
 _IN_PROGRESS = "('parsing', 'embedding')"
 
 
@@ -57,9 +67,17 @@ class NewItem:
     sha256: str
     document_id: str
     metadata: Metadata
+    access: AccessByDocument = field(default_factory=dict)  # {document_id: list or None}, or {}: none given
+
+    @property
+    def access_json(self) -> str | None:
+        if self.document_id not in self.access:
+            return None
+        listed = self.access[self.document_id]
+        return json.dumps(None if listed is None else listed.as_dict())
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class JobItem(NewItem):
     """An item as stored: what was submitted, its place in the job, and how far it got."""
 
@@ -89,6 +107,7 @@ class Job:
     state: JobState
     org_id: str | None
     user_id: str | None
+    reader: Reader | None
     created_at: float
     updated_at: float
     version: int
@@ -130,11 +149,13 @@ class JobStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")  # an acknowledged submission survives a power cut
         self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.execute("PRAGMA secure_delete=ON")  # deleted names are zeroed, not left in free pages (rag/purge.py)
         self._db.executescript(_SCHEMA)
-        columns = {row[1] for row in self._db.execute("PRAGMA table_info(job_items)")}
-        if "interruptions" not in columns:
-            for sql in _MIGRATIONS:
-                self._db.execute(sql)
+        for table, migrations in (("job_items", _MIGRATIONS), ("jobs", _JOB_MIGRATIONS)):
+            columns = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+            for column, sql in migrations.items():
+                if column not in columns:
+                    self._db.execute(sql)
 
     def payload_path(self, job_id: str, n: int) -> Path:
         return self.uploads_dir / job_id / str(n)
@@ -160,20 +181,23 @@ class JobStore:
             for sql, args in sql_steps:
                 db.execute(sql, args)
 
-    def create(self, job_id: str, items: list[NewItem], org_id: str | None, user_id: str | None) -> Job:
+    def create(
+        self, job_id: str, items: list[NewItem], org_id: str | None, user_id: str | None, reader: Reader | None = None
+    ) -> Job:
         now = time.time()
+        reader_json = None if reader is None else json.dumps({"user": reader.user, "groups": sorted(reader.groups)})
         steps: list[tuple[str, tuple[Any, ...]]] = [
             (
-                "INSERT INTO jobs (id, seq, state, org_id, user_id, created_at, updated_at) "
-                "VALUES (?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs), 'queued', ?, ?, ?, ?)",
-                (job_id, org_id, user_id, now, now),
+                "INSERT INTO jobs (id, seq, state, org_id, user_id, reader, created_at, updated_at) "
+                "VALUES (?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs), 'queued', ?, ?, ?, ?, ?)",
+                (job_id, org_id, user_id, reader_json, now, now),
             )
         ]
         for n, item in enumerate(items):
             steps.append(
                 (
                     "INSERT INTO job_items (job_id, n, name, kind, media_type, size, sha256, document_id, metadata, "
-                    "state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued')",
+                    "access, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued')",
                     (
                         job_id,
                         n,
@@ -184,6 +208,7 @@ class JobStore:
                         item.sha256,
                         item.document_id,
                         json.dumps(item.metadata, ensure_ascii=False),
+                        item.access_json,
                     ),
                 )
             )
@@ -335,12 +360,23 @@ def poison_message(times: int) -> str:
     )
 
 
+def _reader_fields(stored: dict[str, Any]) -> dict[str, Any]:
+    return {"user": stored["user"], "groups": frozenset(stored["groups"])}
+
+
+def _item_access(document_id: str, stored: str | None) -> AccessByDocument:
+    if stored is None:
+        return {}
+    return {document_id: AccessList.parse(json.loads(stored))}
+
+
 def _job(row: sqlite3.Row, items: list[sqlite3.Row]) -> Job:
     return Job(
         id=row["id"],
         state=row["state"],
         org_id=row["org_id"],
         user_id=row["user_id"],
+        reader=None if row["reader"] is None else Reader(**_reader_fields(json.loads(row["reader"]))),
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         version=row["version"],
@@ -355,6 +391,7 @@ def _job(row: sqlite3.Row, items: list[sqlite3.Row]) -> Job:
                 sha256=i["sha256"],
                 document_id=i["document_id"],
                 metadata=json.loads(i["metadata"]),
+                access=_item_access(i["document_id"], i["access"]),
                 state=i["state"],
                 chunks_done=i["chunks_done"],
                 chunks_total=i["chunks_total"],

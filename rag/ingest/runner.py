@@ -22,16 +22,18 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Literal
 
 import anyio
 
+from rag.access import AccessList, Reader
 from rag.durable import fsync_path
 from rag.errors import RAGError
 from rag.ingest.indexer import Indexer, owned_metadata
 from rag.ingest.jobs import FINISHED, Job, JobItem, JobStore, NewItem
 from rag.ingest.parser_pool import ParserPool
 from rag.ingest.parsers import MEDIA_TYPES, Section, detect_kind
+from rag.stores.base import AccessByDocument
 from rag.types import Metadata
 
 logger = logging.getLogger(__name__)
@@ -114,9 +116,12 @@ class JobRunner:
         ids: list[str] | None,
         org_id: str | None,
         user_id: str | None,
+        access: AccessList | Literal["keep"] | None = "keep",
+        reader: Reader | None = None,
     ) -> Job:
         """Write the files under the job's folder (fsynced), then record the job: once this returns, the job
-        survives a crash. A file of an unknown type refuses the whole upload before anything is written."""
+        survives a crash. A file of an unknown type refuses the whole upload before anything is written. `access`
+        is every file's access list ("keep": none given, a replaced document keeps its own)."""
         kinds = [detect_kind(upload.name, upload.media_type) for upload in uploads]
         base = owned_metadata(metadata, org_id, "metadata")
         async with self._new_job() as job_id:
@@ -131,11 +136,20 @@ class JobRunner:
                     "sha256": digest,
                 }
                 document_id = ids[n] if ids else upload_document_id(digest, org_id)
-                items.append(NewItem(upload.name, kind, MEDIA_TYPES[kind], size, digest, document_id, file_metadata))
-            return await self._record(job_id, items, org_id, user_id)
+                listed: AccessByDocument = {} if access == "keep" else {document_id: access}
+                items.append(
+                    NewItem(upload.name, kind, MEDIA_TYPES[kind], size, digest, document_id, file_metadata, listed)
+                )
+            return await self._record(job_id, items, org_id, user_id, reader)
 
     async def submit_documents(
-        self, texts: list[str], prepared: list[tuple[str, Metadata]], org_id: str | None, user_id: str | None
+        self,
+        texts: list[str],
+        prepared: list[tuple[str, Metadata]],
+        org_id: str | None,
+        user_id: str | None,
+        access: list[AccessList | None] | None = None,
+        reader: Reader | None = None,
     ) -> Job:
         """A large JSON add as a job: each document (with its id and metadata from `prepare_documents`) is an item
         whose text waits on disk like a file's bytes."""
@@ -143,8 +157,9 @@ class JobRunner:
             items: list[NewItem] = []
             for n, (text, (doc_id, metadata)) in enumerate(zip(texts, prepared, strict=True)):
                 size, digest = await self._save_payload(job_id, n, io.BytesIO(text.encode()))
-                items.append(NewItem(f"document {n}", "text", "text/plain", size, digest, doc_id, metadata))
-            return await self._record(job_id, items, org_id, user_id)
+                listed: AccessByDocument = {} if access is None else {doc_id: access[n]}
+                items.append(NewItem(f"document {n}", "text", "text/plain", size, digest, doc_id, metadata, listed))
+            return await self._record(job_id, items, org_id, user_id, reader)
 
     @contextlib.asynccontextmanager
     async def _new_job(self) -> AsyncIterator[str]:
@@ -159,9 +174,11 @@ class JobRunner:
     async def _save_payload(self, job_id: str, n: int, source: BinaryIO) -> tuple[int, str]:
         return await anyio.to_thread.run_sync(_save, source, self.jobs.payload_path(job_id, n))
 
-    async def _record(self, job_id: str, items: list[NewItem], org_id: str | None, user_id: str | None) -> Job:
+    async def _record(
+        self, job_id: str, items: list[NewItem], org_id: str | None, user_id: str | None, reader: Reader | None
+    ) -> Job:
         await anyio.to_thread.run_sync(_fsync_folder_and_parent, self.jobs.uploads_dir / job_id)
-        job = await anyio.to_thread.run_sync(self.jobs.create, job_id, items, org_id, user_id)
+        job = await anyio.to_thread.run_sync(self.jobs.create, job_id, items, org_id, user_id, reader)
         self._wakeup.set()
         return job
 
@@ -181,6 +198,22 @@ class JobRunner:
             await anyio.to_thread.run_sync(self._remove_payloads, job_id)
         self._notify()
         return job
+
+    async def forget_owner(self, org_id: str | None, user_id: str | None) -> int:
+        """Cancel and remove every job of an organisation (or of one user), their items and uploaded files: a
+        purge. A job running meanwhile finds itself gone and stops. Returns how many jobs."""
+        forgotten = 0
+        while jobs := await anyio.to_thread.run_sync(self.jobs.recent, org_id, user_id, 500):
+            ids = [job.id for job in jobs]
+            for job in jobs:
+                if not job.finished:
+                    await anyio.to_thread.run_sync(self.jobs.cancel, job.id)
+            await anyio.to_thread.run_sync(self.jobs.forget, ids)
+            for job_id in ids:
+                await anyio.to_thread.run_sync(self._remove_payloads, job_id)
+            forgotten += len(ids)
+        self._notify()
+        return forgotten
 
     def _remove_payloads(self, job_id: str) -> None:
         shutil.rmtree(self.jobs.uploads_dir / job_id, ignore_errors=True)
@@ -281,7 +314,13 @@ class JobRunner:
             )
             await progress(state="embedding", chunks_total=len(chunks))
             await self.indexer.store_chunks(
-                chunks, job.org_id, self.batch_chunks, lambda done: progress(chunks_done=done)
+                chunks,
+                job.org_id,
+                self.batch_chunks,
+                lambda done: progress(chunks_done=done),
+                access=item.access,
+                reader=job.reader,
+                added_by=job.user_id,
             )
         except _JobLost:
             raise

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Literal
 from llm.plugins import construct, load_class, require
 from rag.errors import StoreIncompatible
 from rag.stores.base import RetrievalMode, SearchRequest, VectorStore
+from rag.stores.without_access import with_access_lists
 
 if TYPE_CHECKING:
     from config import Settings
@@ -54,10 +55,8 @@ async def open_store(settings: Settings, embedding_model: str, dimension: int) -
                 STORE_ATTRIBUTES,
                 "see the VectorStore protocol in rag/stores/base.py",
             )
-            store: VectorStore = await construct(
-                "VECTOR_STORE", cls, settings.vector_store_options, embedding_model, dimension
-            )
-            return store
+            store = await construct("VECTOR_STORE", cls, settings.vector_store_options, embedding_model, dimension)
+            return with_access_lists(store)
 
 
 __all__ = ["RetrievalMode", "SearchRequest", "StoreBackend", "VectorStore", "open_store"]

@@ -12,8 +12,13 @@ from typing import Literal, Protocol
 
 import numpy as np
 
+from rag.access import AccessList, Reader
 from rag.filters import Filters
 from rag.types import Chunk, DocumentSummary, Hit
+
+# Access lists given with an add, by document id. A document of the add that is not a key keeps the list it had when
+# it replaces one (none for a new document); a key mapped to None opens it to its whole organisation.
+AccessByDocument = dict[str, AccessList | None]
 
 RetrievalMode = Literal["hybrid", "dense", "keyword"]
 
@@ -35,6 +40,7 @@ class SearchRequest:
     filters: Filters | None = None
     threshold: float | None = None
     mode: RetrievalMode = "dense"
+    reader: Reader | None = None  # when set, only the documents this reader may read (see rag/access.py)
 
 
 class VectorStore(Protocol):
@@ -48,15 +54,49 @@ class VectorStore(Protocol):
     @property
     def document_count(self) -> int: ...
 
-    async def upsert(self, chunks: list[Chunk], vectors: np.ndarray, org_id: str | None = None) -> None:
+    async def upsert(
+        self,
+        chunks: list[Chunk],
+        vectors: np.ndarray,
+        org_id: str | None = None,
+        access: AccessByDocument | None = None,
+        reader: Reader | None = None,
+        added_by: str | None = None,
+    ) -> None:
         """Store `chunks` (row i of `vectors` is chunk i's), replacing every earlier chunk of the same documents.
         Returns once the write is durable. With `org_id`, replacing a document of another organisation raises
-        TenantForbidden and writes nothing."""
+        TenantForbidden and writes nothing; with `reader`, so does replacing one the reader may not read. `access`
+        sets the documents' access lists in the same write; `added_by` records the user who added them (a user's
+        purge deletes them)."""
         ...
 
-    async def delete(self, document_id: str, org_id: str | None = None) -> int:
+    async def delete(self, document_id: str, org_id: str | None = None, reader: Reader | None = None) -> int:
         """Remove a document's chunks; returns how many. Raises DocumentNotFound, also for a document of another
-        organisation than `org_id`, when given."""
+        organisation than `org_id`, or one `reader` may not read."""
+        ...
+
+    async def get_document(
+        self, document_id: str, org_id: str | None = None, reader: Reader | None = None
+    ) -> DocumentSummary:
+        """One document with its access list; DocumentNotFound as `delete` says."""
+        ...
+
+    async def delete_many(self, document_ids: list[str], org_id: str | None = None) -> int:
+        """Delete those of the documents that exist (of `org_id`, when given) in one write; returns their chunks."""
+        ...
+
+    async def documents_added_by(self, user_id: str, org_id: str | None = None) -> list[str]:
+        """The ids of the documents `user_id` added (of `org_id`, when given)."""
+        ...
+
+    async def document_ids(self, org_id: str) -> list[str]:
+        """The ids of every document of an organisation."""
+        ...
+
+    async def set_access(self, document_id: str, access: AccessList | None, org_id: str | None = None) -> None:
+        """Replace a document's access list (None: the whole organisation) without touching its chunks; it holds for
+        every search, list and fetch that starts after this returns, in every process. DocumentNotFound as
+        `delete` says."""
         ...
 
     async def search(self, request: SearchRequest) -> list[Hit]:
@@ -64,10 +104,10 @@ class VectorStore(Protocol):
         ...
 
     async def list_documents(
-        self, offset: int, limit: int, org_id: str | None = None
+        self, offset: int, limit: int, org_id: str | None = None, reader: Reader | None = None
     ) -> tuple[int, list[DocumentSummary]]:
         """One page of documents in the order they were (last) added, and the total; with `org_id`, only the
-        documents whose metadata names that organisation."""
+        documents whose metadata names that organisation; with `reader`, only those it may read (the total too)."""
         ...
 
     def layout(self) -> dict[str, int]:

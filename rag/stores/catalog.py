@@ -21,6 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from rag.access import AccessList, Reader
+from rag.stores import access_catalog
 from rag.types import TENANT_KEY, Chunk, DocumentSummary
 
 SCHEMA_VERSION = 2  # 1 was the whole-store generations of manifest.json
@@ -78,7 +82,17 @@ def _connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA secure_delete=ON")  # deleted text is zeroed, not left in free pages (rag/purge.py)
     return conn
+
+
+def _summary(
+    doc_id: str, chunks: int, metadata: str, preview: str, users: str | None, groups: str | None
+) -> DocumentSummary:
+    access = (
+        None if users is None or groups is None else AccessList(tuple(json.loads(users)), tuple(json.loads(groups)))
+    )
+    return DocumentSummary(doc_id, chunks, json.loads(metadata), preview, access)
 
 
 def _json_path(key: str) -> str | None:
@@ -130,7 +144,7 @@ class Catalog:
     def create_or_check(self, embedding_model: str, dimension: int) -> dict[str, str] | None:
         """Create the schema on first use; return the stored identity (model, dimension, version) when it existed."""
         # One script in one transaction: idempotent, and safe when several workers start at once.
-        self._writer.executescript(f"BEGIN IMMEDIATE;{_SCHEMA}{_DROP_FTS5}COMMIT;")
+        self._writer.executescript(f"BEGIN IMMEDIATE;{_SCHEMA}{access_catalog.SCHEMA}{_DROP_FTS5}COMMIT;")
         with self.transaction() as conn:
             existing = dict(conn.execute("SELECT key, value FROM meta").fetchall())
             if existing:
@@ -174,6 +188,12 @@ class Catalog:
             int(counters.get("chunks", 0)),
             int(counters.get("documents", 0)),
         )
+
+    def access_generation(self) -> int:
+        return access_catalog.generation(self._reader())
+
+    def forbidden_keys(self, org_id: str | None, reader: Reader) -> np.ndarray:
+        return access_catalog.forbidden_keys(self._reader(), org_id, reader)
 
     def chunks(self, keys: Iterable[int]) -> dict[int, Chunk]:
         keys = list(keys)
@@ -230,24 +250,61 @@ class Catalog:
             after = rows[-1][0]
 
     def list_documents(
-        self, offset: int, limit: int, org_id: str | None = None
+        self, offset: int, limit: int, org_id: str | None = None, reader: Reader | None = None
     ) -> tuple[int | None, list[DocumentSummary]]:
-        """One page in insertion order; with `org_id`, only that organisation's documents, and their total."""
+        """One page in insertion order; with `org_id`, only that organisation's documents, with `reader` only those
+        it may read, and then their total (None: every document, whose count the caller has)."""
         # SQLite integers are 64-bit; any page past the end is empty anyway
         offset, limit = min(offset, 2**62), min(limit, 2**62)
         conn = self._reader()
-        if org_id is None:
-            rows = conn.execute(
-                "SELECT id, chunks, metadata, preview FROM documents ORDER BY seq LIMIT ? OFFSET ?", (limit, offset)
-            )
-            return None, [DocumentSummary(doc_id, n, json.loads(meta), preview) for doc_id, n, meta, preview in rows]
-        (total,) = conn.execute(f"SELECT count(*) FROM documents WHERE {_DOCUMENT_TENANT} = ?", (org_id,)).fetchone()
+        conditions, params = [], []
+        if org_id is not None:
+            conditions.append(f"{_DOCUMENT_TENANT} = ?")
+            params.append(org_id)
+        if reader is not None:
+            condition, grantees = access_catalog.reader_condition(reader, "d.id")
+            conditions.append(condition)
+            params += grantees
+        where = " AND ".join(conditions) or "1"
+        total = None
+        if conditions:
+            (total,) = conn.execute(f"SELECT count(*) FROM documents d WHERE {where}", params).fetchone()
         rows = conn.execute(
-            f"SELECT id, chunks, metadata, preview FROM documents WHERE {_DOCUMENT_TENANT} = ? "
-            "ORDER BY seq LIMIT ? OFFSET ?",
-            (org_id, limit, offset),
+            "SELECT d.id, d.chunks, d.metadata, d.preview, l.users, l.groups FROM documents d "
+            f"LEFT JOIN access_lists l ON l.document_id = d.id WHERE {where} ORDER BY d.seq LIMIT ? OFFSET ?",
+            (*params, limit, offset),
         )
-        return total, [DocumentSummary(doc_id, n, json.loads(meta), preview) for doc_id, n, meta, preview in rows]
+        return total, [_summary(*row) for row in rows]
+
+    def get_document(self, document_id: str, org_id: str | None, reader: Reader | None) -> DocumentSummary | None:
+        """One document, when it exists, belongs to `org_id` (when given) and `reader` may read it."""
+        condition, grantees = access_catalog.reader_condition(reader, "d.id")
+        row = (
+            self._reader()
+            .execute(
+                "SELECT d.id, d.chunks, d.metadata, d.preview, l.users, l.groups FROM documents d "
+                f"LEFT JOIN access_lists l ON l.document_id = d.id WHERE d.id = ? AND {condition} "
+                f"AND (? IS NULL OR {_DOCUMENT_TENANT} = ?)",
+                (document_id, *grantees, org_id, org_id),
+            )
+            .fetchone()
+        )
+        return None if row is None else _summary(*row)
+
+    def documents_added_by(self, user_id: str, org_id: str | None) -> list[str]:
+        rows = self._reader().execute(
+            "SELECT d.id FROM document_adders a JOIN documents d ON d.id = a.document_id "
+            f"WHERE a.user_id = ? AND (? IS NULL OR {_DOCUMENT_TENANT} = ?) ORDER BY d.seq",
+            (user_id, org_id, org_id),
+        )
+        return [doc for (doc,) in rows]
+
+    def document_ids(self, org_id: str) -> list[str]:
+        rows = self._reader().execute(f"SELECT id FROM documents WHERE {_DOCUMENT_TENANT} = ? ORDER BY seq", (org_id,))
+        return [doc for (doc,) in rows]
+
+    def document_exists(self, conn: sqlite3.Connection, document_id: str) -> bool:
+        return conn.execute("SELECT 1 FROM documents WHERE id = ?", (document_id,)).fetchone() is not None
 
     def foreign_documents(self, conn: sqlite3.Connection, document_ids: list[str], org_id: str) -> list[str]:
         """Those of `document_ids` that are stored and belong to another organisation than `org_id`."""

@@ -34,6 +34,7 @@ import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+import numpy as np
 import tantivy
 
 from rag.stores.keyword import query_terms
@@ -125,9 +126,12 @@ class KeywordIndex:
                     found.append(token)
         return found
 
-    def search(self, text: str, limit: int, org_id: str | None = None) -> list[tuple[int, float]]:
+    def search(
+        self, text: str, limit: int, org_id: str | None = None, only_keys: np.ndarray | None = None
+    ) -> list[tuple[int, float]]:
         """(chunk key, BM25 score) of the best `limit` chunks matching any word of `text`, best first; within
-        one organisation's chunks when `org_id` is given."""
+        one organisation's chunks when `org_id` is given, and among `only_keys` alone when given (a reader allowed few
+        chunks: matched inside the index, so its top k are all theirs)."""
         terms = self.terms(text)
         if not terms or limit < 1:
             return []
@@ -137,6 +141,13 @@ class KeywordIndex:
         if org_id is not None:  # the tenant first: it drives the intersection (1.8 against 2.3 ms p50 at 1M)
             tenant = tantivy.Query.const_score_query(tantivy.Query.term_query(self._schema, "tenant", org_id), 0.0)
             query = tantivy.Query.boolean_query([(tantivy.Occur.Must, tenant), (tantivy.Occur.Must, query)])
+        if only_keys is not None:
+            if not only_keys.shape[0]:
+                return []
+            allowed = tantivy.Query.const_score_query(
+                tantivy.Query.term_set_query(self._schema, "key", only_keys.tolist()), 0.0
+            )
+            query = tantivy.Query.boolean_query([(tantivy.Occur.Must, allowed), (tantivy.Occur.Must, query)])
         searcher = self._index.searcher()
         hits = searcher.search(query, limit, count=False).hits
         keys = searcher.fast_field_values("key", [address for _, address in hits])
@@ -240,6 +251,10 @@ class KeywordIndex:
             for entry in records:
                 writer.add_document(self._document(entry))
                 indexed += 1
+            # The old segments go with this commit; their files (deleted chunks' terms among them) are removed now,
+            # not at some later write: a purge relies on it.
+            writer.commit()
+            writer.garbage_collect_files()
         return indexed
 
     def close(self) -> None:

@@ -27,23 +27,22 @@ import asyncio
 import contextlib
 import fcntl
 import logging
-import os
+import sqlite3
 import threading
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
 import numpy as np
 
+from rag.access import AccessList, Reader
 from rag.errors import DocumentNotFound, StoreCorrupt, StoreIncompatible, TenantForbidden
-from rag.filters import Filters
-from rag.stores.base import SearchRequest
+from rag.stores import access_catalog
+from rag.stores.base import AccessByDocument, SearchRequest
 from rag.stores.catalog import SCHEMA_VERSION, Catalog
-from rag.stores.fusion import fuse
 from rag.stores.keyword_index import KeywordIndex
 from rag.stores.legacy import migrate_generation_store
+from rag.stores.numpy_search import SnapshotSearch
 from rag.stores.segments import (
     Segment,
     grouped_by_tenant,
@@ -53,6 +52,7 @@ from rag.stores.segments import (
     write_merged_segment,
     write_segment,
 )
+from rag.stores.snapshot import Snapshot
 from rag.types import Chunk, DocumentSummary, Hit, tenant_of
 
 logger = logging.getLogger(__name__)
@@ -60,81 +60,8 @@ logger = logging.getLogger(__name__)
 CATALOG = "catalog.sqlite3"
 KEYWORDS = "keywords"
 WRITE_LOCK = ".lock"
+UNPURGED = "unpurged"  # catalog meta: "1" from a deletion until the purge that erases its text
 COMPACTION_LOCK = ".compaction.lock"
-HYBRID_POOL = 100  # candidates taken from each leg before fusion (the pool the fusion was tuned with)
-GATHER_BELOW = 0.5  # a filter keeping less than this share of rows scores only those rows
-SPAN_SLACK = 2  # rows of a segment spanning at most this many times their number are scored over the span
-
-
-# A ranked row: (row, similarity or BM25 score, legs that found it, BM25 score, fused score)
-_Ranked = tuple[int, float, tuple[str, ...], float | None, float | None]
-
-
-@dataclass(frozen=True, eq=False)
-class _Snapshot:
-    generation: int
-    segments: tuple[Segment, ...]
-    chunks: int
-    documents: int
-    offsets: np.ndarray  # row where each segment starts in the concatenated view, and the total at the end
-    keys: np.ndarray  # every row's chunk key, in row order
-    sorted_keys: np.ndarray  # every chunk key, ascending (segments hold disjoint, ordered key ranges)
-    key_rows: np.ndarray  # the row of each of sorted_keys
-    dead_rows: np.ndarray  # rows whose chunk is tombstoned, ascending
-    dead: tuple[np.ndarray, ...]  # the same, per segment, as local positions
-
-    @classmethod
-    def build(
-        cls, generation: int, segments: tuple[Segment, ...], tombstones: np.ndarray, chunks: int, documents: int
-    ) -> _Snapshot:
-        offsets = np.zeros(len(segments) + 1, dtype=np.int64)
-        np.cumsum([s.rows for s in segments], out=offsets[1:])
-
-        def joined(parts: list[np.ndarray]) -> np.ndarray:
-            return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
-
-        keys = joined([s.keys for s in segments])
-        sorted_keys = joined([s.sorted_keys for s in segments])
-        key_rows = joined([s.by_key + start for s, start in zip(segments, offsets.tolist(), strict=False)])
-        positions = np.searchsorted(sorted_keys, tombstones)
-        inside = positions < sorted_keys.shape[0]
-        positions = positions[inside]
-        dead_rows = np.sort(key_rows[positions[sorted_keys[positions] == tombstones[inside]]])
-        bounds = np.searchsorted(dead_rows, offsets)
-        dead = tuple(dead_rows[bounds[i] : bounds[i + 1]] - offsets[i] for i in range(len(segments)))
-        return cls(generation, segments, chunks, documents, offsets, keys, sorted_keys, key_rows, dead_rows, dead)
-
-    @property
-    def rows(self) -> int:
-        return int(self.offsets[-1])
-
-    def rows_of_keys(self, keys: np.ndarray) -> np.ndarray:
-        """Rows of the given chunk keys; -1 for a key this snapshot does not hold, or holds tombstoned."""
-        if not self.sorted_keys.shape[0]:
-            return np.full(keys.shape, -1, dtype=np.int64)
-        positions = np.minimum(np.searchsorted(self.sorted_keys, keys), self.sorted_keys.shape[0] - 1)
-        found = self.sorted_keys[positions] == keys
-        rows = self.key_rows[positions]
-        if self.dead_rows.shape[0]:
-            at = np.minimum(np.searchsorted(self.dead_rows, rows), self.dead_rows.shape[0] - 1)
-            found &= self.dead_rows[at] != rows
-        return np.where(found, rows, -1)
-
-    def scores_of(self, rows: np.ndarray, query: np.ndarray) -> np.ndarray:
-        """Similarities of the given rows (ascending). Where a segment's rows lie close together, as a tenant's do,
-        the product runs over their span in place, which costs less than gathering them into a copy first."""
-        scores = np.empty(rows.shape[0], dtype=np.float32)
-        bounds = np.searchsorted(rows, self.offsets)
-        for s, segment in enumerate(self.segments):
-            picked = rows[bounds[s] : bounds[s + 1]] - self.offsets[s]
-            if not picked.shape[0]:
-                continue
-            low, high = int(picked[0]), int(picked[-1]) + 1
-            if high - low <= SPAN_SLACK * picked.shape[0]:
-                scores[bounds[s] : bounds[s + 1]] = (segment.vectors[low:high] @ query)[picked - low]
-            else:
-                scores[bounds[s] : bounds[s + 1]] = segment.vectors[picked] @ query
-        return scores
 
 
 class NumpyVectorStore:
@@ -147,15 +74,13 @@ class NumpyVectorStore:
         self.dimension = dimension
         self._catalog: Catalog | None = None
         self._keywords: KeywordIndex | None = None
-        self._snapshot = _Snapshot.build(0, (), np.zeros(0, dtype=np.int64), 0, 0)
+        self._snapshot = Snapshot.build(0, (), np.zeros(0, dtype=np.int64), 0, 0)
         self._write_lock = asyncio.Lock()
         self._state_lock = threading.Lock()
         self._compaction: asyncio.Task[None] | None = None
         self._closing = False
         self.compactions = 0
-        # A hybrid search runs its keyword leg here while its own thread runs the dense product, so a question
-        # costs the longer leg rather than both. One worker per core: more would only queue on the cores.
-        self._keyword_legs = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="keyword-leg")
+        self._search: SnapshotSearch | None = None
 
     @property
     def catalog(self) -> Catalog:
@@ -189,6 +114,7 @@ class NumpyVectorStore:
             migrate_generation_store(self.directory, self.catalog, self.embedding_model, self.dimension)
             self._remove_orphans()
             self._open_keywords()
+            self._search = SnapshotSearch(self.catalog, self.keywords)
             self._reload()
         snap = self._snapshot
         logger.info(
@@ -268,9 +194,9 @@ class NumpyVectorStore:
                 raise StoreCorrupt(f"cannot read the segments of {self.directory}: {exc}") from exc
             tombstones = np.asarray(state.tombstones, dtype=np.int64)
             self.keywords.reload()  # after the catalog's state: it then holds at least that state's chunks
-            self._snapshot = _Snapshot.build(state.generation, segments, tombstones, state.chunks, state.documents)
+            self._snapshot = Snapshot.build(state.generation, segments, tombstones, state.chunks, state.documents)
 
-    def _catch_up(self) -> _Snapshot:
+    def _catch_up(self) -> Snapshot:
         """The current snapshot, after loading what other processes committed (one tiny query when nothing did)."""
         if self.catalog.generation() != self._snapshot.generation:
             with self._file_lock(WRITE_LOCK, shared=True):
@@ -305,7 +231,15 @@ class NumpyVectorStore:
 
     # --- writing -------------------------------------------------------------------------------
 
-    def _upsert_sync(self, chunks: list[Chunk], vectors: np.ndarray, org_id: str | None) -> None:
+    def _upsert_sync(
+        self,
+        chunks: list[Chunk],
+        vectors: np.ndarray,
+        org_id: str | None,
+        access: AccessByDocument | None,
+        reader: Reader | None,
+        added_by: str | None,
+    ) -> None:
         with self._file_lock(WRITE_LOCK):
             first_key = int(self.catalog.meta("next_key") or 0)  # stable: every writer holds this lock
             keys = np.arange(first_key, first_key + len(chunks), dtype=np.int64)
@@ -320,7 +254,16 @@ class NumpyVectorStore:
                     document_ids = list(dict.fromkeys(chunk.document_id for chunk in chunks))
                     if org_id is not None and self.catalog.foreign_documents(conn, document_ids, org_id):
                         raise TenantForbidden("a document with one of these ids belongs to another organisation")
+                    if reader is not None and any(
+                        self.catalog.document_exists(conn, doc) and not access_catalog.may_read(conn, doc, reader)
+                        for doc in document_ids
+                    ):
+                        raise TenantForbidden("a document with one of these ids is stored and is not yours to replace")
+                    self._write_access(conn, chunks, document_ids, access or {})
+                    access_catalog.set_adder(conn, document_ids, added_by)
                     removed, removed_docs = self.catalog.remove_documents(conn, document_ids)
+                    if removed:
+                        self.catalog.set_meta(conn, UNPURGED, "1")
                     added_docs = self.catalog.insert_chunks(conn, first_key, chunks, counters["next_seq"])
                     self.catalog.insert_segment(conn, name, first_key, int(keys[-1]), len(chunks))
                     self.catalog.bump(
@@ -345,33 +288,134 @@ class NumpyVectorStore:
         except Exception:
             logger.exception("could not remove %d chunks from the keyword index; the next start does", len(keys))
 
-    async def upsert(self, chunks: list[Chunk], vectors: np.ndarray, org_id: str | None = None) -> None:
+    @staticmethod
+    def _write_access(
+        conn: sqlite3.Connection, chunks: list[Chunk], document_ids: list[str], access: AccessByDocument
+    ) -> None:
+        """The access lists of an add's documents: the one given, else the one a replaced document had."""
+        kept = access_catalog.lists_of(conn, [doc for doc in document_ids if doc not in access])
+        org_of = {chunk.document_id: tenant_of(chunk.metadata) for chunk in chunks}
+        changed = access_catalog.remove(conn, document_ids)
+        for doc in document_ids:
+            listed = access[doc] if doc in access else kept.get(doc)
+            access_catalog.put(conn, doc, org_of[doc], listed)
+            changed |= listed is not None
+        if changed:  # the forbidden chunk keys moved (new keys of a restricted document, or a list changed)
+            access_catalog.bump_generation(conn)
+
+    async def upsert(
+        self,
+        chunks: list[Chunk],
+        vectors: np.ndarray,
+        org_id: str | None = None,
+        access: AccessByDocument | None = None,
+        reader: Reader | None = None,
+        added_by: str | None = None,
+    ) -> None:
         if vectors.shape != (len(chunks), self.dimension):
             raise ValueError(f"expected vectors of shape ({len(chunks)}, {self.dimension}), got {vectors.shape}")
         if not chunks:
             return
         async with self._write_lock:
-            await anyio.to_thread.run_sync(self._upsert_sync, chunks, vectors, org_id)
+            await anyio.to_thread.run_sync(self._upsert_sync, chunks, vectors, org_id, access, reader, added_by)
         self._schedule_compaction()
 
-    def _delete_sync(self, document_id: str, org_id: str | None) -> int:
+    def _visible(self, conn: sqlite3.Connection, document_id: str, org_id: str | None, reader: Reader | None) -> bool:
+        """Whether the document exists for this caller: stored, of its organisation, readable by its reader."""
+        if not self.catalog.document_exists(conn, document_id):
+            return False
+        if org_id is not None and self.catalog.foreign_documents(conn, [document_id], org_id):
+            return False  # another tenant's: not for you
+        return access_catalog.may_read(conn, document_id, reader)
+
+    def _delete_sync(self, document_ids: list[str], org_id: str | None, reader: Reader | None, strict: bool) -> int:
+        """Delete the documents in one write; `strict`: DocumentNotFound unless every one exists for the caller,
+        else those that do not are passed over."""
         with self._file_lock(WRITE_LOCK):
             with self.catalog.transaction() as conn:
-                if org_id is not None and self.catalog.foreign_documents(conn, [document_id], org_id):
-                    raise DocumentNotFound(f"no document with id {document_id!r}")  # another tenant's: not for you
-                removed, removed_docs = self.catalog.remove_documents(conn, [document_id])
-                if not removed_docs:
-                    raise DocumentNotFound(f"no document with id {document_id!r}")
+                visible = [doc for doc in document_ids if self._visible(conn, doc, org_id, reader)]
+                if strict and len(visible) != len(document_ids):
+                    missing = next(doc for doc in document_ids if doc not in visible)
+                    raise DocumentNotFound(f"no document with id {missing!r}")
+                if not visible:
+                    return 0
+                if access_catalog.remove(conn, visible):
+                    access_catalog.bump_generation(conn)
+                access_catalog.set_adder(conn, visible, None)
+                removed, removed_docs = self.catalog.remove_documents(conn, visible)
+                self.catalog.set_meta(conn, UNPURGED, "1")
                 self.catalog.bump(conn, chunks=-len(removed), documents=-removed_docs)
             self._forget_keywords(removed)
             self._reload()
             return len(removed)
 
-    async def delete(self, document_id: str, org_id: str | None = None) -> int:
+    async def delete(self, document_id: str, org_id: str | None = None, reader: Reader | None = None) -> int:
         async with self._write_lock:
-            removed = await anyio.to_thread.run_sync(self._delete_sync, document_id, org_id)
+            removed = await anyio.to_thread.run_sync(self._delete_sync, [document_id], org_id, reader, True)
         self._schedule_compaction()
         return removed
+
+    async def delete_many(self, document_ids: list[str], org_id: str | None = None) -> int:
+        """Delete those of the documents that exist (of `org_id`, when given) in one write; returns their chunks."""
+        async with self._write_lock:
+            removed = await anyio.to_thread.run_sync(self._delete_sync, document_ids, org_id, None, False)
+        self._schedule_compaction()
+        return removed
+
+    async def documents_added_by(self, user_id: str, org_id: str | None = None) -> list[str]:
+        return await anyio.to_thread.run_sync(self.catalog.documents_added_by, user_id, org_id)
+
+    async def document_ids(self, org_id: str) -> list[str]:
+        return await anyio.to_thread.run_sync(self.catalog.document_ids, org_id)
+
+    def _set_access_sync(self, document_id: str, access: AccessList | None, org_id: str | None) -> None:
+        with self._file_lock(WRITE_LOCK):
+            with self.catalog.transaction() as conn:
+                if not self._visible(conn, document_id, org_id, None):
+                    raise DocumentNotFound(f"no document with id {document_id!r}")
+                org = conn.execute(
+                    "SELECT json_extract(metadata, '$.\"orgId\"'), json_type(metadata, '$.\"orgId\"') "
+                    "FROM documents WHERE id = ?",
+                    (document_id,),
+                ).fetchone()
+                access_catalog.put(conn, document_id, org[0] if org[1] == "text" else None, access)
+                access_catalog.bump_generation(conn)
+                self.catalog.bump(conn)  # every process catches up before its next search
+            self._reload()
+
+    async def set_access(self, document_id: str, access: AccessList | None, org_id: str | None = None) -> None:
+        async with self._write_lock:
+            await anyio.to_thread.run_sync(self._set_access_sync, document_id, access, org_id)
+
+    async def get_document(
+        self, document_id: str, org_id: str | None = None, reader: Reader | None = None
+    ) -> DocumentSummary:
+        found = await anyio.to_thread.run_sync(self.catalog.get_document, document_id, org_id, reader)
+        if found is None:
+            raise DocumentNotFound(f"no document with id {document_id!r}")
+        return found
+
+    # --- purging --------------------------------------------------------------------------------
+
+    def _purge_sync(self) -> None:
+        with self._file_lock(WRITE_LOCK):
+            if self.catalog.meta(UNPURGED) != "1":
+                return  # another process purged meanwhile
+            # Deleted chunks' terms stay in the keyword index's segments until Tantivy merges them, which it does
+            # when it chooses: the index is derived data, so it is written again from the catalog's live chunks.
+            indexed = self.keywords.rebuild(self.catalog.keyword_entries())
+            with self.catalog.transaction() as conn:
+                self.catalog.set_meta(conn, UNPURGED, "0")
+            logger.info("purge: keyword index of %s rewritten (%d chunks)", self.directory, indexed)
+
+    async def purge(self) -> None:
+        """Erase what deletions left in the store's files: SQLite already zeroed the rows (secure_delete), and the
+        keyword index is rewritten without the deleted chunks; `rag/purge.py` then truncates the catalog's WAL.
+        Vector segments hold no text; compaction drops deleted rows' vectors as it merges."""
+        if self.catalog.meta(UNPURGED) != "1":
+            return
+        async with self._write_lock:
+            await anyio.to_thread.run_sync(self._purge_sync)
 
     # --- compaction ----------------------------------------------------------------------------
 
@@ -449,145 +493,34 @@ class NumpyVectorStore:
 
     # --- searching -----------------------------------------------------------------------------
 
-    def _eligible(self, snap: _Snapshot, filters: Filters | None) -> np.ndarray | None:
-        """Rows that may be returned (live, and passing the filters) as a mask; None means every live row."""
-        if not filters:
-            return None
-        mask = np.empty(snap.rows, dtype=bool)
-        for segment, start in zip(snap.segments, snap.offsets.tolist(), strict=False):
-            mask[start : start + segment.rows] = segment.mask(filters, self.catalog.field_values)
-        mask[snap.dead_rows] = False
-        return mask
-
-    def _dense(
-        self, snap: _Snapshot, query: np.ndarray, eligible: np.ndarray | None
-    ) -> tuple[np.ndarray | None, np.ndarray]:
-        """(rows, cosine similarities) of the rows a search may return; rows None means every row, in order."""
-        query = np.ascontiguousarray(query, dtype=np.float32)
-        if eligible is not None:
-            rows = np.flatnonzero(eligible)
-            if rows.shape[0] < GATHER_BELOW * snap.rows:  # score only the rows the filter keeps
-                return rows, snap.scores_of(rows, query)
-        scores = np.empty(snap.rows, dtype=np.float32)
-        for segment, start in zip(snap.segments, snap.offsets.tolist(), strict=False):
-            np.matmul(segment.vectors, query, out=scores[start : start + segment.rows])
-        if eligible is not None:
-            return rows, scores[rows]
-        scores[snap.dead_rows] = -np.inf
-        return None, scores
-
-    @staticmethod
-    def _best(rows: np.ndarray | None, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """The `k` best (rows, scores), best first."""
-        k = min(k, scores.shape[0])
-        best = np.argpartition(-scores, k - 1)[:k] if k else np.zeros(0, dtype=np.int64)
-        best = best[np.argsort(-scores[best], kind="stable")]
-        best = best[np.isfinite(scores[best])]
-        return (best if rows is None else rows[best]), scores[best]
-
-    def _keyword(
-        self, snap: _Snapshot, text: str, k: int, filters: Filters | None, eligible: np.ndarray | None
-    ) -> dict[int, float]:
-        """Row -> BM25 score of the best `k` eligible rows. The index may hold chunks this snapshot does not (added
-        since, tombstoned, leftovers of a crash) and filters other than the tenant apply after it ranks, so the
-        candidate list grows until it holds k eligible rows or every match was seen."""
-        if snap.rows == 0:
-            return {}
-        limit = max(k, 10)
-        tenant = tenant_of(filters or {})  # a tenant named by a string is matched inside the index
-        if tenant is None and eligible is not None:  # other filters apply after: ask for enough at once
-            share = max(float(eligible.mean()), 1e-4)
-            limit = max(limit, int(k / share * 1.5))
-        while True:
-            found = self.keywords.search(text, limit, tenant)
-            keys = np.asarray([key for key, _ in found], dtype=np.int64)
-            rows = snap.rows_of_keys(keys)
-            ok = rows >= 0
-            if eligible is not None:
-                ok &= eligible[np.maximum(rows, 0)]
-            if ok.sum() >= k or len(found) < limit:
-                picked = np.flatnonzero(ok)[:k]
-                return {int(rows[i]): found[i][1] for i in picked}
-            limit *= 4
-
     def _search_sync(self, request: SearchRequest) -> list[Hit]:
-        snap = self._catch_up()
-        if snap.chunks == 0 or request.top_k < 1:
-            return []
-        eligible = self._eligible(snap, request.filters)
-        if eligible is not None and not eligible.any():
-            return []
-        if request.mode == "keyword":
-            keyword = self._keyword(snap, request.text, request.top_k, request.filters, eligible)
-            by_bm25 = sorted(keyword.items(), key=lambda item: item[1], reverse=True)
-            return self._hits(snap, [(row, score, ("keyword",), score, None) for row, score in by_bm25])
-        if request.vector is None:
-            raise ValueError(f"{request.mode} search needs a query vector")
-        pool = request.top_k if request.mode == "dense" else max(request.top_k, HYBRID_POOL)
-        keyword_leg = (  # started first: it needs nothing from the dense leg, whose product releases the GIL
-            self._keyword_legs.submit(self._keyword, snap, request.text, pool, request.filters, eligible)
-            if request.mode == "hybrid"
-            else None
-        )
-        rows, scores = self._dense(snap, request.vector, eligible)
-        rows, scores = self._best(rows, scores, pool)
-        floor = request.threshold
-        if request.mode == "dense":
-            keep = scores >= floor if floor is not None else np.ones(scores.shape, dtype=bool)
-            return self._hits(
-                snap,
-                [(int(r), float(s), ("dense",), None, None) for r, s in zip(rows[keep], scores[keep], strict=True)],
-            )
-        if floor is not None:
-            if scores.shape[0] == 0 or scores[0] < floor:
-                return []  # hybrid: no chunk is similar enough, the question is off-topic
-            rows, scores = rows[scores >= floor], scores[scores >= floor]  # the dense leg's candidates pass its bar
-        dense = {int(r): float(s) for r, s in zip(rows.tolist(), scores.tolist(), strict=True)}
-        assert keyword_leg is not None
-        keyword = keyword_leg.result()
-        only_keyword = [row for row in keyword if row not in dense]
-        similarity = dict(dense)
-        if only_keyword:  # their similarity is known too: score them, so both legs rank every candidate
-            needed = np.sort(np.asarray(only_keyword, dtype=np.int64))
-            found = snap.scores_of(needed, request.vector.astype(np.float32))
-            similarity |= dict(zip(needed.tolist(), found.tolist(), strict=True))
-        ranked: list[_Ranked] = []
-        for row, fused in fuse(similarity, keyword)[: request.top_k]:
-            legs = tuple(leg for leg, pool_of in (("dense", dense), ("keyword", keyword)) if row in pool_of)
-            ranked.append((row, similarity[row], legs, keyword.get(row), fused))
-        return self._hits(snap, ranked)
-
-    def _hits(self, snap: _Snapshot, ranked: list[_Ranked]) -> list[Hit]:
-        keys = [int(snap.keys[row]) for row, *_ in ranked]
-        chunks = self.catalog.chunks(keys)
-        hits = []
-        for key, (_, score, found_by, keyword_score, fused_score) in zip(keys, ranked, strict=True):
-            chunk = chunks.get(key)
-            if chunk is not None:  # None: deleted by another process after this snapshot
-                hits.append(Hit(chunk, score, found_by, keyword_score, fused_score))
-        return hits
+        assert self._search is not None, "the store is not open"
+        return self._search.search(self._catch_up(), request)
 
     async def search(self, request: SearchRequest) -> list[Hit]:
         return await anyio.to_thread.run_sync(self._search_sync, request)
 
     # --- listing and closing -------------------------------------------------------------------
 
-    def _list_sync(self, offset: int, limit: int, org_id: str | None) -> tuple[int, list[DocumentSummary]]:
+    def _list_sync(
+        self, offset: int, limit: int, org_id: str | None, reader: Reader | None
+    ) -> tuple[int, list[DocumentSummary]]:
         snap = self._catch_up()
-        total, page = self.catalog.list_documents(offset, limit, org_id)
+        total, page = self.catalog.list_documents(offset, limit, org_id, reader)
         return (snap.documents if total is None else total), page
 
     async def list_documents(
-        self, offset: int, limit: int, org_id: str | None = None
+        self, offset: int, limit: int, org_id: str | None = None, reader: Reader | None = None
     ) -> tuple[int, list[DocumentSummary]]:
-        return await anyio.to_thread.run_sync(self._list_sync, offset, limit, org_id)
+        return await anyio.to_thread.run_sync(self._list_sync, offset, limit, org_id, reader)
 
     async def aclose(self) -> None:
         self._closing = True
         async with self._write_lock:  # an in-flight write finishes: it is acknowledged only once durable
             if self._compaction is not None:
                 await asyncio.gather(self._compaction, return_exceptions=True)
-            self._keyword_legs.shutdown(wait=True)
+            if self._search is not None:
+                self._search.close()
             if self._keywords is not None:
                 self._keywords.close()
                 self._keywords = None

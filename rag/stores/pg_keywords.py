@@ -90,6 +90,7 @@ class FollowState:
     applied: list[int]  # transactions at or above `xmin` applied already
     at: float  # the database's clock when this state was taken (epoch seconds)
     generation: int  # the write counter as of that snapshot
+    unpurged: bool = False  # deletions applied since the last rebuild: their terms are still in the segments
 
 
 class FollowedKeywordIndex:
@@ -187,7 +188,12 @@ class FollowedKeywordIndex:
         applied |= {row["xid"] for row in removed}
         xmin = max(state.xmin, int(snapshot["xmin"]))
         new_state = FollowState(
-            self.store_id, xmin, sorted(x for x in applied if x >= xmin), float(snapshot["now"]), generation
+            self.store_id,
+            xmin,
+            sorted(x for x in applied if x >= xmin),
+            float(snapshot["now"]),
+            generation,
+            state.unpurged or bool(removed),
         )
 
         def apply() -> None:
@@ -196,6 +202,14 @@ class FollowedKeywordIndex:
 
         await anyio.to_thread.run_sync(apply)
         self._state = new_state
+
+    async def purge(self, pool: asyncpg.Pool) -> None:
+        """Rewrite the index when it applied deletions since it was last built, so that no deleted chunk's terms
+        stay in a segment (Tantivy drops deleted entries only when it merges their segment, and whether it merges
+        is its own choice)."""
+        state = self._read_state() or self._state
+        if state is not None and state.unpurged:
+            await self.rebuild(pool)
 
     async def rebuild(self, pool: asyncpg.Pool) -> None:
         """Index every chunk row of one snapshot, then follow from that snapshot."""

@@ -37,84 +37,31 @@ import asyncpg
 import numpy as np
 from pgvector.asyncpg import register_vector
 
-from rag.errors import DocumentNotFound, StoreIncompatible, StoreUnavailable, TenantForbidden
-from rag.stores.base import SearchRequest
+from rag.access import AccessList, Reader
+from rag.errors import DocumentNotFound, StoreUnavailable, TenantForbidden
+from rag.stores import pg_access
+from rag.stores.base import AccessByDocument, SearchRequest
 from rag.stores.fusion import fuse
 from rag.stores.pg_filters import SqlParams, where_clause
-from rag.stores.pg_keywords import PRUNE_DELETED, SCHEMA, FollowedKeywordIndex
+from rag.stores.pg_keywords import PRUNE_DELETED, FollowedKeywordIndex
+from rag.stores.pg_schema import (
+    BULK_LOCK,
+    PGVECTOR_EF_CONSTRUCTION,
+    migrate,
+    search_indexes,
+)
 from rag.types import Chunk, DocumentSummary, Hit, tenant_of
+
+__all__ = ["PGVECTOR_EF_CONSTRUCTION", "PostgresVectorStore", "exact_tenant_scan", "search_indexes"]
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_LOCK = 0x52414701  # pg_advisory_xact_lock key for migrations ("RAG" 1)
-BULK_LOCK = 0x52414702  # held (session level) by the one bulk load at a time
 HYBRID_POOL = 100
 # A tenant's dense leg: scoring all T of its chunks (an index-only scan, about 0.7 us a chunk) against HNSW, which
 # passes over the other tenants' neighbours to find k of its own, about k * N / T candidates at 9.4 us each (a heap
 # and a TOAST page): measured at 1M chunks, a tenant of 20,000: 13.9 against 47 ms. Exact wins while
 # T * T <= 13 * k * N, so the cost follows the tenant's size where it is small, and large tenants keep the index.
 EXACT_TENANT_FACTOR = 13
-
-# pgvector's default candidate list while linking a vector into the graph; the store's is a setting
-# (PG_HNSW_EF_CONSTRUCTION), which a bulk load builds with and inserts follow.
-PGVECTOR_EF_CONSTRUCTION = 64
-TENANT_INDEX = (
-    "CREATE INDEX IF NOT EXISTS rag_chunks_by_org_with_vectors ON rag_chunks (org_id) INCLUDE (key, embedding)"
-)
-
-
-def search_indexes(ef_construction: int) -> dict[str, str]:
-    """The indexes that searches use and adds maintain: a bulk load drops them and builds them once at its end,
-    and a start-up finding one missing (a bulk load that died) builds it again."""
-    return {
-        "rag_chunks_embedding": (
-            "CREATE INDEX IF NOT EXISTS rag_chunks_embedding ON rag_chunks USING hnsw (embedding vector_cosine_ops) "
-            f"WITH (ef_construction = {int(ef_construction)})"
-        ),
-        "rag_chunks_by_org_with_vectors": TENANT_INDEX,
-    }
-
-
-# Each entry migrates from the previous version; `{dim}` is the embedding dimension, fixed at creation.
-MIGRATIONS = [
-    """
-    CREATE EXTENSION IF NOT EXISTS vector;
-    CREATE TABLE rag_meta (key text PRIMARY KEY, value text NOT NULL);
-    CREATE TABLE rag_counters (
-        id int PRIMARY KEY CHECK (id = 1), chunks bigint NOT NULL, documents bigint NOT NULL,
-        lexemes bigint NOT NULL);
-    INSERT INTO rag_counters VALUES (1, 0, 0, 0);
-    CREATE TABLE rag_documents (
-        id text PRIMARY KEY, seq bigserial UNIQUE, org_id text, chunks int NOT NULL, metadata jsonb NOT NULL,
-        preview text NOT NULL);
-    CREATE INDEX rag_documents_by_org ON rag_documents (org_id, seq);
-    CREATE TABLE rag_chunks (
-        key bigserial PRIMARY KEY, id text NOT NULL,
-        document_id text NOT NULL REFERENCES rag_documents (id) ON DELETE CASCADE,
-        org_id text, text text NOT NULL, metadata jsonb NOT NULL, embedding vector({dim}) NOT NULL,
-        tsv tsvector GENERATED ALWAYS AS (to_tsvector('english', text)) STORED);
-    CREATE INDEX rag_chunks_by_document ON rag_chunks (document_id);
-    CREATE INDEX rag_chunks_by_org ON rag_chunks (org_id);
-    CREATE INDEX rag_chunks_tsv ON rag_chunks USING gin (tsv);
-    CREATE INDEX rag_chunks_embedding ON rag_chunks USING hnsw (embedding vector_cosine_ops);
-    """,
-    # 2: the keyword leg moves to each replica's Tantivy index, which follows the table; the tsvector goes
-    SCHEMA
-    + """
-    DROP INDEX rag_chunks_tsv;
-    ALTER TABLE rag_chunks DROP COLUMN tsv;
-    ALTER TABLE rag_counters DROP COLUMN lexemes;
-    INSERT INTO rag_meta (key, value) VALUES ('store_id', gen_random_uuid()::text);
-    """,
-    # 3: each organisation's vectors side by side in a B-tree, so scoring all of a tenant's chunks reads its own
-    # index pages (an index-only scan) instead of a heap page and a TOAST page per chunk; it serves the lookups
-    # by organisation the index it replaces did
-    TENANT_INDEX + "; DROP INDEX rag_chunks_by_org;",
-    # 4: vacuum after inserts of 2% of the table instead of 20%, so that few rows wait to be marked all-visible
-    # (until they are, a tenant's index-only scan reads their heap pages too); vacuuming only inserts is cheap:
-    # it visits the pages not yet all-visible, and no index has entries to remove
-    "ALTER TABLE rag_chunks SET (autovacuum_vacuum_insert_scale_factor = 0.02)",
-]
 
 # What a lost or refused connection raises, in asyncpg and below it
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
@@ -144,6 +91,15 @@ def exact_tenant_scan(tenant_rows: int, total_rows: int, k: int) -> bool:
 
 def _log_notice(conn: asyncpg.Connection, message: asyncpg.PostgresLogMessage) -> None:
     logger.warning("bulk load: PostgreSQL says: %s", message.message)
+
+
+_DOCUMENT_COLUMNS = "d.id, d.chunks, d.metadata, d.preview, l.users, l.groups"
+
+
+def _summary(row: asyncpg.Record) -> DocumentSummary:
+    return DocumentSummary(
+        row["id"], row["chunks"], json.loads(row["metadata"]), row["preview"], pg_access.access_of(row)
+    )
 
 
 def _chunk(row: asyncpg.Record) -> Chunk:
@@ -190,7 +146,7 @@ class PostgresVectorStore:
         # The extension must exist before a connection can register the vector codec.
         conn = await asyncpg.connect(dsn)
         try:
-            store_id = await cls._migrate(conn, embedding_model, dimension, ef_construction)
+            store_id = await migrate(conn, embedding_model, dimension, ef_construction)
         finally:
             await conn.close()
         pool = await asyncpg.create_pool(dsn, min_size=1, max_size=pool_size, init=_init_connection)
@@ -202,60 +158,6 @@ class PostgresVectorStore:
         store = cls(pool, keywords, embedding_model, dimension, ef_search, ef_construction)
         await store.refresh()
         return store
-
-    @classmethod
-    async def _migrate(
-        cls, conn: asyncpg.Connection, embedding_model: str, dimension: int, ef_construction: int
-    ) -> str:
-        """Create or migrate the schema, check the identity; returns the store's id."""
-        async with conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", SCHEMA_LOCK)
-            await conn.execute("CREATE TABLE IF NOT EXISTS rag_schema (version int NOT NULL)")
-            version = await conn.fetchval("SELECT max(version) FROM rag_schema") or 0
-            for number, migration in enumerate(MIGRATIONS[version:], start=version + 1):
-                await conn.execute(migration.format(dim=int(dimension)))
-                await conn.execute("INSERT INTO rag_schema (version) VALUES ($1)", number)
-                logger.info("database schema migrated to version %d", number)
-            identity = dict(await conn.fetch("SELECT key, value FROM rag_meta"))
-            if "embedding_model" not in identity:
-                await conn.executemany(
-                    "INSERT INTO rag_meta (key, value) VALUES ($1, $2)",
-                    [("embedding_model", embedding_model), ("dimension", str(dimension))],
-                )
-            elif identity.get("embedding_model") != embedding_model or identity.get("dimension") != str(dimension):
-                raise StoreIncompatible(
-                    f"the database's chunks were built with embedding model {identity.get('embedding_model')!r} "
-                    f"(dimension {identity.get('dimension')}), but this service embeds with {embedding_model!r} "
-                    f"(dimension {dimension}). Use another database, or set EMBEDDING_MODEL back."
-                )
-            await cls._restore_search_indexes(conn, ef_construction)
-            await cls._follow_ef_construction(conn, ef_construction)
-            return str(await conn.fetchval("SELECT value FROM rag_meta WHERE key = 'store_id'"))
-
-    @staticmethod
-    async def _restore_search_indexes(conn: asyncpg.Connection, ef_construction: int) -> None:
-        """Build a search index a bulk load dropped and did not live to build again; a load still running
-        (holding BULK_LOCK) builds its own at its end."""
-        indexes = search_indexes(ef_construction)
-        present = await conn.fetch("SELECT indexname FROM pg_indexes WHERE tablename = 'rag_chunks'")
-        missing = [name for name in indexes if name not in {row["indexname"] for row in present}]
-        if not missing or not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", BULK_LOCK):
-            return
-        for name in missing:
-            logger.warning("index %s is missing (a bulk load that did not finish); building it", name)
-            await conn.execute(indexes[name])
-
-    @staticmethod
-    async def _follow_ef_construction(conn: asyncpg.Connection, ef_construction: int) -> None:
-        """Make the HNSW index's ef_construction the configured one: inserts link with it from now on. The links
-        already in the graph stay as they were built until a bulk load builds the graph again."""
-        index = await conn.fetchrow("SELECT reloptions FROM pg_class WHERE relname = 'rag_chunks_embedding'")
-        if index is None:
-            return  # dropped by a bulk load that is running: its build uses its own setting
-        current = dict(option.split("=", 1) for option in index["reloptions"] or [])
-        if int(current.get("ef_construction", PGVECTOR_EF_CONSTRUCTION)) != ef_construction:
-            await conn.execute(f"ALTER INDEX rag_chunks_embedding SET (ef_construction = {int(ef_construction)})")
-            logger.info("HNSW index: ef_construction set to %d for new inserts", ef_construction)
 
     def _connection(self) -> AbstractAsyncContextManager[asyncpg.Connection]:
         return pooled_connection(self._pool)
@@ -319,7 +221,15 @@ class PostgresVectorStore:
             finally:
                 await conn.execute("SELECT pg_advisory_unlock($1)", BULK_LOCK)
 
-    async def upsert(self, chunks: list[Chunk], vectors: np.ndarray, org_id: str | None = None) -> None:
+    async def upsert(
+        self,
+        chunks: list[Chunk],
+        vectors: np.ndarray,
+        org_id: str | None = None,
+        access: AccessByDocument | None = None,
+        reader: Reader | None = None,
+        added_by: str | None = None,
+    ) -> None:
         if vectors.shape != (len(chunks), self.dimension):
             raise ValueError(f"expected vectors of shape ({len(chunks)}, {self.dimension}), got {vectors.shape}")
         if not chunks:
@@ -335,13 +245,20 @@ class PostgresVectorStore:
                 "SELECT count(*) FROM rag_documents WHERE id = ANY($1) AND org_id IS DISTINCT FROM $2", ids, org_id
             ):
                 raise TenantForbidden("a document with one of these ids belongs to another organisation")
+            if reader is not None and await pg_access.unreadable(conn, ids, reader):
+                raise TenantForbidden("a document with one of these ids is stored and is not yours to replace")
+            given = access or {}
+            kept = await pg_access.lists_of(conn, [doc for doc in ids if doc not in given])
+            lists = {doc: given[doc] if doc in given else kept.get(doc) for doc in ids}
+            readers = {doc: pg_access.readers_of(listed) for doc, listed in lists.items()}
             removed = await conn.fetchrow(
                 "WITH gone AS (DELETE FROM rag_documents WHERE id = ANY($1) RETURNING chunks) "
                 "SELECT count(*) AS documents, coalesce(sum(chunks), 0) AS chunks FROM gone",
                 ids,
             )
             await conn.executemany(
-                "INSERT INTO rag_documents (id, org_id, chunks, metadata, preview) VALUES ($1, $2, $3, $4, $5)",
+                "INSERT INTO rag_documents (id, org_id, chunks, metadata, preview, added_by) "
+                "VALUES ($1, $2, $3, $4, $5, $6)",
                 [
                     (
                         doc_id,
@@ -349,18 +266,30 @@ class PostgresVectorStore:
                         len(parts),
                         json.dumps(parts[0].metadata),
                         parts[0].text[:200],
+                        added_by,
                     )
                     for doc_id, parts in documents.items()
                 ],
             )
             await conn.copy_records_to_table(
                 "rag_chunks",
-                columns=["id", "document_id", "org_id", "text", "metadata", "embedding"],
+                columns=["id", "document_id", "org_id", "text", "metadata", "embedding", "readers"],
                 records=[
-                    (c.id, c.document_id, tenant_of(c.metadata), c.text, json.dumps(c.metadata), vector)
+                    (
+                        c.id,
+                        c.document_id,
+                        tenant_of(c.metadata),
+                        c.text,
+                        json.dumps(c.metadata),
+                        vector,
+                        readers[c.document_id],
+                    )
                     for c, vector in zip(chunks, vectors.astype(np.float32, copy=False), strict=True)
                 ],
             )
+            for doc, listed in lists.items():
+                if listed is not None:
+                    await pg_access.put_list(conn, doc, listed)
             await conn.execute(PRUNE_DELETED)
             counts = await conn.fetchrow(
                 "UPDATE rag_counters SET chunks = chunks + $1, documents = documents + $2, generation = generation + 1 "
@@ -370,9 +299,11 @@ class PostgresVectorStore:
             )
         self._counts = (int(counts["chunks"]), int(counts["documents"]))
 
-    async def delete(self, document_id: str, org_id: str | None = None) -> int:
+    async def delete(self, document_id: str, org_id: str | None = None, reader: Reader | None = None) -> int:
         async with self._connection() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", document_id)
+            if reader is not None and await pg_access.unreadable(conn, [document_id], reader):
+                raise DocumentNotFound(f"no document with id {document_id!r}")
             chunks = await conn.fetchval(
                 "DELETE FROM rag_documents WHERE id = $1 AND ($2::text IS NULL OR org_id = $2) RETURNING chunks",
                 document_id,
@@ -388,6 +319,86 @@ class PostgresVectorStore:
             )
         self._counts = (int(counts["chunks"]), int(counts["documents"]))
         return int(chunks)
+
+    async def delete_many(self, document_ids: list[str], org_id: str | None = None) -> int:
+        """Delete those of the documents that exist (of `org_id`, when given) in one transaction; returns their
+        chunks."""
+        ids = sorted(set(document_ids))
+        async with self._connection() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(id, 0)) FROM unnest($1::text[]) id", ids)
+            removed = await conn.fetchrow(
+                "WITH gone AS (DELETE FROM rag_documents WHERE id = ANY($1) AND ($2::text IS NULL OR org_id = $2) "
+                "RETURNING chunks) SELECT count(*) AS documents, coalesce(sum(chunks), 0) AS chunks FROM gone",
+                ids,
+                org_id,
+            )
+            await conn.execute(PRUNE_DELETED)
+            counts = await conn.fetchrow(
+                "UPDATE rag_counters SET chunks = chunks - $1, documents = documents - $2, generation = generation + 1 "
+                "WHERE id = 1 RETURNING chunks, documents",
+                int(removed["chunks"]),
+                int(removed["documents"]),
+            )
+        self._counts = (int(counts["chunks"]), int(counts["documents"]))
+        return int(removed["chunks"])
+
+    async def documents_added_by(self, user_id: str, org_id: str | None = None) -> list[str]:
+        async with self._connection() as conn:
+            rows = await conn.fetch(
+                "SELECT id FROM rag_documents WHERE added_by = $1 AND ($2::text IS NULL OR org_id = $2) ORDER BY seq",
+                user_id,
+                org_id,
+            )
+        return [row["id"] for row in rows]
+
+    async def document_ids(self, org_id: str) -> list[str]:
+        async with self._connection() as conn:
+            rows = await conn.fetch("SELECT id FROM rag_documents WHERE org_id = $1 ORDER BY seq", org_id)
+        return [row["id"] for row in rows]
+
+    async def purge(self) -> None:
+        """Make deleted text unreadable from the database's table files and this replica's keyword index: VACUUM
+        prunes the dead rows (their bytes are then free space a later write reuses, see docs/deployment.md), and
+        the keyword index's segments holding deleted entries are rewritten."""
+        async with self._snapshot() as conn:  # deletions through other replicas, applied to this replica's index
+            await self._keywords.catch_up(conn)
+        async with self._connection() as conn:
+            # cheap when nothing was deleted: a vacuum skips the pages marked all-visible, and calls no index's
+            # clean-up (HNSW's is the costly one) without dead rows
+            for table in ("rag_chunks", "rag_documents", "rag_access_lists"):
+                await conn.execute(f"VACUUM {table}")
+        await self._keywords.purge(self._pool)
+
+    async def set_access(self, document_id: str, access: AccessList | None, org_id: str | None = None) -> None:
+        async with self._connection() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", document_id)
+            if not await conn.fetchval(
+                "SELECT count(*) FROM rag_documents WHERE id = $1 AND ($2::text IS NULL OR org_id = $2)",
+                document_id,
+                org_id,
+            ):
+                raise DocumentNotFound(f"no document with id {document_id!r}")
+            await pg_access.put_list(conn, document_id, access)
+            await conn.execute(
+                "UPDATE rag_chunks SET readers = $2 WHERE document_id = $1 AND readers IS DISTINCT FROM $2",
+                document_id,
+                pg_access.readers_of(access),
+            )
+
+    async def get_document(
+        self, document_id: str, org_id: str | None = None, reader: Reader | None = None
+    ) -> DocumentSummary:
+        params = SqlParams(document_id, org_id)
+        readable = pg_access.document_condition(reader, params)
+        async with self._connection() as conn:
+            row = await conn.fetchrow(
+                f"SELECT {_DOCUMENT_COLUMNS} FROM rag_documents d LEFT JOIN rag_access_lists l ON l.document_id = d.id "
+                f"WHERE d.id = $1 AND ($2::text IS NULL OR d.org_id = $2) AND {readable}",
+                *params.values,
+            )
+        if row is None:
+            raise DocumentNotFound(f"no document with id {document_id!r}")
+        return _summary(row)
 
     # --- reading ---------------------------------------------------------------------------------
 
@@ -409,7 +420,7 @@ class PostgresVectorStore:
 
     async def _dense(self, conn: asyncpg.Connection, request: SearchRequest, k: int) -> list[asyncpg.Record]:
         params = SqlParams(np.asarray(request.vector, dtype=np.float32))
-        where = where_clause(request.filters, params)
+        where = f"{where_clause(request.filters, params)} AND {pg_access.readers_condition(request.reader, params)}"
         select = "SELECT key, id, document_id, text, metadata, 1 - (embedding <=> $1) AS similarity FROM rag_chunks"
         if self._exact_for_tenant(request, k):
             # Ranked on the keys and vectors alone (the tenant's index pages), then the k winners' rows are read.
@@ -421,7 +432,7 @@ class PostgresVectorStore:
             )
             return sorted(rows, key=lambda row: row["similarity"], reverse=True)
         rows = await conn.fetch(f"{select} WHERE {where} ORDER BY embedding <=> $1 LIMIT {int(k)}", *params.values)
-        if request.filters and len(rows) < k:
+        if (request.filters or request.reader) and len(rows) < k:
             # A small tenant among many: the iterative index scan can stop (hnsw.max_scan_tuples) before it has seen
             # k of its rows. An exact scan of the filtered rows (the ORDER BY no longer matches the index) finds
             # every one; it is cheap precisely because the filter keeps few rows.
@@ -448,7 +459,7 @@ class PostgresVectorStore:
             if with_vector:
                 params.add(np.asarray(request.vector, dtype=np.float32))
             similarity = "1 - (embedding <=> $2)" if with_vector else "NULL::float8"
-            where = where_clause(request.filters, params)
+            where = f"{where_clause(request.filters, params)} AND {pg_access.readers_condition(request.reader, params)}"
             rows = await conn.fetch(
                 f"SELECT key, id, document_id, text, metadata, {similarity} AS similarity FROM rag_chunks "
                 f"WHERE key = ANY($1::bigint[]) AND {where}",
@@ -495,29 +506,23 @@ class PostgresVectorStore:
         return hits
 
     async def list_documents(
-        self, offset: int, limit: int, org_id: str | None = None
+        self, offset: int, limit: int, org_id: str | None = None, reader: Reader | None = None
     ) -> tuple[int, list[DocumentSummary]]:
         offset, limit = min(offset, 2**62), min(limit, 2**62)  # bigint range; any page past the end is empty
+        params = SqlParams(org_id)
+        where = f"($1::text IS NULL OR d.org_id = $1) AND {pg_access.document_condition(reader, params)}"
+        joined = "rag_documents d LEFT JOIN rag_access_lists l ON l.document_id = d.id"
         async with self._connection() as conn:
-            if org_id is None:
+            if org_id is None and reader is None:
                 total = await conn.fetchval("SELECT documents FROM rag_counters WHERE id = 1")
-                rows = await conn.fetch(
-                    "SELECT id, chunks, metadata, preview FROM rag_documents ORDER BY seq LIMIT $1 OFFSET $2",
-                    limit,
-                    offset,
-                )
             else:
-                total = await conn.fetchval("SELECT count(*) FROM rag_documents WHERE org_id = $1", org_id)
-                rows = await conn.fetch(
-                    "SELECT id, chunks, metadata, preview FROM rag_documents WHERE org_id = $1 "
-                    "ORDER BY seq LIMIT $2 OFFSET $3",
-                    org_id,
-                    limit,
-                    offset,
-                )
-        return int(total), [
-            DocumentSummary(r["id"], r["chunks"], json.loads(r["metadata"]), r["preview"]) for r in rows
-        ]
+                total = await conn.fetchval(f"SELECT count(*) FROM {joined} WHERE {where}", *params.values)
+            rows = await conn.fetch(
+                f"SELECT {_DOCUMENT_COLUMNS} FROM {joined} WHERE {where} ORDER BY d.seq "
+                f"LIMIT {params.add(limit)} OFFSET {params.add(offset)}",
+                *params.values,
+            )
+        return int(total), [_summary(row) for row in rows]
 
     async def aclose(self) -> None:
         await self._pool.close()

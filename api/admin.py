@@ -1,0 +1,101 @@
+"""Administration of an organisation's data: the audit log, and purging a user or a whole organisation.
+
+These routes are for an organisation's own key (`KEY:ORG_ID`), a trusted key, or an open service; a user token or
+a key acting for a user (X-On-Behalf-Of) gets 403. Every purge is recorded in the audit log, and the purger then
+erases the deleted text from the files (`rag/purge.py`, PURGE_DELAY_SECONDS).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+
+from api.auth import Principal, PrincipalDep
+from api.deps import Services, ServicesDep
+from api.schemas import ErrorBody
+from rag.chats.sqlite import ChatNotFound, ChatOwner
+from rag.errors import TenantForbidden
+
+router = APIRouter(tags=["administration"])
+_ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (403, 422)}
+
+
+def admin_org(principal: Principal, org_id: str | None) -> str | None:
+    """The organisation an administrative request acts on; 403 for a user's credential or another organisation."""
+    if principal.reader is not None:
+        raise TenantForbidden("this needs the organisation's key, not a user's credential")
+    _, org_id = principal.scope(None, org_id)
+    return org_id
+
+
+async def forget_chats(services: Services, chats: list[tuple[str, ChatOwner]]) -> int:
+    """Stop and delete chats and their kept answers; returns how many."""
+    for chat_id, owner in chats:
+        await services.answers.forget_chat(chat_id, owner)
+        with contextlib.suppress(ChatNotFound):  # deleted meanwhile
+            await services.conversations.delete(chat_id, owner)
+    return len(chats)
+
+
+@router.get("/audit", responses=_ERRORS)
+async def audit_log(
+    services: ServicesDep,
+    principal: PrincipalDep,
+    orgId: Annotated[str | None, Query(min_length=1, description="Whose entries (a trusted key: any, or all).")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    before: Annotated[
+        float | None, Query(description="Entries before this time (epoch seconds): the next page.")
+    ] = None,
+) -> dict[str, Any]:
+    """Access changes, deletions and purges, newest first: who, what, when; never a document's content."""
+    org_id = admin_org(principal, orgId)
+    entries = await services.audit.entries(org_id, limit, before)
+    return {"entries": [entry.as_dict() for entry in entries]}
+
+
+@router.delete("/users/{userId}", responses=_ERRORS)
+async def purge_user(
+    userId: str,
+    services: ServicesDep,
+    principal: PrincipalDep,
+    documents: Annotated[bool, Query(description="Also delete the documents this user added.")] = False,
+    orgId: Annotated[str | None, Query(min_length=1, description="The user's organisation (a trusted key).")] = None,
+) -> dict[str, Any]:
+    """Delete a user's chats, kept answers, jobs and uploaded files, and with `documents=true` the documents they
+    added; within the credential's organisation (a trusted key: within `orgId`, or everywhere)."""
+    org_id = admin_org(principal, orgId)
+    owner = ChatOwner(userId, org_id)
+    chats: list[tuple[str, ChatOwner]] = []
+    while page := await services.conversations.list_chats(owner, 500, len(chats)):
+        chats += [(chat.chat_id, ChatOwner(userId, chat.org_id)) for chat in page]
+    forgotten_chats = await forget_chats(services, chats)
+    jobs = await services.jobs.forget_owner(org_id, userId)
+    removed_documents = removed_chunks = 0
+    if documents:
+        ids = await services.store.documents_added_by(userId, org_id)
+        removed_chunks = await services.store.delete_many(ids, org_id)
+        removed_documents = len(ids)
+    details = {"chats": forgotten_chats, "jobs": jobs, "documents": removed_documents}
+    await services.audit.record("user.purge", userId, org_id, principal.kind, principal.user_id, details)
+    services.purger.deleted()
+    return {"userId": userId, **details, "chunks": removed_chunks}
+
+
+@router.delete("/orgs/{orgId}", responses=_ERRORS)
+async def purge_org(orgId: str, services: ServicesDep, principal: PrincipalDep) -> dict[str, Any]:
+    """Delete everything of an organisation: its documents, chats, kept answers, jobs, uploaded files and its audit
+    entries (but the record of this purge)."""
+    org_id = admin_org(principal, orgId)
+    assert org_id is not None
+    chats = [(c.chat_id, ChatOwner(c.user_id, c.org_id)) for c in await services.conversations.chats_of_org(org_id)]
+    forgotten_chats = await forget_chats(services, chats)
+    jobs = await services.jobs.forget_owner(org_id, None)
+    ids = await services.store.document_ids(org_id)
+    removed_chunks = await services.store.delete_many(ids, org_id)
+    await services.audit.forget_org(org_id)
+    details = {"chats": forgotten_chats, "jobs": jobs, "documents": len(ids)}
+    await services.audit.record("org.purge", org_id, org_id, principal.kind, principal.user_id, details)
+    services.purger.deleted()
+    return {"orgId": org_id, **details, "chunks": removed_chunks}

@@ -1,0 +1,115 @@
+"""Deleted means deleted: after a deletion, once PURGE_DELAY_SECONDS have passed, no file under DATA_DIR holds the
+deleted text.
+
+Deleting marks, it does not erase: SQLite leaves a deleted row's bytes in its page and the page's earlier image in
+the WAL, Tantivy keeps a deleted chunk's terms in its segment until a merge, PostgreSQL keeps dead tuples until a
+vacuum. So every SQLite database here runs with `secure_delete` (a deleted row is overwritten with zeros in place),
+and this purger, a while after the last deletion, finishes the job:
+- the store's `purge()`: the embedded store rewrites the keyword index segments that hold deleted entries;
+  PostgreSQL vacuums its tables and each replica rewrites its keyword index likewise;
+- every SQLite database under DATA_DIR (catalog, chats, answers, jobs) has its WAL checkpointed into the database
+  and truncated to nothing, so no earlier image of a page survives.
+
+Why wait at all (PURGE_DELAY_SECONDS): a purge rewrites files, so deletions arriving together (a user's purge, a
+clean-up script) share one, and a deletion is never slowed by it. A purge also runs at start-up, for deletions a
+crash or a stop left unpurged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import anyio
+
+logger = logging.getLogger(__name__)
+
+MIN_PERIOD_SECONDS = 10.0  # how often a purge runs anyway (deletions by other processes), at least
+CHECKPOINT_TRIES = 100  # a checkpoint waits for readers of older pages; each try waits 50 ms more
+
+
+def truncate_wal(path: Path) -> bool:
+    """Checkpoint a SQLite database's WAL into it and truncate the WAL to zero bytes; False when readers kept it."""
+    conn = sqlite3.connect(path, timeout=30)
+    try:
+        for _ in range(CHECKPOINT_TRIES):
+            busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            if not busy:
+                return True
+            time.sleep(0.05)
+        return False
+    finally:
+        conn.close()
+
+
+def purge_of(store: object) -> Callable[[], Awaitable[None]]:
+    """The store's own purge, or nothing for a plug-in store without one."""
+    purge = getattr(store, "purge", None)
+    if callable(purge):
+        return purge  # type: ignore[no-any-return]
+
+    async def nothing() -> None:
+        return None
+
+    return nothing
+
+
+class Purger:
+    """Purges `delay_seconds` after a deletion in this process, and every `delay_seconds` (at least each
+    MIN_PERIOD_SECONDS) in case another process or replica deleted: each purge step costs next to nothing when
+    there is nothing to purge."""
+
+    def __init__(self, data_dir: Path, delay_seconds: float, purge_store: Callable[[], Awaitable[None]]) -> None:
+        self.data_dir = data_dir
+        self.delay_seconds = delay_seconds
+        self._purge_store = purge_store
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._done = asyncio.Condition()
+        self.purges = 0  # completed, for tests and the health route
+
+    def start(self) -> None:
+        self._wake.set()  # what a crash or a stop left unpurged
+        self._task = asyncio.create_task(self._run())
+
+    def deleted(self) -> None:
+        """Something was deleted: purge once the delay has passed (one purge for deletions that come together)."""
+        self._wake.set()
+
+    async def _run(self) -> None:
+        period = max(self.delay_seconds, MIN_PERIOD_SECONDS)
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), period)
+            await asyncio.sleep(self.delay_seconds)
+            self._wake.clear()  # deletions from here on are after this purge's start: they wake the next one
+            try:
+                await self.purge()
+            except Exception:
+                logger.exception("purge failed; the next one retries it")
+
+    async def purge(self) -> None:
+        """Purge now: the store, then every SQLite database's WAL."""
+        await self._purge_store()
+        for path in sorted(self.data_dir.rglob("*.sqlite3")):
+            if not await anyio.to_thread.run_sync(truncate_wal, path):
+                logger.warning("purge: readers kept %s's WAL busy; the next purge truncates it", path)
+        async with self._done:
+            self.purges += 1
+            self._done.notify_all()
+
+    async def wait_for_purge(self, after: int) -> None:
+        """Wait until more than `after` purges have completed (tests)."""
+        async with self._done:
+            await self._done.wait_for(lambda: self.purges > after)
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task

@@ -1,0 +1,130 @@
+"""Access lists in the embedded store's catalog: the tables, their writes (inside the catalog's transactions) and
+the reads a search, a list and a fetch make.
+
+    access_lists   one row per restricted document: its organisation and its list (as JSON, for display)
+    access_grants  (document, grantee) pairs: `u:<user>` and `g:<group>` (see `rag/access.py`)
+    document_adders  the user who added each document, when a user did: what a user's purge deletes
+
+A document without a row is readable by its whole organisation. Every write that changes which chunks a reader may
+read moves `access_generation` in the catalog's meta table (and the store's generation, so other processes notice);
+a search keys its cache of forbidden chunk keys by it, so a change holds from the next search in every process.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable
+
+import numpy as np
+
+from rag.access import AccessList, Reader
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS access_lists (
+    document_id TEXT PRIMARY KEY, org TEXT, users TEXT NOT NULL, groups TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS access_lists_by_org ON access_lists (org);
+CREATE TABLE IF NOT EXISTS access_grants (
+    document_id TEXT NOT NULL, grantee TEXT NOT NULL, PRIMARY KEY (document_id, grantee)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS document_adders (document_id TEXT PRIMARY KEY, user_id TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS document_adders_by_user ON document_adders (user_id);
+"""
+GENERATION = "access_generation"
+
+
+def generation(conn: sqlite3.Connection) -> int:
+    row = conn.execute("SELECT value FROM meta WHERE key = ?", (GENERATION,)).fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def bump_generation(conn: sqlite3.Connection) -> None:
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES (?, '1') "
+        "ON CONFLICT (key) DO UPDATE SET value = CAST(value AS INTEGER) + 1",
+        (GENERATION,),
+    )
+
+
+def lists_of(conn: sqlite3.Connection, document_ids: Iterable[str]) -> dict[str, AccessList]:
+    """The access lists of those documents that have one."""
+    lists: dict[str, AccessList] = {}
+    for doc_id in document_ids:
+        row = conn.execute("SELECT users, groups FROM access_lists WHERE document_id = ?", (doc_id,)).fetchone()
+        if row is not None:
+            lists[doc_id] = AccessList(tuple(json.loads(row[0])), tuple(json.loads(row[1])))
+    return lists
+
+
+def may_read(conn: sqlite3.Connection, document_id: str, reader: Reader | None) -> bool:
+    """Whether `reader` may read the document (true for a document without a list, and for no reader)."""
+    if reader is None:
+        return True
+    if conn.execute("SELECT 1 FROM access_lists WHERE document_id = ?", (document_id,)).fetchone() is None:
+        return True
+    marks = ",".join("?" * len(reader.grantees))
+    return (
+        conn.execute(
+            f"SELECT 1 FROM access_grants WHERE document_id = ? AND grantee IN ({marks}) LIMIT 1",
+            (document_id, *reader.grantees),
+        ).fetchone()
+        is not None
+    )
+
+
+def set_adder(conn: sqlite3.Connection, document_ids: list[str], user_id: str | None) -> None:
+    """Record who added (or last replaced) these documents."""
+    conn.executemany("DELETE FROM document_adders WHERE document_id = ?", ((doc,) for doc in document_ids))
+    if user_id is not None:
+        conn.executemany(
+            "INSERT INTO document_adders (document_id, user_id) VALUES (?, ?)", ((doc, user_id) for doc in document_ids)
+        )
+
+
+def remove(conn: sqlite3.Connection, document_ids: Iterable[str]) -> bool:
+    """Drop the lists of these documents; True when one had a list."""
+    had = False
+    for doc_id in document_ids:
+        had |= conn.execute("DELETE FROM access_lists WHERE document_id = ?", (doc_id,)).rowcount > 0
+        conn.execute("DELETE FROM access_grants WHERE document_id = ?", (doc_id,))
+    return had
+
+
+def put(conn: sqlite3.Connection, document_id: str, org: str | None, access: AccessList | None) -> None:
+    """Set one document's list (None: no list), replacing the one it had."""
+    remove(conn, [document_id])
+    if access is None:
+        return
+    conn.execute(
+        "INSERT INTO access_lists (document_id, org, users, groups) VALUES (?, ?, ?, ?)",
+        (document_id, org, json.dumps(list(access.users)), json.dumps(list(access.groups))),
+    )
+    conn.executemany(
+        "INSERT INTO access_grants (document_id, grantee) VALUES (?, ?)",
+        ((document_id, grantee) for grantee in access.grantees),
+    )
+
+
+def reader_condition(reader: Reader | None, document_column: str) -> tuple[str, list[str]]:
+    """A SQL condition (and its parameters) true for the documents `reader` may read."""
+    if reader is None:
+        return "1", []
+    marks = ",".join("?" * len(reader.grantees))
+    return (
+        f"(NOT EXISTS (SELECT 1 FROM access_lists l WHERE l.document_id = {document_column}) OR EXISTS "
+        f"(SELECT 1 FROM access_grants g WHERE g.document_id = {document_column} AND g.grantee IN ({marks})))",
+        list(reader.grantees),
+    )
+
+
+def forbidden_keys(conn: sqlite3.Connection, org: str | None, reader: Reader) -> np.ndarray:
+    """Sorted chunk keys of the restricted documents (of `org`, or of every organisation when None) that `reader`
+    may not read."""
+    marks = ",".join("?" * len(reader.grantees))
+    where = "l.org = ?" if org is not None else "1"
+    rows = conn.execute(
+        "SELECT c.key FROM access_lists l JOIN chunks c ON c.document_id = l.document_id "
+        f"WHERE {where} AND NOT EXISTS (SELECT 1 FROM access_grants g WHERE g.document_id = l.document_id "
+        f"AND g.grantee IN ({marks})) ORDER BY c.key",
+        ([org] if org is not None else []) + list(reader.grantees),
+    )
+    return np.fromiter((key for (key,) in rows), dtype=np.int64)

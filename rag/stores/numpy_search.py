@@ -1,0 +1,206 @@
+"""How the embedded store searches one snapshot: filters and the access rule as a mask of eligible rows, the dense
+leg (a NumPy product), the keyword leg (Tantivy) beside it in a small thread pool, and their fusion.
+
+A narrowed reader (`rag/access.py`) removes the rows of the documents it may not read from the mask before any leg
+ranks: its forbidden chunk keys come from the catalog once per change of any access list (cached by the catalog's
+access generation) and their rows once per snapshot, so a user asking again pays for neither.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from rag.access import Reader
+from rag.filters import Filters
+from rag.stores.base import SearchRequest
+from rag.stores.catalog import Catalog
+from rag.stores.fusion import fuse
+from rag.stores.keyword_index import KeywordIndex
+from rag.stores.reader_cache import LruCache
+from rag.stores.snapshot import Snapshot
+from rag.types import Hit, tenant_of
+
+HYBRID_POOL = 100  # candidates taken from each leg before fusion (the pool the fusion was tuned with)
+GATHER_BELOW = 0.5  # a filter keeping less than this share of rows scores only those rows
+KEYS_INSIDE_INDEX = 4096  # a narrowed reader with at most this many rows: its keyword leg matches their keys inside
+
+# A ranked row: (row, similarity or BM25 score, legs that found it, BM25 score, fused score)
+Ranked = tuple[int, float, tuple[str, ...], float | None, float | None]
+
+
+class SnapshotSearch:
+    def __init__(self, catalog: Catalog, keywords: KeywordIndex) -> None:
+        self.catalog = catalog
+        self.keywords = keywords
+        # A narrowed reader's forbidden chunk keys, by (access generation, organisation, grantees), and their rows,
+        # by the snapshot's generation too.
+        self._forbidden_keys: LruCache[np.ndarray] = LruCache()
+        self._forbidden_rows: LruCache[np.ndarray] = LruCache()
+        # A hybrid search runs its keyword leg here while its own thread runs the dense product, so a question
+        # costs the longer leg rather than both. One worker per core: more would only queue on the cores.
+        self._keyword_legs = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="keyword-leg")
+
+    def close(self) -> None:
+        self._keyword_legs.shutdown(wait=True)
+
+    def _eligible(self, snap: Snapshot, filters: Filters | None) -> np.ndarray | None:
+        """Rows that may be returned (live, and passing the filters) as a mask; None means every live row."""
+        if not filters:
+            return None
+        mask = np.empty(snap.rows, dtype=bool)
+        for segment, start in zip(snap.segments, snap.offsets.tolist(), strict=False):
+            mask[start : start + segment.rows] = segment.mask(filters, self.catalog.field_values)
+        mask[snap.dead_rows] = False
+        return mask
+
+    def _readable(
+        self, snap: Snapshot, filters: Filters | None, reader: Reader | None, eligible: np.ndarray | None
+    ) -> np.ndarray | None:
+        """`eligible` less the rows of documents `reader` may not read: the access rule applied inside the search,
+        before any ranking, so a reader allowed few documents still gets top k of them."""
+        if reader is None:
+            return eligible
+        org = tenant_of(filters or {})
+        generation = self.catalog.access_generation()  # read after the snapshot: never older than its rows
+        cache_key = (generation, org, reader.grantees)
+        keys = self._forbidden_keys.get(cache_key, lambda: self.catalog.forbidden_keys(org, reader))
+        if not keys.shape[0]:
+            return eligible
+        rows = self._forbidden_rows.get((snap.generation, *cache_key), lambda: self._live_rows(snap, keys))
+        if eligible is None:
+            eligible = np.ones(snap.rows, dtype=bool)
+            eligible[snap.dead_rows] = False
+        eligible[rows] = False
+        return eligible
+
+    @staticmethod
+    def _live_rows(snap: Snapshot, keys: np.ndarray) -> np.ndarray:
+        rows = snap.rows_of_keys(keys)
+        return rows[rows >= 0]
+
+    def _dense(
+        self, snap: Snapshot, query: np.ndarray, eligible: np.ndarray | None
+    ) -> tuple[np.ndarray | None, np.ndarray]:
+        """(rows, cosine similarities) of the rows a search may return; rows None means every row, in order."""
+        query = np.ascontiguousarray(query, dtype=np.float32)
+        if eligible is not None:
+            rows = np.flatnonzero(eligible)
+            if rows.shape[0] < GATHER_BELOW * snap.rows:  # score only the rows the filter keeps
+                return rows, snap.scores_of(rows, query)
+        scores = np.empty(snap.rows, dtype=np.float32)
+        for segment, start in zip(snap.segments, snap.offsets.tolist(), strict=False):
+            np.matmul(segment.vectors, query, out=scores[start : start + segment.rows])
+        if eligible is not None:
+            return rows, scores[rows]
+        scores[snap.dead_rows] = -np.inf
+        return None, scores
+
+    @staticmethod
+    def _best(rows: np.ndarray | None, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The `k` best (rows, scores), best first."""
+        k = min(k, scores.shape[0])
+        best = np.argpartition(-scores, k - 1)[:k] if k else np.zeros(0, dtype=np.int64)
+        best = best[np.argsort(-scores[best], kind="stable")]
+        best = best[np.isfinite(scores[best])]
+        return (best if rows is None else rows[best]), scores[best]
+
+    def _keyword(
+        self,
+        snap: Snapshot,
+        text: str,
+        k: int,
+        filters: Filters | None,
+        eligible: np.ndarray | None,
+        narrowed: bool = False,
+    ) -> dict[int, float]:
+        """Row -> BM25 score of the best `k` eligible rows. The index may hold chunks this snapshot does not (added
+        since, tombstoned, leftovers of a crash) and filters other than the tenant apply after it ranks, so the
+        candidate list grows until it holds k eligible rows or every match was seen."""
+        if snap.rows == 0:
+            return {}
+        limit = max(k, 10)
+        tenant = tenant_of(filters or {})  # a tenant named by a string is matched inside the index
+        inside: np.ndarray | None = None
+        if eligible is not None:
+            eligible_rows = np.flatnonzero(eligible)
+            if narrowed and eligible_rows.shape[0] <= KEYS_INSIDE_INDEX:  # a narrowed reader's few rows: matched
+                inside = snap.keys[eligible_rows]  # by key inside the index, so its top k are all eligible
+            else:  # other filters apply after: ask for enough at once
+                among = self.keywords.tenant_count(tenant) if tenant is not None else snap.rows
+                share = min(max(eligible_rows.shape[0] / max(among, 1), 1e-4), 1.0)
+                limit = max(limit, int(k / share * 1.5))
+        while True:
+            found = self.keywords.search(text, limit, tenant, inside)
+            keys = np.asarray([key for key, _ in found], dtype=np.int64)
+            rows = snap.rows_of_keys(keys)
+            ok = rows >= 0
+            if eligible is not None:
+                ok &= eligible[np.maximum(rows, 0)]
+            if ok.sum() >= k or len(found) < limit:
+                picked = np.flatnonzero(ok)[:k]
+                return {int(rows[i]): found[i][1] for i in picked}
+            limit *= 4
+
+    def search(self, snap: Snapshot, request: SearchRequest) -> list[Hit]:
+        """The best `request.top_k` chunks of `snap` (texts read from the catalog as they are now)."""
+        if snap.chunks == 0 or request.top_k < 1:
+            return []
+        eligible = self._readable(snap, request.filters, request.reader, self._eligible(snap, request.filters))
+        if eligible is not None and not eligible.any():
+            return []
+        if request.mode == "keyword":
+            keyword = self._keyword(
+                snap, request.text, request.top_k, request.filters, eligible, request.reader is not None
+            )
+            by_bm25 = sorted(keyword.items(), key=lambda item: item[1], reverse=True)
+            return self._hits(snap, [(row, score, ("keyword",), score, None) for row, score in by_bm25])
+        if request.vector is None:
+            raise ValueError(f"{request.mode} search needs a query vector")
+        pool = request.top_k if request.mode == "dense" else max(request.top_k, HYBRID_POOL)
+        keyword_leg = (  # started first: it needs nothing from the dense leg, whose product releases the GIL
+            self._keyword_legs.submit(
+                self._keyword, snap, request.text, pool, request.filters, eligible, request.reader is not None
+            )
+            if request.mode == "hybrid"
+            else None
+        )
+        rows, scores = self._dense(snap, request.vector, eligible)
+        rows, scores = self._best(rows, scores, pool)
+        floor = request.threshold
+        if request.mode == "dense":
+            keep = scores >= floor if floor is not None else np.ones(scores.shape, dtype=bool)
+            return self._hits(
+                snap,
+                [(int(r), float(s), ("dense",), None, None) for r, s in zip(rows[keep], scores[keep], strict=True)],
+            )
+        if floor is not None:
+            if scores.shape[0] == 0 or scores[0] < floor:
+                return []  # hybrid: no chunk is similar enough, the question is off-topic
+            rows, scores = rows[scores >= floor], scores[scores >= floor]  # the dense leg's candidates pass its bar
+        dense = {int(r): float(s) for r, s in zip(rows.tolist(), scores.tolist(), strict=True)}
+        assert keyword_leg is not None
+        keyword = keyword_leg.result()
+        only_keyword = [row for row in keyword if row not in dense]
+        similarity = dict(dense)
+        if only_keyword:  # their similarity is known too: score them, so both legs rank every candidate
+            needed = np.sort(np.asarray(only_keyword, dtype=np.int64))
+            found = snap.scores_of(needed, request.vector.astype(np.float32))
+            similarity |= dict(zip(needed.tolist(), found.tolist(), strict=True))
+        ranked: list[Ranked] = []
+        for row, fused in fuse(similarity, keyword)[: request.top_k]:
+            legs = tuple(leg for leg, pool_of in (("dense", dense), ("keyword", keyword)) if row in pool_of)
+            ranked.append((row, similarity[row], legs, keyword.get(row), fused))
+        return self._hits(snap, ranked)
+
+    def _hits(self, snap: Snapshot, ranked: list[Ranked]) -> list[Hit]:
+        keys = [int(snap.keys[row]) for row, *_ in ranked]
+        chunks = self.catalog.chunks(keys)
+        hits = []
+        for key, (_, score, found_by, keyword_score, fused_score) in zip(keys, ranked, strict=True):
+            chunk = chunks.get(key)
+            if chunk is not None:  # None: deleted by another process after this snapshot
+                hits.append(Hit(chunk, score, found_by, keyword_score, fused_score))
+        return hits
