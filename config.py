@@ -253,6 +253,12 @@ class Settings(BaseSettings):
         description="HNSW candidates while linking a chunk into the graph (build speed against recall): what a "
         "bulk load builds the graph with and adds link with. At least twice the graph's m (16).",
     )
+    pg_purge_rewrite: bool = Field(
+        False,
+        description="A purge rewrites the PostgreSQL tables that had deletions (VACUUM FULL) instead of only "
+        "vacuuming them: only then does no table file hold deleted text, but each table is locked while it is "
+        "rewritten (minutes for a million chunks: see docs/deployment.md).",
+    )
     pg_bulk_index_memory: str = Field(
         "1GB",
         pattern=r"^[1-9][0-9]*(kB|MB|GB)$",

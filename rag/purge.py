@@ -5,6 +5,7 @@ Deleting marks, it does not erase: SQLite leaves a deleted row's bytes in its pa
 the WAL, Tantivy keeps a deleted chunk's terms in its segment until a merge, PostgreSQL keeps dead tuples until a
 vacuum. So every SQLite database here runs with `secure_delete` (a deleted row is overwritten with zeros in place),
 and this purger, a while after the last deletion, finishes the job:
+- kept answer events (resumable answers) whose sources quote a deleted document are removed;
 - the store's `purge()`: the embedded store rewrites the keyword index segments that hold deleted entries;
   PostgreSQL vacuums its tables and each replica rewrites its keyword index likewise;
 - every SQLite database under DATA_DIR (catalog, chats, answers, jobs) has its WAL checkpointed into the database
@@ -27,6 +28,10 @@ from pathlib import Path
 
 import anyio
 
+from rag.answers.log import AnswerLog
+from rag.errors import DocumentNotFound
+from rag.stores import VectorStore
+
 logger = logging.getLogger(__name__)
 
 MIN_PERIOD_SECONDS = 10.0  # how often a purge runs anyway (deletions by other processes), at least
@@ -47,13 +52,57 @@ def truncate_wal(path: Path) -> bool:
         conn.close()
 
 
-def purge_of(store: object) -> Callable[[], Awaitable[None]]:
+# One part of a purge; its argument says whether this process deleted anything since the last purge (a step may
+# skip costly work otherwise: other processes purge after their own deletions).
+PurgeStep = Callable[[bool], Awaitable[None]]
+
+
+def forgetting_answers_citing_deleted(log: AnswerLog, store: VectorStore) -> PurgeStep:
+    """A purge step: kept answer events whose sources quote a document deleted since are removed (the answer itself
+    stays in its chat; only the quoted chunks go)."""
+
+    async def step(deleted_here: bool) -> None:
+        cited = await log.cited_documents()
+        gone: set[str] = set()
+        for document_id in set().union(*cited.values()):
+            try:
+                await store.get_document(document_id)
+            except DocumentNotFound:
+                gone.add(document_id)
+        runs = [run_id for run_id, documents in cited.items() if documents & gone]
+        if runs:
+            await log.forget_runs(runs)
+
+    return step
+
+
+def vacuuming(dsn: str, tables: list[str], rewrite: bool) -> PurgeStep:
+    """A purge step for the PostgreSQL tables beside the store's (chats, kept answers): after deletions through this
+    process, VACUUM them (VACUUM FULL with `rewrite`, PG_PURGE_REWRITE)."""
+
+    async def step(deleted_here: bool) -> None:
+        if not deleted_here:
+            return  # the process that deleted purges
+        import asyncpg
+
+        from rag.stores.postgres_store import vacuum
+
+        conn = await asyncpg.connect(dsn)
+        try:
+            await vacuum(conn, tables, rewrite)
+        finally:
+            await conn.close()
+
+    return step
+
+
+def purge_of(store: object) -> PurgeStep:
     """The store's own purge, or nothing for a plug-in store without one."""
     purge = getattr(store, "purge", None)
     if callable(purge):
         return purge  # type: ignore[no-any-return]
 
-    async def nothing() -> None:
+    async def nothing(deleted_here: bool) -> None:
         return None
 
     return nothing
@@ -64,11 +113,12 @@ class Purger:
     MIN_PERIOD_SECONDS) in case another process or replica deleted: each purge step costs next to nothing when
     there is nothing to purge."""
 
-    def __init__(self, data_dir: Path, delay_seconds: float, purge_store: Callable[[], Awaitable[None]]) -> None:
+    def __init__(self, data_dir: Path, delay_seconds: float, steps: list[PurgeStep]) -> None:
         self.data_dir = data_dir
         self.delay_seconds = delay_seconds
-        self._purge_store = purge_store
+        self._steps = steps
         self._wake = asyncio.Event()
+        self._deleted_here = True  # at start: deletions a crash or a stop left unpurged
         self._task: asyncio.Task[None] | None = None
         self._done = asyncio.Condition()
         self.purges = 0  # completed, for tests and the health route
@@ -79,6 +129,7 @@ class Purger:
 
     def deleted(self) -> None:
         """Something was deleted: purge once the delay has passed (one purge for deletions that come together)."""
+        self._deleted_here = True
         self._wake.set()
 
     async def _run(self) -> None:
@@ -94,8 +145,15 @@ class Purger:
                 logger.exception("purge failed; the next one retries it")
 
     async def purge(self) -> None:
-        """Purge now: the store, then every SQLite database's WAL."""
-        await self._purge_store()
+        """Purge now: each step (kept answers quoting deleted documents, the store), then every SQLite database's
+        WAL."""
+        deleted_here, self._deleted_here = self._deleted_here, False
+        try:
+            for step in self._steps:
+                await step(deleted_here)
+        except BaseException:
+            self._deleted_here |= deleted_here  # the next purge does it again
+            raise
         for path in sorted(self.data_dir.rglob("*.sqlite3")):
             if not await anyio.to_thread.run_sync(truncate_wal, path):
                 logger.warning("purge: readers kept %s's WAL busy; the next purge truncates it", path)

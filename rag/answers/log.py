@@ -137,6 +137,14 @@ class AnswerLog(Protocol):
         """Remove runs (and their events) that ended more than `retention_seconds` ago; returns how many."""
         ...
 
+    async def cited_documents(self) -> dict[str, set[str]]:
+        """The documents each ended run's sources cite (their text is in its kept events), by run id."""
+        ...
+
+    async def forget_runs(self, run_ids: list[str]) -> None:
+        """Remove these ended runs and their events (they cite a deleted document)."""
+        ...
+
     poll_seconds: float  # how long a reader on another replica waits at most before it reads again
     # Called with a run id when a stop of a run is asked through another replica, where the database tells of it
     # (PostgreSQL); elsewhere never called, and the stop is read at the next flush.
@@ -158,6 +166,19 @@ def runs_by_id(batches: list[Batch], renew: list[str]) -> list[str]:
 
 def dump_events(events: list[str | dict[str, Any]]) -> str:
     return json.dumps(events, ensure_ascii=False, separators=(",", ":"))
+
+
+SOURCES_MARK = '{"s":'  # how a sources event starts in a batch (`dump_events`): the batches worth parsing
+
+
+def cited_in(data: str) -> set[str]:
+    """The document ids the sources events of one batch cite."""
+    return {
+        hit["document_id"]
+        for event in json.loads(data)
+        if isinstance(event, dict) and "s" in event
+        for hit in event["s"]
+    }
 
 
 def unbatch(rows: list[Any], after_seq: int) -> list[tuple[int, str | dict[str, Any]]]:

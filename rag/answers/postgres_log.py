@@ -18,7 +18,17 @@ from typing import Any
 
 import asyncpg
 
-from rag.answers.log import INTERRUPTED, NEW_RUN_COLUMNS, Batch, Run, admit, runs_by_id, unbatch
+from rag.answers.log import (
+    INTERRUPTED,
+    NEW_RUN_COLUMNS,
+    SOURCES_MARK,
+    Batch,
+    Run,
+    admit,
+    cited_in,
+    runs_by_id,
+    unbatch,
+)
 from rag.stores.postgres_store import pooled_connection
 
 logger = logging.getLogger(__name__)
@@ -232,6 +242,22 @@ class PgAnswerLog:
     async def forget_chat(self, chat_id: str) -> None:
         async with self._connection() as conn:
             await conn.execute("DELETE FROM rag_answer_runs WHERE chat_id = $1 AND status != 'running'", chat_id)
+
+    async def cited_documents(self) -> dict[str, set[str]]:
+        async with self._connection() as conn:
+            rows = await conn.fetch(
+                "SELECT e.run_id, e.data FROM rag_answer_events e JOIN rag_answer_runs r ON r.run_id = e.run_id "
+                "WHERE r.status != 'running' AND strpos(e.data, $1) > 0",
+                SOURCES_MARK,
+            )
+        cited: dict[str, set[str]] = {}
+        for row in rows:
+            cited.setdefault(row["run_id"], set()).update(cited_in(row["data"]))
+        return cited
+
+    async def forget_runs(self, run_ids: list[str]) -> None:
+        async with self._connection() as conn:
+            await conn.execute("DELETE FROM rag_answer_runs WHERE run_id = ANY($1) AND status != 'running'", run_ids)
 
     async def sweep(self, now: float, retention_seconds: float) -> int:
         async with self._connection() as conn, conn.transaction():

@@ -16,7 +16,18 @@ from typing import Any, TypeVar
 
 import anyio
 
-from rag.answers.log import INTERRUPTED, NEW_RUN_COLUMNS, RUNNING, Batch, Run, admit, runs_by_id, unbatch
+from rag.answers.log import (
+    INTERRUPTED,
+    NEW_RUN_COLUMNS,
+    RUNNING,
+    SOURCES_MARK,
+    Batch,
+    Run,
+    admit,
+    cited_in,
+    runs_by_id,
+    unbatch,
+)
 
 T = TypeVar("T")
 
@@ -203,6 +214,26 @@ class SqliteAnswerLog:
     async def forget_chat(self, chat_id: str) -> None:
         await self._write(
             lambda db: db.execute("DELETE FROM answer_runs WHERE chat_id = ? AND status != 'running'", (chat_id,))
+        )
+
+    async def cited_documents(self) -> dict[str, set[str]]:
+        rows = await self._call(
+            lambda db: db.execute(
+                "SELECT e.run_id, e.data FROM answer_events e JOIN answer_runs r ON r.run_id = e.run_id "
+                "WHERE r.status != 'running' AND instr(e.data, ?) > 0",
+                (SOURCES_MARK,),
+            ).fetchall()
+        )
+        cited: dict[str, set[str]] = {}
+        for run_id, data in rows:
+            cited.setdefault(run_id, set()).update(cited_in(data))
+        return cited
+
+    async def forget_runs(self, run_ids: list[str]) -> None:
+        await self._write(
+            lambda db: db.executemany(
+                "DELETE FROM answer_runs WHERE run_id = ? AND status != 'running'", [(r,) for r in run_ids]
+            )
         )
 
     async def sweep(self, now: float, retention_seconds: float) -> int:

@@ -37,7 +37,7 @@ async def open_store(settings: Settings, embedding_model: str, dimension: int) -
                     "VECTOR_STORE=postgres needs asyncpg and pgvector (pip install asyncpg pgvector)"
                 ) from exc
             assert settings.database_url is not None  # checked by Settings
-            return await PostgresVectorStore.open(
+            store = await PostgresVectorStore.open(
                 settings.database_url.get_secret_value(),
                 embedding_model,
                 dimension,
@@ -46,6 +46,8 @@ async def open_store(settings: Settings, embedding_model: str, dimension: int) -
                 pool_size=settings.pg_pool_size,
                 ef_construction=settings.pg_hnsw_ef_construction,
             )
+            store.rewrite_on_purge = settings.pg_purge_rewrite
+            return store
         case spec:
             cls = load_class("VECTOR_STORE", spec)
             require(

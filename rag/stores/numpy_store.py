@@ -408,7 +408,7 @@ class NumpyVectorStore:
                 self.catalog.set_meta(conn, UNPURGED, "0")
             logger.info("purge: keyword index of %s rewritten (%d chunks)", self.directory, indexed)
 
-    async def purge(self) -> None:
+    async def purge(self, deleted_here: bool = True) -> None:
         """Erase what deletions left in the store's files: SQLite already zeroed the rows (secure_delete), and the
         keyword index is rewritten without the deleted chunks; `rag/purge.py` then truncates the catalog's WAL.
         Vector segments hold no text; compaction drops deleted rows' vectors as it merges."""

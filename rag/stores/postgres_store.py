@@ -89,6 +89,12 @@ def exact_tenant_scan(tenant_rows: int, total_rows: int, k: int) -> bool:
     return tenant_rows * tenant_rows <= EXACT_TENANT_FACTOR * k * max(total_rows, tenant_rows)
 
 
+async def vacuum(conn: asyncpg.Connection, tables: list[str], rewrite: bool) -> None:
+    """VACUUM each table, or with `rewrite` VACUUM FULL it (a new file; the old one is truncated at commit)."""
+    for table in tables:
+        await conn.execute(f"VACUUM {'FULL ' if rewrite else ''}{table}")
+
+
 def _log_notice(conn: asyncpg.Connection, message: asyncpg.PostgresLogMessage) -> None:
     logger.warning("bulk load: PostgreSQL says: %s", message.message)
 
@@ -128,6 +134,7 @@ class PostgresVectorStore:
         self.dimension = dimension
         self.ef_search = ef_search
         self.ef_construction = ef_construction
+        self.rewrite_on_purge = False  # PG_PURGE_REWRITE: see `purge`
         self._counts = (0, 0)
 
     @classmethod
@@ -356,17 +363,19 @@ class PostgresVectorStore:
             rows = await conn.fetch("SELECT id FROM rag_documents WHERE org_id = $1 ORDER BY seq", org_id)
         return [row["id"] for row in rows]
 
-    async def purge(self) -> None:
-        """Make deleted text unreadable from the database's table files and this replica's keyword index: VACUUM
-        prunes the dead rows (their bytes are then free space a later write reuses, see docs/deployment.md), and
-        the keyword index's segments holding deleted entries are rewritten."""
+    async def purge(self, deleted_here: bool = True) -> None:
+        """Purge what deletions left: this replica's keyword index segments holding deleted entries are rewritten,
+        and the tables vacuumed. A plain VACUUM makes dead rows free space but leaves their bytes in the page until
+        a later write reuses it (measured: docs/deployment.md); with `rewrite_on_purge` (PG_PURGE_REWRITE), after
+        deletions through this replica (`deleted_here`), the tables are rewritten (VACUUM FULL), after which no
+        table file holds them."""
         async with self._snapshot() as conn:  # deletions through other replicas, applied to this replica's index
             await self._keywords.catch_up(conn)
         async with self._connection() as conn:
             # cheap when nothing was deleted: a vacuum skips the pages marked all-visible, and calls no index's
             # clean-up (HNSW's is the costly one) without dead rows
-            for table in ("rag_chunks", "rag_documents", "rag_access_lists"):
-                await conn.execute(f"VACUUM {table}")
+            rewrite = self.rewrite_on_purge and deleted_here
+            await vacuum(conn, ["rag_chunks", "rag_documents", "rag_access_lists"], rewrite)
         await self._keywords.purge(self._pool)
 
     async def set_access(self, document_id: str, access: AccessList | None, org_id: str | None = None) -> None:
