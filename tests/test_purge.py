@@ -182,9 +182,11 @@ def test_on_postgresql_no_table_file_holds_purged_text(
         assert http.delete("/api/v1/users/u1").status_code == 200
         keywords = settings.data_dir / "pg-keywords"
         wait_until(
-            lambda: not table_files_holding(pg_server, database, CANARIES["document"])
-            and not table_files_holding(pg_server, database, CANARIES["chat"])
-            and keyword_entries(keywords, CANARIES["document"]) == 0
+            lambda: (
+                not table_files_holding(pg_server, database, CANARIES["document"])
+                and not table_files_holding(pg_server, database, CANARIES["chat"])
+                and keyword_entries(keywords, CANARIES["document"]) == 0
+            )
         )
         assert files_holding(settings.data_dir, CANARIES["document"]) == []
         assert table_files_holding(pg_server, database, CANARIES["kept"])  # what stays, stays

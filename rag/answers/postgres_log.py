@@ -29,7 +29,7 @@ from rag.answers.log import (
     runs_by_id,
     unbatch,
 )
-from rag.stores.postgres_store import pooled_connection
+from rag.stores.pg_pool import pooled_connection
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from typing import Any
 import asyncpg
 
 from rag.audit import AuditEntry
-from rag.stores.postgres_store import pooled_connection
+from rag.stores.pg_pool import pooled_connection
 
 SCHEMA_LOCK = 0x52414703
 SCHEMA = """

@@ -12,7 +12,7 @@ import asyncpg
 
 from llm.types import Message
 from rag.chats.sqlite import ChatForbidden, ChatNotFound, ChatOwner, ChatSummary, StoredMessage, title_from
-from rag.stores.postgres_store import pooled_connection
+from rag.stores.pg_pool import pooled_connection
 
 SCHEMA_LOCK = 0x52414702  # pg_advisory_xact_lock key for this schema
 SCHEMA = """

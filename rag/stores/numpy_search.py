@@ -58,23 +58,26 @@ class SnapshotSearch:
 
     def _readable(
         self, snap: Snapshot, filters: Filters | None, reader: Reader | None, eligible: np.ndarray | None
-    ) -> np.ndarray | None:
+    ) -> tuple[np.ndarray | None, bool]:
         """`eligible` less the rows of documents `reader` may not read: the access rule applied inside the search,
-        before any ranking, so a reader allowed few documents still gets top k of them."""
+        before any ranking, so a reader allowed few documents still gets top k of them; and whether it took any
+        away (a reader in an organisation without restricted documents searches as its key does)."""
         if reader is None:
-            return eligible
+            return eligible, False
         org = tenant_of(filters or {})
         generation = self.catalog.access_generation()  # read after the snapshot: never older than its rows
         cache_key = (generation, org, reader.grantees)
         keys = self._forbidden_keys.get(cache_key, lambda: self.catalog.forbidden_keys(org, reader))
         if not keys.shape[0]:
-            return eligible
+            return eligible, False
         rows = self._forbidden_rows.get((snap.generation, *cache_key), lambda: self._live_rows(snap, keys))
+        if not rows.shape[0]:
+            return eligible, False
         if eligible is None:
             eligible = np.ones(snap.rows, dtype=bool)
             eligible[snap.dead_rows] = False
         eligible[rows] = False
-        return eligible
+        return eligible, True
 
     @staticmethod
     def _live_rows(snap: Snapshot, keys: np.ndarray) -> np.ndarray:
@@ -148,22 +151,20 @@ class SnapshotSearch:
         """The best `request.top_k` chunks of `snap` (texts read from the catalog as they are now)."""
         if snap.chunks == 0 or request.top_k < 1:
             return []
-        eligible = self._readable(snap, request.filters, request.reader, self._eligible(snap, request.filters))
+        eligible, narrowed = self._readable(
+            snap, request.filters, request.reader, self._eligible(snap, request.filters)
+        )
         if eligible is not None and not eligible.any():
             return []
         if request.mode == "keyword":
-            keyword = self._keyword(
-                snap, request.text, request.top_k, request.filters, eligible, request.reader is not None
-            )
+            keyword = self._keyword(snap, request.text, request.top_k, request.filters, eligible, narrowed)
             by_bm25 = sorted(keyword.items(), key=lambda item: item[1], reverse=True)
             return self._hits(snap, [(row, score, ("keyword",), score, None) for row, score in by_bm25])
         if request.vector is None:
             raise ValueError(f"{request.mode} search needs a query vector")
         pool = request.top_k if request.mode == "dense" else max(request.top_k, HYBRID_POOL)
         keyword_leg = (  # started first: it needs nothing from the dense leg, whose product releases the GIL
-            self._keyword_legs.submit(
-                self._keyword, snap, request.text, pool, request.filters, eligible, request.reader is not None
-            )
+            self._keyword_legs.submit(self._keyword, snap, request.text, pool, request.filters, eligible, narrowed)
             if request.mode == "hybrid"
             else None
         )

@@ -50,12 +50,26 @@ async def put_list(conn: asyncpg.Connection, document_id: str, access: AccessLis
     await conn.execute("DELETE FROM rag_access_lists WHERE document_id = $1", document_id)
     if access is not None:
         await conn.execute(
-            "INSERT INTO rag_access_lists (document_id, users, groups, grantees) VALUES ($1, $2, $3, $4)",
+            "INSERT INTO rag_access_lists (document_id, org_id, users, groups, grantees) "
+            "SELECT id, org_id, $2, $3, $4 FROM rag_documents WHERE id = $1",
             document_id,
             list(access.users),
             list(access.groups),
             list(access.grantees),
         )
+
+
+async def narrows(conn: asyncpg.Connection, reader: Reader, org_id: str | None) -> bool:
+    """Whether the organisation (every one, for None) holds a document `reader` may not read; when it holds none,
+    the reader sees what the organisation's key sees, and searches as it does."""
+    return bool(
+        await conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM rag_access_lists WHERE ($1::text IS NULL OR org_id = $1) "
+            "AND NOT grantees && $2::text[])",
+            org_id,
+            list(reader.grantees),
+        )
+    )
 
 
 def document_condition(reader: Reader | None, params: SqlParams, document_column: str = "d.id") -> str:

@@ -83,8 +83,9 @@ MIGRATIONS = [
     """
     ALTER TABLE rag_chunks ADD COLUMN readers text[];
     CREATE TABLE rag_access_lists (
-        document_id text PRIMARY KEY REFERENCES rag_documents (id) ON DELETE CASCADE,
+        document_id text PRIMARY KEY REFERENCES rag_documents (id) ON DELETE CASCADE, org_id text,
         users text[] NOT NULL, groups text[] NOT NULL, grantees text[] NOT NULL);
+    CREATE INDEX rag_access_lists_by_org ON rag_access_lists (org_id);
     ALTER TABLE rag_documents ADD COLUMN added_by text;
     CREATE INDEX rag_documents_by_adder ON rag_documents (added_by) WHERE added_by IS NOT NULL;
     DROP INDEX IF EXISTS rag_chunks_by_org_with_vectors;

@@ -38,55 +38,30 @@ import numpy as np
 from pgvector.asyncpg import register_vector
 
 from rag.access import AccessList, Reader
-from rag.errors import DocumentNotFound, StoreUnavailable, TenantForbidden
+from rag.errors import DocumentNotFound, TenantForbidden
 from rag.stores import pg_access
 from rag.stores.base import AccessByDocument, SearchRequest
-from rag.stores.fusion import fuse
-from rag.stores.pg_filters import SqlParams, where_clause
+from rag.stores.pg_filters import SqlParams
 from rag.stores.pg_keywords import PRUNE_DELETED, FollowedKeywordIndex
+from rag.stores.pg_pool import pooled_connection
 from rag.stores.pg_schema import (
     BULK_LOCK,
     PGVECTOR_EF_CONSTRUCTION,
     migrate,
     search_indexes,
 )
+from rag.stores.pg_search import PgSearch, exact_tenant_scan
 from rag.types import Chunk, DocumentSummary, Hit, tenant_of
 
-__all__ = ["PGVECTOR_EF_CONSTRUCTION", "PostgresVectorStore", "exact_tenant_scan", "search_indexes"]
+__all__ = [
+    "PGVECTOR_EF_CONSTRUCTION",
+    "PostgresVectorStore",
+    "exact_tenant_scan",
+    "pooled_connection",
+    "search_indexes",
+]
 
 logger = logging.getLogger(__name__)
-
-HYBRID_POOL = 100
-# A tenant's dense leg: scoring all T of its chunks (an index-only scan, about 0.7 us a chunk) against HNSW, which
-# passes over the other tenants' neighbours to find k of its own, about k * N / T candidates at 9.4 us each (a heap
-# and a TOAST page): measured at 1M chunks, a tenant of 20,000: 13.9 against 47 ms. Exact wins while
-# T * T <= 13 * k * N, so the cost follows the tenant's size where it is small, and large tenants keep the index.
-EXACT_TENANT_FACTOR = 13
-
-# What a lost or refused connection raises, in asyncpg and below it
-CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.exceptions.AdminShutdownError,
-    asyncpg.exceptions.CannotConnectNowError,
-    TimeoutError,
-)
-
-
-@asynccontextmanager
-async def pooled_connection(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
-    """A connection from `pool`; a lost database becomes StoreUnavailable (503), never a 500 with a trace."""
-    try:
-        async with pool.acquire() as conn:
-            yield conn
-    except CONNECTION_ERRORS as exc:
-        raise StoreUnavailable("the database is unavailable; try again in a moment") from exc
-
-
-def exact_tenant_scan(tenant_rows: int, total_rows: int, k: int) -> bool:
-    """Whether a tenant's k nearest chunks cost less found by scoring all of them than through HNSW."""
-    return tenant_rows * tenant_rows <= EXACT_TENANT_FACTOR * k * max(total_rows, tenant_rows)
 
 
 async def vacuum(conn: asyncpg.Connection, tables: list[str], rewrite: bool) -> None:
@@ -106,10 +81,6 @@ def _summary(row: asyncpg.Record) -> DocumentSummary:
     return DocumentSummary(
         row["id"], row["chunks"], json.loads(row["metadata"]), row["preview"], pg_access.access_of(row)
     )
-
-
-def _chunk(row: asyncpg.Record) -> Chunk:
-    return Chunk(row["id"], row["document_id"], row["text"], json.loads(row["metadata"]))
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -132,7 +103,7 @@ class PostgresVectorStore:
         self._keywords = keywords
         self.embedding_model = embedding_model
         self.dimension = dimension
-        self.ef_search = ef_search
+        self._search = PgSearch(pool, keywords, ef_search, lambda: self.count)
         self.ef_construction = ef_construction
         self.rewrite_on_purge = False  # PG_PURGE_REWRITE: see `purge`
         self._counts = (0, 0)
@@ -165,6 +136,15 @@ class PostgresVectorStore:
         store = cls(pool, keywords, embedding_model, dimension, ef_search, ef_construction)
         await store.refresh()
         return store
+
+    @property
+    def ef_search(self) -> int:
+        """HNSW candidates per search (PG_EF_SEARCH); the benches set it to measure recall against it."""
+        return self._search.ef_search
+
+    @ef_search.setter
+    def ef_search(self, value: int) -> None:
+        self._search.ef_search = value
 
     def _connection(self) -> AbstractAsyncContextManager[asyncpg.Connection]:
         return pooled_connection(self._pool)
@@ -413,106 +393,11 @@ class PostgresVectorStore:
 
     @asynccontextmanager
     async def _snapshot(self) -> AsyncIterator[asyncpg.Connection]:
-        """A connection in a read-only REPEATABLE READ transaction: every query of one search sees one snapshot."""
-        async with self._connection() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
-            await conn.execute(f"SET LOCAL hnsw.ef_search = {int(self.ef_search)}")
-            await conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
+        async with self._search.snapshot() as conn:
             yield conn
 
-    def _exact_for_tenant(self, request: SearchRequest, k: int) -> bool:
-        """Whether scoring every chunk of the request's tenant costs less than the filtered HNSW scan (the keyword
-        index, caught up by `search`, counts the tenant's chunks, the latest writes included)."""
-        tenant = tenant_of(request.filters or {})
-        if tenant is None:
-            return False
-        return exact_tenant_scan(self._keywords.index.tenant_count(tenant), self.count, k)
-
-    async def _dense(self, conn: asyncpg.Connection, request: SearchRequest, k: int) -> list[asyncpg.Record]:
-        params = SqlParams(np.asarray(request.vector, dtype=np.float32))
-        where = f"{where_clause(request.filters, params)} AND {pg_access.readers_condition(request.reader, params)}"
-        select = "SELECT key, id, document_id, text, metadata, 1 - (embedding <=> $1) AS similarity FROM rag_chunks"
-        if self._exact_for_tenant(request, k):
-            # Ranked on the keys and vectors alone (the tenant's index pages), then the k winners' rows are read.
-            best = f"SELECT key, (embedding <=> $1) + 0 AS distance FROM rag_chunks WHERE {where} ORDER BY distance"
-            rows = await conn.fetch(
-                "SELECT c.key, c.id, c.document_id, c.text, c.metadata, 1 - best.distance AS similarity "
-                f"FROM ({best} LIMIT {int(k)}) best JOIN rag_chunks c USING (key)",
-                *params.values,
-            )
-            return sorted(rows, key=lambda row: row["similarity"], reverse=True)
-        rows = await conn.fetch(f"{select} WHERE {where} ORDER BY embedding <=> $1 LIMIT {int(k)}", *params.values)
-        if (request.filters or request.reader) and len(rows) < k:
-            # A small tenant among many: the iterative index scan can stop (hnsw.max_scan_tuples) before it has seen
-            # k of its rows. An exact scan of the filtered rows (the ORDER BY no longer matches the index) finds
-            # every one; it is cheap precisely because the filter keeps few rows.
-            rows = await conn.fetch(
-                f"{select} WHERE {where} ORDER BY (embedding <=> $1) + 0 LIMIT {int(k)}", *params.values
-            )
-        return sorted(rows, key=lambda row: row["similarity"], reverse=True)  # relaxed order: sort again
-
-    async def _keyword(
-        self, conn: asyncpg.Connection, request: SearchRequest, k: int
-    ) -> list[tuple[asyncpg.Record, float]]:
-        """(row, BM25 score) of the best `k` chunks the snapshot holds and the filters pass, from this replica's
-        keyword index, which `search` caught up. A tenant named by a string is matched inside the index; other
-        filters, and whatever the index holds that the snapshot does not, are dropped after it ranks, so the
-        candidate list grows until it holds k rows or every match was seen."""
-        tenant = tenant_of(request.filters or {})
-        with_vector = request.vector is not None
-        limit = max(k, 10)
-        while True:
-            found = await anyio.to_thread.run_sync(self._keywords.index.search, request.text, limit, tenant)
-            if not found:
-                return []
-            params = SqlParams([key for key, _ in found])
-            if with_vector:
-                params.add(np.asarray(request.vector, dtype=np.float32))
-            similarity = "1 - (embedding <=> $2)" if with_vector else "NULL::float8"
-            where = f"{where_clause(request.filters, params)} AND {pg_access.readers_condition(request.reader, params)}"
-            rows = await conn.fetch(
-                f"SELECT key, id, document_id, text, metadata, {similarity} AS similarity FROM rag_chunks "
-                f"WHERE key = ANY($1::bigint[]) AND {where}",
-                *params.values,
-            )
-            by_key = {row["key"]: row for row in rows}
-            ranked = [(by_key[key], score) for key, score in found if key in by_key]
-            if len(ranked) >= k or len(found) < limit:
-                return ranked[:k]
-            limit *= 4
-
     async def search(self, request: SearchRequest) -> list[Hit]:
-        if request.top_k < 1:
-            return []
-        if request.mode != "keyword" and request.vector is None:
-            raise ValueError(f"{request.mode} search needs a query vector")
-        async with self._snapshot() as conn:
-            if request.mode != "dense" or tenant_of(request.filters or {}) is not None:
-                await self._keywords.catch_up(conn)  # once, in the search's snapshot: both legs read it
-            if request.mode == "keyword":
-                found = await self._keyword(conn, request, request.top_k)
-                return [Hit(_chunk(row), score, ("keyword",), score) for row, score in found]
-            floor = request.threshold
-            if request.mode == "dense":
-                rows = await self._dense(conn, request, request.top_k)
-                return [
-                    Hit(_chunk(r), float(r["similarity"])) for r in rows if floor is None or r["similarity"] >= floor
-                ]
-            pool = max(request.top_k, HYBRID_POOL)
-            dense_rows = await self._dense(conn, request, pool)
-            if floor is not None:
-                if not dense_rows or dense_rows[0]["similarity"] < floor:
-                    return []  # no chunk is similar enough: the question is off-topic
-                dense_rows = [r for r in dense_rows if r["similarity"] >= floor]
-            keyword_rows = await self._keyword(conn, request, pool)
-        by_key = {r["key"]: r for r in (*(row for row, _ in keyword_rows), *dense_rows)}
-        dense = {r["key"]: float(r["similarity"]) for r in dense_rows}
-        keyword = {row["key"]: score for row, score in keyword_rows}
-        similarity = {key: float(row["similarity"]) for key, row in by_key.items()}
-        hits = []
-        for key, fused in fuse(similarity, keyword)[: request.top_k]:
-            legs = tuple(leg for leg, pool_of in (("dense", dense), ("keyword", keyword)) if key in pool_of)
-            hits.append(Hit(_chunk(by_key[key]), similarity[key], legs, keyword.get(key), fused))
-        return hits
+        return await self._search.search(request)
 
     async def list_documents(
         self, offset: int, limit: int, org_id: str | None = None, reader: Reader | None = None
