@@ -192,8 +192,12 @@ class Catalog:
     def access_generation(self) -> int:
         return access_catalog.generation(self._reader())
 
-    def forbidden_keys(self, org_id: str | None, reader: Reader) -> np.ndarray:
-        return access_catalog.forbidden_keys(self._reader(), org_id, reader)
+    def restricted_keys(self, org_id: str | None) -> np.ndarray:
+        return access_catalog.restricted_keys(self._reader(), org_id)
+
+    def forbidden_keys(self, org_id: str | None, reader: Reader, restricted: np.ndarray) -> np.ndarray:
+        """Those of the `restricted` keys (the organisation's, sorted) that `reader` may not read."""
+        return np.setdiff1d(restricted, access_catalog.granted_keys(self._reader(), org_id, reader))
 
     def chunks(self, keys: Iterable[int]) -> dict[int, Chunk]:
         keys = list(keys)

@@ -37,6 +37,7 @@ class SnapshotSearch:
         self.keywords = keywords
         # A narrowed reader's forbidden chunk keys, by (access generation, organisation, grantees), and their rows,
         # by the snapshot's generation too.
+        self._restricted_keys: LruCache[np.ndarray] = LruCache(64)  # by (access generation, organisation)
         self._forbidden_keys: LruCache[np.ndarray] = LruCache()
         self._forbidden_rows: LruCache[np.ndarray] = LruCache()
         # A hybrid search runs its keyword leg here while its own thread runs the dense product, so a question
@@ -66,8 +67,11 @@ class SnapshotSearch:
             return eligible, False
         org = tenant_of(filters or {})
         generation = self.catalog.access_generation()  # read after the snapshot: never older than its rows
+        restricted = self._restricted_keys.get((generation, org), lambda: self.catalog.restricted_keys(org))
+        if not restricted.shape[0]:
+            return eligible, False  # nothing here has a list: the reader sees what the key sees
         cache_key = (generation, org, reader.grantees)
-        keys = self._forbidden_keys.get(cache_key, lambda: self.catalog.forbidden_keys(org, reader))
+        keys = self._forbidden_keys.get(cache_key, lambda: self.catalog.forbidden_keys(org, reader, restricted))
         if not keys.shape[0]:
             return eligible, False
         rows = self._forbidden_rows.get((snap.generation, *cache_key), lambda: self._live_rows(snap, keys))

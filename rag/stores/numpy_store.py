@@ -292,16 +292,19 @@ class NumpyVectorStore:
     def _write_access(
         conn: sqlite3.Connection, chunks: list[Chunk], document_ids: list[str], access: AccessByDocument
     ) -> None:
-        """The access lists of an add's documents: the one given, else the one a replaced document had."""
-        kept = access_catalog.lists_of(conn, [doc for doc in document_ids if doc not in access])
+        """The access lists of an add's documents: the one given, else the one a replaced document had. An add
+        without lists, of documents that had none, costs one query."""
+        had = access_catalog.lists_of(conn, document_ids)
+        listed = {doc: access[doc] if doc in access else had.get(doc) for doc in document_ids}
+        restricted = {doc: found for doc, found in listed.items() if found is not None}
+        if not had and not restricted:
+            return
+        access_catalog.remove(conn, had)
         org_of = {chunk.document_id: tenant_of(chunk.metadata) for chunk in chunks}
-        changed = access_catalog.remove(conn, document_ids)
-        for doc in document_ids:
-            listed = access[doc] if doc in access else kept.get(doc)
-            access_catalog.put(conn, doc, org_of[doc], listed)
-            changed |= listed is not None
-        if changed:  # the forbidden chunk keys moved (new keys of a restricted document, or a list changed)
-            access_catalog.bump_generation(conn)
+        for doc, found in restricted.items():
+            access_catalog.put(conn, doc, org_of[doc], found)
+        # the forbidden chunk keys moved: new keys of a restricted document, or a list changed
+        access_catalog.bump_generation(conn)
 
     async def upsert(
         self,
