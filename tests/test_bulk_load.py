@@ -12,6 +12,7 @@ from pathlib import Path
 import asyncpg
 
 from config import PROJECT_DIR
+from rag.access import AccessList
 from rag.stores import SearchRequest
 from rag.stores.postgres_store import PostgresVectorStore
 from tests.test_postgres_store import SEARCH_INDEXES, built_search_indexes
@@ -82,3 +83,30 @@ async def test_a_bad_line_stops_the_load_with_its_number(pg_dsn: str, tmp_path: 
     source.write_text('{"text": "fine"}\nnot json\n', encoding="utf-8")
     result = run_bulk(source, pg_dsn, tmp_path)
     assert result.returncode == 2 and "line 2: not JSON" in result.stderr
+
+
+async def test_a_lines_access_list_is_stored_and_a_bad_one_names_its_line(pg_dsn: str, tmp_path: Path) -> None:
+    lines = [
+        json.dumps({"id": "hr", "text": "Salary bands of the year.", "access": {"groups": ["hr"]}}),
+        json.dumps({"id": "open", "text": "The cafeteria menu.", "access": None}),
+        json.dumps({"id": "plain", "text": "A line without a list."}),
+    ]
+    source = tmp_path / "corpus.jsonl"
+    source.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    result = run_bulk(source, pg_dsn, tmp_path)
+    assert result.returncode == 0, result.stderr
+    conn = await asyncpg.connect(pg_dsn)
+    identity = dict(await conn.fetch("SELECT key, value FROM rag_meta"))
+    await conn.close()
+    model, dimension = identity["embedding_model"], int(identity["dimension"])
+    store = await PostgresVectorStore.open(pg_dsn, model, dimension, tmp_path / "replica")
+    try:
+        assert (await store.get_document("hr")).access == AccessList(groups=("hr",))
+        assert (await store.get_document("open")).access is None
+        assert (await store.get_document("plain")).access is None
+    finally:
+        await store.aclose()
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(lines[0] + "\n" + json.dumps({"text": "x", "access": {"groups": "hr"}}) + "\n", encoding="utf-8")
+    failed = run_bulk(bad, pg_dsn, tmp_path)
+    assert failed.returncode == 2 and "line 2" in failed.stderr and "groups" in failed.stderr
