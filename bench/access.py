@@ -5,12 +5,13 @@
 
 The corpus is `bench/scifact_corpus.py`'s (three SciFact sentences a chunk, one chunk a document, 50 tenants,
 realistic vectors; the questions are SciFact's test claims). Every document of tenant org7 is restricted: its list
-names one of 3,000 users and one of 1,000 groups (so the store holds thousands of distinct grantees), and org8's
+names one of 3,000 users, one of 1,000 teams and one of 10 departments (so the store holds thousands of distinct
+grantees), and org8's
 documents have no list. Through the storage protocol, hybrid, top 5, p50 and p95 over the questions; each question
 is asked by every caller of the organisation in turn (so the machine's drift weighs on each alike), and each figure
 is set beside the organisation's key (no reader) in the same run:
 
-- org7: its key; a user who may read 10% of it (100 of the groups), and one who may read 0.1% (one group), each with
+- org7: its key; a user who may read 10% of it (a department), and one who may read 0.1% (a team), each with
   its recall: the share of the exact top 5 of its readable chunks (a NumPy product over them) that the dense search
   returns, and how often the hybrid search returns a full top 5;
 - org8, which has no restricted document: its key, and a user (what lists elsewhere cost a search that needs none);
@@ -43,9 +44,9 @@ from rag.stores import SearchRequest, VectorStore
 from rag.stores.base import AccessByDocument
 
 RESTRICTED, OPEN = 7, 8  # tenant numbers
-USERS, GROUPS = 3000, 1000
+USERS, TEAMS, DEPARTMENTS = 3000, 1000, 10
 READERS = {
-    "reads 10%": Reader("reader-10", frozenset(f"team{g}" for g in range(100))),
+    "reads 10%": Reader("reader-10", frozenset({"dept0"})),
     "reads 0.1%": Reader("reader-01", frozenset({"team0"})),
 }
 
@@ -55,7 +56,7 @@ def access_of(i: int) -> AccessList | None:
     if i % TENANTS != RESTRICTED:
         return None
     j = i // TENANTS
-    return AccessList(users=(f"user{j % USERS}",), groups=(f"team{j % GROUPS}",))
+    return AccessList(users=(f"user{j % USERS}",), groups=(f"team{j % TEAMS}", f"dept{j % DEPARTMENTS}"))
 
 
 def readable_rows(size: int, reader: Reader) -> np.ndarray:
@@ -172,7 +173,7 @@ def main() -> None:
     parser.add_argument("--questions", type=int, default=300, help="the first N test claims (300: all)")
     args = parser.parse_args()
     corpus = asyncio.run(Corpus.load())
-    print(f"adds of {BATCH}; org{RESTRICTED}'s lists name {USERS:,} users and {GROUPS:,} groups")
+    print(f"adds of {BATCH}; org{RESTRICTED}'s lists name {USERS:,} users and {TEAMS + DEPARTMENTS:,} groups")
     for size in args.embedded:
         asyncio.run(embedded(size, corpus, args.questions))
     for size in args.postgres:

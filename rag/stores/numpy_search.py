@@ -25,7 +25,10 @@ from rag.types import Hit, tenant_of
 
 HYBRID_POOL = 100  # candidates taken from each leg before fusion (the pool the fusion was tuned with)
 GATHER_BELOW = 0.5  # a filter keeping less than this share of rows scores only those rows
-KEYS_INSIDE_INDEX = 4096  # a narrowed reader with at most this many rows: its keyword leg matches their keys inside
+# A narrowed reader with at most this many rows has its keyword leg match their keys inside the index (a term set
+# query, whose cost grows with the keys); above it, the tenant's ranking is filtered, asked for as many as the
+# reader's share needs.
+KEYS_INSIDE_INDEX = 256
 
 # A ranked row: (row, similarity or BM25 score, legs that found it, BM25 score, fused score)
 Ranked = tuple[int, float, tuple[str, ...], float | None, float | None]

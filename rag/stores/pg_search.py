@@ -28,6 +28,10 @@ HYBRID_POOL = 100
 # read once (keys and distances, from the tenant index), ranked in Python for the dense leg, and handed to the
 # keyword index as the only keys to match, so neither leg passes over chunks the reader may not read.
 FEW_READABLE = 4096
+# Up to this many, the keyword index matches only the reader's keys (a term set query, whose cost grows with the
+# keys: 10 ms for 400 at 200,000 chunks); above it, it ranks the tenant's chunks and the reader's are taken from
+# its list, which is asked for as many as the reader's share says it needs.
+KEYS_INSIDE_INDEX = 256
 # A tenant's dense leg: scoring all T of its chunks (an index-only scan, about 0.7 us a chunk) against HNSW, which
 # passes over the other tenants' neighbours to find k of its own, about k * N / T candidates at 9.4 us each (a heap
 # and a TOAST page): measured at 1M chunks, a tenant of 20,000: 13.9 against 47 ms. Exact wins while
@@ -74,7 +78,10 @@ class PgSearch:
     async def _few_readable(self, conn: asyncpg.Connection, request: SearchRequest, k: int) -> dict[int, float] | None:
         """Every chunk a narrowed reader may read in its (small) tenant, key -> cosine distance (0 in keyword mode),
         when there are at most FEW_READABLE; None otherwise, and for a search that is not narrowed."""
-        if request.reader is None or not self._exact_for_tenant(request, k):
+        # The reader's rule thins the rows HNSW must pass over to find k of the tenant's (by the share it may read),
+        # while the exact scan costs the tenant's size whatever the rule: judged as for the hybrid pool, it stays
+        # exact where an unnarrowed dense search of a few rows would take HNSW.
+        if request.reader is None or not self._exact_for_tenant(request, max(k, HYBRID_POOL)):
             return None
         params = SqlParams()
         distance = "0::float8"
@@ -141,9 +148,8 @@ class PgSearch:
         filters, and whatever the index holds that the snapshot does not, are dropped after it ranks, so the
         candidate list grows until it holds k rows or every match was seen."""
         tenant = tenant_of(request.filters or {})
-        if readable is not None:  # matched inside the index among the reader's own chunks: its top k are theirs
-            only = np.fromiter(readable, dtype=np.int64, count=len(readable))
-            found = await anyio.to_thread.run_sync(self._keywords.index.search, request.text, k, tenant, only)
+        if readable is not None:
+            found = await self._keyword_among(request.text, k, tenant, readable)
             rows = await self._rows(conn, [key for key, _ in found], request.vector)
             return [(rows[key], score) for key, score in found if key in rows]
         with_vector = request.vector is not None
@@ -166,6 +172,23 @@ class PgSearch:
             ranked = [(by_key[key], score) for key, score in found if key in by_key]
             if len(ranked) >= k or len(found) < limit:
                 return ranked[:k]
+            limit *= 4
+
+    async def _keyword_among(
+        self, text: str, k: int, tenant: str | None, readable: dict[int, float]
+    ) -> list[tuple[int, float]]:
+        """(key, BM25 score) of the best `k` of the reader's chunks (`readable`, all of them), best first."""
+        index = self._keywords.index
+        if len(readable) <= KEYS_INSIDE_INDEX:  # matched inside the index: its top k are the reader's
+            only = np.fromiter(readable, dtype=np.int64, count=len(readable))
+            return await anyio.to_thread.run_sync(index.search, text, k, tenant, only)
+        among = index.tenant_count(tenant) if tenant is not None else self._count()
+        limit = max(k, 10, int(k * max(among, 1) / len(readable) * 1.5))
+        while True:
+            found = await anyio.to_thread.run_sync(index.search, text, limit, tenant)
+            picked = [(key, score) for key, score in found if key in readable]
+            if len(picked) >= k or len(found) < limit:
+                return picked[:k]
             limit *= 4
 
     async def search(self, request: SearchRequest) -> list[Hit]:
