@@ -36,7 +36,11 @@ def files_holding(data_dir: Path, needle: str) -> list[str]:
     found = []
     encoded = needle.encode()
     for path in sorted(p for p in data_dir.rglob("*") if p.is_file()):
-        if encoded in path.read_bytes():
+        try:
+            content = path.read_bytes()
+        except FileNotFoundError:  # a temporary file of a running write, gone since it was listed: it holds nothing
+            continue
+        if encoded in content:
             found.append(str(path.relative_to(data_dir)))
         if path.suffix == ".sqlite3":
             conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
