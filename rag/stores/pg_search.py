@@ -29,8 +29,8 @@ HYBRID_POOL = 100
 # keyword index as the only keys to match, so neither leg passes over chunks the reader may not read.
 FEW_READABLE = 4096
 # Up to this many, the keyword index matches only the reader's keys (a term set query, whose cost grows with the
-# keys: 10 ms for 400 at 200,000 chunks); above it, it ranks the tenant's chunks and the reader's are taken from
-# its list, which is asked for as many as the reader's share says it needs.
+# keys: with 400, a keyword leg took 14.3 ms against 5.7 at 200,000 chunks); above it, it ranks the tenant's chunks
+# and the reader's are taken from its list, which is asked for as many as the reader's share says it needs.
 KEYS_INSIDE_INDEX = 256
 # A tenant's dense leg: scoring all T of its chunks (an index-only scan, about 0.7 us a chunk) against HNSW, which
 # passes over the other tenants' neighbours to find k of its own, about k * N / T candidates at 9.4 us each (a heap
