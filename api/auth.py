@@ -54,9 +54,8 @@ class Principal:
         return None
 
     def narrowed_to(self, user_id: str, groups: frozenset[str]) -> Principal:
-        """This key, acting for one end user: it sees what that user may read, in its own organisation(s)."""
-        if self.kind == "token":
-            raise TenantForbidden("a user token cannot act on behalf of another user (X-On-Behalf-Of)")
+        """This key, acting for one end user: it sees what that user may read, in its own organisation(s). Only
+        `on_behalf_of` calls it, after refusing a token."""
         return Principal(self.kind, user_id, self.org_id, groups, narrowed=True)
 
     def scope(self, user_id: str | None, org_id: str | None) -> tuple[str | None, str | None]:

@@ -100,8 +100,12 @@ def remove(conn: sqlite3.Connection, document_ids: Iterable[str]) -> bool:
 def put(conn: sqlite3.Connection, document_id: str, org: str | None, access: AccessList | None) -> None:
     """Set one document's list (None: no list), replacing the one it had."""
     remove(conn, [document_id])
-    if access is None:
-        return
+    if access is not None:
+        insert(conn, document_id, org, access)
+
+
+def insert(conn: sqlite3.Connection, document_id: str, org: str | None, access: AccessList) -> None:
+    """Give a document without a list its list."""
     conn.execute(
         "INSERT INTO access_lists (document_id, org, users, groups) VALUES (?, ?, ?, ?)",
         (document_id, org, json.dumps(list(access.users)), json.dumps(list(access.groups))),

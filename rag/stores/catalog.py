@@ -307,15 +307,21 @@ class Catalog:
         rows = self._reader().execute(f"SELECT id FROM documents WHERE {_DOCUMENT_TENANT} = ? ORDER BY seq", (org_id,))
         return [doc for (doc,) in rows]
 
-    def document_exists(self, conn: sqlite3.Connection, document_id: str) -> bool:
-        return conn.execute("SELECT 1 FROM documents WHERE id = ?", (document_id,)).fetchone() is not None
+    def document_tenant(self, conn: sqlite3.Connection, document_id: str) -> tuple[Any, str | None] | None:
+        """A stored document's `orgId` as SQLite reads it, with its JSON type (None: no such field); None when the
+        document is not stored."""
+        row = conn.execute(
+            f"SELECT {_DOCUMENT_TENANT}, json_type(metadata, '$.\"{TENANT_KEY}\"') FROM documents WHERE id = ?",
+            (document_id,),
+        ).fetchone()
+        return None if row is None else (row[0], row[1])
 
     def foreign_documents(self, conn: sqlite3.Connection, document_ids: list[str], org_id: str) -> list[str]:
         """Those of `document_ids` that are stored and belong to another organisation than `org_id`."""
         foreign = []
         for doc_id in document_ids:
-            row = conn.execute(f"SELECT {_DOCUMENT_TENANT} FROM documents WHERE id = ?", (doc_id,)).fetchone()
-            if row is not None and row[0] != org_id:
+            found = self.document_tenant(conn, doc_id)
+            if found is not None and found[0] != org_id:
                 foreign.append(doc_id)
         return foreign
 

@@ -134,14 +134,17 @@ class SnapshotSearch:
         limit = max(k, 10)
         tenant = tenant_of(filters or {})  # a tenant named by a string is matched inside the index
         inside: np.ndarray | None = None
-        if eligible is not None:
-            eligible_rows = np.flatnonzero(eligible)
-            if narrowed and eligible_rows.shape[0] <= KEYS_INSIDE_INDEX:  # a narrowed reader's few rows: matched
-                inside = snap.keys[eligible_rows]  # by key inside the index, so its top k are all eligible
-            else:  # other filters apply after: ask for enough at once
+        if narrowed and eligible is not None:
+            readable = int(np.count_nonzero(eligible))
+            if readable <= KEYS_INSIDE_INDEX:  # a narrowed reader's few rows: matched by key inside the index,
+                inside = snap.keys[np.flatnonzero(eligible)]  # so its top k are all eligible
+            else:  # the tenant's ranking, filtered after: ask for as many as the reader's share needs
                 among = self.keywords.tenant_count(tenant) if tenant is not None else snap.rows
-                share = min(max(eligible_rows.shape[0] / max(among, 1), 1e-4), 1.0)
+                share = min(max(readable / max(among, 1), 1e-4), 1.0)
                 limit = max(limit, int(k / share * 1.5))
+        elif tenant is None and eligible is not None:  # other filters apply after: ask for enough at once
+            share = max(float(eligible.mean()), 1e-4)
+            limit = max(limit, int(k / share * 1.5))
         while True:
             found = self.keywords.search(text, limit, tenant, inside)
             keys = np.asarray([key for key, _ in found], dtype=np.int64)

@@ -255,7 +255,8 @@ class NumpyVectorStore:
                     if org_id is not None and self.catalog.foreign_documents(conn, document_ids, org_id):
                         raise TenantForbidden("a document with one of these ids belongs to another organisation")
                     if reader is not None and any(
-                        self.catalog.document_exists(conn, doc) and not access_catalog.may_read(conn, doc, reader)
+                        self.catalog.document_tenant(conn, doc) is not None
+                        and not access_catalog.may_read(conn, doc, reader)
                         for doc in document_ids
                     ):
                         raise TenantForbidden("a document with one of these ids is stored and is not yours to replace")
@@ -302,7 +303,7 @@ class NumpyVectorStore:
         access_catalog.remove(conn, had)
         org_of = {chunk.document_id: tenant_of(chunk.metadata) for chunk in chunks}
         for doc, found in restricted.items():
-            access_catalog.put(conn, doc, org_of[doc], found)
+            access_catalog.insert(conn, doc, org_of[doc], found)
         # the forbidden chunk keys moved: new keys of a restricted document, or a list changed
         access_catalog.bump_generation(conn)
 
@@ -325,10 +326,9 @@ class NumpyVectorStore:
 
     def _visible(self, conn: sqlite3.Connection, document_id: str, org_id: str | None, reader: Reader | None) -> bool:
         """Whether the document exists for this caller: stored, of its organisation, readable by its reader."""
-        if not self.catalog.document_exists(conn, document_id):
-            return False
-        if org_id is not None and self.catalog.foreign_documents(conn, [document_id], org_id):
-            return False  # another tenant's: not for you
+        found = self.catalog.document_tenant(conn, document_id)
+        if found is None or (org_id is not None and found[0] != org_id):
+            return False  # missing, or another tenant's: not for you
         return access_catalog.may_read(conn, document_id, reader)
 
     def _delete_sync(self, document_ids: list[str], org_id: str | None, reader: Reader | None, strict: bool) -> int:
@@ -376,12 +376,9 @@ class NumpyVectorStore:
             with self.catalog.transaction() as conn:
                 if not self._visible(conn, document_id, org_id, None):
                     raise DocumentNotFound(f"no document with id {document_id!r}")
-                org = conn.execute(
-                    "SELECT json_extract(metadata, '$.\"orgId\"'), json_type(metadata, '$.\"orgId\"') "
-                    "FROM documents WHERE id = ?",
-                    (document_id,),
-                ).fetchone()
-                access_catalog.put(conn, document_id, org[0] if org[1] == "text" else None, access)
+                found = self.catalog.document_tenant(conn, document_id)
+                assert found is not None  # visible, in this transaction
+                access_catalog.put(conn, document_id, found[0] if found[1] == "text" else None, access)
                 access_catalog.bump_generation(conn)
                 self.catalog.bump(conn)  # every process catches up before its next search
             self._reload()

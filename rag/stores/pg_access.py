@@ -72,7 +72,7 @@ async def narrows(conn: asyncpg.Connection, reader: Reader, org_id: str | None) 
     )
 
 
-def document_condition(reader: Reader | None, params: SqlParams, document_column: str = "d.id") -> str:
+def document_condition(reader: Reader | None, params: SqlParams) -> str:
     """SQL true for the documents `reader` may read; the query joins `rag_access_lists l` on the document."""
     if reader is None:
         return "TRUE"
