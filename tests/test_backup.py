@@ -1,0 +1,249 @@
+"""Online backup of the embedded store (`python -m rag.backup`), run as the command it is, beside a live service.
+
+The drill: writers add and delete documents over HTTP while the backup runs; a second service started on the backup
+then holds every add acknowledged before the backup began and none of the deletes acknowledged by then, every
+document whole, access lists and chats included. A backup killed midway leaves no backup and the store as it was.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+from main import create_app
+from tests.conftest import make_settings
+from tests.fake_upstream import FakeUpstream
+from tests.servers import serve
+
+PROJECT = Path(__file__).resolve().parents[1]
+WORDS = [
+    "alpha",
+    "bravo",
+    "charlie",
+    "delta",
+    "echo",
+    "foxtrot",
+    "golf",
+    "hotel",
+    "india",
+    "juliet",
+    "kilo",
+    "lima",
+    "mike",
+    "november",
+    "oscar",
+    "papa",
+]
+
+
+def run_backup(data_dir: Path, destination: Path, cwd: Path) -> subprocess.Popen[str]:
+    """The command as an operator runs it, with the service's settings from the environment."""
+    env = {**os.environ, "DATA_DIR": str(data_dir), "PYTHONPATH": str(PROJECT)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "rag.backup", str(destination)],
+        cwd=cwd,  # no .env there: the settings are the environment's
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def text_of(n: int) -> str:
+    # long enough for several chunks, so that a document stored half would show
+    return " ".join(f"{WORDS[(n + i) % len(WORDS)]}{n}" for i in range(250))
+
+
+def add(client: httpx.Client, ids: list[str], org: str = "acme") -> None:
+    response = client.post(
+        "/api/v1/documents/add",
+        json={
+            "documents": [text_of(zlib.crc32(doc.encode()) % 1000) for doc in ids],
+            "ids": ids,
+            "metadatas": [{"orgId": org} for _ in ids],
+        },
+    )
+    assert response.status_code == 200, response.text
+
+
+def all_documents(client: httpx.Client) -> dict[str, int]:
+    listed = client.get("/api/v1/documents", params={"limit": 1000, "orgId": "acme"}).json()
+    assert listed["total"] <= 1000
+    return {doc["id"]: doc["chunks"] for doc in listed["documents"]}
+
+
+def segments_of(index: Path) -> set[str]:
+    return {segment["segment_id"] for segment in json.loads((index / "meta.json").read_text())["segments"]}
+
+
+def catalog_is_whole(catalog: Path) -> None:
+    """Each document's chunk rows are exactly its recorded count: nothing stored half."""
+    with sqlite3.connect(catalog) as conn:
+        rows = conn.execute(
+            "SELECT d.id, d.chunks, count(c.key) FROM documents d LEFT JOIN chunks c ON c.document_id = d.id "
+            "GROUP BY d.id"
+        ).fetchall()
+    assert rows
+    assert [row for row in rows if row[1] != row[2]] == []
+
+
+def test_backup_under_writes_holds_every_acknowledged_write(tmp_path: Path, upstream: FakeUpstream) -> None:
+    data_dir, destination = tmp_path / "data", tmp_path / "backup"
+    settings = make_settings(data_dir, upstream.url, add_job_threshold_chars=10_000_000)
+    acknowledged: list[tuple[float, str, str]] = []  # (when, "add" or "delete", document id)
+    stop = threading.Event()
+    with serve(create_app(settings)) as url, httpx.Client(base_url=url, timeout=60) as client:
+        initial = [f"seed-{n}" for n in range(60)]
+        for start in range(0, len(initial), 20):
+            add(client, initial[start : start + 20])
+        client.put(
+            "/api/v1/documents/seed-0/access", json={"users": ["ann"], "groups": []}, params={"orgId": "acme"}
+        ).raise_for_status()
+        ask = {"messages": [{"role": "user", "content": "alpha?"}], "stream": False, "userId": "u1", "orgId": "acme"}
+        assert client.post("/api/v1/chat", json=ask | {"chatId": "chat-1"}).status_code == 200
+        chunks_of = all_documents(client)
+
+        def writer(kind: str) -> None:
+            with httpx.Client(base_url=url, timeout=60) as own:
+                n = 0
+                while not stop.is_set():
+                    n += 1
+                    if kind == "add":
+                        doc = f"new-{n}"
+                        add(own, [doc])
+                    else:
+                        doc = initial[-n]
+                        own.delete(f"/api/v1/documents/{doc}", params={"orgId": "acme"}).raise_for_status()
+                    acknowledged.append((time.time(), kind, doc))
+
+        threads = [threading.Thread(target=writer, args=(kind,)) for kind in ("add", "delete")]
+        for thread in threads:
+            thread.start()
+        wait_for(lambda: {kind for _, kind, _ in acknowledged} == {"add", "delete"})
+        began = time.time()
+        process = run_backup(data_dir, destination, tmp_path)
+        _, stderr = process.communicate(timeout=300)
+        ended = time.time()
+        # writes go on after it, and must not reach the backup's files
+        wait_for(lambda: {kind for at, kind, _ in acknowledged if at > ended} == {"add", "delete"})
+        stop.set()
+        for thread in threads:
+            thread.join()
+        assert process.returncode == 0, stderr
+        assert "writes waited at most" in stderr
+
+    added_before = {doc for at, kind, doc in acknowledged if kind == "add" and at < began}
+    deleted_before = {doc for at, kind, doc in acknowledged if kind == "delete" and at < began}
+    added_after = {doc for at, kind, doc in acknowledged if kind == "add" and at > ended}
+    assert added_before and deleted_before and added_after  # the writers ran on both sides of the backup
+    catalog_is_whole(destination / "store" / "catalog.sqlite3")
+
+    keyword_segments = segments_of(destination / "store" / "keywords")
+    assert keyword_segments  # the keyword index is in the backup
+    restored = make_settings(destination, upstream.url, add_job_threshold_chars=10_000_000)
+    with serve(create_app(restored)) as url, httpx.Client(base_url=url, timeout=60) as client:
+        held = all_documents(client)
+        assert added_before <= set(held)
+        assert not deleted_before & set(held)
+        assert not added_after & set(held)
+        for doc in set(initial) & set(held):
+            assert held[doc] == chunks_of[doc]
+        # the access list travelled: only ann reads seed-0
+        access = client.get("/api/v1/documents/seed-0", params={"orgId": "acme"}).json()
+        assert access["access"] == {"users": ["ann"], "groups": []}
+        # the chat travelled
+        chats = client.get("/api/v1/chats", params={"userId": "u1", "orgId": "acme"}).json()
+        assert [c["chatId"] for c in chats["chats"]] == ["chat-1"]
+        # both legs answer from the restored files
+        doc = sorted(added_before)[0]
+        question = text_of(zlib.crc32(doc.encode()) % 1000)[:200]
+        for mode in ("dense", "keyword"):
+            found = client.get(
+                "/api/v1/documents/search", params={"query": question, "mode": mode, "orgId": "acme"}
+            ).json()
+            assert found["results"][0]["document_id"] in held, mode
+        health = client.get("/api/v1/health").json()
+        assert health["store"]["chunks"] == sum(held.values())
+    assert segments_of(destination / "store" / "keywords") == keyword_segments  # used as it was, not rebuilt
+
+
+def test_backup_refuses_a_destination_that_holds_files(tmp_path: Path, upstream: FakeUpstream) -> None:
+    data_dir = tmp_path / "data"
+    with (
+        serve(create_app(make_settings(data_dir, upstream.url, add_job_threshold_chars=10_000_000))) as url,
+        httpx.Client(base_url=url) as client,
+    ):
+        add(client, ["one"])
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "keep.txt").write_text("mine")
+    process = run_backup(data_dir, taken, tmp_path)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 1
+    assert "exists and is not an empty folder" in stderr
+    assert (taken / "keep.txt").read_text() == "mine" and len(list(taken.iterdir())) == 1
+    inside = run_backup(data_dir, data_dir / "copy", tmp_path)
+    _, stderr = inside.communicate(timeout=120)
+    assert inside.returncode == 1 and "inside DATA_DIR" in stderr
+
+
+def test_a_backup_killed_midway_leaves_no_backup_and_the_store_as_it_was(
+    tmp_path: Path, upstream: FakeUpstream
+) -> None:
+    data_dir = tmp_path / "data"
+    settings = make_settings(data_dir, upstream.url, add_job_threshold_chars=10_000_000)
+    with serve(create_app(settings)) as url, httpx.Client(base_url=url, timeout=60) as client:
+        ids = [f"doc-{n}" for n in range(40)]
+        for start in range(0, len(ids), 20):
+            add(client, ids[start : start + 20])
+        before = all_documents(client)
+        outcomes = set()
+        for attempt, delay in enumerate((0.0, 0.5, 1.0)):
+            destination = tmp_path / f"killed-{attempt}"
+            # The store's write lock, held here as a writer would, keeps the backup waiting at the moment it links
+            # the store's files; it is killed there (delay 0), or later, copying them.
+            lock = open(data_dir / "store" / ".lock", "a+b")  # noqa: SIM115 - released below
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            process = run_backup(data_dir, destination, tmp_path)
+            time.sleep(0.5)
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            lock.close()
+            time.sleep(delay)
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=30)
+            outcomes.add(process.returncode)
+            if process.returncode == 0:  # it finished before the kill: then the backup is whole
+                catalog_is_whole(destination / "store" / "catalog.sqlite3")
+            else:
+                assert not destination.exists()
+                assert [p.name for p in tmp_path.glob(f".killed-{attempt}.partial-*")]  # killed while writing
+            assert all_documents(client) == before
+        assert -signal.SIGKILL in outcomes
+        add(client, ["after-the-kill"])  # the store still takes writes
+        again = run_backup(data_dir, tmp_path / "again", tmp_path)
+        _, stderr = again.communicate(timeout=300)
+        assert again.returncode == 0, stderr
+        assert not list((data_dir / "store").glob(".backup-*"))  # the killed ones' links are gone
+    with serve(create_app(make_settings(tmp_path / "again", upstream.url))) as url, httpx.Client(base_url=url) as c:
+        assert set(all_documents(c)) == {*before, "after-the-kill"}
