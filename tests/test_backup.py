@@ -22,6 +22,7 @@ from pathlib import Path
 
 import httpx
 
+from config import Settings
 from main import create_app
 from tests.conftest import make_settings
 from tests.fake_upstream import FakeUpstream
@@ -46,6 +47,12 @@ WORDS = [
     "oscar",
     "papa",
 ]
+
+
+def settings_for(data_dir: Path, upstream: FakeUpstream) -> Settings:
+    """Adds answer when stored (no job), whatever their size."""
+    url = upstream.url  # type: ignore[attr-defined]
+    return make_settings(data_dir, url, add_job_threshold_chars=10_000_000)
 
 
 def run_backup(data_dir: Path, destination: Path, cwd: Path) -> subprocess.Popen[str]:
@@ -109,7 +116,7 @@ def catalog_is_whole(catalog: Path) -> None:
 
 def test_backup_under_writes_holds_every_acknowledged_write(tmp_path: Path, upstream: FakeUpstream) -> None:
     data_dir, destination = tmp_path / "data", tmp_path / "backup"
-    settings = make_settings(data_dir, upstream.url, add_job_threshold_chars=10_000_000)
+    settings = settings_for(data_dir, upstream)
     acknowledged: list[tuple[float, str, str]] = []  # (when, "add" or "delete", document id)
     stop = threading.Event()
     with serve(create_app(settings)) as url, httpx.Client(base_url=url, timeout=60) as client:
@@ -160,7 +167,7 @@ def test_backup_under_writes_holds_every_acknowledged_write(tmp_path: Path, upst
 
     keyword_segments = segments_of(destination / "store" / "keywords")
     assert keyword_segments  # the keyword index is in the backup
-    restored = make_settings(destination, upstream.url, add_job_threshold_chars=10_000_000)
+    restored = settings_for(destination, upstream)
     with serve(create_app(restored)) as url, httpx.Client(base_url=url, timeout=60) as client:
         held = all_documents(client)
         assert added_before <= set(held)
@@ -190,7 +197,7 @@ def test_backup_under_writes_holds_every_acknowledged_write(tmp_path: Path, upst
 def test_backup_refuses_a_destination_that_holds_files(tmp_path: Path, upstream: FakeUpstream) -> None:
     data_dir = tmp_path / "data"
     with (
-        serve(create_app(make_settings(data_dir, upstream.url, add_job_threshold_chars=10_000_000))) as url,
+        serve(create_app(settings_for(data_dir, upstream))) as url,
         httpx.Client(base_url=url) as client,
     ):
         add(client, ["one"])
@@ -211,7 +218,7 @@ def test_a_backup_killed_midway_leaves_no_backup_and_the_store_as_it_was(
     tmp_path: Path, upstream: FakeUpstream
 ) -> None:
     data_dir = tmp_path / "data"
-    settings = make_settings(data_dir, upstream.url, add_job_threshold_chars=10_000_000)
+    settings = settings_for(data_dir, upstream)
     with serve(create_app(settings)) as url, httpx.Client(base_url=url, timeout=60) as client:
         ids = [f"doc-{n}" for n in range(40)]
         for start in range(0, len(ids), 20):
@@ -245,5 +252,5 @@ def test_a_backup_killed_midway_leaves_no_backup_and_the_store_as_it_was(
         _, stderr = again.communicate(timeout=300)
         assert again.returncode == 0, stderr
         assert not list((data_dir / "store").glob(".backup-*"))  # the killed ones' links are gone
-    with serve(create_app(make_settings(tmp_path / "again", upstream.url))) as url, httpx.Client(base_url=url) as c:
+    with serve(create_app(settings_for(tmp_path / "again", upstream))) as url, httpx.Client(base_url=url) as c:
         assert set(all_documents(c)) == {*before, "after-the-kill"}
