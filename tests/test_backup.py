@@ -16,11 +16,14 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 import zlib
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
+from pydantic import SecretStr
 
 from config import Settings
 from main import create_app
@@ -254,3 +257,77 @@ def test_a_backup_killed_midway_leaves_no_backup_and_the_store_as_it_was(
         assert not list((data_dir / "store").glob(".backup-*"))  # the killed ones' links are gone
     with serve(create_app(settings_for(tmp_path / "again", upstream))) as url, httpx.Client(base_url=url) as c:
         assert set(all_documents(c)) == {*before, "after-the-kill"}
+
+
+def test_postgres_backup_with_its_own_tools_under_writes(
+    tmp_path: Path, upstream: FakeUpstream, pg_server: Any
+) -> None:
+    """docs/deployment.md's recipe: `pg_dump -Fc` while the service writes, `pg_restore` into a new database, and a
+    service started on it (with a fresh DATA_DIR) finds every document acknowledged before the dump began."""
+    import pgserver
+
+    bin_dir = Path(pgserver.__file__).parent / "pginstall" / "bin"
+    source, target = (f"backup_{uuid.uuid4().hex[:12]}" for _ in range(2))
+    pg_server.psql(f"CREATE DATABASE {source};")
+    on_source = settings_for(tmp_path / "data", upstream).model_copy(
+        update={"vector_store": "postgres", "database_url": SecretStr(pg_server.get_uri(source))}
+    )
+    acknowledged: list[tuple[float, str, str]] = []
+    stop = threading.Event()
+    dump = tmp_path / "rag.dump"
+    with serve(create_app(on_source)) as url, httpx.Client(base_url=url, timeout=60) as client:
+        initial = [f"seed-{n}" for n in range(30)]
+        add(client, initial)
+        client.put(
+            "/api/v1/documents/seed-0/access", json={"users": ["ann"], "groups": []}, params={"orgId": "acme"}
+        ).raise_for_status()
+        ask = {"messages": [{"role": "user", "content": "alpha?"}], "stream": False, "userId": "u1", "orgId": "acme"}
+        assert client.post("/api/v1/chat", json=ask | {"chatId": "chat-1"}).status_code == 200
+
+        def writer() -> None:
+            with httpx.Client(base_url=url, timeout=60) as own:
+                n = 0
+                while not stop.is_set():
+                    n += 1
+                    add(own, [f"new-{n}"])
+                    acknowledged.append((time.time(), "add", f"new-{n}"))
+                    own.delete(f"/api/v1/documents/{initial[-n]}", params={"orgId": "acme"}).raise_for_status()
+                    acknowledged.append((time.time(), "delete", initial[-n]))
+
+        thread = threading.Thread(target=writer)
+        thread.start()
+        wait_for(lambda: len(acknowledged) >= 2)
+        began = time.time()
+        subprocess.run(
+            [bin_dir / "pg_dump", "--format=custom", f"--file={dump}", pg_server.get_uri(source)],
+            check=True,
+            timeout=300,
+        )
+        ended = time.time()
+        wait_for(lambda: any(at > ended for at, _, _ in acknowledged))
+        stop.set()
+        thread.join()
+    pg_server.psql(f"CREATE DATABASE {target};")
+    subprocess.run(
+        [bin_dir / "pg_restore", "--no-owner", f"--dbname={pg_server.get_uri(target)}", dump],
+        check=True,
+        timeout=300,
+    )
+    on_target = on_source.model_copy(
+        update={"data_dir": tmp_path / "restored", "database_url": SecretStr(pg_server.get_uri(target))}
+    )
+    added_before = {doc for at, kind, doc in acknowledged if kind == "add" and at < began}
+    deleted_before = {doc for at, kind, doc in acknowledged if kind == "delete" and at < began}
+    after = {doc for at, kind, doc in acknowledged if kind == "add" and at > ended}
+    with serve(create_app(on_target)) as url, httpx.Client(base_url=url, timeout=60) as client:
+        held = all_documents(client)
+        assert added_before <= set(held) and not deleted_before & set(held) and not after & set(held)
+        assert client.get("/api/v1/documents/seed-0", params={"orgId": "acme"}).json()["access"]["users"] == ["ann"]
+        chats = client.get("/api/v1/chats", params={"userId": "u1", "orgId": "acme"}).json()
+        assert [c["chatId"] for c in chats["chats"]] == ["chat-1"]
+        question = text_of(zlib.crc32(b"seed-1") % 1000)[:200]
+        for mode in ("dense", "keyword"):
+            found = client.get(
+                "/api/v1/documents/search", params={"query": question, "mode": mode, "orgId": "acme"}
+            ).json()
+            assert found["results"][0]["document_id"] == "seed-1", mode
