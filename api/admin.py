@@ -1,4 +1,5 @@
-"""Administration of an organisation's data: the audit log, and purging a user or a whole organisation.
+"""Administration of an organisation's data: the audit log, exporting its knowledge base, and purging a user or a
+whole organisation.
 
 These routes are for an organisation's own key (`KEY:ORG_ID`), a trusted key, or an open service; a user token or
 a key acting for a user (X-On-Behalf-Of) gets 403. Every purge is recorded in the audit log, and the purger then
@@ -8,13 +9,21 @@ erases the deleted text from the files (`rag/purge.py`, PURGE_DELAY_SECONDS).
 from __future__ import annotations
 
 import contextlib
+import shutil
+import time
+import uuid
+from pathlib import Path
 from typing import Annotated, Any
 
+import anyio
 from fastapi import APIRouter, Query
+from fastapi.responses import FileResponse
+from starlette.background import BackgroundTask
 
 from api.auth import Principal, PrincipalDep
 from api.deps import Services, ServicesDep
 from api.schemas import ErrorBody
+from rag.archive.exporter import export_archive
 from rag.chats.sqlite import ChatNotFound, ChatOwner
 from rag.errors import TenantForbidden
 
@@ -99,3 +108,52 @@ async def purge_org(orgId: str, services: ServicesDep, principal: PrincipalDep) 
     await services.audit.record("org.purge", org_id, org_id, principal.kind, principal.user_id, details)
     services.purger.deleted()
     return {"orgId": org_id, **details, "chunks": removed_chunks}
+
+
+EXPORT_LEFTOVER_SECONDS = 3600.0  # an export file this old was left by a crash or a dropped client: removed
+
+
+def _remove_leftover_exports(folder: Path) -> None:
+    for path in folder.glob("*"):
+        with contextlib.suppress(FileNotFoundError):
+            if time.time() - path.stat().st_mtime > EXPORT_LEFTOVER_SECONDS:
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+@router.get(
+    "/export",
+    responses={**_ERRORS, 200: {"content": {"application/x-tar": {}}, "description": "The archive."}},
+    response_class=FileResponse,
+)
+async def export_documents(
+    services: ServicesDep,
+    principal: PrincipalDep,
+    orgId: Annotated[
+        str | None, Query(min_length=1, description="Whose documents (a trusted key: any; unset: every document).")
+    ] = None,
+) -> FileResponse:
+    """The organisation's knowledge base as one archive (the format of `python -m rag.export`): every document with
+    its chunks, vectors, access list and adder, read from one consistent state while writes go on. Import it with
+    `python -m rag.import`."""
+    org_id = admin_org(principal, orgId)
+    settings = services.settings
+    folder = settings.data_dir / "exports"
+    folder.mkdir(parents=True, exist_ok=True)
+    await anyio.to_thread.run_sync(_remove_leftover_exports, folder)
+    path = folder / f"{uuid.uuid4().hex}.tar"
+    manifest = await export_archive(
+        services.store,
+        path,
+        services.embedder.model_name,
+        services.embedder.dimension,
+        settings.chunk_size,
+        settings.chunk_overlap,
+        org_id,
+    )
+    await services.audit.record(
+        "documents.export", org_id or "*", org_id, principal.kind, principal.user_id, {"documents": manifest.documents}
+    )
+    name = f"rag-export-{org_id or 'all'}-{time.strftime('%Y%m%d-%H%M%S')}.tar"
+    return FileResponse(
+        path, media_type="application/x-tar", filename=name, background=BackgroundTask(path.unlink, missing_ok=True)
+    )

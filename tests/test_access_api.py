@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -25,6 +26,8 @@ import pytest
 from websockets.sync.client import connect
 
 from main import create_app
+from rag.access import AccessList
+from rag.archive.reader import open_archive
 from tests.conftest import make_settings
 from tests.fake_upstream import FakeUpstream
 from tests.servers import serve
@@ -243,6 +246,30 @@ def test_a_narrowed_caller_cannot_change_replace_or_delete_what_it_cannot_read(
         assert {d["id"] for d in page["documents"]} >= set(DOCUMENTS)  # nothing was deleted or replaced
         for doc in DOCUMENTS:
             assert SECRETS[doc] in admin.get(f"/api/v1/documents/{doc}").json()["preview"]
+
+
+def test_the_export_is_the_organisation_keys_alone_and_holds_only_its_documents(
+    service: tuple[str, str, str | None], caller: Caller, tmp_path: Path
+) -> None:
+    """An archive holds every document of the organisation, lists or not: only its own unnarrowed key may have it."""
+    _, url, _ = service
+    with client_of(url, caller) as client:
+        response = client.get("/api/v1/export")
+    if caller.name != "organisation key":
+        assert response.status_code == 403 and response.json()["error"]["type"] == "forbidden"
+        assert_only_readable(response.text, caller)
+        return
+    assert response.status_code == 200 and response.headers["content-type"] == "application/x-tar"
+    archive = tmp_path / "orgA.tar"
+    archive.write_bytes(response.content)
+    documents = [d for batch in open_archive(archive, org_id="orgA").documents() for d in batch]
+    assert {d.id for d in documents} >= set(DOCUMENTS)
+    assert {d.id: d.access for d in documents}["hr-ledger"] == AccessList(groups=("hr",))
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {KEY_B}"}, timeout=60) as other:
+        assert other.get("/api/v1/export", params={"orgId": "orgA"}).status_code == 403
+        theirs = other.get("/api/v1/export")
+        assert theirs.status_code == 200
+        assert not [secret for secret in SECRETS.values() if secret.encode() in theirs.content]
 
 
 def test_a_token_cannot_act_on_behalf_of_anyone(service: tuple[str, str, str | None], upstream: FakeUpstream) -> None:

@@ -7,8 +7,9 @@ fused. `tests/test_store_conformance.py` is written once against this protocol a
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -41,6 +42,31 @@ class SearchRequest:
     threshold: float | None = None
     mode: RetrievalMode = "dense"
     reader: Reader | None = None  # when set, only the documents this reader may read (see rag/access.py)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredDocument:
+    """A document as stored, whole: its chunks in order with their vectors (row i is chunk i's), its access list and
+    who added it. What an export writes and an import stores again."""
+
+    id: str
+    chunks: list[Chunk]
+    vectors: np.ndarray
+    access: AccessList | None = None
+    added_by: str | None = None
+
+
+@runtime_checkable
+class ExportableStore(Protocol):
+    """A store that can hand back what it holds (both built-in stores; a plug-in store may not)."""
+
+    def export_documents(
+        self, org_id: str | None = None, document_ids: list[str] | None = None, batch_chunks: int = 4096
+    ) -> AsyncIterator[list[StoredDocument]]:
+        """Every document (of `org_id`, or among `document_ids`, when given), in the order they were added, in
+        batches of about `batch_chunks` chunks, all read from one consistent state of the store: writes that
+        commit meanwhile are not seen, and none is seen half."""
+        ...
 
 
 class VectorStore(Protocol):

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from rag.access import AccessList, Reader
+from rag.errors import StoreIncompatible
 from rag.stores import access_catalog
 from rag.types import TENANT_KEY, Chunk, DocumentSummary
 
@@ -53,7 +54,7 @@ DROP TRIGGER IF EXISTS chunks_fts_delete;
 DROP TABLE IF EXISTS chunks_fts;
 """
 
-_DOCUMENT_TENANT = """json_extract(metadata, '$."orgId"')"""  # as in the index documents_by_tenant
+DOCUMENT_TENANT = """json_extract(metadata, '$."orgId"')"""  # as in the index documents_by_tenant
 _COUNTERS = ("generation", "next_key", "next_seq", "chunks", "documents")
 
 
@@ -100,6 +101,22 @@ def _json_path(key: str) -> str | None:
     if '"' in key or "\\" in key:
         return None
     return f'$."{key}"'
+
+
+def check_identity(identity: dict[str, str], directory: Path, embedding_model: str, dimension: int) -> None:
+    """StoreIncompatible unless the store in `directory` was written in this format, by this embedding model."""
+    if identity.get("format_version") != str(SCHEMA_VERSION):
+        raise StoreIncompatible(
+            f"{directory / 'catalog.sqlite3'} has format version {identity.get('format_version')!r}; "
+            f"this service reads {SCHEMA_VERSION}"
+        )
+    if identity.get("embedding_model") != embedding_model or identity.get("dimension") != str(dimension):
+        raise StoreIncompatible(
+            f"the store in {directory} was built with embedding model {identity.get('embedding_model')!r} "
+            f"(dimension {identity.get('dimension')}), but this service embeds with {embedding_model!r} "
+            f"(dimension {dimension}). Set DATA_DIR to another directory, or set EMBEDDING_MODEL back and "
+            "re-ingest before switching."
+        )
 
 
 class Catalog:
@@ -263,7 +280,7 @@ class Catalog:
         conn = self._reader()
         conditions, params = [], []
         if org_id is not None:
-            conditions.append(f"{_DOCUMENT_TENANT} = ?")
+            conditions.append(f"{DOCUMENT_TENANT} = ?")
             params.append(org_id)
         if reader is not None:
             condition, grantees = access_catalog.reader_condition(reader, "d.id")
@@ -288,7 +305,7 @@ class Catalog:
             .execute(
                 "SELECT d.id, d.chunks, d.metadata, d.preview, l.users, l.groups FROM documents d "
                 f"LEFT JOIN access_lists l ON l.document_id = d.id WHERE d.id = ? AND {condition} "
-                f"AND (? IS NULL OR {_DOCUMENT_TENANT} = ?)",
+                f"AND (? IS NULL OR {DOCUMENT_TENANT} = ?)",
                 (document_id, *grantees, org_id, org_id),
             )
             .fetchone()
@@ -298,20 +315,20 @@ class Catalog:
     def documents_added_by(self, user_id: str, org_id: str | None) -> list[str]:
         rows = self._reader().execute(
             "SELECT d.id FROM document_adders a JOIN documents d ON d.id = a.document_id "
-            f"WHERE a.user_id = ? AND (? IS NULL OR {_DOCUMENT_TENANT} = ?) ORDER BY d.seq",
+            f"WHERE a.user_id = ? AND (? IS NULL OR {DOCUMENT_TENANT} = ?) ORDER BY d.seq",
             (user_id, org_id, org_id),
         )
         return [doc for (doc,) in rows]
 
     def document_ids(self, org_id: str) -> list[str]:
-        rows = self._reader().execute(f"SELECT id FROM documents WHERE {_DOCUMENT_TENANT} = ? ORDER BY seq", (org_id,))
+        rows = self._reader().execute(f"SELECT id FROM documents WHERE {DOCUMENT_TENANT} = ? ORDER BY seq", (org_id,))
         return [doc for (doc,) in rows]
 
     def document_tenant(self, conn: sqlite3.Connection, document_id: str) -> tuple[Any, str | None] | None:
         """A stored document's `orgId` as SQLite reads it, with its JSON type (None: no such field); None when the
         document is not stored."""
         row = conn.execute(
-            f"SELECT {_DOCUMENT_TENANT}, json_type(metadata, '$.\"{TENANT_KEY}\"') FROM documents WHERE id = ?",
+            f"SELECT {DOCUMENT_TENANT}, json_type(metadata, '$.\"{TENANT_KEY}\"') FROM documents WHERE id = ?",
             (document_id,),
         ).fetchone()
         return None if row is None else (row[0], row[1])

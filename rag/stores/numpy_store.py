@@ -29,27 +29,27 @@ import fcntl
 import logging
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import anyio
 import numpy as np
 
 from rag.access import AccessList, Reader
-from rag.errors import DocumentNotFound, StoreCorrupt, StoreIncompatible, TenantForbidden
+from rag.errors import DocumentNotFound, StoreCorrupt, TenantForbidden
 from rag.stores import access_catalog
-from rag.stores.base import AccessByDocument, SearchRequest
-from rag.stores.catalog import SCHEMA_VERSION, Catalog
+from rag.stores.base import AccessByDocument, SearchRequest, StoredDocument
+from rag.stores.catalog import Catalog, check_identity
+from rag.stores.compaction import write_next_merge
 from rag.stores.keyword_index import KeywordIndex
 from rag.stores.legacy import migrate_generation_store
+from rag.stores.numpy_export import exported
 from rag.stores.numpy_search import SnapshotSearch
 from rag.stores.segments import (
     Segment,
     grouped_by_tenant,
-    plan_merge,
     remove_segment,
     segment_name,
-    write_merged_segment,
     write_segment,
 )
 from rag.stores.snapshot import Snapshot
@@ -110,7 +110,7 @@ class NumpyVectorStore:
             self._catalog = Catalog(self.directory / CATALOG)
             identity = self.catalog.create_or_check(self.embedding_model, self.dimension)
             if identity is not None:
-                self._check_identity(identity)
+                check_identity(identity, self.directory, self.embedding_model, self.dimension)
             migrate_generation_store(self.directory, self.catalog, self.embedding_model, self.dimension)
             self._remove_orphans()
             self._open_keywords()
@@ -134,20 +134,6 @@ class NumpyVectorStore:
         if not self.keywords.reconcile(state.chunks, int(self.catalog.meta("next_key") or 0), state.tombstones):
             logger.info("building the keyword index of %s from its %d chunks", self.directory, state.chunks)
             self.keywords.rebuild(self.catalog.keyword_entries())
-
-    def _check_identity(self, identity: dict[str, str]) -> None:
-        if identity.get("format_version") != str(SCHEMA_VERSION):
-            raise StoreIncompatible(
-                f"{self.directory / CATALOG} has format version {identity.get('format_version')!r}; "
-                f"this service reads {SCHEMA_VERSION}"
-            )
-        if identity.get("embedding_model") != self.embedding_model or identity.get("dimension") != str(self.dimension):
-            raise StoreIncompatible(
-                f"the store in {self.directory} was built with embedding model {identity.get('embedding_model')!r} "
-                f"(dimension {identity.get('dimension')}), but this service embeds with {self.embedding_model!r} "
-                f"(dimension {self.dimension}). Set DATA_DIR to another directory, or set EMBEDDING_MODEL back and "
-                "re-ingest before switching."
-            )
 
     def _remove_orphans(self) -> None:
         """Delete files no commit names: segments of adds or merges that crashed before committing. Runs under the
@@ -202,6 +188,21 @@ class NumpyVectorStore:
             with self._file_lock(WRITE_LOCK, shared=True):
                 self._reload()
         return self._snapshot
+
+    @contextlib.contextmanager
+    def shared_write_lock(self) -> Iterator[None]:
+        """While held, no process commits a write to the store (searches still pass); for a consistent read."""
+        with self._file_lock(WRITE_LOCK, shared=True):
+            yield
+
+    def current_snapshot(self) -> Snapshot:
+        return self._catch_up()
+
+    async def export_documents(
+        self, org_id: str | None = None, document_ids: list[str] | None = None, batch_chunks: int = 4096
+    ) -> AsyncIterator[list[StoredDocument]]:
+        async for batch in exported(self, org_id, document_ids, batch_chunks):
+            yield batch
 
     async def refresh(self) -> None:
         # The check is one SQLite read (about 3 us; a WAL reader does not wait for writers): cheaper on the event loop
@@ -442,29 +443,10 @@ class NumpyVectorStore:
         with self._file_lock(COMPACTION_LOCK, blocking=False) as acquired:
             if not acquired:
                 return False
-            snap = self._catch_up()
-            live = [segment.rows - dead.shape[0] for segment, dead in zip(snap.segments, snap.dead, strict=True)]
-            plan = plan_merge(live, [dead.shape[0] for dead in snap.dead])
-            if plan is None:
+            merge = write_next_merge(self.directory, self._catch_up(), self.catalog.field_values)
+            if merge is None:
                 return False
-            inputs = snap.segments[plan[0] : plan[1]]
-            kept_rows, kept_keys, tenants, dropped = [], [], [], []
-            first_row = 0
-            for segment, dead in zip(inputs, snap.dead[plan[0] : plan[1]], strict=True):
-                keep = np.ones(segment.rows, dtype=bool)
-                keep[dead] = False
-                kept = np.flatnonzero(keep)
-                kept_rows.append(kept + first_row)
-                kept_keys.append(segment.keys[kept])
-                tenants.append(segment.tenants(self.catalog.field_values)[kept])
-                dropped.append(segment.keys[dead])
-                first_row += segment.rows
-            keys = np.concatenate(kept_keys)
-            order = grouped_by_tenant(keys, np.concatenate(tenants))  # the merged rows grouped by tenant again
-            name = None
-            if keys.shape[0]:
-                sources = [segment.vectors for segment in inputs]
-                name = write_merged_segment(self.directory, sources, np.concatenate(kept_rows)[order], keys[order])
+            inputs, name, keys = merge.inputs, merge.name, merge.keys
             with self._file_lock(WRITE_LOCK):
                 try:
                     with self.catalog.transaction() as conn:
@@ -474,8 +456,7 @@ class NumpyVectorStore:
                             raise StoreCorrupt("segments being merged vanished from the catalog")
                         if name is not None:
                             self.catalog.insert_segment(conn, name, int(keys.min()), int(keys.max()), keys.shape[0])
-                        dropped_keys = np.concatenate(dropped).tolist()
-                        conn.executemany("DELETE FROM tombstones WHERE key = ?", ((k,) for k in dropped_keys))
+                        conn.executemany("DELETE FROM tombstones WHERE key = ?", ((k,) for k in merge.dropped))
                         self.catalog.bump(conn)
                 except BaseException:
                     if name is not None:

@@ -39,8 +39,8 @@ from pgvector.asyncpg import register_vector
 
 from rag.access import AccessList, Reader
 from rag.errors import DocumentNotFound, TenantForbidden
-from rag.stores import pg_access
-from rag.stores.base import AccessByDocument, SearchRequest
+from rag.stores import pg_access, pg_export
+from rag.stores.base import AccessByDocument, SearchRequest, StoredDocument
 from rag.stores.pg_filters import SqlParams
 from rag.stores.pg_keywords import PRUNE_DELETED, FollowedKeywordIndex
 from rag.stores.pg_pool import pooled_connection
@@ -395,6 +395,12 @@ class PostgresVectorStore:
     async def _snapshot(self) -> AsyncIterator[asyncpg.Connection]:
         async with self._search.snapshot() as conn:
             yield conn
+
+    async def export_documents(
+        self, org_id: str | None = None, document_ids: list[str] | None = None, batch_chunks: int = 4096
+    ) -> AsyncIterator[list[StoredDocument]]:
+        async for batch in pg_export.exported(self._pool, self.dimension, org_id, document_ids, batch_chunks):
+            yield batch
 
     async def search(self, request: SearchRequest) -> list[Hit]:
         return await self._search.search(request)

@@ -1,0 +1,105 @@
+"""Loading an archive into the configured store (`python -m rag.import`).
+
+The archive is checked whole first (`reader.open_archive`): a bad one is refused before anything is stored. Then
+its documents are stored in batches through the store's ordinary add, each batch one atomic write, with their
+access lists and adders. Importing is idempotent: a document the store already holds with the same digest (id,
+access list, adder, chunks and vectors) is left alone, so importing twice changes nothing, and an import killed
+midway is finished by running it again.
+
+Vectors travel: an archive of the same embedding model is stored as it is, nothing embedded. An archive of another
+model (or dimension) is refused unless re-embedding is asked for; then its chunks are embedded again with the
+service's embedder (the chunks stay as they were cut). Into PostgreSQL, a large import (at least as many chunks as
+the store already holds) goes through the bulk path: the search indexes are dropped and built once at the end.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import AbstractAsyncContextManager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+import numpy as np
+
+from rag.archive.format import document_digest
+from rag.archive.reader import Archive, BadArchive, open_archive
+from rag.stores.base import AccessByDocument, ExportableStore, StoredDocument, VectorStore
+from rag.types import Embedder
+
+
+@dataclass
+class ImportReport:
+    documents: int = 0  # stored (new or changed)
+    unchanged: int = 0  # already held, identical: left alone
+    chunks: int = 0  # stored
+    reembedded: bool = False
+    seconds: float = 0.0
+
+
+def _same_adder_runs(batch: list[StoredDocument]) -> Iterator[list[StoredDocument]]:
+    """The batch cut where the adder changes: one add records one adder."""
+    run: list[StoredDocument] = []
+    for document in batch:
+        if run and run[-1].added_by != document.added_by:
+            yield run
+            run = []
+        run.append(document)
+    if run:
+        yield run
+
+
+async def _unchanged(store: VectorStore, batch: list[StoredDocument], with_vectors: bool) -> set[str]:
+    """Ids of the batch's documents the store already holds exactly so (vectors aside, when re-embedding: the
+    store's are then the new model's)."""
+    if not isinstance(store, ExportableStore):
+        return set()
+    wanted = {document.id: document_digest(document, with_vectors) for document in batch}
+    same: set[str] = set()
+    async for held in store.export_documents(document_ids=list(wanted)):
+        same |= {document.id for document in held if wanted[document.id] == document_digest(document, with_vectors)}
+    return same
+
+
+async def import_archive(
+    path: Path,
+    store: VectorStore,
+    embedder: Embedder,
+    reembed: bool = False,
+    org_id: str | None = None,
+    bulk_mode: AbstractAsyncContextManager[None] | None = None,
+    batch_chunks: int = 4096,
+) -> ImportReport:
+    """Store the archive's documents (all of organisation `org_id`, when given, or it is refused)."""
+    started = time.perf_counter()
+    archive: Archive = await anyio.to_thread.run_sync(open_archive, path, org_id)
+    manifest = archive.manifest
+    same_model = (manifest.embedding_model, manifest.dimension) == (embedder.model_name, embedder.dimension)
+    if not same_model and not reembed:
+        raise BadArchive(
+            f"the archive was embedded with {manifest.embedding_model!r} (dimension {manifest.dimension}) and this "
+            f"service embeds with {embedder.model_name!r} (dimension {embedder.dimension}): ask for re-embedding "
+            "(--reembed) to embed its chunks again, or import it into a service with that model"
+        )
+    report = ImportReport(reembedded=not same_model)
+    if bulk_mode is None or manifest.chunks < store.count:
+        bulk_mode = nullcontext()
+    batches = archive.documents(batch_chunks, org_id)
+    done: list[StoredDocument] = []
+    async with bulk_mode:
+        while batch := await anyio.to_thread.run_sync(next, batches, done):
+            unchanged = await _unchanged(store, batch, with_vectors=same_model)
+            report.unchanged += len(unchanged)
+            for run in _same_adder_runs([document for document in batch if document.id not in unchanged]):
+                chunks = [chunk for document in run for chunk in document.chunks]
+                if same_model:
+                    vectors = np.concatenate([document.vectors for document in run])
+                else:
+                    vectors = await embedder.embed_documents([chunk.text for chunk in chunks])
+                access: AccessByDocument = {document.id: document.access for document in run}
+                await store.upsert(chunks, vectors, org_id=org_id, access=access, added_by=run[0].added_by)
+                report.documents += len(run)
+                report.chunks += len(chunks)
+    report.seconds = time.perf_counter() - started
+    return report
