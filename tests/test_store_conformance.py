@@ -158,6 +158,8 @@ async def test_a_store_of_another_model_or_dimension_is_refused(backend: Backend
         await backend.open(model="other-model")
     with pytest.raises(StoreIncompatible, match="dimension 16"):
         await backend.open(dim=16)
+    with pytest.raises(StoreIncompatible, match=r"rag\.import kb\.tar --reembed"):  # the way out, named
+        await backend.open(model="other-model")
 
 
 async def test_listing_pages_in_order_of_last_addition(backend: Backend) -> None:

@@ -114,8 +114,9 @@ def check_identity(identity: dict[str, str], directory: Path, embedding_model: s
         raise StoreIncompatible(
             f"the store in {directory} was built with embedding model {identity.get('embedding_model')!r} "
             f"(dimension {identity.get('dimension')}), but this service embeds with {embedding_model!r} "
-            f"(dimension {dimension}). Set DATA_DIR to another directory, or set EMBEDDING_MODEL back and "
-            "re-ingest before switching."
+            f"(dimension {dimension}). Set EMBEDDING_MODEL back, or move to the new model without re-parsing: "
+            "`python -m rag.export kb.tar` with the old model, then `python -m rag.import kb.tar --reembed` with the "
+            "new one and another DATA_DIR (docs/deployment.md, 'Another embedding model')."
         )
 
 

@@ -114,7 +114,9 @@ async def migrate(conn: asyncpg.Connection, embedding_model: str, dimension: int
             raise StoreIncompatible(
                 f"the database's chunks were built with embedding model {identity.get('embedding_model')!r} "
                 f"(dimension {identity.get('dimension')}), but this service embeds with {embedding_model!r} "
-                f"(dimension {dimension}). Use another database, or set EMBEDDING_MODEL back."
+                f"(dimension {dimension}). Set EMBEDDING_MODEL back, or move to the new model without re-parsing: "
+                "`python -m rag.export kb.tar` with the old model, then `python -m rag.import kb.tar --reembed` "
+                "into another database with the new one (docs/deployment.md, 'Another embedding model')."
             )
         await _restore_search_indexes(conn, ef_construction)
         await _follow_ef_construction(conn, ef_construction)
