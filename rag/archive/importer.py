@@ -14,6 +14,8 @@ the store already holds) goes through the bulk path: the search indexes are drop
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import Iterator
 from contextlib import AbstractAsyncContextManager, nullcontext
@@ -50,16 +52,39 @@ def _same_adder_runs(batch: list[StoredDocument]) -> Iterator[list[StoredDocumen
         yield run
 
 
-async def _unchanged(store: VectorStore, batch: list[StoredDocument], with_vectors: bool) -> set[str]:
+async def _unchanged(store: VectorStore, batch: list[tuple[StoredDocument, str]], with_vectors: bool) -> set[str]:
     """Ids of the batch's documents the store already holds exactly so (vectors aside, when re-embedding: the
     store's are then the new model's)."""
     if not isinstance(store, ExportableStore):
         return set()
-    wanted = {document.id: document_digest(document, with_vectors) for document in batch}
+    wanted = {
+        document.id: digest if with_vectors else document_digest(document, with_vectors=False)
+        for document, digest in batch
+    }
     same: set[str] = set()
     async for held in store.export_documents(document_ids=list(wanted)):
         same |= {document.id for document in held if wanted[document.id] == document_digest(document, with_vectors)}
     return same
+
+
+async def _store(
+    store: VectorStore,
+    run: list[StoredDocument],
+    embedder: Embedder,
+    same_model: bool,
+    org_id: str | None,
+    report: ImportReport,
+) -> None:
+    """One add: documents of one adder, with their archived vectors or, re-embedding, new ones."""
+    chunks = [chunk for document in run for chunk in document.chunks]
+    if same_model:
+        vectors = np.concatenate([document.vectors for document in run])
+    else:
+        vectors = await embedder.embed_documents([chunk.text for chunk in chunks])
+    access: AccessByDocument = {document.id: document.access for document in run}
+    await store.upsert(chunks, vectors, org_id=org_id, access=access, added_by=run[0].added_by)
+    report.documents += len(run)
+    report.chunks += len(chunks)
 
 
 async def import_archive(
@@ -85,21 +110,26 @@ async def import_archive(
     report = ImportReport(reembedded=not same_model)
     if bulk_mode is None or manifest.chunks < store.count:
         bulk_mode = nullcontext()
-    batches = archive.documents(batch_chunks, org_id)
-    done: list[StoredDocument] = []
+    batches = archive.entries(batch_chunks, org_id)
+    done: list[tuple[StoredDocument, str]] = []
+
+    def read_next() -> asyncio.Future[list[tuple[StoredDocument, str]]]:
+        # the next batch is read and parsed in a thread while this one is stored
+        return asyncio.ensure_future(anyio.to_thread.run_sync(next, batches, done))
+
     async with bulk_mode:
-        while batch := await anyio.to_thread.run_sync(next, batches, done):
-            unchanged = await _unchanged(store, batch, with_vectors=same_model)
-            report.unchanged += len(unchanged)
-            for run in _same_adder_runs([document for document in batch if document.id not in unchanged]):
-                chunks = [chunk for document in run for chunk in document.chunks]
-                if same_model:
-                    vectors = np.concatenate([document.vectors for document in run])
-                else:
-                    vectors = await embedder.embed_documents([chunk.text for chunk in chunks])
-                access: AccessByDocument = {document.id: document.access for document in run}
-                await store.upsert(chunks, vectors, org_id=org_id, access=access, added_by=run[0].added_by)
-                report.documents += len(run)
-                report.chunks += len(chunks)
+        pending = read_next()
+        try:
+            while batch := await pending:
+                pending = read_next()
+                unchanged = await _unchanged(store, batch, with_vectors=same_model)
+                report.unchanged += len(unchanged)
+                changed = [document for document, _ in batch if document.id not in unchanged]
+                for run in _same_adder_runs(changed):
+                    await _store(store, run, embedder, same_model, org_id, report)
+        finally:
+            with contextlib.suppress(Exception):  # let a read in flight end before the archive is closed
+                await pending
+            batches.close()
     report.seconds = time.perf_counter() - started
     return report

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -141,8 +141,16 @@ class Archive:
 
     def documents(self, batch_chunks: int = 4096, org_id: str | None = None) -> Iterator[list[StoredDocument]]:
         """Its documents in order, in batches of about `batch_chunks` chunks."""
+        for batch in self.entries(batch_chunks, org_id):
+            yield [document for document, _ in batch]
+
+    def entries(
+        self, batch_chunks: int = 4096, org_id: str | None = None
+    ) -> Generator[list[tuple[StoredDocument, str]], None, None]:
+        """Its documents with their digests (`sha256` in documents.jsonl), checked by `open_archive` and not again:
+        the members' checksums still are, at the end."""
         with tarfile.open(self.path, "r:") as tar:
-            yield from _documents(tar, self.manifest, batch_chunks, org_id)
+            yield from _documents(tar, self.manifest, batch_chunks, org_id, verify_digests=False)
 
 
 def open_archive(path: Path, org_id: str | None = None) -> Archive:
@@ -172,19 +180,19 @@ def open_archive(path: Path, org_id: str | None = None) -> Archive:
                 raise BadArchive(
                     f"{info.name} holds {info.size} bytes, the manifest says {manifest.members[info.name]['bytes']}"
                 )
-        for _ in _documents(tar, manifest, 1 << 30, org_id):
+        for _ in _documents(tar, manifest, 1 << 30, org_id, verify_digests=True):
             pass
     return Archive(path, manifest)
 
 
 def _documents(
-    tar: tarfile.TarFile, manifest: Manifest, batch_chunks: int, org_id: str | None
-) -> Iterator[list[StoredDocument]]:
+    tar: tarfile.TarFile, manifest: Manifest, batch_chunks: int, org_id: str | None, verify_digests: bool
+) -> Iterator[list[tuple[StoredDocument, str]]]:
     members = {name: _Member(tar, tar.getmember(name)) for name in MEMBERS}
     documents, chunks, vectors = members[DOCUMENTS], members[CHUNKS], members[VECTORS]
     row_bytes = manifest.dimension * VECTOR_DTYPE.itemsize
     seen: set[str] = set()
-    batch: list[StoredDocument] = []
+    batch: list[tuple[StoredDocument, str]] = []
     size = chunk_number = document_number = 0
     while line := documents.line(document_number + 1):
         document_number += 1
@@ -229,9 +237,10 @@ def _documents(
         if not np.isfinite(matrix).all():
             raise BadArchive(f"{VECTORS}: document {doc_id!r} has a vector that is not finite")
         document = StoredDocument(doc_id, parts, matrix.astype(np.float32), access, added_by)
-        if document_digest(document) != entry.get("sha256"):
+        digest = entry.get("sha256")
+        if not isinstance(digest, str) or (verify_digests and document_digest(document) != digest):
             raise BadArchive(f"{where}: checksum mismatch: document {doc_id!r} does not match its sha256")
-        batch.append(document)
+        batch.append((document, digest))
         size += count
         if size >= batch_chunks:
             yield batch
