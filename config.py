@@ -47,6 +47,11 @@ class Settings(BaseSettings):
         description="Where the vector store, the chats, the jobs and their uploaded files live; a relative path is "
         "taken from the project directory.",
     )
+    backup_dir: Path | None = Field(
+        None,
+        description="Where `POST /api/v1/backups` writes backups of DATA_DIR, a folder each (a relative path is "
+        "taken from the project directory); unset: that route is off. `python -m rag.backup DEST` works either way.",
+    )
     purge_delay_seconds: float = Field(
         60.0,
         ge=0,
@@ -411,6 +416,8 @@ class Settings(BaseSettings):
             self.data_dir = PROJECT_DIR / self.data_dir
         if not self.onnx_dir.is_absolute():
             self.onnx_dir = PROJECT_DIR / self.onnx_dir
+        if self.backup_dir is not None and not self.backup_dir.is_absolute():
+            self.backup_dir = PROJECT_DIR / self.backup_dir
         return self
 
     @property

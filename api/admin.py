@@ -12,6 +12,7 @@ import contextlib
 import shutil
 import time
 import uuid
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -24,8 +25,9 @@ from api.auth import Principal, PrincipalDep
 from api.deps import Services, ServicesDep
 from api.schemas import ErrorBody
 from rag.archive.exporter import export_archive
+from rag.backup import BackupError, backup
 from rag.chats.sqlite import ChatNotFound, ChatOwner
-from rag.errors import TenantForbidden
+from rag.errors import InvalidRequest, TenantForbidden
 
 router = APIRouter(tags=["administration"])
 _ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (403, 422)}
@@ -157,3 +159,26 @@ async def export_documents(
     return FileResponse(
         path, media_type="application/x-tar", filename=name, background=BackgroundTask(path.unlink, missing_ok=True)
     )
+
+
+@router.post("/backups", responses=_ERRORS)
+async def back_up(services: ServicesDep, principal: PrincipalDep) -> dict[str, Any]:
+    """Back up DATA_DIR while the service runs (what `python -m rag.backup` does) to a new folder under BACKUP_DIR;
+    answers when it is complete. A backup holds every organisation: it needs a trusted key (or an open service)."""
+    if admin_org(principal, None) is not None:
+        raise TenantForbidden("a backup holds every organisation's data: it needs a trusted key")
+    settings = services.settings
+    if settings.backup_dir is None:
+        raise InvalidRequest("backups over HTTP are off: set BACKUP_DIR (or run python -m rag.backup DEST)")
+    destination = settings.backup_dir / time.strftime("rag-%Y%m%d-%H%M%S")
+    try:
+        report = await anyio.to_thread.run_sync(backup, settings.data_dir, destination, settings.vector_store)
+    except BackupError as exc:
+        raise InvalidRequest(str(exc)) from None
+    await services.audit.record(
+        "data.backup", destination.name, None, principal.kind, principal.user_id, {"documents": report.documents}
+    )
+    body = asdict(report)
+    if settings.vector_store != "numpy":
+        body["note"] = "the documents, chats and audit log are in the database: back it up with its own tools"
+    return body

@@ -331,3 +331,33 @@ def test_postgres_backup_with_its_own_tools_under_writes(
                 "/api/v1/documents/search", params={"query": question, "mode": mode, "orgId": "acme"}
             ).json()
             assert found["results"][0]["document_id"] == "seed-1", mode
+
+
+def test_the_backup_route_is_for_a_trusted_key_and_writes_under_backup_dir(
+    tmp_path: Path, upstream: FakeUpstream
+) -> None:
+    trusted, scoped = "trusted-key-0123456789", "acme-key-0123456789"
+    settings = settings_for(tmp_path / "data", upstream).model_copy(
+        update={"api_keys": [SecretStr(trusted), SecretStr(f"{scoped}:acme")], "backup_dir": tmp_path / "backups"}
+    )
+    with serve(create_app(settings)) as url:
+        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {scoped}"}, timeout=60) as org:
+            add(org, ["one", "two"])
+            refused = org.post("/api/v1/backups")
+            assert refused.status_code == 403 and refused.json()["error"]["type"] == "forbidden"
+        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {trusted}"}, timeout=60) as admin:
+            made = admin.post("/api/v1/backups")
+            assert made.status_code == 200, made.text
+            report = made.json()
+            assert report["documents"] == 2 and report["write_lock_ms"] >= 0
+            audit = admin.get("/api/v1/audit").json()["entries"]
+            assert audit[0]["action"] == "data.backup"
+    (destination,) = (tmp_path / "backups").iterdir()
+    assert str(destination) == report["destination"]
+    restored = settings_for(destination, upstream)
+    with serve(create_app(restored)) as url, httpx.Client(base_url=url, timeout=60) as client:
+        assert set(all_documents(client)) == {"one", "two"}
+    off = settings_for(tmp_path / "data", upstream)
+    with serve(create_app(off)) as url, httpx.Client(base_url=url, timeout=60) as client:
+        response = client.post("/api/v1/backups")
+        assert response.status_code == 422 and "BACKUP_DIR" in response.json()["error"]["message"]
