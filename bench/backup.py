@@ -86,7 +86,7 @@ def bare_copy_seconds(source: Path, target: Path) -> float:
     """The reference: `cp -r` of the store's files. In another process: a file of a live SQLite database opened and
     closed in this one would drop this process's locks on it (POSIX locks are per process), as SQLite warns."""
     started = time.perf_counter()
-    subprocess.run(["cp", "-r", str(source), str(target)], stderr=subprocess.DEVNULL, check=False)  # noqa: ASYNC221
+    subprocess.run(["cp", "-r", str(source), str(target)], stderr=subprocess.DEVNULL, check=False)
     elapsed = time.perf_counter() - started
     shutil.rmtree(target)
     return elapsed
