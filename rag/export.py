@@ -17,30 +17,16 @@ from pathlib import Path
 from config import Settings, settings_or_exit
 from rag.archive.exporter import export_archive
 from rag.archive.format import Manifest
-from rag.embedders.factory import build_embedder
+from rag.commands import embedder_and_store
 from rag.errors import RAGError
-from rag.stores import open_store
 
 
 async def run(settings: Settings, path: Path, org_id: str | None) -> Manifest:
-    # The embedder only names the model and dimension: opening the store checks them, and the manifest says them.
-    embedder = await build_embedder(settings)
-    try:
-        store = await open_store(settings, embedder.model_name, embedder.dimension)
-        try:
-            return await export_archive(
-                store,
-                path,
-                embedder.model_name,
-                embedder.dimension,
-                settings.chunk_size,
-                settings.chunk_overlap,
-                org_id,
-            )
-        finally:
-            await store.aclose()
-    finally:
-        await embedder.aclose()
+    # The embedder only names the model and dimension: the store is checked against them, the manifest says them.
+    async with embedder_and_store(settings) as (embedder, store):
+        return await export_archive(
+            store, path, embedder.model_name, embedder.dimension, settings.chunk_size, settings.chunk_overlap, org_id
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,24 +16,16 @@ from pathlib import Path
 from config import Settings, settings_or_exit
 from rag.archive.importer import ImportReport, import_archive
 from rag.archive.reader import BadArchive
-from rag.embedders.factory import build_embedder
+from rag.commands import embedder_and_store
 from rag.errors import RAGError
 from rag.ingest.bulk import bulk_mode
-from rag.stores import open_store
 
 
 async def run(settings: Settings, path: Path, org_id: str | None, reembed: bool) -> ImportReport:
-    embedder = await build_embedder(settings)
-    try:
-        store = await open_store(settings, embedder.model_name, embedder.dimension)
-        try:
-            return await import_archive(
-                path, store, embedder, reembed=reembed, org_id=org_id, bulk_mode=bulk_mode(store, settings)
-            )
-        finally:
-            await store.aclose()
-    finally:
-        await embedder.aclose()
+    async with embedder_and_store(settings) as (embedder, store):
+        return await import_archive(
+            path, store, embedder, reembed=reembed, org_id=org_id, bulk_mode=bulk_mode(store, settings)
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,14 +7,35 @@ cancellation; a live server can.
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import uvicorn
+
+PROJECT = Path(__file__).resolve().parents[1]
+
+
+def command(module: str, *args: str, data_dir: Path, cwd: Path) -> subprocess.Popen[str]:
+    """`python -m module args` as an operator runs it, with the service's settings from the environment (DATA_DIR
+    given; run in `cwd`, where no .env is), in a process group of its own (so that a test can kill it whole)."""
+    env = {**os.environ, "DATA_DIR": str(data_dir), "PYTHONPATH": str(PROJECT)}
+    return subprocess.Popen(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def free_port() -> int:

@@ -13,7 +13,6 @@ import os
 import signal
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -29,9 +28,8 @@ from config import Settings
 from main import create_app
 from tests.conftest import make_settings
 from tests.fake_upstream import FakeUpstream
-from tests.servers import serve
+from tests.servers import command, serve
 
-PROJECT = Path(__file__).resolve().parents[1]
 WORDS = [
     "alpha",
     "bravo",
@@ -59,17 +57,7 @@ def settings_for(data_dir: Path, upstream: FakeUpstream) -> Settings:
 
 
 def run_backup(data_dir: Path, destination: Path, cwd: Path) -> subprocess.Popen[str]:
-    """The command as an operator runs it, with the service's settings from the environment."""
-    env = {**os.environ, "DATA_DIR": str(data_dir), "PYTHONPATH": str(PROJECT)}
-    return subprocess.Popen(
-        [sys.executable, "-m", "rag.backup", str(destination)],
-        cwd=cwd,  # no .env there: the settings are the environment's
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    return command("rag.backup", str(destination), data_dir=data_dir, cwd=cwd)
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 120) -> None:
