@@ -23,14 +23,17 @@ import uvicorn
 PROJECT = Path(__file__).resolve().parents[1]
 
 
-def command(module: str, *args: str, data_dir: Path, cwd: Path) -> subprocess.Popen[str]:
+def command(
+    module: str, *args: str, data_dir: Path, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
     """`python -m module args` as an operator runs it, with the service's settings from the environment (DATA_DIR
-    given; run in `cwd`, where no .env is), in a process group of its own (so that a test can kill it whole)."""
-    env = {**os.environ, "DATA_DIR": str(data_dir), "PYTHONPATH": str(PROJECT)}
+    and `env` given; run in `cwd`, where no .env is), in a process group of its own (so that a test can kill it
+    whole)."""
+    environment = {**os.environ, **(env or {}), "DATA_DIR": str(data_dir), "PYTHONPATH": str(PROJECT)}
     return subprocess.Popen(
         [sys.executable, "-m", module, *args],
         cwd=cwd,
-        env=env,
+        env=environment,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pytest
 
 from config import DEFAULT_EMBEDDING_MODEL
 from main import create_app
@@ -105,12 +106,22 @@ def stored_documents(catalog: Path) -> tuple[int, list[tuple[str, int, int]]]:
     return count, uneven
 
 
-def test_an_import_killed_midway_is_finished_by_running_it_again(tmp_path: Path) -> None:
+# Re-embedding with the example plug-in embedder (a user's own class), so that it runs at a test's pace
+HASHING = {"EMBEDDER": "examples.plugins.hashing_embedder:HashingEmbedder", "EMBEDDER_OPTIONS": '{"dimension": 64}'}
+
+
+@pytest.mark.parametrize("reembed", [False, True], ids=["vectors as archived", "re-embedding"])
+def test_an_import_killed_midway_is_finished_by_running_it_again(tmp_path: Path, reembed: bool) -> None:
     archive = tmp_path / "big.tar"
     synthetic_archive(archive, documents=6000, chunks_each=5)
     data_dir = tmp_path / "data"
     catalog = data_dir / "store" / "catalog.sqlite3"
-    process = command("rag.import", str(archive), data_dir=data_dir, cwd=tmp_path)
+    args, env = (["--reembed"], HASHING) if reembed else ([], {})
+
+    def run_import() -> subprocess.Popen[str]:
+        return command("rag.import", str(archive), *args, data_dir=data_dir, cwd=tmp_path, env=env)
+
+    process = run_import()
     deadline = time.monotonic() + 120
     while process.poll() is None and time.monotonic() < deadline:
         with contextlib.suppress(sqlite3.OperationalError):  # the file exists a moment before its tables
@@ -122,7 +133,9 @@ def test_an_import_killed_midway_is_finished_by_running_it_again(tmp_path: Path)
     process.wait(timeout=30)
     count, uneven = stored_documents(catalog)
     assert 0 < count < 6000 and uneven == []  # killed midway, and no document stored half
-    code, stderr = finished(command("rag.import", str(archive), data_dir=data_dir, cwd=tmp_path))
+    code, stderr = finished(run_import())
     assert code == 0, stderr
     assert f"{count:,} already held unchanged" in stderr
     assert stored_documents(catalog) == (6000, [])
+    if reembed:
+        assert "chunks re-embedded" in stderr
