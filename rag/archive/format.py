@@ -91,9 +91,15 @@ def dumps(value: Any) -> bytes:
 
 def document_digest(document: StoredDocument, with_vectors: bool = True) -> str:
     """What an import compares: the document's id, access list, adder, chunks and vector bytes."""
+    vectors = np.ascontiguousarray(document.vectors, dtype=VECTOR_DTYPE).tobytes() if with_vectors else b""
+    return digest_of(document, [dumps(chunk_line(chunk)) for chunk in document.chunks], vectors)
+
+
+def digest_of(document: StoredDocument, chunk_lines: list[bytes], vectors: bytes) -> str:
+    """The digest over a document's own line fields, its chunks' lines (as `dumps` writes them: an archive's bytes
+    are hashed as read, not written again) and its vector bytes."""
     digest = hashlib.sha256(dumps([document.id, access_json(document), document.added_by]))
-    for chunk in document.chunks:
-        digest.update(dumps(chunk_line(chunk)))
-    if with_vectors:
-        digest.update(np.ascontiguousarray(document.vectors, dtype=VECTOR_DTYPE).tobytes())
+    for line in chunk_lines:
+        digest.update(line)
+    digest.update(vectors)
     return digest.hexdigest()

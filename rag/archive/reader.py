@@ -31,7 +31,7 @@ from rag.archive.format import (
     VECTORS,
     VERSION,
     Manifest,
-    document_digest,
+    digest_of,
 )
 from rag.errors import InvalidRequest
 from rag.stores.base import StoredDocument
@@ -212,10 +212,11 @@ def _documents(
         added_by = entry.get("added_by")
         if added_by is not None:
             added_by = _text(added_by, f"{where}: added_by")
-        parts = []
+        parts, lines = [], []
         for _ in range(count):
             chunk_number += 1
             raw = chunks.line(chunk_number)
+            lines.append(raw)
             if not raw:
                 raise BadArchive(f"{CHUNKS} ends before the chunks of document {doc_id!r}")
             fields = _json(raw, CHUNKS, chunk_number)
@@ -238,7 +239,7 @@ def _documents(
             raise BadArchive(f"{VECTORS}: document {doc_id!r} has a vector that is not finite")
         document = StoredDocument(doc_id, parts, matrix.astype(np.float32), access, added_by)
         digest = entry.get("sha256")
-        if not isinstance(digest, str) or (verify_digests and document_digest(document) != digest):
+        if not isinstance(digest, str) or (verify_digests and digest_of(document, lines, raw_vectors) != digest):
             raise BadArchive(f"{where}: checksum mismatch: document {doc_id!r} does not match its sha256")
         batch.append((document, digest))
         size += count
