@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import os
 import shutil
 import subprocess
@@ -51,6 +52,8 @@ from rag.stores import SearchRequest, VectorStore
 from rag.stores.base import StoredDocument
 from rag.stores.numpy_store import NumpyVectorStore
 from rag.types import Chunk, Embedder
+
+IMPORT_WRITERS = importlib.import_module("rag.import").IMPORT_WRITERS  # `import` is a keyword
 
 SCIFACT_ORG = "scifact"
 
@@ -198,6 +201,9 @@ async def run(args: argparse.Namespace) -> None:
     scifact = SciFact(embedder, args.queries)
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as name:
         tmp = Path(name)
+        if args.postgres_import_only:
+            await postgres_legs(args, tmp, corpus, embedder, scifact, None)
+            return
         directory = tmp / "data" / "store"
         store = await NumpyVectorStore.open(directory, embedder.model_name, embedder.dimension, auto_compact=False)
         matrix = corpus.vectors(0, args.size)
@@ -237,7 +243,7 @@ async def run(args: argparse.Namespace) -> None:
 
 
 async def postgres_legs(
-    args: argparse.Namespace, tmp: Path, corpus: Corpus, embedder: Embedder, scifact: SciFact, before: list
+    args: argparse.Namespace, tmp: Path, corpus: Corpus, embedder: Embedder, scifact: SciFact, before: list | None
 ) -> None:
     from bench.pg_server import sized_server
     from rag.stores.postgres_store import PostgresVectorStore
@@ -246,22 +252,25 @@ async def postgres_legs(
     try:
         for name in ("roundtrip", "bulk", "imported"):
             server.psql(f"CREATE DATABASE {name};")
-        pg = await PostgresVectorStore.open(
-            server.get_uri("roundtrip"), embedder.model_name, embedder.dimension, tmp / "k1"
-        )
-        await import_archive(tmp / "scifact.tar", pg, embedder, bulk_mode=pg.bulk_load())
-        on_pg = await scifact.top10(pg)
-        await export_archive(pg, tmp / "scifact-2.tar", embedder.model_name, embedder.dimension, 1000, 200, SCIFACT_ORG)
-        await pg.aclose()
-        back = await NumpyVectorStore.open(tmp / "back", embedder.model_name, embedder.dimension)
-        await import_archive(tmp / "scifact-2.tar", back, embedder)
-        again = await scifact.top10(back)
-        await back.aclose()
-        print(f"  embedded -> PostgreSQL -> embedded: {compare(before, again)}")
-        print(
-            f"  nDCG@10 embedded {scifact.ndcg(before):.4f}, PostgreSQL (HNSW) {scifact.ndcg(on_pg):.4f}; "
-            + compare(before, on_pg)
-        )
+        if before is not None:  # section 3
+            pg = await PostgresVectorStore.open(
+                server.get_uri("roundtrip"), embedder.model_name, embedder.dimension, tmp / "k1"
+            )
+            await import_archive(tmp / "scifact.tar", pg, embedder, bulk_mode=pg.bulk_load())
+            on_pg = await scifact.top10(pg)
+            await export_archive(
+                pg, tmp / "scifact-2.tar", embedder.model_name, embedder.dimension, 1000, 200, SCIFACT_ORG
+            )
+            await pg.aclose()
+            back = await NumpyVectorStore.open(tmp / "back", embedder.model_name, embedder.dimension)
+            await import_archive(tmp / "scifact-2.tar", back, embedder)
+            again = await scifact.top10(back)
+            await back.aclose()
+            print(f"  embedded -> PostgreSQL -> embedded: {compare(before, again)}")
+            print(
+                f"  nDCG@10 embedded {scifact.ndcg(before):.4f}, PostgreSQL (HNSW) {scifact.ndcg(on_pg):.4f}; "
+                + compare(before, on_pg)
+            )
 
         print(f"\n4. PostgreSQL: {args.pg_size:,} chunks, import through the bulk path beside the bulk load")
         size = args.pg_size
@@ -299,12 +308,16 @@ async def postgres_legs(
             server.get_uri("imported"), embedder.model_name, embedder.dimension, tmp / "k3"
         )
         report = await import_archive(
-            archive, imported, embedder, bulk_mode=imported.bulk_load(index_memory=BULK_INDEX_MEMORY)
+            archive,
+            imported,
+            embedder,
+            bulk_mode=imported.bulk_load(index_memory=BULK_INDEX_MEMORY),
+            writers=IMPORT_WRITERS,
         )
         await imported.aclose()
         print(f"  bulk load ({WRITERS} writers)  {rate(size, loaded)}")
         print(
-            f"  import (one writer)    {rate(report.chunks, report.seconds)} "
+            f"  import ({IMPORT_WRITERS} writers)      {rate(report.chunks, report.seconds)} "
             f"({(report.chunks / report.seconds) / (size / loaded):.2f}x the bulk load's rate)"
         )
     finally:
@@ -316,6 +329,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=1_000_000, help="chunks of the embedded store")
     parser.add_argument("--pg-size", type=int, default=200_000, help="chunks imported into PostgreSQL")
     parser.add_argument("--queries", type=int, default=300, help="SciFact test claims asked (300: all)")
+    parser.add_argument("--postgres-import-only", action="store_true", help="only section 4")
     parser.add_argument("--scifact-documents", type=int, default=None, help="the first N of SciFact (default: all)")
     asyncio.run(run(parser.parse_args()))
 

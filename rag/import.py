@@ -20,11 +20,19 @@ from rag.commands import embedder_and_store
 from rag.errors import RAGError
 from rag.ingest.bulk import bulk_mode
 
+IMPORT_WRITERS = 4  # adds in flight into PostgreSQL, as the bulk load runs them (bench/backup.py measures both)
+
 
 async def run(settings: Settings, path: Path, org_id: str | None, reembed: bool) -> ImportReport:
     async with embedder_and_store(settings) as (embedder, store):
         return await import_archive(
-            path, store, embedder, reembed=reembed, org_id=org_id, bulk_mode=bulk_mode(store, settings)
+            path,
+            store,
+            embedder,
+            reembed=reembed,
+            org_id=org_id,
+            bulk_mode=bulk_mode(store, settings),
+            writers=IMPORT_WRITERS if store.backend == "postgres" else 1,
         )
 
 

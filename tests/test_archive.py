@@ -149,7 +149,7 @@ async def test_importing_twice_changes_nothing(backend: Backend, embedder: Embed
     finally:
         await source.aclose()
     store = await backend.open(embedder.model_name, embedder.dimension)
-    first = await import_archive(tmp_path / "kb.tar", store, embedder, batch_chunks=10)
+    first = await import_archive(tmp_path / "kb.tar", store, embedder, batch_chunks=10, writers=3)  # adds at once
     assert first.documents == len(corpus()) and first.unchanged == 0
     before = await held(store)
     generation = await _generation(store)

@@ -95,8 +95,11 @@ async def import_archive(
     org_id: str | None = None,
     bulk_mode: AbstractAsyncContextManager[None] | None = None,
     batch_chunks: int = 4096,
+    writers: int = 1,
 ) -> ImportReport:
-    """Store the archive's documents (all of organisation `org_id`, when given, or it is refused)."""
+    """Store the archive's documents (all of organisation `org_id`, when given, or it is refused), `writers` adds at
+    a time: PostgreSQL takes several at once (rows of different documents), the embedded store one after another
+    (and then keeps the archive's order)."""
     started = time.perf_counter()
     archive: Archive = await anyio.to_thread.run_sync(open_archive, path, org_id)
     manifest = archive.manifest
@@ -117,16 +120,27 @@ async def import_archive(
         # the next batch is read and parsed in a thread while this one is stored
         return asyncio.ensure_future(anyio.to_thread.run_sync(next, batches, done))
 
+    async def store_batch(batch: list[tuple[StoredDocument, str]]) -> None:
+        try:
+            unchanged = await _unchanged(store, batch, with_vectors=same_model)
+            report.unchanged += len(unchanged)
+            changed = [document for document, _ in batch if document.id not in unchanged]
+            for run in _same_adder_runs(changed):
+                await _store(store, run, embedder, same_model, org_id, report)
+        finally:
+            slots.release()
+
+    slots = asyncio.Semaphore(writers)
     async with bulk_mode:
         pending = read_next()
         try:
-            while batch := await pending:
-                pending = read_next()
-                unchanged = await _unchanged(store, batch, with_vectors=same_model)
-                report.unchanged += len(unchanged)
-                changed = [document for document, _ in batch if document.id not in unchanged]
-                for run in _same_adder_runs(changed):
-                    await _store(store, run, embedder, same_model, org_id, report)
+            async with asyncio.TaskGroup() as group:
+                while batch := await pending:
+                    pending = read_next()
+                    await slots.acquire()
+                    group.create_task(store_batch(batch))
+        except BaseExceptionGroup as failed:  # the first failure, as a single write would have raised it
+            raise failed.exceptions[0] from None
         finally:
             with contextlib.suppress(Exception):  # let a read in flight end before the archive is closed
                 await pending
