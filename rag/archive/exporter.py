@@ -32,7 +32,7 @@ from rag.archive.format import (
     VECTORS,
     Manifest,
     chunk_line,
-    document_digest,
+    digest_of,
     document_line,
     dumps,
 )
@@ -72,9 +72,11 @@ class ArchiveWriter:
         for document in documents:
             if document.vectors.shape != (len(document.chunks), self.manifest.dimension):
                 raise ValueError(f"document {document.id!r}: vectors of shape {document.vectors.shape}")
-            self._members[DOCUMENTS].write(dumps(document_line(document, document_digest(document))))
-            self._members[CHUNKS].write(b"".join(dumps(chunk_line(chunk)) for chunk in document.chunks))
-            self._members[VECTORS].write(np.ascontiguousarray(document.vectors, dtype=VECTOR_DTYPE).tobytes())
+            lines = [dumps(chunk_line(chunk)) for chunk in document.chunks]  # serialised once: written and hashed
+            vectors = np.ascontiguousarray(document.vectors, dtype=VECTOR_DTYPE).tobytes()
+            self._members[DOCUMENTS].write(dumps(document_line(document, digest_of(document, lines, vectors))))
+            self._members[CHUNKS].write(b"".join(lines))
+            self._members[VECTORS].write(vectors)
             self.manifest.documents += 1
             self.manifest.chunks += len(document.chunks)
 
