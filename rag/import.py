@@ -1,4 +1,4 @@
-"""Import an archive written by `python -m rag.export`: `python -m rag.import FILE [--org ORG] [--reembed]`.
+"""Import an archive written by `python -m rag.export`: `python -m rag.import FILE [--org ORG] [--reembed] [--prune]`.
 
 With the service's settings (`.env`), into the configured store, while the service keeps serving. The archive is
 checked whole before anything is stored; a bad one (cut short, altered, another format version, another embedding
@@ -23,7 +23,7 @@ from rag.ingest.bulk import bulk_mode
 IMPORT_WRITERS = 4  # adds in flight into PostgreSQL, as the bulk load runs them (bench/backup.py measures both)
 
 
-async def run(settings: Settings, path: Path, org_id: str | None, reembed: bool) -> ImportReport:
+async def run(settings: Settings, path: Path, org_id: str | None, reembed: bool, prune: bool) -> ImportReport:
     async with embedder_and_store(settings) as (embedder, store):
         return await import_archive(
             path,
@@ -33,6 +33,7 @@ async def run(settings: Settings, path: Path, org_id: str | None, reembed: bool)
             org_id=org_id,
             bulk_mode=bulk_mode(store, settings),
             writers=IMPORT_WRITERS if store.backend == "postgres" else 1,
+            prune=prune,
         )
 
 
@@ -43,9 +44,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--reembed", action="store_true", help="embed the chunks again when the archive is of another embedding model"
     )
+    parser.add_argument(
+        "--prune",
+        action="store_true",
+        help="then delete the documents the store holds (of --org, or all) that the archive does not: the store ends "
+        "holding exactly the archive",
+    )
     args = parser.parse_args(argv)
     try:
-        report = asyncio.run(run(settings_or_exit(), args.path, args.org, args.reembed))
+        report = asyncio.run(run(settings_or_exit(), args.path, args.org, args.reembed, args.prune))
     except BadArchive as exc:
         print(f"error: {args.path} refused, nothing stored: {exc}", file=sys.stderr)
         return 2
@@ -55,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"imported {report.documents:,} documents ({report.chunks:,} chunks) from {args.path} in "
         f"{report.seconds:.1f} s; {report.unchanged:,} already held unchanged"
-        + ("; chunks re-embedded" if report.reembedded else ""),
+        + ("; chunks re-embedded" if report.reembedded else "")
+        + (f"; {report.deleted:,} documents not in it deleted" if args.prune else ""),
         file=sys.stderr,
     )
     return 0

@@ -8,6 +8,7 @@ re-embedding) is refused by name before anything is stored.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import tarfile
@@ -25,12 +26,13 @@ from rag.archive.format import MANIFEST
 from rag.archive.importer import import_archive
 from rag.archive.reader import BadArchive, open_archive
 from rag.embedders.simple import SimpleEmbedder
+from rag.errors import TenantForbidden
 from rag.ingest.indexer import Indexer
 from rag.stores import SearchRequest, VectorStore
 from rag.stores.base import StoredDocument
 from rag.stores.numpy_store import NumpyVectorStore
 from rag.stores.postgres_store import PostgresVectorStore
-from rag.types import Embedder
+from rag.types import Chunk, Embedder
 from tests import test_store_conformance as conformance
 from tests.test_store_conformance import Backend
 
@@ -327,3 +329,53 @@ def test_the_good_archive_passes_and_says_what_it_holds(good_archive: Path) -> N
     assert (manifest.embedding_model, manifest.dimension) == ("sentence-transformers/all-MiniLM-L6-v2", 384)
     with pytest.raises(BadArchive, match="belongs to organisation 'beta', not 'acme'"):
         open_archive(good_archive, org_id="acme")
+
+
+async def test_prune_leaves_the_store_holding_exactly_the_archive(
+    backend: Backend, embedder: Embedder, tmp_path: Path
+) -> None:
+    source = await NumpyVectorStore.open(tmp_path / "source", embedder.model_name, embedder.dimension)
+    try:
+        await seed(source, embedder)
+        model, dimension = embedder.model_name, embedder.dimension
+        await export_archive(source, tmp_path / "all.tar", model, dimension, 250, 40)
+        await export_archive(source, tmp_path / "acme.tar", model, dimension, 250, 40, org_id="acme")
+        expected = set(await held(source))
+        acme = set(await held(source, org_id="acme"))
+    finally:
+        await source.aclose()
+    store = await backend.open(embedder.model_name, embedder.dimension)
+    await import_archive(tmp_path / "all.tar", store, embedder)
+    for org in ("acme", "beta"):  # a document the archive does not hold, in each organisation
+        chunk = Chunk(f"stray-{org}:0", f"stray-{org}", f"added after the export in {org}", {"orgId": org})
+        await store.upsert([chunk], await embedder.embed_documents([chunk.text]))
+    scoped = await import_archive(tmp_path / "acme.tar", store, embedder, org_id="acme", prune=True)
+    assert (scoped.documents, scoped.unchanged, scoped.deleted) == (0, len(acme), 1)
+    assert set(await held(store)) == expected | {"stray-beta"}  # another organisation's documents are left alone
+    everything = await import_archive(tmp_path / "all.tar", store, embedder, prune=True)
+    assert everything.deleted == 1
+    assert set(await held(store)) == expected
+
+
+async def test_an_import_meeting_another_organisations_document_stops_with_that_error(
+    backend: Backend, embedder: Embedder, tmp_path: Path
+) -> None:
+    """Several adds in flight: the one refused raises, the others end as they would, and nothing hangs."""
+    source = await NumpyVectorStore.open(tmp_path / "source", embedder.model_name, embedder.dimension)
+    try:
+        await seed(source, embedder)
+        acme = await held(source, org_id="acme")
+        await export_archive(source, tmp_path / "acme.tar", embedder.model_name, embedder.dimension, 250, 40, "acme")
+    finally:
+        await source.aclose()
+    store = await backend.open(embedder.model_name, embedder.dimension)
+    taken = list(acme)[-1]  # the archive's last document: every batch before it is stored
+    chunk = Chunk(f"{taken}:0", taken, "beta's own document under that id", {"orgId": "beta"})
+    await store.upsert([chunk], await embedder.embed_documents([chunk.text]))
+    with pytest.raises(TenantForbidden):
+        await asyncio.wait_for(
+            import_archive(tmp_path / "acme.tar", store, embedder, org_id="acme", batch_chunks=3, writers=4), 120
+        )
+    assert (await held(store, document_ids=[taken]))[taken].chunks[0].metadata["orgId"] == "beta"
+    stored = set(await held(store, org_id="acme"))
+    assert stored and stored <= set(acme) - {taken}

@@ -30,21 +30,27 @@ from rag.archive.reader import Archive, BadArchive, open_archive
 from rag.stores.base import AccessByDocument, ExportableStore, StoredDocument, VectorStore
 from rag.types import Embedder
 
+# Documents per add: as many as the API's adds take by default (MAX_DOCUMENTS_PER_ADD). PostgreSQL takes a lock per
+# document of an add, and a batch of small documents would otherwise exhaust its lock table with several in flight.
+ADD_DOCUMENTS = 256
+
 
 @dataclass
 class ImportReport:
     documents: int = 0  # stored (new or changed)
     unchanged: int = 0  # already held, identical: left alone
     chunks: int = 0  # stored
+    deleted: int = 0  # with `prune`: documents the store held and the archive does not
     reembedded: bool = False
     seconds: float = 0.0
 
 
-def _same_adder_runs(batch: list[StoredDocument]) -> Iterator[list[StoredDocument]]:
-    """The batch cut where the adder changes: one add records one adder."""
+def _adds(batch: list[StoredDocument]) -> Iterator[list[StoredDocument]]:
+    """The batch cut into adds: where the adder changes (one add records one adder), and every ADD_DOCUMENTS
+    documents."""
     run: list[StoredDocument] = []
     for document in batch:
-        if run and run[-1].added_by != document.added_by:
+        if run and (run[-1].added_by != document.added_by or len(run) == ADD_DOCUMENTS):
             yield run
             run = []
         run.append(document)
@@ -96,10 +102,12 @@ async def import_archive(
     bulk_mode: AbstractAsyncContextManager[None] | None = None,
     batch_chunks: int = 4096,
     writers: int = 1,
+    prune: bool = False,
 ) -> ImportReport:
     """Store the archive's documents (all of organisation `org_id`, when given, or it is refused), `writers` adds at
     a time: PostgreSQL takes several at once (rows of different documents), the embedded store one after another
-    (and then keeps the archive's order)."""
+    (and then keeps the archive's order). With `prune`, once every document is stored, those the store holds (of
+    `org_id`, or all) and the archive does not are deleted: the store then holds exactly the archive."""
     started = time.perf_counter()
     archive: Archive = await anyio.to_thread.run_sync(open_archive, path, org_id)
     manifest = archive.manifest
@@ -120,30 +128,47 @@ async def import_archive(
         # the next batch is read and parsed in a thread while this one is stored
         return asyncio.ensure_future(anyio.to_thread.run_sync(next, batches, done))
 
+    archived: set[str] = set()
+    failures: list[Exception] = []
+
     async def store_batch(batch: list[tuple[StoredDocument, str]]) -> None:
         try:
             unchanged = await _unchanged(store, batch, with_vectors=same_model)
             report.unchanged += len(unchanged)
             changed = [document for document, _ in batch if document.id not in unchanged]
-            for run in _same_adder_runs(changed):
+            for run in _adds(changed):
                 await _store(store, run, embedder, same_model, org_id, report)
+        except Exception as exc:
+            failures.append(exc)
         finally:
             slots.release()
 
     slots = asyncio.Semaphore(writers)
+    running: set[asyncio.Task[None]] = set()
     async with bulk_mode:
         pending = read_next()
         try:
-            async with asyncio.TaskGroup() as group:
-                while batch := await pending:
-                    pending = read_next()
-                    await slots.acquire()
-                    group.create_task(store_batch(batch))
-        except BaseExceptionGroup as failed:  # the first failure, as a single write would have raised it
-            raise failed.exceptions[0] from None
+            while batch := await pending:
+                pending = read_next()
+                archived.update(document.id for document, _ in batch)
+                await slots.acquire()
+                if failures:
+                    break
+                task = asyncio.create_task(store_batch(batch))
+                running.add(task)
+                task.add_done_callback(running.discard)
         finally:
-            with contextlib.suppress(Exception):  # let a read in flight end before the archive is closed
+            # Adds in flight end as they would (never cut off inside a transaction), then the read in flight.
+            await asyncio.gather(*running, return_exceptions=True)
+            with contextlib.suppress(Exception):
                 await pending
             batches.close()
+    if failures:
+        raise failures[0]
+    if prune:
+        extra = [doc for doc in await store.document_ids(org_id) if doc not in archived]
+        if extra:
+            await store.delete_many(extra, org_id)
+        report.deleted = len(extra)
     report.seconds = time.perf_counter() - started
     return report

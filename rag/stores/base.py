@@ -115,8 +115,8 @@ class VectorStore(Protocol):
         """The ids of the documents `user_id` added (of `org_id`, when given)."""
         ...
 
-    async def document_ids(self, org_id: str) -> list[str]:
-        """The ids of every document of an organisation."""
+    async def document_ids(self, org_id: str | None) -> list[str]:
+        """The ids of every document of an organisation (None: of the whole store), in the order they were added."""
         ...
 
     async def set_access(self, document_id: str, access: AccessList | None, org_id: str | None = None) -> None:

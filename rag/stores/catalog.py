@@ -321,8 +321,13 @@ class Catalog:
         )
         return [doc for (doc,) in rows]
 
-    def document_ids(self, org_id: str) -> list[str]:
-        rows = self._reader().execute(f"SELECT id FROM documents WHERE {DOCUMENT_TENANT} = ? ORDER BY seq", (org_id,))
+    def document_ids(self, org_id: str | None) -> list[str]:
+        if org_id is None:
+            rows = self._reader().execute("SELECT id FROM documents ORDER BY seq")
+        else:
+            rows = self._reader().execute(
+                f"SELECT id FROM documents WHERE {DOCUMENT_TENANT} = ? ORDER BY seq", (org_id,)
+            )
         return [doc for (doc,) in rows]
 
     def document_tenant(self, conn: sqlite3.Connection, document_id: str) -> tuple[Any, str | None] | None:

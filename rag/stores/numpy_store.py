@@ -369,7 +369,7 @@ class NumpyVectorStore:
     async def documents_added_by(self, user_id: str, org_id: str | None = None) -> list[str]:
         return await anyio.to_thread.run_sync(self.catalog.documents_added_by, user_id, org_id)
 
-    async def document_ids(self, org_id: str) -> list[str]:
+    async def document_ids(self, org_id: str | None) -> list[str]:
         return await anyio.to_thread.run_sync(self.catalog.document_ids, org_id)
 
     def _set_access_sync(self, document_id: str, access: AccessList | None, org_id: str | None) -> None:

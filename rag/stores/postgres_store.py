@@ -338,9 +338,12 @@ class PostgresVectorStore:
             )
         return [row["id"] for row in rows]
 
-    async def document_ids(self, org_id: str) -> list[str]:
+    async def document_ids(self, org_id: str | None) -> list[str]:
         async with self._connection() as conn:
-            rows = await conn.fetch("SELECT id FROM rag_documents WHERE org_id = $1 ORDER BY seq", org_id)
+            if org_id is None:
+                rows = await conn.fetch("SELECT id FROM rag_documents ORDER BY seq")
+            else:
+                rows = await conn.fetch("SELECT id FROM rag_documents WHERE org_id = $1 ORDER BY seq", org_id)
         return [row["id"] for row in rows]
 
     async def purge(self, deleted_here: bool = True) -> None:

@@ -60,7 +60,7 @@ class WithoutAccessLists:
     async def documents_added_by(self, user_id: str, org_id: str | None = None) -> list[str]:
         return []  # the plug-in records no adder: a user's purge leaves its documents
 
-    async def document_ids(self, org_id: str) -> list[str]:
+    async def document_ids(self, org_id: str | None) -> list[str]:
         ids: list[str] = []
         while True:
             total, page = await self.inner.list_documents(len(ids), 1000, org_id)
