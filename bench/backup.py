@@ -53,7 +53,8 @@ from rag.stores.base import StoredDocument
 from rag.stores.numpy_store import NumpyVectorStore
 from rag.types import Chunk, Embedder
 
-IMPORT_WRITERS = importlib.import_module("rag.import").IMPORT_WRITERS  # `import` is a keyword
+_IMPORT = importlib.import_module("rag.import")  # `import` is a keyword
+IMPORT_WRITERS, DOCUMENTS_PER_ADD = _IMPORT.POSTGRES_WRITERS, _IMPORT.POSTGRES_DOCUMENTS_PER_ADD
 
 SCIFACT_ORG = "scifact"
 
@@ -313,6 +314,7 @@ async def postgres_legs(
             embedder,
             bulk_mode=imported.bulk_load(index_memory=BULK_INDEX_MEMORY),
             writers=IMPORT_WRITERS,
+            documents_per_add=DOCUMENTS_PER_ADD,
         )
         await imported.aclose()
         print(f"  bulk load ({WRITERS} writers)  {rate(size, loaded)}")

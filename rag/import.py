@@ -20,7 +20,9 @@ from rag.commands import embedder_and_store
 from rag.errors import RAGError
 from rag.ingest.bulk import bulk_mode
 
-IMPORT_WRITERS = 4  # adds in flight into PostgreSQL, as the bulk load runs them (bench/backup.py measures both)
+# Into PostgreSQL: adds in flight as the bulk load runs them (bench/backup.py measures both), each of at most as many
+# documents as an API add takes by default (a lock a document). The embedded store takes one large add at a time.
+POSTGRES_WRITERS, POSTGRES_DOCUMENTS_PER_ADD = 4, 256
 
 
 async def run(settings: Settings, path: Path, org_id: str | None, reembed: bool, prune: bool) -> ImportReport:
@@ -32,7 +34,8 @@ async def run(settings: Settings, path: Path, org_id: str | None, reembed: bool,
             reembed=reembed,
             org_id=org_id,
             bulk_mode=bulk_mode(store, settings),
-            writers=IMPORT_WRITERS if store.backend == "postgres" else 1,
+            writers=POSTGRES_WRITERS if store.backend == "postgres" else 1,
+            documents_per_add=POSTGRES_DOCUMENTS_PER_ADD if store.backend == "postgres" else None,
             prune=prune,
         )
 

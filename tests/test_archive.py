@@ -374,7 +374,10 @@ async def test_an_import_meeting_another_organisations_document_stops_with_that_
     await store.upsert([chunk], await embedder.embed_documents([chunk.text]))
     with pytest.raises(TenantForbidden):
         await asyncio.wait_for(
-            import_archive(tmp_path / "acme.tar", store, embedder, org_id="acme", batch_chunks=3, writers=4), 120
+            import_archive(
+                tmp_path / "acme.tar", store, embedder, org_id="acme", batch_chunks=6, writers=4, documents_per_add=2
+            ),
+            120,
         )
     assert (await held(store, document_ids=[taken]))[taken].chunks[0].metadata["orgId"] == "beta"
     stored = set(await held(store, org_id="acme"))

@@ -30,10 +30,6 @@ from rag.archive.reader import Archive, BadArchive, open_archive
 from rag.stores.base import AccessByDocument, ExportableStore, StoredDocument, VectorStore
 from rag.types import Embedder
 
-# Documents per add: as many as the API's adds take by default (MAX_DOCUMENTS_PER_ADD). PostgreSQL takes a lock per
-# document of an add, and a batch of small documents would otherwise exhaust its lock table with several in flight.
-ADD_DOCUMENTS = 256
-
 
 @dataclass
 class ImportReport:
@@ -45,12 +41,11 @@ class ImportReport:
     seconds: float = 0.0
 
 
-def _adds(batch: list[StoredDocument]) -> Iterator[list[StoredDocument]]:
-    """The batch cut into adds: where the adder changes (one add records one adder), and every ADD_DOCUMENTS
-    documents."""
+def _adds(batch: list[StoredDocument], most: int | None) -> Iterator[list[StoredDocument]]:
+    """The batch cut into adds: where the adder changes (one add records one adder), and every `most` documents."""
     run: list[StoredDocument] = []
     for document in batch:
-        if run and (run[-1].added_by != document.added_by or len(run) == ADD_DOCUMENTS):
+        if run and (run[-1].added_by != document.added_by or len(run) == most):
             yield run
             run = []
         run.append(document)
@@ -102,12 +97,16 @@ async def import_archive(
     bulk_mode: AbstractAsyncContextManager[None] | None = None,
     batch_chunks: int = 4096,
     writers: int = 1,
+    documents_per_add: int | None = None,
     prune: bool = False,
 ) -> ImportReport:
-    """Store the archive's documents (all of organisation `org_id`, when given, or it is refused), `writers` adds at
-    a time: PostgreSQL takes several at once (rows of different documents), the embedded store one after another
-    (and then keeps the archive's order). With `prune`, once every document is stored, those the store holds (of
-    `org_id`, or all) and the archive does not are deleted: the store then holds exactly the archive."""
+    """Store the archive's documents (all of organisation `org_id`, when given, or it is refused).
+
+    `writers` adds run at a time: PostgreSQL takes several at once (rows of different documents), the embedded store
+    one after another (and then keeps the archive's order). An add holds at most `documents_per_add` documents:
+    PostgreSQL locks each document of an add, and thousands of small ones in each of several adds would exhaust its
+    lock table. With `prune`, once every document is stored, those the store holds (of `org_id`, or all) and the
+    archive does not are deleted: the store then holds exactly the archive."""
     started = time.perf_counter()
     archive: Archive = await anyio.to_thread.run_sync(open_archive, path, org_id)
     manifest = archive.manifest
@@ -130,13 +129,16 @@ async def import_archive(
 
     archived: set[str] = set()
     failures: list[Exception] = []
+    # Into a store that held nothing when the import began there is nothing to compare with (a document added
+    # meanwhile under an archived id is replaced, as a second import would)
+    compare = store.count > 0
 
     async def store_batch(batch: list[tuple[StoredDocument, str]]) -> None:
         try:
-            unchanged = await _unchanged(store, batch, with_vectors=same_model)
+            unchanged = await _unchanged(store, batch, with_vectors=same_model) if compare else set()
             report.unchanged += len(unchanged)
             changed = [document for document, _ in batch if document.id not in unchanged]
-            for run in _adds(changed):
+            for run in _adds(changed, documents_per_add):
                 await _store(store, run, embedder, same_model, org_id, report)
         except Exception as exc:
             failures.append(exc)
