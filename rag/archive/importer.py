@@ -39,6 +39,7 @@ class ImportReport:
     deleted: int = 0  # with `prune`: documents the store held and the archive does not
     reembedded: bool = False
     seconds: float = 0.0
+    check_seconds: float = 0.0  # of `seconds`, checking the archive whole before anything was stored
 
 
 def _adds(batch: list[StoredDocument], most: int | None) -> Iterator[list[StoredDocument]]:
@@ -109,6 +110,7 @@ async def import_archive(
     archive does not are deleted: the store then holds exactly the archive."""
     started = time.perf_counter()
     archive: Archive = await anyio.to_thread.run_sync(open_archive, path, org_id)
+    report_check = time.perf_counter() - started
     manifest = archive.manifest
     same_model = (manifest.embedding_model, manifest.dimension) == (embedder.model_name, embedder.dimension)
     if not same_model and not reembed:
@@ -117,7 +119,7 @@ async def import_archive(
             f"service embeds with {embedder.model_name!r} (dimension {embedder.dimension}): ask for re-embedding "
             "(--reembed) to embed its chunks again, or import it into a service with that model"
         )
-    report = ImportReport(reembedded=not same_model)
+    report = ImportReport(reembedded=not same_model, check_seconds=report_check)
     if bulk_mode is None or manifest.chunks < store.count:
         bulk_mode = nullcontext()
     batches = archive.entries(batch_chunks, org_id)
