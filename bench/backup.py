@@ -318,12 +318,13 @@ async def postgres_legs(
             documents_per_add=DOCUMENTS_PER_ADD,
         )
         await imported.aclose()
+        storing = report.seconds - report.check_seconds
         print(f"  bulk load ({WRITERS} writers)  {rate(size, loaded)}")
         print(
             f"  import ({IMPORT_WRITERS} writers)      {rate(report.chunks, report.seconds)} "
             f"({(report.chunks / report.seconds) / (size / loaded):.2f}x the bulk load's rate); after the archive's "
-            f"check ({report.check_seconds:.1f} s), storing {rate(report.chunks, report.seconds - report.check_seconds)}"
-            f" ({(report.chunks / (report.seconds - report.check_seconds)) / (size / loaded):.2f}x)"
+            f"check ({report.check_seconds:.1f} s), storing {rate(report.chunks, storing)}"
+            f" ({(report.chunks / storing) / (size / loaded):.2f}x)"
         )
     finally:
         server.cleanup()

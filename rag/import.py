@@ -3,13 +3,16 @@
 With the service's settings (`.env`), into the configured store, while the service keeps serving. The archive is
 checked whole before anything is stored; a bad one (cut short, altered, another format version, another embedding
 model without --reembed) is refused with what is wrong, exit status 2. Importing is idempotent: run it again after
-an interruption and it finishes, leaving what is already there alone. See `rag/archive/importer.py`.
+an interruption and it finishes, leaving what is already there alone. It runs at a lower CPU priority than the
+service (nice 10), so that a service on the same machine keeps answering at its pace. See
+`rag/archive/importer.py`.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from pathlib import Path
 
@@ -40,6 +43,9 @@ async def run(settings: Settings, path: Path, org_id: str | None, reembed: bool,
         )
 
 
+NICENESS = 10  # below the service's CPU priority: re-embedding beside a serving store leaves questions their pace
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("path", type=Path, help="an archive written by python -m rag.export")
@@ -54,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         "holding exactly the archive",
     )
     args = parser.parse_args(argv)
+    os.nice(NICENESS)
     try:
         report = asyncio.run(run(settings_or_exit(), args.path, args.org, args.reembed, args.prune))
     except BadArchive as exc:
