@@ -210,9 +210,10 @@ async def run(args: argparse.Namespace) -> None:
         matrix = corpus.vectors(0, args.size)
         built = await build(store, corpus, matrix)
         print(f"embedded store: {args.size:,} chunks built by its own adds in {rate(args.size, built)}")
-        await add_scifact(store, embedder, settings, args.scifact_documents)
-        before = await scifact.top10(store)
-        await backup_drill(store, directory, tmp, scifact, before)
+        if not args.export_only:
+            await add_scifact(store, embedder, settings, args.scifact_documents)
+            before = await scifact.top10(store)
+            await backup_drill(store, directory, tmp, scifact, before)
 
         print("\n2. export and import of the whole store")
         bare = bare_copy_seconds(directory, tmp / "bare-copy")
@@ -236,6 +237,9 @@ async def run(args: argparse.Namespace) -> None:
         shutil.rmtree(tmp / "imported")
         (tmp / "all.tar").unlink()
 
+        if args.export_only:
+            await store.aclose()
+            return
         print("\n3. SciFact: embedded -> PostgreSQL -> embedded")
         await export_archive(
             store, tmp / "scifact.tar", embedder.model_name, embedder.dimension, 1000, 200, SCIFACT_ORG
@@ -336,6 +340,7 @@ def main() -> None:
     parser.add_argument("--pg-size", type=int, default=200_000, help="chunks imported into PostgreSQL")
     parser.add_argument("--queries", type=int, default=300, help="SciFact test claims asked (300: all)")
     parser.add_argument("--postgres-import-only", action="store_true", help="only section 4")
+    parser.add_argument("--export-only", action="store_true", help="only section 2")
     parser.add_argument("--scifact-documents", type=int, default=None, help="the first N of SciFact (default: all)")
     asyncio.run(run(parser.parse_args()))
 
