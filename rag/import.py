@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import os
 import sys
+import time
 from pathlib import Path
 
 from config import Settings, settings_or_exit
@@ -26,6 +27,25 @@ from rag.ingest.bulk import bulk_mode
 # Into PostgreSQL: adds in flight as the bulk load runs them (bench/backup.py measures both), each of at most as many
 # documents as an API add takes by default (a lock a document). The embedded store takes one large add at a time.
 POSTGRES_WRITERS, POSTGRES_DOCUMENTS_PER_ADD = 4, 256
+PROGRESS_SECONDS = 10.0
+NICENESS = 10  # below the service's CPU priority: re-embedding beside a serving store leaves questions their pace
+
+
+class Progress:
+    """A line on standard error every PROGRESS_SECONDS: what is stored so far, and at what rate."""
+
+    def __init__(self) -> None:
+        self.started = self.reported = time.monotonic()
+
+    def __call__(self, report: ImportReport) -> None:
+        now = time.monotonic()
+        if now - self.reported >= PROGRESS_SECONDS:
+            self.reported = now
+            print(
+                f"{report.documents:,} documents stored ({report.chunks:,} chunks, "
+                f"{report.chunks / (now - self.started):,.0f} chunks/s), {report.unchanged:,} unchanged",
+                file=sys.stderr,
+            )
 
 
 async def run(settings: Settings, path: Path, org_id: str | None, reembed: bool, prune: bool) -> ImportReport:
@@ -40,10 +60,8 @@ async def run(settings: Settings, path: Path, org_id: str | None, reembed: bool,
             writers=POSTGRES_WRITERS if store.backend == "postgres" else 1,
             documents_per_add=POSTGRES_DOCUMENTS_PER_ADD if store.backend == "postgres" else None,
             prune=prune,
+            progress=Progress(),
         )
-
-
-NICENESS = 10  # below the service's CPU priority: re-embedding beside a serving store leaves questions their pace
 
 
 def main(argv: list[str] | None = None) -> int:

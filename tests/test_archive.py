@@ -151,8 +151,17 @@ async def test_importing_twice_changes_nothing(backend: Backend, embedder: Embed
     finally:
         await source.aclose()
     store = await backend.open(embedder.model_name, embedder.dimension)
-    first = await import_archive(tmp_path / "kb.tar", store, embedder, batch_chunks=10, writers=3)  # adds at once
+    stored_so_far: list[int] = []
+    first = await import_archive(
+        tmp_path / "kb.tar",
+        store,
+        embedder,
+        batch_chunks=10,
+        writers=3,
+        progress=lambda r: stored_so_far.append(r.documents),
+    )  # three adds at once
     assert first.documents == len(corpus()) and first.unchanged == 0
+    assert len(stored_so_far) > 1 and stored_so_far == sorted(stored_so_far) and stored_so_far[-1] == len(corpus())
     before = await held(store)
     generation = await _generation(store)
     again = await import_archive(tmp_path / "kb.tar", store, embedder, batch_chunks=10)

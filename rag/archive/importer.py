@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,6 +100,7 @@ async def import_archive(
     writers: int = 1,
     documents_per_add: int | None = None,
     prune: bool = False,
+    progress: Callable[[ImportReport], None] | None = None,
 ) -> ImportReport:
     """Store the archive's documents (all of organisation `org_id`, when given, or it is refused).
 
@@ -107,7 +108,7 @@ async def import_archive(
     one after another (and then keeps the archive's order). An add holds at most `documents_per_add` documents:
     PostgreSQL locks each document of an add, and thousands of small ones in each of several adds would exhaust its
     lock table. With `prune`, once every document is stored, those the store holds (of `org_id`, or all) and the
-    archive does not are deleted: the store then holds exactly the archive."""
+    archive does not are deleted: the store then holds exactly the archive. `progress` is called after each add."""
     started = time.perf_counter()
     archive: Archive = await anyio.to_thread.run_sync(open_archive, path, org_id)
     report_check = time.perf_counter() - started
@@ -142,6 +143,8 @@ async def import_archive(
             changed = [document for document, _ in batch if document.id not in unchanged]
             for run in _adds(changed, documents_per_add):
                 await _store(store, run, embedder, same_model, org_id, report)
+                if progress is not None:
+                    progress(report)
         except Exception as exc:
             failures.append(exc)
         finally:
