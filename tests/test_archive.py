@@ -76,6 +76,25 @@ async def held(store: Any, **kwargs: Any) -> dict[str, StoredDocument]:
     return found
 
 
+async def seeded_exports(folder: Path, embedder: Embedder, **archives: str | None) -> dict[str, StoredDocument]:
+    """A store seeded with `corpus()` under `folder`, exported to `folder/<name>.tar` for each name=organisation (None:
+    every document); returns what it held, in order."""
+    source = await NumpyVectorStore.open(folder / "source", embedder.model_name, embedder.dimension)
+    try:
+        await seed(source, embedder)
+        for name, org_id in archives.items():
+            await export_archive(
+                source, folder / f"{name}.tar", embedder.model_name, embedder.dimension, 250, 40, org_id
+            )
+        return await held(source)
+    finally:
+        await source.aclose()
+
+
+def organisation(documents: dict[str, StoredDocument], org_id: str) -> list[str]:
+    return [doc for doc, document in documents.items() if document.chunks[0].metadata["orgId"] == org_id]
+
+
 async def searches(store: VectorStore, embedder: Embedder) -> list[list[tuple[str, float]]]:
     results = []
     for question in QUESTIONS:
@@ -144,12 +163,7 @@ async def test_an_archive_goes_from_the_embedded_store_to_postgres_and_back_with
 
 
 async def test_importing_twice_changes_nothing(backend: Backend, embedder: Embedder, tmp_path: Path) -> None:
-    source = await NumpyVectorStore.open(tmp_path / "source", embedder.model_name, embedder.dimension)
-    try:
-        await seed(source, embedder)
-        await export_archive(source, tmp_path / "kb.tar", embedder.model_name, embedder.dimension, 120, 20)
-    finally:
-        await source.aclose()
+    await seeded_exports(tmp_path, embedder, kb=None)
     store = await backend.open(embedder.model_name, embedder.dimension)
     stored_so_far: list[int] = []
     first = await import_archive(
@@ -283,16 +297,7 @@ def good_archive(tmp_path_factory: pytest.TempPathFactory, embedder: Embedder) -
     import asyncio
 
     folder = tmp_path_factory.mktemp("archive")
-
-    async def build() -> None:
-        store = await NumpyVectorStore.open(folder / "store", embedder.model_name, embedder.dimension)
-        try:
-            await seed(store, embedder)
-            await export_archive(store, folder / "good.tar", embedder.model_name, embedder.dimension, 120, 20)
-        finally:
-            await store.aclose()
-
-    asyncio.run(build())
+    asyncio.run(seeded_exports(folder, embedder, good=None))
     return folder / "good.tar"
 
 
@@ -343,16 +348,8 @@ def test_the_good_archive_passes_and_says_what_it_holds(good_archive: Path) -> N
 async def test_prune_leaves_the_store_holding_exactly_the_archive(
     backend: Backend, embedder: Embedder, tmp_path: Path
 ) -> None:
-    source = await NumpyVectorStore.open(tmp_path / "source", embedder.model_name, embedder.dimension)
-    try:
-        await seed(source, embedder)
-        model, dimension = embedder.model_name, embedder.dimension
-        await export_archive(source, tmp_path / "all.tar", model, dimension, 250, 40)
-        await export_archive(source, tmp_path / "acme.tar", model, dimension, 250, 40, org_id="acme")
-        expected = set(await held(source))
-        acme = set(await held(source, org_id="acme"))
-    finally:
-        await source.aclose()
+    documents = await seeded_exports(tmp_path, embedder, all=None, acme="acme")
+    expected, acme = set(documents), organisation(documents, "acme")
     store = await backend.open(embedder.model_name, embedder.dimension)
     await import_archive(tmp_path / "all.tar", store, embedder)
     for org in ("acme", "beta"):  # a document the archive does not hold, in each organisation
@@ -370,13 +367,7 @@ async def test_an_import_meeting_another_organisations_document_stops_with_that_
     backend: Backend, embedder: Embedder, tmp_path: Path
 ) -> None:
     """Several adds in flight: the one refused raises, the others end as they would, and nothing hangs."""
-    source = await NumpyVectorStore.open(tmp_path / "source", embedder.model_name, embedder.dimension)
-    try:
-        await seed(source, embedder)
-        acme = await held(source, org_id="acme")
-        await export_archive(source, tmp_path / "acme.tar", embedder.model_name, embedder.dimension, 250, 40, "acme")
-    finally:
-        await source.aclose()
+    acme = organisation(await seeded_exports(tmp_path, embedder, acme="acme"), "acme")
     store = await backend.open(embedder.model_name, embedder.dimension)
     taken = list(acme)[-1]  # the archive's last document: every batch before it is stored
     chunk = Chunk(f"{taken}:0", taken, "beta's own document under that id", {"orgId": "beta"})

@@ -14,6 +14,7 @@ from typing import Literal, Protocol, runtime_checkable
 import numpy as np
 
 from rag.access import AccessList, Reader
+from rag.errors import StoreIncompatible
 from rag.filters import Filters
 from rag.types import Chunk, DocumentSummary, Hit
 
@@ -67,6 +68,19 @@ class ExportableStore(Protocol):
         batches of about `batch_chunks` chunks, all read from one consistent state of the store: writes that
         commit meanwhile are not seen, and none is seen half."""
         ...
+
+
+def check_embedding(identity: dict[str, str], built: str, elsewhere: str, embedding_model: str, dimension: int) -> None:
+    """StoreIncompatible, naming the way out, unless the stored identity (`built`: what was built, for the message) is
+    this embedding model's; `elsewhere` is where a store for the new model goes (another DATA_DIR, database)."""
+    if identity.get("embedding_model") != embedding_model or identity.get("dimension") != str(dimension):
+        raise StoreIncompatible(
+            f"{built} was built with embedding model {identity.get('embedding_model')!r} "
+            f"(dimension {identity.get('dimension')}), but this service embeds with {embedding_model!r} "
+            f"(dimension {dimension}). Set EMBEDDING_MODEL back, or move to the new model without re-parsing: "
+            "`python -m rag.export kb.tar` with the old model, then `python -m rag.import kb.tar --reembed` with the "
+            f"new one into {elsewhere} (docs/deployment.md, 'Another embedding model')."
+        )
 
 
 class VectorStore(Protocol):

@@ -26,6 +26,7 @@ import numpy as np
 from rag.access import AccessList, Reader
 from rag.errors import StoreIncompatible
 from rag.stores import access_catalog
+from rag.stores.base import check_embedding
 from rag.types import TENANT_KEY, Chunk, DocumentSummary
 
 SCHEMA_VERSION = 2  # 1 was the whole-store generations of manifest.json
@@ -110,14 +111,7 @@ def check_identity(identity: dict[str, str], directory: Path, embedding_model: s
             f"{directory / 'catalog.sqlite3'} has format version {identity.get('format_version')!r}; "
             f"this service reads {SCHEMA_VERSION}"
         )
-    if identity.get("embedding_model") != embedding_model or identity.get("dimension") != str(dimension):
-        raise StoreIncompatible(
-            f"the store in {directory} was built with embedding model {identity.get('embedding_model')!r} "
-            f"(dimension {identity.get('dimension')}), but this service embeds with {embedding_model!r} "
-            f"(dimension {dimension}). Set EMBEDDING_MODEL back, or move to the new model without re-parsing: "
-            "`python -m rag.export kb.tar` with the old model, then `python -m rag.import kb.tar --reembed` with the "
-            "new one and another DATA_DIR (docs/deployment.md, 'Another embedding model')."
-        )
+    check_embedding(identity, f"the store in {directory}", "another DATA_DIR", embedding_model, dimension)
 
 
 class Catalog:

@@ -7,7 +7,7 @@ import logging
 
 import asyncpg
 
-from rag.errors import StoreIncompatible
+from rag.stores.base import check_embedding
 from rag.stores.pg_keywords import SCHEMA
 
 logger = logging.getLogger(__name__)
@@ -110,14 +110,8 @@ async def migrate(conn: asyncpg.Connection, embedding_model: str, dimension: int
                 "INSERT INTO rag_meta (key, value) VALUES ($1, $2)",
                 [("embedding_model", embedding_model), ("dimension", str(dimension))],
             )
-        elif identity.get("embedding_model") != embedding_model or identity.get("dimension") != str(dimension):
-            raise StoreIncompatible(
-                f"the database's chunks were built with embedding model {identity.get('embedding_model')!r} "
-                f"(dimension {identity.get('dimension')}), but this service embeds with {embedding_model!r} "
-                f"(dimension {dimension}). Set EMBEDDING_MODEL back, or move to the new model without re-parsing: "
-                "`python -m rag.export kb.tar` with the old model, then `python -m rag.import kb.tar --reembed` "
-                "into another database with the new one (docs/deployment.md, 'Another embedding model')."
-            )
+        else:
+            check_embedding(identity, "the database's chunks", "another database", embedding_model, dimension)
         await _restore_search_indexes(conn, ef_construction)
         await _follow_ef_construction(conn, ef_construction)
         return str(await conn.fetchval("SELECT value FROM rag_meta WHERE key = 'store_id'"))
