@@ -219,6 +219,20 @@ class Settings(BaseSettings):
         False, description="Embed through the chat server's embeddings API (OPENAI_EMBEDDING_MODEL); see EMBEDDER."
     )
     openai_embedding_model: str = Field("text-embedding-3-small", description="Model for USE_OPENAI_EMBEDDINGS.")
+    space_pass_seconds: float = Field(
+        2.0,
+        gt=0,
+        le=3600,
+        description="How often the space builder brings each embedding space that is not active up to the active one "
+        "(see docs/deployment.md, 'Another embedding model'): the most a new document waits for its second vectors.",
+    )
+    space_poll_seconds: float = Field(
+        1.0,
+        gt=0,
+        le=60,
+        description="How often each replica looks for another active embedding space: the most it serves the old one "
+        "after a switch (writes to the old one are refused from the switch on, and go to the new one).",
+    )
     embedding_batch_size: int = Field(
         64,
         ge=1,

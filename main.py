@@ -11,12 +11,13 @@ import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator
+from typing import cast
 
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.telemetry import TelemetryConfig
 
-from api import admin, chat, chats, documents, health, jobs, openai_api, websocket
+from api import admin, chat, chats, documents, health, jobs, openai_api, spaces, websocket
 from api.auth import Authenticator, authenticate
 from api.deps import Services
 from api.errors import install_error_handlers
@@ -36,7 +37,6 @@ from rag.answers.sqlite_log import SqliteAnswerLog
 from rag.audit import AuditLog
 from rag.audit.sqlite import SqliteAuditLog
 from rag.chats.sqlite import Conversations, ConversationStore
-from rag.embedders import build_embedder
 from rag.errors import RAGError
 from rag.history import QueryRewriter
 from rag.ingest.indexer import Indexer
@@ -47,7 +47,11 @@ from rag.ingest.runner import JobRunner
 from rag.pipeline import ChatPipeline, Condenser, condense_with_rule, last_user_message
 from rag.purge import Purger, forgetting_answers_citing_deleted, purge_of, vacuuming
 from rag.retriever import Retriever
-from rag.stores import open_store
+from rag.spaces import open_registry
+from rag.spaces.active import ActiveEmbedder, ActiveSpace, ActiveStore
+from rag.spaces.builder import SpaceBuilder
+from rag.stores import VectorStore
+from rag.types import Embedder
 
 logger = logging.getLogger("rag_service")
 
@@ -105,10 +109,14 @@ async def open_answers(settings: Settings, conversations: Conversations) -> Resu
 
 async def build_services(settings: Settings, metrics: ChatMetrics, stack: contextlib.AsyncExitStack) -> Services:
     """Build every shared component; each is registered on `stack` so that it is closed on the way out."""
-    embedder = await build_embedder(settings)
-    stack.push_async_callback(embedder.aclose)
-    store = await open_store(settings, embedder.model_name, embedder.dimension)
-    stack.push_async_callback(store.aclose)
+    registry = await open_registry(settings)
+    stack.push_async_callback(registry.aclose)
+    # The registry's active embedding space (none registered: the settings' embedder and the first store)
+    space = await ActiveSpace.open(settings, registry)
+    stack.push_async_callback(space.aclose)
+    # The routes and the purger hold the active space's store and embedder, whichever that is at each call.
+    store = cast(VectorStore, ActiveStore(space))
+    embedder = cast(Embedder, ActiveEmbedder(space))
     conversations: Conversations
     if settings.database_url is not None:  # replicas share one database: a chat continues on any of them
         from rag.chats.postgres import PgConversationStore
@@ -131,7 +139,7 @@ async def build_services(settings: Settings, metrics: ChatMetrics, stack: contex
     # Closed before the model (the stack unwinds in reverse): running answers are ended, and their ends written.
     stack.push_async_callback(answers.aclose)
     retriever = Retriever(
-        embedder, store, settings.top_k_results, settings.similarity_threshold, settings.retrieval_mode
+        space.embedder, space.store, settings.top_k_results, settings.similarity_threshold, settings.retrieval_mode
     )
     pipeline = ChatPipeline(
         retriever,
@@ -143,11 +151,11 @@ async def build_services(settings: Settings, metrics: ChatMetrics, stack: contex
         observer=metrics,
         log_prompts=settings.log_prompts,
     )
-    metrics.store_chunks.read_from(lambda: store.count)
+    metrics.store_chunks.read_from(lambda: space.store.count)
     metrics.resumable_running.read_from(lambda: answers.running)
     if isinstance(llm, UpstreamRouter):
         metrics.watch_upstreams(llm.states)
-    indexer = Indexer(embedder, store, settings.chunk_size, settings.chunk_overlap)
+    indexer = Indexer(space.embedder, space.store, settings.chunk_size, settings.chunk_overlap, space.refresh)
     cpu_count = os.cpu_count() or 1
     job_runner = JobRunner(
         JobStore(settings.data_dir / "jobs.sqlite3", settings.data_dir / "uploads"),
@@ -179,7 +187,11 @@ async def build_services(settings: Settings, metrics: ChatMetrics, stack: contex
     purger = Purger(settings.data_dir, settings.purge_delay_seconds, steps)
     stack.push_async_callback(purger.aclose)
     purger.start()
-    return Services(
+    builder = SpaceBuilder(settings, registry, space, settings.space_pass_seconds)
+    builder.start()
+    stack.push_async_callback(builder.aclose)
+    space.start_watching(settings.space_poll_seconds)
+    services = Services(
         settings=settings,
         embedder=embedder,
         store=store,
@@ -196,7 +208,12 @@ async def build_services(settings: Settings, metrics: ChatMetrics, stack: contex
         rate_limiter=RateLimiter(settings.rate_limit_per_minute),
         authenticator=Authenticator(settings),
         streams=streams,
+        spaces=registry,
+        builder=builder,
     )
+    # The retriever and the indexer each take the new pair, in one step, when another space becomes active.
+    space.users.extend([retriever, indexer])
+    return services
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -237,7 +254,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     authenticated = [Depends(authenticate)]
-    for router in (chat.router, chats.router, documents.router, jobs.router, websocket.router, admin.router):
+    routers = (chat.router, chats.router, documents.router, jobs.router, websocket.router, admin.router, spaces.router)
+    for router in routers:
         app.include_router(router, prefix=API_PREFIX, dependencies=authenticated)
     app.include_router(health.router, prefix=API_PREFIX)  # open: load balancers probe it
     app.include_router(health.metrics_router, dependencies=authenticated)

@@ -21,6 +21,8 @@ from rag.ingest.runner import JobRunner
 from rag.pipeline import ChatPipeline
 from rag.purge import Purger
 from rag.retriever import Retriever
+from rag.spaces.builder import SpaceBuilder
+from rag.spaces.registry import SpaceRegistry
 from rag.stores import VectorStore
 from rag.types import Embedder
 
@@ -43,6 +45,8 @@ class Services:
     rate_limiter: RateLimiter
     authenticator: Authenticator
     streams: StreamSupervisor  # pings, times out and ends the open SSE streams
+    spaces: SpaceRegistry  # the embedding spaces; `embedder` and `store` are the active one's
+    builder: SpaceBuilder  # fills the other spaces and switches, in the replica holding its lease
 
 
 async def get_services(request: Request) -> Services:

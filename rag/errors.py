@@ -43,6 +43,23 @@ class StoreUnavailable(RAGError):
     error_type = "store_unavailable"
 
 
+class SpaceRetired(StoreUnavailable):
+    """The write reached a store whose embedding space was switched away from (rag/spaces/): the writer takes the
+    active space and writes again; a route answers 503, and a retry lands in the active space."""
+
+    error_type = "space_switched"
+
+
+class SpaceNotFound(RAGError):
+    error_type = "not_found"
+
+
+class SpaceConflict(RAGError):
+    """What was asked of an embedding space does not fit its state (dropping the active one, a name taken...)."""
+
+    error_type = "conflict"
+
+
 class EmbeddingError(RAGError):
     """The embedder failed (a remote embeddings API down, a bad vector...)."""
 

@@ -96,16 +96,16 @@ def vacuuming(dsn: str, tables: list[str], rewrite: bool) -> PurgeStep:
     return step
 
 
-def purge_of(store: object) -> PurgeStep:
-    """The store's own purge, or nothing for a plug-in store without one."""
-    purge = getattr(store, "purge", None)
-    if callable(purge):
-        return purge  # type: ignore[no-any-return]
+def purge_of(store: VectorStore) -> PurgeStep:
+    """The store's own purge, or nothing for a plug-in store without one. Looked up at each purge: the service's
+    store is the active embedding space's, whichever that is then (rag/spaces/active.py)."""
 
-    async def nothing(deleted_here: bool) -> None:
-        return None
+    async def step(deleted_here: bool) -> None:
+        purge = getattr(store, "purge", None)
+        if callable(purge):
+            await purge(deleted_here)
 
-    return nothing
+    return step
 
 
 class Purger:

@@ -38,12 +38,14 @@ class Retriever:
         if not query.strip():
             raise InvalidRequest("the query is empty")
         filters = validate_filters(filters)
-        if self.store.count == 0:
-            await self.store.refresh()  # another worker or replica may have added since this one last looked
-            if self.store.count == 0:
+        # One embedding space's pair throughout, even if another becomes active meanwhile (rag/spaces/active.py).
+        embedder, store = self.embedder, self.store
+        if store.count == 0:
+            await store.refresh()  # another worker or replica may have added since this one last looked
+            if store.count == 0:
                 return []  # nothing to find: skip the forward pass
         mode = mode or self.mode
-        vector = None if mode == "keyword" else (await self.embedder.embed([query]))[0]
+        vector = None if mode == "keyword" else (await embedder.embed([query]))[0]
         floor = self.threshold if threshold is None else threshold
         request = SearchRequest(query, vector, top_k or self.top_k, filters, floor, mode, reader)
-        return await self.store.search(request)
+        return await store.search(request)

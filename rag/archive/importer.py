@@ -42,7 +42,7 @@ class ImportReport:
     check_seconds: float = 0.0  # of `seconds`, checking the archive whole before anything was stored
 
 
-def _adds(batch: list[StoredDocument], most: int | None) -> Iterator[list[StoredDocument]]:
+def adds(batch: list[StoredDocument], most: int | None) -> Iterator[list[StoredDocument]]:
     """The batch cut into adds: where the adder changes (one add records one adder), and every `most` documents."""
     run: list[StoredDocument] = []
     for document in batch:
@@ -69,7 +69,7 @@ async def _unchanged(store: VectorStore, batch: list[tuple[StoredDocument, str]]
     return same
 
 
-async def _store(
+async def store_run(
     store: VectorStore,
     run: list[StoredDocument],
     embedder: Embedder,
@@ -141,8 +141,8 @@ async def import_archive(
             unchanged = await _unchanged(store, batch, with_vectors=same_model) if compare else set()
             report.unchanged += len(unchanged)
             changed = [document for document, _ in batch if document.id not in unchanged]
-            for run in _adds(changed, documents_per_add):
-                await _store(store, run, embedder, same_model, org_id, report)
+            for run in adds(changed, documents_per_add):
+                await store_run(store, run, embedder, same_model, org_id, report)
                 if progress is not None:
                     progress(report)
         except Exception as exc:

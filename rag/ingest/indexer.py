@@ -11,11 +11,13 @@ import numpy as np
 
 from rag.access import AccessList, Reader
 from rag.chunking import split_text
-from rag.errors import InvalidRequest, TenantForbidden
+from rag.errors import InvalidRequest, SpaceRetired, TenantForbidden
 from rag.ingest.parsers import Section
 from rag.stores import VectorStore
 from rag.stores.base import AccessByDocument
 from rag.types import TENANT_KEY, Chunk, Embedder, Metadata
+
+SPACE_SWITCH_RETRIES = 2  # a switch is rare: two in a row within one add is not a case to wait out
 
 # After each batch a job reports progress (and may learn it was cancelled).
 ProgressCallback = Callable[[int], Awaitable[None]]
@@ -38,11 +40,21 @@ def owned_metadata(metadata: Metadata | None, org_id: str | None, label: str) ->
 
 
 class Indexer:
-    def __init__(self, embedder: Embedder, store: VectorStore, chunk_size: int, chunk_overlap: int) -> None:
-        self.embedder = embedder
+    def __init__(
+        self,
+        embedder: Embedder,
+        store: VectorStore,
+        chunk_size: int,
+        chunk_overlap: int,
+        on_space_switched: Callable[[], Awaitable[object]] | None = None,
+    ) -> None:
+        self.embedder = embedder  # both replaced together when another embedding space becomes active
         self.store = store
         self.chunk_size = chunk_size
         self.chunk_overlap = chunk_overlap
+        # Awaited when a write reached a store whose space was switched away from: it moves to the active space,
+        # and the chunks are embedded again with its model and written there.
+        self.on_space_switched = on_space_switched
 
     def chunk_document(self, doc_id: str, sections: Sequence[Section], metadata: Metadata) -> list[Chunk]:
         """A document's chunks; a section with a page (PDF) puts `page` in the metadata of each of its chunks, so
@@ -99,14 +111,22 @@ class Indexer:
         upsert: the documents they belong to are replaced whole."""
         if not chunks:
             return
-        step = batch_size or len(chunks)
-        parts: list[np.ndarray] = []
-        for start in range(0, len(chunks), step):
-            parts.append(await self.embedder.embed_documents([c.text for c in chunks[start : start + step]]))
-            if on_progress is not None:
-                await on_progress(start + len(parts[-1]))
-        vectors = parts[0] if len(parts) == 1 else np.concatenate(parts)
-        await self.store.upsert(chunks, vectors, org_id, access, reader, added_by)
+        for attempt in range(SPACE_SWITCH_RETRIES + 1):
+            embedder, store = self.embedder, self.store  # one space's pair, even if a switch comes meanwhile
+            step = batch_size or len(chunks)
+            parts: list[np.ndarray] = []
+            for start in range(0, len(chunks), step):
+                parts.append(await embedder.embed_documents([c.text for c in chunks[start : start + step]]))
+                if on_progress is not None:
+                    await on_progress(start + len(parts[-1]))
+            vectors = parts[0] if len(parts) == 1 else np.concatenate(parts)
+            try:
+                await store.upsert(chunks, vectors, org_id, access, reader, added_by)
+                return
+            except SpaceRetired:
+                if self.on_space_switched is None or attempt == SPACE_SWITCH_RETRIES:
+                    raise
+                await self.on_space_switched()
 
 
 def prepare_documents(

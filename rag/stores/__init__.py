@@ -22,13 +22,23 @@ STORE_METHODS = ("upsert", "delete", "search", "list_documents", "layout", "refr
 STORE_ATTRIBUTES = ("backend", "count", "document_count")
 
 
-async def open_store(settings: Settings, embedding_model: str, dimension: int) -> VectorStore:
-    """The one factory: open the configured backend for vectors of `embedding_model` (`dimension` floats)."""
+def space_location(settings: Settings, space: str | None) -> tuple[str, str | None]:
+    """Where a store of embedding space `space` lives (None: the service's first store): the embedded store's
+    folder under DATA_DIR, and the PostgreSQL store's schema (None: the default one)."""
+    if space is None:
+        return "store", None
+    return f"spaces/{space}/store", f"rag_space_{space}"
+
+
+async def open_store(settings: Settings, embedding_model: str, dimension: int, space: str | None = None) -> VectorStore:
+    """The one factory: open the configured backend for vectors of `embedding_model` (`dimension` floats); with
+    `space`, the store of that embedding space (rag/spaces/) beside the first."""
+    folder, schema = space_location(settings, space)
     match settings.vector_store:
         case "numpy":
             from rag.stores.numpy_store import NumpyVectorStore
 
-            return await NumpyVectorStore.open(settings.data_dir / "store", embedding_model, dimension)
+            return await NumpyVectorStore.open(settings.data_dir / folder, embedding_model, dimension)
         case "postgres":
             try:
                 from rag.stores.postgres_store import PostgresVectorStore
@@ -41,14 +51,17 @@ async def open_store(settings: Settings, embedding_model: str, dimension: int) -
                 settings.database_url.get_secret_value(),
                 embedding_model,
                 dimension,
-                settings.data_dir / "pg-keywords",
+                settings.data_dir / ("pg-keywords" if space is None else f"pg-keywords-{space}"),
                 ef_search=settings.pg_ef_search,
                 pool_size=settings.pg_pool_size,
                 ef_construction=settings.pg_hnsw_ef_construction,
+                schema=schema,
             )
             store.rewrite_on_purge = settings.pg_purge_rewrite
             return store
         case spec:
+            if space is not None:
+                raise StoreIncompatible("embedding spaces need the embedded or the PostgreSQL store, not a plug-in")
             cls = load_class("VECTOR_STORE", spec)
             require(
                 "VECTOR_STORE",

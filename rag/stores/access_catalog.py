@@ -19,6 +19,8 @@ from collections.abc import Iterable
 import numpy as np
 
 from rag.access import AccessList, Reader
+from rag.stores.base import AccessByDocument
+from rag.types import Chunk, tenant_of
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS access_lists (
@@ -149,3 +151,21 @@ def granted_keys(conn: sqlite3.Connection, org: str | None, reader: Reader) -> n
         [*reader.grantees, *([org] if org is not None else [])],
     )
     return np.fromiter((key for (key,) in rows), dtype=np.int64)
+
+
+def write_for_add(
+    conn: sqlite3.Connection, chunks: list[Chunk], document_ids: list[str], access: AccessByDocument
+) -> None:
+    """The access lists of an add's documents: the one given, else the one a replaced document had. An add
+    without lists, of documents that had none, costs one query."""
+    had = lists_of(conn, document_ids)
+    listed = {doc: access[doc] if doc in access else had.get(doc) for doc in document_ids}
+    restricted = {doc: found for doc, found in listed.items() if found is not None}
+    if not had and not restricted:
+        return
+    remove(conn, had)
+    org_of = {chunk.document_id: tenant_of(chunk.metadata) for chunk in chunks}
+    for doc, found in restricted.items():
+        insert(conn, doc, org_of[doc], found)
+    # the forbidden chunk keys moved: new keys of a restricted document, or a list changed
+    bump_generation(conn)

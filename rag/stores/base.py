@@ -8,6 +8,7 @@ fused. `tests/test_store_conformance.py` is written once against this protocol a
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
@@ -159,3 +160,23 @@ class VectorStore(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class SpaceStore(VectorStore, ExportableStore, Protocol):
+    """A store an embedding space can live in (both built-in stores; see rag/spaces/). `follower`: only the space
+    builder writes it, past the marker that refuses every other write once the space is not the active one."""
+
+    follower: bool
+
+    async def document_states(self) -> dict[str, tuple[int, str | None]]:
+        """Each document's seq (moved by every add) and access list as stored (None: its whole organisation)."""
+        ...
+
+    async def mark_retired(self, retired: bool) -> None:
+        """Set (or clear) the marker that refuses writes (SpaceRetired) to a store whose space is not active."""
+        ...
+
+    def switch_barrier(self) -> AbstractAsyncContextManager[None]:
+        """While held, no write to the store starts or is in flight, from any process; reads go on."""
+        ...

@@ -324,6 +324,15 @@ class Catalog:
             )
         return [doc for (doc,) in rows]
 
+    def document_states(self) -> dict[str, tuple[int, str | None]]:
+        """Each document's seq (every add moves it) and access list as stored (None: its whole organisation): what
+        changes when the document does; the space builder compares them (rag/spaces/sync.py)."""
+        rows = self._reader().execute(
+            "SELECT d.id, d.seq, l.users || ' ' || l.groups FROM documents d "
+            "LEFT JOIN access_lists l ON l.document_id = d.id"
+        )
+        return {doc: (seq, access) for doc, seq, access in rows}
+
     def document_tenant(self, conn: sqlite3.Connection, document_id: str) -> tuple[Any, str | None] | None:
         """A stored document's `orgId` as SQLite reads it, with its JSON type (None: no such field); None when the
         document is not stored."""

@@ -36,7 +36,8 @@ import anyio
 import numpy as np
 
 from rag.access import AccessList, Reader
-from rag.errors import DocumentNotFound, StoreCorrupt, TenantForbidden
+from rag.durable import fsync_path
+from rag.errors import DocumentNotFound, SpaceRetired, StoreCorrupt, TenantForbidden
 from rag.stores import access_catalog
 from rag.stores.base import AccessByDocument, SearchRequest, StoredDocument
 from rag.stores.catalog import Catalog, check_identity
@@ -62,6 +63,9 @@ KEYWORDS = "keywords"
 WRITE_LOCK = ".lock"
 UNPURGED = "unpurged"  # catalog meta: "1" from a deletion until the purge that erases its text
 COMPACTION_LOCK = ".compaction.lock"
+# Present while this store's embedding space is not the active one (rag/spaces/): a write finding it under the
+# write lock is refused, so nothing lands here after the switch but what the space builder copies.
+RETIRED = "RETIRED"
 
 
 class NumpyVectorStore:
@@ -81,6 +85,7 @@ class NumpyVectorStore:
         self._closing = False
         self.compactions = 0
         self._search: SnapshotSearch | None = None
+        self.follower = False  # written by the space builder: writes pass the RETIRED marker
 
     @property
     def catalog(self) -> Catalog:
@@ -190,6 +195,36 @@ class NumpyVectorStore:
         return self._snapshot
 
     @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """The write lock, for a write: refused once the store's space was switched away from."""
+        with self._file_lock(WRITE_LOCK):
+            if not self.follower and (self.directory / RETIRED).exists():
+                raise SpaceRetired("this store's embedding space was switched away from; write to the active one")
+            yield
+
+    def _mark_retired_sync(self, retired: bool) -> None:
+        marker = self.directory / RETIRED
+        if retired:
+            marker.touch()
+        else:
+            marker.unlink(missing_ok=True)
+        fsync_path(self.directory)
+
+    async def mark_retired(self, retired: bool) -> None:
+        """Set or clear the marker `_writing` reads; the switch does it while it holds the write lock shared."""
+        await anyio.to_thread.run_sync(self._mark_retired_sync, retired)
+
+    @contextlib.asynccontextmanager
+    async def switch_barrier(self) -> AsyncIterator[None]:
+        """Hold off every write, in every process, while searches and exports go on: the write lock, shared."""
+        lock = self.shared_write_lock()
+        await anyio.to_thread.run_sync(lock.__enter__)
+        try:
+            yield
+        finally:
+            lock.__exit__(None, None, None)
+
+    @contextlib.contextmanager
     def shared_write_lock(self) -> Iterator[None]:
         """While held, no process commits a write to the store (searches still pass); for a consistent read."""
         with self._file_lock(WRITE_LOCK, shared=True):
@@ -241,7 +276,7 @@ class NumpyVectorStore:
         reader: Reader | None,
         added_by: str | None,
     ) -> None:
-        with self._file_lock(WRITE_LOCK):
+        with self._writing():
             first_key = int(self.catalog.meta("next_key") or 0)  # stable: every writer holds this lock
             keys = np.arange(first_key, first_key + len(chunks), dtype=np.int64)
             order = grouped_by_tenant(keys, [tenant_of(chunk.metadata) for chunk in chunks])
@@ -261,7 +296,7 @@ class NumpyVectorStore:
                         for doc in document_ids
                     ):
                         raise TenantForbidden("a document with one of these ids is stored and is not yours to replace")
-                    self._write_access(conn, chunks, document_ids, access or {})
+                    access_catalog.write_for_add(conn, chunks, document_ids, access or {})
                     access_catalog.set_adder(conn, document_ids, added_by)
                     removed, removed_docs = self.catalog.remove_documents(conn, document_ids)
                     if removed:
@@ -290,24 +325,6 @@ class NumpyVectorStore:
         except Exception:
             logger.exception("could not remove %d chunks from the keyword index; the next start does", len(keys))
 
-    @staticmethod
-    def _write_access(
-        conn: sqlite3.Connection, chunks: list[Chunk], document_ids: list[str], access: AccessByDocument
-    ) -> None:
-        """The access lists of an add's documents: the one given, else the one a replaced document had. An add
-        without lists, of documents that had none, costs one query."""
-        had = access_catalog.lists_of(conn, document_ids)
-        listed = {doc: access[doc] if doc in access else had.get(doc) for doc in document_ids}
-        restricted = {doc: found for doc, found in listed.items() if found is not None}
-        if not had and not restricted:
-            return
-        access_catalog.remove(conn, had)
-        org_of = {chunk.document_id: tenant_of(chunk.metadata) for chunk in chunks}
-        for doc, found in restricted.items():
-            access_catalog.insert(conn, doc, org_of[doc], found)
-        # the forbidden chunk keys moved: new keys of a restricted document, or a list changed
-        access_catalog.bump_generation(conn)
-
     async def upsert(
         self,
         chunks: list[Chunk],
@@ -335,7 +352,7 @@ class NumpyVectorStore:
     def _delete_sync(self, document_ids: list[str], org_id: str | None, reader: Reader | None, strict: bool) -> int:
         """Delete the documents in one write; `strict`: DocumentNotFound unless every one exists for the caller,
         else those that do not are passed over."""
-        with self._file_lock(WRITE_LOCK):
+        with self._writing():
             with self.catalog.transaction() as conn:
                 visible = [doc for doc in document_ids if self._visible(conn, doc, org_id, reader)]
                 if strict and len(visible) != len(document_ids):
@@ -372,8 +389,11 @@ class NumpyVectorStore:
     async def document_ids(self, org_id: str | None) -> list[str]:
         return await anyio.to_thread.run_sync(self.catalog.document_ids, org_id)
 
+    async def document_states(self) -> dict[str, tuple[int, str | None]]:
+        return await anyio.to_thread.run_sync(self.catalog.document_states)
+
     def _set_access_sync(self, document_id: str, access: AccessList | None, org_id: str | None) -> None:
-        with self._file_lock(WRITE_LOCK):
+        with self._writing():
             with self.catalog.transaction() as conn:
                 if not self._visible(conn, document_id, org_id, None):
                     raise DocumentNotFound(f"no document with id {document_id!r}")

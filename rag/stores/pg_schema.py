@@ -14,6 +14,8 @@ logger = logging.getLogger(__name__)
 
 SCHEMA_LOCK = 0x52414701  # pg_advisory_xact_lock key for migrations ("RAG" 1)
 BULK_LOCK = 0x52414702  # held (session level) by the one bulk load at a time
+# Every write holds it shared (transaction level); switching the active embedding space holds it alone (rag/spaces/)
+SPACE_LOCK = 0x52414703
 
 # pgvector's default candidate list while linking a vector into the graph; the store's is a setting
 # (PG_HNSW_EF_CONSTRUCTION), which a bulk load builds with and inserts follow.
@@ -121,7 +123,9 @@ async def _restore_search_indexes(conn: asyncpg.Connection, ef_construction: int
     """Build a search index a bulk load dropped and did not live to build again; a load still running
     (holding BULK_LOCK) builds its own at its end."""
     indexes = search_indexes(ef_construction)
-    present = await conn.fetch("SELECT indexname FROM pg_indexes WHERE tablename = 'rag_chunks'")
+    present = await conn.fetch(
+        "SELECT indexname FROM pg_indexes WHERE tablename = 'rag_chunks' AND schemaname = current_schema()"
+    )
     missing = [name for name in indexes if name not in {row["indexname"] for row in present}]
     if not missing or not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", BULK_LOCK):
         return
@@ -133,7 +137,7 @@ async def _restore_search_indexes(conn: asyncpg.Connection, ef_construction: int
 async def _follow_ef_construction(conn: asyncpg.Connection, ef_construction: int) -> None:
     """Make the HNSW index's ef_construction the configured one: inserts link with it from now on. The links
     already in the graph stay as they were built until a bulk load builds the graph again."""
-    index = await conn.fetchrow("SELECT reloptions FROM pg_class WHERE relname = 'rag_chunks_embedding'")
+    index = await conn.fetchrow("SELECT reloptions FROM pg_class WHERE oid = to_regclass('rag_chunks_embedding')")
     if index is None:
         return  # dropped by a bulk load that is running: its build uses its own setting
     current = dict(option.split("=", 1) for option in index["reloptions"] or [])

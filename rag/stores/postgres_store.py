@@ -38,7 +38,7 @@ import numpy as np
 from pgvector.asyncpg import register_vector
 
 from rag.access import AccessList, Reader
-from rag.errors import DocumentNotFound, TenantForbidden
+from rag.errors import DocumentNotFound, SpaceRetired, TenantForbidden
 from rag.stores import pg_access, pg_export
 from rag.stores.base import AccessByDocument, SearchRequest, StoredDocument
 from rag.stores.pg_filters import SqlParams
@@ -47,6 +47,7 @@ from rag.stores.pg_pool import pooled_connection
 from rag.stores.pg_schema import (
     BULK_LOCK,
     PGVECTOR_EF_CONSTRUCTION,
+    SPACE_LOCK,
     migrate,
     search_indexes,
 )
@@ -107,6 +108,7 @@ class PostgresVectorStore:
         self.ef_construction = ef_construction
         self.rewrite_on_purge = False  # PG_PURGE_REWRITE: see `purge`
         self._counts = (0, 0)
+        self.follower = False  # written by the space builder: writes pass the 'retired' marker
 
     @classmethod
     async def open(
@@ -118,16 +120,25 @@ class PostgresVectorStore:
         ef_search: int = 100,
         pool_size: int = 10,
         ef_construction: int = PGVECTOR_EF_CONSTRUCTION,
+        schema: str | None = None,
     ) -> PostgresVectorStore:
         """Open the store in the database at `dsn`; this replica's keyword index lives in `keyword_dir` (built from
-        the table when it is missing). `ef_construction` is what the HNSW graph is built and grown with."""
-        # The extension must exist before a connection can register the vector codec.
-        conn = await asyncpg.connect(dsn)
+        the table when it is missing). `ef_construction` is what the HNSW graph is built and grown with. With
+        `schema`, the store's tables are in that schema (created when missing) instead of the default one: a second
+        embedding space's (rag/spaces/); the `vector` extension stays where it is."""
+        # Every connection finds the tables through its search path, so no query names a schema.
+        settings = {} if schema is None else {"search_path": f'"{schema}", public'}
+        conn = await asyncpg.connect(dsn, server_settings=settings)
         try:
+            if schema is not None:
+                await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+            # The extension must exist before a connection can register the vector codec.
             store_id = await migrate(conn, embedding_model, dimension, ef_construction)
         finally:
             await conn.close()
-        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=pool_size, init=_init_connection)
+        pool = await asyncpg.create_pool(
+            dsn, min_size=1, max_size=pool_size, init=_init_connection, server_settings=settings
+        )
         try:
             keywords = await FollowedKeywordIndex.open(pool, keyword_dir, store_id)
         except BaseException:
@@ -168,6 +179,37 @@ class PostgresVectorStore:
         self._counts = (int(row["chunks"]), int(row["documents"]))
 
     # --- writing ---------------------------------------------------------------------------------
+
+    async def _writing(self, conn: asyncpg.Connection) -> None:
+        """First step of every write's transaction: hold the space lock shared (a switch holds it alone, so no write
+        runs across one) and refuse the write once this schema's space was switched away from (rag/spaces/)."""
+        if self.follower:
+            return  # the builder's own writes, made while it holds the lock for a switch
+        await conn.execute("SELECT pg_advisory_xact_lock_shared($1)", SPACE_LOCK)
+        # A statement of its own, after the lock: a statement reads the snapshot taken when it began, so reading the
+        # marker in the same one would read it as it was before a switch this write waited for.
+        if await conn.fetchval("SELECT value FROM rag_meta WHERE key = 'retired'") is not None:
+            raise SpaceRetired("this schema's embedding space was switched away from; write to the active one")
+
+    @asynccontextmanager
+    async def switch_barrier(self) -> AsyncIterator[None]:
+        """Hold off every write, from every replica, while searches and exports go on: the space lock, alone."""
+        async with self._connection() as conn:
+            await conn.execute("SELECT pg_advisory_lock($1)", SPACE_LOCK)
+            try:
+                yield
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock($1)", SPACE_LOCK)
+
+    async def mark_retired(self, retired: bool) -> None:
+        """Set or clear the marker `_writing` reads; the switch does it while it holds the space lock."""
+        async with self._connection() as conn:
+            if retired:
+                await conn.execute(
+                    "INSERT INTO rag_meta (key, value) VALUES ('retired', now()::text) ON CONFLICT (key) DO NOTHING"
+                )
+            else:
+                await conn.execute("DELETE FROM rag_meta WHERE key = 'retired'")
 
     @asynccontextmanager
     async def bulk_load(self, index_memory: str = "1GB") -> AsyncIterator[None]:
@@ -226,6 +268,7 @@ class PostgresVectorStore:
             documents.setdefault(chunk.document_id, []).append(chunk)
         ids = sorted(documents)
         async with self._connection() as conn, conn.transaction():
+            await self._writing(conn)
             # one lock per document id, taken in order: concurrent replacements of a document serialise
             await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(id, 0)) FROM unnest($1::text[]) id", ids)
             if org_id is not None and await conn.fetchval(
@@ -288,6 +331,7 @@ class PostgresVectorStore:
 
     async def delete(self, document_id: str, org_id: str | None = None, reader: Reader | None = None) -> int:
         async with self._connection() as conn, conn.transaction():
+            await self._writing(conn)
             await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", document_id)
             if reader is not None and await pg_access.unreadable(conn, [document_id], reader):
                 raise DocumentNotFound(f"no document with id {document_id!r}")
@@ -312,6 +356,7 @@ class PostgresVectorStore:
         chunks."""
         ids = sorted(set(document_ids))
         async with self._connection() as conn, conn.transaction():
+            await self._writing(conn)
             await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(id, 0)) FROM unnest($1::text[]) id", ids)
             removed = await conn.fetchrow(
                 "WITH gone AS (DELETE FROM rag_documents WHERE id = ANY($1) AND ($2::text IS NULL OR org_id = $2) "
@@ -346,6 +391,14 @@ class PostgresVectorStore:
                 rows = await conn.fetch("SELECT id FROM rag_documents WHERE org_id = $1 ORDER BY seq", org_id)
         return [row["id"] for row in rows]
 
+    async def document_states(self) -> dict[str, tuple[int, str | None]]:
+        async with self._connection() as conn:
+            rows = await conn.fetch(
+                "SELECT d.id, d.seq, array_to_string(l.users, ',') || ' ' || array_to_string(l.groups, ',') AS access "
+                "FROM rag_documents d LEFT JOIN rag_access_lists l ON l.document_id = d.id"
+            )
+        return {row["id"]: (int(row["seq"]), row["access"]) for row in rows}
+
     async def purge(self, deleted_here: bool = True) -> None:
         """Purge what deletions left: this replica's keyword index segments holding deleted entries are rewritten,
         and the tables vacuumed. A plain VACUUM makes dead rows free space but leaves their bytes in the page until
@@ -363,6 +416,7 @@ class PostgresVectorStore:
 
     async def set_access(self, document_id: str, access: AccessList | None, org_id: str | None = None) -> None:
         async with self._connection() as conn, conn.transaction():
+            await self._writing(conn)
             await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", document_id)
             if not await conn.fetchval(
                 "SELECT count(*) FROM rag_documents WHERE id = $1 AND ($2::text IS NULL OR org_id = $2)",

@@ -1,0 +1,186 @@
+"""Which embedding space this replica serves, and the move to another when the registry says so.
+
+At start-up the registry's active space decides the embedder and store (none registered: the settings' embedder and
+the first store, as ever). `ActiveSpace.watch` then polls the registry; when another space became active it opens
+that space's embedder and store and swaps them into the retriever, the indexer and the routes in one step of the event
+loop (no request sees one space's embedder with the other's store), and closes the old pair once the requests that
+took it have had time to end. A write that reaches the old store after the switch is refused by it (SpaceRetired);
+the indexer then waits for this swap and writes again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any, Protocol
+
+from config import Settings
+from rag.access import AccessList, Reader
+from rag.embedders.factory import build_embedder
+from rag.errors import InvalidRequest, SpaceRetired, StoreIncompatible
+from rag.spaces.registry import DEFAULT_SPACE, Space, SpaceRegistry
+from rag.stores import VectorStore, open_store
+from rag.types import Embedder
+
+logger = logging.getLogger(__name__)
+
+# The settings that choose an embedder: a space records them, over the service's own, so it is built the same way
+# on every replica and after every restart (keys and secrets stay in the settings).
+EMBEDDER_KEYS = (
+    "embedder",
+    "embedder_backend",
+    "embedding_model",
+    "embedder_options",
+    "embeddings_base_url",
+    "use_openai_embeddings",
+    "openai_embedding_model",
+)
+SWITCH_RETRIES = 2  # a write meeting a switch moves to the new space; two switches within one write are not waited out
+CLOSE_AFTER_SECONDS = 30.0  # a retired pair stays open this long for the requests that began on it
+
+
+def embedder_settings(settings: Settings, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The service's embedder settings with `overrides` over them (unknown keys refused)."""
+    unknown = set(overrides or {}) - set(EMBEDDER_KEYS)
+    if unknown:
+        raise InvalidRequest(f"not an embedder setting: {', '.join(sorted(unknown))}; use {', '.join(EMBEDDER_KEYS)}")
+    return {**{key: getattr(settings, key) for key in EMBEDDER_KEYS}, **(overrides or {})}
+
+
+async def open_space(settings: Settings, space: Space | None, follower: bool = False) -> tuple[Embedder, VectorStore]:
+    """A space's embedder and store (None: the settings' embedder and the first store). `follower`: the builder's
+    handle, which may write the store while it is not the active one."""
+    embedder = await build_embedder(settings if space is None else settings.model_copy(update=space.embedder))
+    try:
+        if space is not None and (embedder.model_name, embedder.dimension) != (space.model, space.dimension):
+            raise StoreIncompatible(
+                f"space {space.name!r} was built with {space.model!r} (dimension {space.dimension}), but its embedder "
+                f"settings now build {embedder.model_name!r} (dimension {embedder.dimension})"
+            )
+        location = None if space is None or space.name == DEFAULT_SPACE else space.name
+        store = await open_store(settings, embedder.model_name, embedder.dimension, location)
+    except BaseException:
+        await embedder.aclose()
+        raise
+    if follower:
+        store.follower = True  # type: ignore[attr-defined]
+    return embedder, store
+
+
+class UsesSpace(Protocol):
+    embedder: Embedder
+    store: VectorStore
+
+
+class ActiveStore:
+    """The active space's store, whichever that is at each call: what the routes and the purger hold. A write that
+    reaches a store switched away from moves to the active space and is made again there."""
+
+    def __init__(self, space: ActiveSpace) -> None:
+        self._space = space
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._space.store, name)
+
+    async def _write(self, method: str, *args: Any) -> Any:
+        for attempt in range(SWITCH_RETRIES + 1):
+            try:
+                return await getattr(self._space.store, method)(*args)
+            except SpaceRetired:
+                if attempt == SWITCH_RETRIES:
+                    raise
+                await self._space.refresh()
+
+    async def delete(self, document_id: str, org_id: str | None = None, reader: Reader | None = None) -> int:
+        return int(await self._write("delete", document_id, org_id, reader))
+
+    async def delete_many(self, document_ids: list[str], org_id: str | None = None) -> int:
+        return int(await self._write("delete_many", document_ids, org_id))
+
+    async def set_access(self, document_id: str, access: AccessList | None, org_id: str | None = None) -> None:
+        await self._write("set_access", document_id, access, org_id)
+
+
+class ActiveEmbedder:
+    """The active space's embedder, whichever that is at each call (the routes' embeddings and health)."""
+
+    def __init__(self, space: ActiveSpace) -> None:
+        self._space = space
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._space.embedder, name)
+
+
+class ActiveSpace:
+    def __init__(
+        self, settings: Settings, registry: SpaceRegistry, name: str, embedder: Embedder, store: VectorStore
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.name = name
+        self.embedder = embedder
+        self.store = store
+        self.users: list[UsesSpace] = []  # the retriever and the indexer: given each new pair
+        self._swap = asyncio.Lock()
+        self._closing: set[asyncio.Task[None]] = set()
+        self._watch: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def open(cls, settings: Settings, registry: SpaceRegistry) -> ActiveSpace:
+        space = await registry.active()
+        embedder, store = await open_space(settings, space)
+        if space is not None and space.model != settings.embedding_model:
+            logger.warning(
+                "embedding space %r (%s) is active, not EMBEDDING_MODEL=%s: set EMBEDDING_MODEL to match",
+                space.name,
+                space.model,
+                settings.embedding_model,
+            )
+        return cls(settings, registry, DEFAULT_SPACE if space is None else space.name, embedder, store)
+
+    async def refresh(self) -> bool:
+        """Move to the registry's active space if it is another; True when this replica moved."""
+        async with self._swap:
+            space = await self.registry.active()
+            if space is None or space.name == self.name:
+                return False
+            embedder, store = await open_space(self.settings, space)
+            old = (self.embedder, self.store)
+            self.name, self.embedder, self.store = space.name, embedder, store
+            for user in self.users:
+                user.embedder, user.store = embedder, store
+            logger.info("embedding space %r (%s) is now active here", space.name, space.model)
+            task = asyncio.create_task(self._close_later(*old))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+            return True
+
+    async def _close_later(self, embedder: Embedder, store: VectorStore) -> None:
+        try:
+            await asyncio.sleep(CLOSE_AFTER_SECONDS)
+        finally:
+            await store.aclose()
+            await embedder.aclose()
+
+    def start_watching(self, interval: float) -> None:
+        self._watch = asyncio.create_task(self._watch_loop(interval))
+
+    async def _watch_loop(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.refresh()
+            except Exception:
+                logger.exception("could not follow the active embedding space; trying again")
+
+    async def aclose(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+        for task in list(self._closing):
+            task.cancel()
+        await asyncio.gather(*self._closing, return_exceptions=True)
+        await self.store.aclose()
+        await self.embedder.aclose()

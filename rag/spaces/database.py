@@ -1,0 +1,130 @@
+"""The little SQL the space registry needs, on either database: SQLite beside the embedded store, or the PostgreSQL
+the replicas share. Queries are written once with `$1` placeholders, which SQLite reads as `?1`."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, Protocol
+
+import anyio
+import asyncpg
+
+Row = tuple[Any, ...]
+
+
+class Database(Protocol):
+    async def fetch(self, sql: str, *args: Any) -> list[Row]: ...
+
+    async def execute(self, sql: str, *args: Any) -> None: ...
+
+    async def executemany(self, sql: str, rows: Sequence[Row]) -> None: ...
+
+    def transaction(self) -> Any:
+        """An async context manager yielding a Database whose statements commit together, or not at all."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+class SqliteDatabase:
+    """One connection, used from worker threads one statement at a time; a transaction holds it throughout (and,
+    from BEGIN IMMEDIATE, SQLite's write lock, so another process's transaction waits)."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._lock = asyncio.Lock()
+
+    @staticmethod
+    def _sql(sql: str) -> str:
+        return sql.replace("$", "?")
+
+    async def _run(self, sql: str, args: Sequence[Any]) -> list[Row]:
+        return await anyio.to_thread.run_sync(lambda: self._db.execute(self._sql(sql), args).fetchall())
+
+    async def fetch(self, sql: str, *args: Any) -> list[Row]:
+        async with self._lock:
+            return await self._run(sql, args)
+
+    async def execute(self, sql: str, *args: Any) -> None:
+        await self.fetch(sql, *args)
+
+    async def executemany(self, sql: str, rows: Sequence[Row]) -> None:
+        async with self._lock:
+            await anyio.to_thread.run_sync(lambda: self._db.executemany(self._sql(sql), rows))
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[_SqliteTransaction]:
+        async with self._lock:
+            await self._run("BEGIN IMMEDIATE", ())
+            try:
+                yield _SqliteTransaction(self)
+            except BaseException:
+                await self._run("ROLLBACK", ())
+                raise
+            await self._run("COMMIT", ())
+
+    async def aclose(self) -> None:
+        self._db.close()
+
+
+class _SqliteTransaction:
+    def __init__(self, db: SqliteDatabase) -> None:
+        self._db = db
+
+    async def fetch(self, sql: str, *args: Any) -> list[Row]:
+        return await self._db._run(sql, args)
+
+    async def execute(self, sql: str, *args: Any) -> None:
+        await self._db._run(sql, args)
+
+    async def executemany(self, sql: str, rows: Sequence[Row]) -> None:
+        sql = self._db._sql(sql)
+        await anyio.to_thread.run_sync(lambda: self._db._db.executemany(sql, rows))
+
+
+class PgDatabase:
+    """A small pool in the `public` schema (the registry is the replicas' one, whichever space is active)."""
+
+    def __init__(self, pool: asyncpg.Pool, conn: asyncpg.Connection | None = None) -> None:
+        self._pool = pool
+        self._conn = conn
+
+    @classmethod
+    async def open(cls, dsn: str) -> PgDatabase:
+        return cls(await asyncpg.create_pool(dsn, min_size=1, max_size=2))
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+        if self._conn is not None:
+            yield self._conn
+        else:
+            async with self._pool.acquire() as conn:
+                yield conn
+
+    async def fetch(self, sql: str, *args: Any) -> list[Row]:
+        async with self._connection() as conn:
+            return [tuple(row) for row in await conn.fetch(sql, *args)]
+
+    async def execute(self, sql: str, *args: Any) -> None:
+        async with self._connection() as conn:
+            await conn.execute(sql, *args)
+
+    async def executemany(self, sql: str, rows: Sequence[Row]) -> None:
+        async with self._connection() as conn:
+            await conn.executemany(sql, rows)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[PgDatabase]:
+        async with self._pool.acquire() as conn, conn.transaction():
+            yield PgDatabase(self._pool, conn)
+
+    async def aclose(self) -> None:
+        if self._conn is None:
+            await self._pool.close()

@@ -1,0 +1,237 @@
+"""A new embedding model without downtime (rag/spaces/), on both backends, through a live service: a second space is
+built while writers add, replace, delete and re-list documents; the switch loses nothing acknowledged; searches then
+use the new model; the old space follows, so switching back is one step; dropping removes its store. A store whose
+space was switched away from refuses writes; bad requests get clear errors."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from main import create_app
+from rag.errors import SpaceRetired
+from rag.types import Chunk
+from tests import test_store_conformance as conformance
+from tests.conftest import make_settings
+from tests.servers import serve
+from tests.test_store_conformance import Backend
+
+HASHING = {"embedder": "examples.plugins.hashing_embedder:HashingEmbedder", "embedder_options": {"dimension": 64}}
+backend = conformance.backend
+WORDS = [
+    "comet",
+    "orbit",
+    "nebula",
+    "galaxy",
+    "quasar",
+    "pulsar",
+    "meteor",
+    "crater",
+    "lunar",
+    "solar",
+    "eclipse",
+    "zenith",
+    "aurora",
+    "photon",
+    "plasma",
+]
+
+
+def text_of(n: int, version: int = 0) -> str:
+    words = [WORDS[(n * 7 + i * 3 + version) % len(WORDS)] for i in range(12)]
+    return f"Document {n} version {version} about " + " ".join(words) + "."
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 120.0, what: str = "a condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def spaces(http: httpx.Client) -> dict[str, dict[str, Any]]:
+    response = http.get("/api/v1/embedding-spaces")
+    assert response.status_code == 200, response.text
+    return {space["name"]: space for space in response.json()["spaces"]}
+
+
+def serving_model(http: httpx.Client) -> str:
+    return str(http.get("/api/v1/health").json()["embedder"]["model"])
+
+
+class Writers:
+    """Adds, replaces, deletes and re-lists documents until stopped, keeping what was acknowledged."""
+
+    def __init__(self, http: httpx.Client, first: int) -> None:
+        self.http = http
+        self.next = first
+        self.held: dict[str, tuple[str, list[str] | None]] = {}  # id -> (text, users of its access list)
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Writers:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)
+
+    def _run(self) -> None:
+        rng = np.random.default_rng(7)
+        while not self._stop.is_set():
+            n, self.next = self.next, self.next + 1
+            doc = f"w{n}"
+            response = self.http.post("/api/v1/documents/add", json={"documents": [text_of(n)], "ids": [doc]})
+            if response.status_code != 200:
+                self.errors.append(f"add {doc}: {response.status_code} {response.text}")
+                continue
+            self.held[doc] = (text_of(n), None)
+            victim = f"w{int(rng.integers(n - 5, n))}" if n > 5 else None
+            if victim in self.held and n % 3 == 0:
+                response = self.http.delete(f"/api/v1/documents/{victim}")
+                if response.status_code == 200:
+                    self.held.pop(victim)
+                else:
+                    self.errors.append(f"delete {victim}: {response.status_code} {response.text}")
+            elif victim in self.held and n % 3 == 1:
+                access = {"users": [f"user{n}"], "groups": []}
+                response = self.http.put(f"/api/v1/documents/{victim}/access", json=access)
+                if response.status_code == 200:
+                    self.held[victim] = (self.held[victim][0], [f"user{n}"])
+                else:
+                    self.errors.append(f"access {victim}: {response.status_code} {response.text}")
+            elif victim in self.held:
+                text = text_of(n, version=1)
+                body = {"documents": [text], "ids": [victim]}
+                response = self.http.post("/api/v1/documents/add", json=body)
+                if response.status_code == 200:
+                    self.held[victim] = (text, self.held[victim][1])
+                else:
+                    self.errors.append(f"replace {victim}: {response.status_code} {response.text}")
+
+
+def assert_holds(http: httpx.Client, held: dict[str, tuple[str, list[str] | None]], when: str) -> None:
+    """The serving store holds exactly what was acknowledged: every document, as last written, with its list."""
+    listed: set[str] = set()
+    offset = 0
+    while True:
+        page = http.get("/api/v1/documents", params={"offset": offset, "limit": 200}).json()
+        listed |= {doc["id"] for doc in page["documents"]}
+        offset += 200
+        if offset >= page["total"]:
+            break
+    assert listed == set(held), when
+    for doc, (text, users) in held.items():
+        body = http.get(f"/api/v1/documents/{doc}").json()
+        assert body["preview"] == text[: len(body["preview"])], (when, doc)
+        assert (body["access"] or {}).get("users") == users, (when, doc)
+
+
+@pytest.fixture(params=["numpy", "postgres"])
+def service(request: pytest.FixtureRequest, tmp_path: Path, upstream: Any) -> Iterator[httpx.Client]:
+    extra: dict[str, Any] = {}
+    if request.param == "postgres":
+        extra = {"vector_store": "postgres", "database_url": request.getfixturevalue("pg_dsn")}
+    settings = make_settings(
+        tmp_path / "data",
+        upstream.url,
+        space_pass_seconds=0.2,
+        space_poll_seconds=0.2,
+        similarity_threshold=0.0,
+        **extra,
+    )
+    with serve(create_app(settings)) as url, httpx.Client(base_url=url, timeout=60) as http:
+        http.settings = settings  # type: ignore[attr-defined]
+        yield http
+
+
+def test_a_new_model_is_built_beside_switched_to_and_back_and_dropped_without_losing_a_write(
+    service: httpx.Client,
+) -> None:
+    http = service
+    first_model = serving_model(http)
+    docs = [text_of(n) for n in range(40)]
+    ids = [f"d{n}" for n in range(40)]
+    assert http.post("/api/v1/documents/add", json={"documents": docs, "ids": ids}).status_code == 200
+
+    with Writers(http, first=1000) as writers:
+        response = http.post("/api/v1/embedding-spaces", json={"embedder": HASHING})
+        assert response.status_code == 202, response.text
+        assert response.json() | {"state": "building"} == response.json()
+        name = response.json()["name"]
+        assert name == "hashing_64"
+        ready = wait_for(lambda: spaces(http)[name]["state"] == "ready" and spaces(http)[name], what="ready")
+        assert ready["progress"]["documents_done"] > 0
+        assert serving_model(http) == first_model  # searches use the old space until the switch
+        assert http.post(f"/api/v1/embedding-spaces/{name}/activate").status_code == 202
+        wait_for(lambda: serving_model(http) == "hashing-64", what="the switch")
+        time.sleep(1.0)  # writes go on into the new space
+    assert writers.errors == []
+    held = {doc: (text, None) for doc, text in zip(ids, docs, strict=True)} | writers.held
+    assert_holds(http, held, "after the switch")
+    found = http.get("/api/v1/documents/search", params={"query": text_of(3), "top_k": 1}).json()["results"]
+    assert found[0]["document_id"] == "d3"  # the hashing model finds its exact words
+
+    # The old space followed: switching back loses nothing written since the first switch.
+    everything = spaces(http)
+    assert everything[name]["state"] == "active" and everything["default"]["state"] == "retired"
+    tag = uuid.uuid4().hex
+    assert http.post("/api/v1/documents/add", json={"documents": [f"{tag} zenith"], "ids": [tag]}).status_code == 200
+    held[tag] = (f"{tag} zenith", None)
+    assert http.post("/api/v1/embedding-spaces/default/activate").status_code == 202
+    wait_for(lambda: serving_model(http) == first_model, what="the switch back")
+    assert_holds(http, held, "after the switch back")
+
+    assert http.delete(f"/api/v1/embedding-spaces/{name}").status_code == 202
+    wait_for(lambda: name not in spaces(http), what="the drop")
+    settings = http.settings  # type: ignore[attr-defined]
+    if settings.vector_store == "numpy":
+        assert not (settings.data_dir / "spaces" / name).exists()
+    assert_holds(http, held, "after the drop")
+
+
+def test_requests_that_do_not_fit_get_clear_errors(service: httpx.Client) -> None:
+    http = service
+    bad = http.post("/api/v1/embedding-spaces", json={"embedder": {"api_keys": "x"}})
+    assert bad.status_code == 422 and "not an embedder setting" in bad.json()["error"]["message"]
+    broken = http.post("/api/v1/embedding-spaces", json={"embedder": {"embedder": "no.such.module:Nothing"}})
+    assert broken.status_code == 422 and broken.json()["error"]["type"]
+    named = http.post("/api/v1/embedding-spaces", json={"embedder": HASHING, "name": "../etc"})
+    assert named.status_code == 422
+    assert http.post("/api/v1/embedding-spaces", json={"embedder": HASHING}).status_code == 202
+    again = http.post("/api/v1/embedding-spaces", json={"embedder": HASHING, "name": "other"})
+    assert again.status_code == 409 and "already embeds" in again.json()["error"]["message"]
+    assert http.post("/api/v1/embedding-spaces/nothing/activate").status_code == 404
+    assert http.delete("/api/v1/embedding-spaces/default").status_code == 409  # the active one
+    assert http.post("/api/v1/embedding-spaces/default/activate").status_code == 409
+
+
+async def test_a_store_switched_away_from_refuses_writes_but_its_follower_handle(backend: Backend) -> None:
+    store = await backend.open()
+    chunk = [Chunk("a:0", "a", "text", {})]
+    vector = np.ones((1, store.dimension), dtype=np.float32) / np.sqrt(store.dimension)
+    await store.upsert(chunk, vector)
+    await store.mark_retired(True)  # type: ignore[attr-defined]
+    with pytest.raises(SpaceRetired):
+        await store.upsert(chunk, vector)
+    with pytest.raises(SpaceRetired):
+        await store.delete("a")
+    store.follower = True  # type: ignore[attr-defined]
+    await store.delete("a")
+    store.follower = False  # type: ignore[attr-defined]
+    await store.mark_retired(False)
+    await store.upsert(chunk, vector)
+    assert (await store.document_states()).keys() == {"a"}  # type: ignore[attr-defined]
