@@ -235,3 +235,48 @@ async def test_a_store_switched_away_from_refuses_writes_but_its_follower_handle
     await store.mark_retired(False)
     await store.upsert(chunk, vector)
     assert (await store.document_states()).keys() == {"a"}  # type: ignore[attr-defined]
+
+
+def test_a_build_killed_midway_goes_on_from_where_it_was_after_a_restart(tmp_path: Path, fake_upstream: Any) -> None:
+    """The service starts on the hashing embedder; a space for the bundled MiniLM is asked for, and the service is
+    SIGKILLed while it is part built. Restarted, the builder goes on (the documents it held are not embedded again),
+    and the space, activated, holds every document."""
+    from bench.service_process import ServiceProcess
+
+    settings = {
+        "embedder": HASHING["embedder"],
+        "embedder_options": '{"dimension": 64}',
+        "space_pass_seconds": "0.2",
+        "similarity_threshold": "0.0",
+    }
+    total = 1500
+    with ServiceProcess(tmp_path / "data", fake_upstream.url, **settings) as service:
+        service.wait_ready()
+        with httpx.Client(base_url=service.url, timeout=120) as http:
+            for start in range(0, total, 100):
+                ids = [f"d{n}" for n in range(start, start + 100)]
+                body = {"documents": [text_of(n) for n in range(start, start + 100)], "ids": ids}
+                response = http.post("/api/v1/documents/add", json=body)
+                assert response.status_code == 200, response.text
+            response = http.post("/api/v1/embedding-spaces", json={"embedder": {"embedder": "onnx"}})
+            assert response.status_code == 202, response.text
+            name = response.json()["name"]
+            part = wait_for(
+                lambda: 0 < spaces(http)[name]["progress"]["documents_done"] < total and spaces(http)[name],
+                what="a space part built",
+            )
+        service.kill()
+    done_before = part["progress"]["documents_done"]
+    with ServiceProcess(tmp_path / "data", fake_upstream.url, **settings) as service:
+        service.wait_ready()
+        with httpx.Client(base_url=service.url, timeout=120) as http:
+            ready = wait_for(lambda: spaces(http)[name]["state"] == "ready" and spaces(http)[name], what="ready")
+            # only what was not held before the kill was embedded after it (a batch may be embedded twice)
+            assert ready["progress"]["documents_done"] == total
+            embedded_after = ready["progress"]["chunks_embedded"] - part["progress"]["chunks_embedded"]
+            assert embedded_after <= total - done_before + 512
+            assert http.post(f"/api/v1/embedding-spaces/{name}/activate").status_code == 202
+            wait_for(lambda: serving_model(http) != "hashing-64", what="the switch")
+            assert http.get("/api/v1/health").json()["store"]["documents"] == total
+            hits = http.get("/api/v1/documents/search", params={"query": text_of(1234), "top_k": 3}).json()
+            assert "d1234" in {hit["document_id"] for hit in hits["results"]}

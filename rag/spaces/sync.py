@@ -38,7 +38,7 @@ async def follow(
     embedder: Embedder,
     registry: SpaceRegistry,
     name: str,
-    batch_chunks: int = 2048,
+    batch_chunks: int = 512,
     on_batch: Callable[[Progress], Awaitable[None]] | None = None,
 ) -> Progress:
     """Bring follower `name` (`target`, embedding with `embedder`) up to the active store `source`."""
