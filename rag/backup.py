@@ -12,6 +12,10 @@ of one commit:
 - the files of jobs not yet run (`uploads/`), copied before the jobs database, so every job it holds finds its
   files.
 
+With embedding spaces (rag/spaces/), the store backed up is the active space's (`store/`, or `spaces/<name>/store`),
+and the backup's registry keeps that space alone: a space being built, or kept to switch back to, is asked for again
+after a restore (its store would not be of the same moment as the active one). A switch during the backup fails it.
+
 A backup is written beside DEST under another name and renamed to DEST once complete and fsynced: a backup killed
 midway leaves no DEST, and the store untouched (its aside links are removed by the next backup). One backup at a
 time per DATA_DIR. On PostgreSQL the store, the chats and the audit log live in the database: back it up with its
@@ -40,6 +44,7 @@ from rag.durable import fsync_path
 logger = logging.getLogger(__name__)
 
 STORE = "store"
+SPACES = "spaces.sqlite3"  # the embedding spaces' registry (rag/spaces/registry.py)
 CATALOG = "catalog.sqlite3"
 KEYWORDS = "keywords"
 STORE_WRITE_LOCK = ".lock"  # as rag/stores/numpy_store.py names it
@@ -181,6 +186,26 @@ def remove_asides(store: Path) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
+def _active_space(registry: Path) -> str | None:
+    if not registry.exists():
+        return None
+    with contextlib.closing(sqlite3.connect(registry)) as conn:
+        try:
+            row = conn.execute("SELECT name FROM rag_spaces WHERE state = 'active'").fetchone()
+        except sqlite3.OperationalError:  # no table yet
+            return None
+    return None if row is None else str(row[0])
+
+
+def _keep_only_active_space(registry: Path, active: str | None) -> None:
+    """The backup's registry: the space backed up, alone (see the module's text)."""
+    if _active_space(registry) != active:
+        raise BackupError("the active embedding space switched during the backup; run it again")
+    with contextlib.closing(sqlite3.connect(registry, isolation_level=None)) as conn:
+        conn.execute("DELETE FROM rag_spaces WHERE state <> 'active'")
+        conn.execute("DELETE FROM rag_space_ledger")
+
+
 def backup(data_dir: Path, destination: Path, store_backend: str = "numpy") -> BackupReport:
     """Write a consistent backup of `data_dir` to `destination`, which must not exist (or be an empty folder)."""
     destination = destination.resolve()
@@ -194,7 +219,9 @@ def backup(data_dir: Path, destination: Path, store_backend: str = "numpy") -> B
     report = BackupReport(str(destination), time.time())
     started = time.perf_counter()
     partial = destination.parent / f".{destination.name}.partial-{uuid.uuid4().hex[:8]}"
-    store = data_dir / STORE
+    active = _active_space(data_dir / SPACES)
+    folder = STORE if active in (None, "default") else f"spaces/{active}/{STORE}"
+    store = data_dir / folder
     try:
         with open(data_dir / BACKUP_LOCK, "a+b") as lock:
             try:
@@ -207,8 +234,8 @@ def backup(data_dir: Path, destination: Path, store_backend: str = "numpy") -> B
                 aside = store / f"{ASIDE_PREFIX}{uuid.uuid4().hex[:8]}"
                 try:
                     with contextlib.closing(_store_aside(store, aside, report)) as catalog:
-                        _copy_database(catalog, partial / STORE / CATALOG)
-                    _move_tree(aside, partial / STORE)
+                        _copy_database(catalog, partial / folder / CATALOG)
+                    _move_tree(aside, partial / folder)
                 finally:
                     shutil.rmtree(aside, ignore_errors=True)
             if (data_dir / UPLOADS).is_dir():
@@ -218,6 +245,8 @@ def backup(data_dir: Path, destination: Path, store_backend: str = "numpy") -> B
                     source.execute("PRAGMA busy_timeout = 30000")
                     _copy_database(source, partial / database.name)
                 report.databases.append(database.name)
+            if (partial / SPACES).exists():
+                _keep_only_active_space(partial / SPACES, active)
             report.seconds = time.perf_counter() - started
             (partial / MANIFEST).write_text(json.dumps(asdict(report), indent=2) + "\n", encoding="utf-8")
             _fsync_tree(partial, report)

@@ -6,20 +6,24 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from config import Settings
-from rag.embedders.factory import build_embedder
-from rag.stores import VectorStore, open_store
+from rag.spaces import open_registry
+from rag.spaces.active import open_space
+from rag.stores import VectorStore
 from rag.types import Embedder
 
 
 @asynccontextmanager
 async def embedder_and_store(settings: Settings) -> AsyncIterator[tuple[Embedder, VectorStore]]:
-    """The configured embedder and store; opening the store checks that it was built with that embedder's model."""
-    embedder = await build_embedder(settings)
+    """The active embedding space's embedder and store (rag/spaces/; none registered: the configured embedder and
+    the first store); opening the store checks that it was built with that embedder's model."""
+    registry = await open_registry(settings)
     try:
-        store = await open_store(settings, embedder.model_name, embedder.dimension)
-        try:
-            yield embedder, store
-        finally:
-            await store.aclose()
+        space = await registry.active()
     finally:
+        await registry.aclose()
+    embedder, store = await open_space(settings, space)
+    try:
+        yield embedder, store
+    finally:
+        await store.aclose()
         await embedder.aclose()

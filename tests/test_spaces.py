@@ -280,3 +280,27 @@ def test_a_build_killed_midway_goes_on_from_where_it_was_after_a_restart(tmp_pat
             assert http.get("/api/v1/health").json()["store"]["documents"] == total
             hits = http.get("/api/v1/documents/search", params={"query": text_of(1234), "top_k": 3}).json()
             assert "d1234" in {hit["document_id"] for hit in hits["results"]}
+
+
+def test_a_backup_holds_the_active_space_and_the_service_starts_on_it(tmp_path: Path, upstream: Any) -> None:
+    """After a switch, a backup copies the active space's store (under spaces/) and a registry of that space alone;
+    the service started on the backup serves it with every document."""
+    from rag.backup import backup
+
+    settings = make_settings(tmp_path / "data", upstream.url, space_pass_seconds=0.2, space_poll_seconds=0.2)
+    ids = [f"d{n}" for n in range(30)]
+    with serve(create_app(settings)) as url, httpx.Client(base_url=url, timeout=60) as http:
+        body = {"documents": [text_of(n) for n in range(30)], "ids": ids}
+        assert http.post("/api/v1/documents/add", json=body).status_code == 200
+        name = http.post("/api/v1/embedding-spaces", json={"embedder": HASHING}).json()["name"]
+        wait_for(lambda: spaces(http)[name]["state"] == "ready", what="ready")
+        assert http.post(f"/api/v1/embedding-spaces/{name}/activate").status_code == 202
+        wait_for(lambda: serving_model(http) == "hashing-64", what="the switch")
+        report = backup(settings.data_dir, tmp_path / "backup")
+        assert report.documents == 30
+    assert not (tmp_path / "backup" / "store").exists()  # the retired first store is not in it
+    restored = make_settings(tmp_path / "backup", upstream.url)
+    with serve(create_app(restored)) as url, httpx.Client(base_url=url, timeout=60) as http:
+        assert serving_model(http) == "hashing-64"
+        assert list(spaces(http)) == [name]
+        assert_holds(http, {doc: (text_of(n), None) for n, doc in enumerate(ids)}, "restored")

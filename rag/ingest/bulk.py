@@ -31,10 +31,10 @@ from typing import IO, Any
 
 from config import Settings, settings_or_exit
 from rag.access import AccessList
-from rag.embedders.factory import build_embedder
+from rag.commands import embedder_and_store
 from rag.errors import InvalidRequest, RAGError
 from rag.ingest.indexer import Indexer
-from rag.stores import VectorStore, open_store
+from rag.stores import VectorStore
 from rag.stores.base import AccessByDocument
 
 PROGRESS_SECONDS = 10.0
@@ -102,39 +102,33 @@ def batches(source: Iterator[Line], size: int) -> Iterator[list[Line]]:
 
 async def load(lines: IO[str], settings: Settings, batch_size: int) -> tuple[int, int]:
     """Store every document of `lines`; returns (documents, chunks)."""
-    embedder = await build_embedder(settings)
-    store = await open_store(settings, embedder.model_name, embedder.dimension)
-    indexer = Indexer(embedder, store, settings.chunk_size, settings.chunk_overlap)
     stored = chunks = 0
     started = reported = time.monotonic()
-    try:
-        async with bulk_mode(store, settings):
-            for batch in batches(documents(lines), batch_size):
-                first, last = batch[0][0], batch[-1][0]
-                ids = [doc_id or uuid.uuid4().hex for _, _, doc_id, _, _ in batch]
-                access: AccessByDocument = {
-                    doc_id: listed for doc_id, (*_, (given, listed)) in zip(ids, batch, strict=True) if given
-                }
-                try:
-                    added = await indexer.add(
-                        [text for _, text, _, _, _ in batch],
-                        [metadata or {} for _, _, _, metadata, _ in batch],
-                        ids,
-                        access=access,
-                    )
-                except InvalidRequest as exc:
-                    raise BadLine(f"lines {first}-{last}: {exc}", first) from None
-                stored += len(added)
-                chunks += sum(document.chunks for document in added)
-                if time.monotonic() - reported >= PROGRESS_SECONDS:
-                    reported = time.monotonic()
-                    rate = chunks / (reported - started)
-                    print(f"{stored:,} documents, {chunks:,} chunks ({rate:,.0f} chunks/s)", file=sys.stderr)
-            if hasattr(store, "bulk_load"):  # its indexes are built as the block ends
-                print(f"{stored:,} documents stored; building the search indexes", file=sys.stderr)
-    finally:
-        await store.aclose()
-        await embedder.aclose()
+    async with embedder_and_store(settings) as (embedder, store), bulk_mode(store, settings):
+        indexer = Indexer(embedder, store, settings.chunk_size, settings.chunk_overlap)
+        for batch in batches(documents(lines), batch_size):
+            first, last = batch[0][0], batch[-1][0]
+            ids = [doc_id or uuid.uuid4().hex for _, _, doc_id, _, _ in batch]
+            access: AccessByDocument = {
+                doc_id: listed for doc_id, (*_, (given, listed)) in zip(ids, batch, strict=True) if given
+            }
+            try:
+                added = await indexer.add(
+                    [text for _, text, _, _, _ in batch],
+                    [metadata or {} for _, _, _, metadata, _ in batch],
+                    ids,
+                    access=access,
+                )
+            except InvalidRequest as exc:
+                raise BadLine(f"lines {first}-{last}: {exc}", first) from None
+            stored += len(added)
+            chunks += sum(document.chunks for document in added)
+            if time.monotonic() - reported >= PROGRESS_SECONDS:
+                reported = time.monotonic()
+                rate = chunks / (reported - started)
+                print(f"{stored:,} documents, {chunks:,} chunks ({rate:,.0f} chunks/s)", file=sys.stderr)
+        if hasattr(store, "bulk_load"):  # its indexes are built as the block ends
+            print(f"{stored:,} documents stored; building the search indexes", file=sys.stderr)
     return stored, chunks
 
 

@@ -78,7 +78,9 @@ def check_embedding(identity: dict[str, str], built: str, elsewhere: str, embedd
         raise StoreIncompatible(
             f"{built} was built with embedding model {identity.get('embedding_model')!r} "
             f"(dimension {identity.get('dimension')}), but this service embeds with {embedding_model!r} "
-            f"(dimension {dimension}). Set EMBEDDING_MODEL back, or move to the new model without re-parsing: "
+            f"(dimension {dimension}). Set EMBEDDING_MODEL back, and move to the new model without downtime: ask "
+            "the running service for an embedding space of it (POST /api/v1/embedding-spaces, or `python -m "
+            "rag.spaces add`), then activate it (docs/api.md, 'Embedding spaces'). Or carry the documents over: "
             "`python -m rag.export kb.tar` with the old model, then `python -m rag.import kb.tar --reembed` with the "
             f"new one into {elsewhere} (docs/deployment.md, 'Another embedding model')."
         )
