@@ -15,6 +15,7 @@ from api.auth import Principal, PrincipalDep
 from api.deps import Services, ServicesDep
 from api.schemas import ErrorBody
 from rag.errors import TenantForbidden
+from rag.spaces.registry import Space
 from rag.spaces.requests import ask_for_space, ask_to_activate, ask_to_drop
 
 router = APIRouter(prefix="/embedding-spaces", tags=["administration"])
@@ -30,17 +31,20 @@ class NewSpace(BaseModel):
     name: str | None = Field(None, description="The space's name (default: from its model's).")
 
 
-async def _trusted(services: Services, principal: Principal, action: str, name: str) -> None:
+def _trusted(principal: Principal) -> None:
     if admin_org(principal, None) is not None:
         raise TenantForbidden("embedding spaces hold every organisation's documents: this needs a trusted key")
-    await services.audit.record(action, name, None, principal.kind, principal.user_id)
+
+
+async def _audit(services: Services, principal: Principal, action: str, space: Space) -> dict[str, Any]:
+    await services.audit.record(action, space.name, None, principal.kind, principal.user_id, {"model": space.model})
+    return space.as_dict()
 
 
 @router.get("", responses=_ERRORS)
 async def list_spaces(services: ServicesDep, principal: PrincipalDep) -> dict[str, Any]:
     """Every space with its state and progress; `serving` is the one this replica serves."""
-    if admin_org(principal, None) is not None:
-        raise TenantForbidden("embedding spaces hold every organisation's documents: this needs a trusted key")
+    _trusted(principal)
     spaces = await services.spaces.spaces()
     return {"serving": services.embedder.model_name, "spaces": [space.as_dict() for space in spaces]}
 
@@ -48,21 +52,21 @@ async def list_spaces(services: ServicesDep, principal: PrincipalDep) -> dict[st
 @router.post("", status_code=202, responses=_ERRORS)
 async def add_space(body: NewSpace, services: ServicesDep, principal: PrincipalDep) -> dict[str, Any]:
     """Start embedding every document with another embedder, into a new space beside the active one."""
-    await _trusted(services, principal, "space.add", body.name or "")
+    _trusted(principal)
     serving = (services.embedder.model_name, services.embedder.dimension)
     space = await ask_for_space(services.settings, services.spaces, serving, body.embedder, body.name)
-    return space.as_dict()
+    return await _audit(services, principal, "space.add", space)
 
 
 @router.post("/{name}/activate", status_code=202, responses=_ERRORS)
 async def activate_space(name: str, services: ServicesDep, principal: PrincipalDep) -> dict[str, Any]:
     """Switch to this space after the builder's next whole pass over it; the active one then follows it."""
-    await _trusted(services, principal, "space.activate", name)
-    return (await ask_to_activate(services.spaces, name)).as_dict()
+    _trusted(principal)
+    return await _audit(services, principal, "space.activate", await ask_to_activate(services.spaces, name))
 
 
 @router.delete("/{name}", status_code=202, responses=_ERRORS)
 async def drop_space(name: str, services: ServicesDep, principal: PrincipalDep) -> dict[str, Any]:
     """Remove a space that is not active, with its store."""
-    await _trusted(services, principal, "space.drop", name)
-    return (await ask_to_drop(services.spaces, name)).as_dict()
+    _trusted(principal)
+    return await _audit(services, principal, "space.drop", await ask_to_drop(services.spaces, name))

@@ -304,3 +304,23 @@ def test_a_backup_holds_the_active_space_and_the_service_starts_on_it(tmp_path: 
         assert serving_model(http) == "hashing-64"
         assert list(spaces(http)) == [name]
         assert_holds(http, {doc: (text_of(n), None) for n, doc in enumerate(ids)}, "restored")
+
+
+def test_only_a_trusted_key_sees_or_asks_for_spaces(tmp_path: Path, upstream: Any) -> None:
+    """A space holds every organisation's documents: an organisation's key, or one acting for a user, gets 403 on
+    every space route, and nothing is registered."""
+    settings = make_settings(tmp_path / "data", upstream.url, api_keys=["root-key", "acme-key:acme"])
+    with serve(create_app(settings)) as url, httpx.Client(base_url=url, timeout=60) as http:
+        org = {"Authorization": "Bearer acme-key"}
+        as_user = {"Authorization": "Bearer root-key", "X-On-Behalf-Of": "alice"}
+        for headers in (org, as_user):
+            assert http.get("/api/v1/embedding-spaces", headers=headers).status_code == 403
+            body = {"embedder": HASHING}
+            assert http.post("/api/v1/embedding-spaces", json=body, headers=headers).status_code == 403
+            assert http.post("/api/v1/embedding-spaces/default/activate", headers=headers).status_code == 403
+            assert http.delete("/api/v1/embedding-spaces/default", headers=headers).status_code == 403
+        trusted = {"Authorization": "Bearer root-key"}
+        assert http.get("/api/v1/embedding-spaces", headers=trusted).json()["spaces"] == []
+        assert http.post("/api/v1/embedding-spaces", json={"embedder": HASHING}, headers=trusted).status_code == 202
+        entries = http.get("/api/v1/audit", headers=trusted).json()["entries"]
+        assert [entry["action"] for entry in entries if entry["action"].startswith("space.")] == ["space.add"]

@@ -1,0 +1,176 @@
+"""A new embedding model without downtime, measured: the space builder's rate beside the bare embedder's, and the
+search and chat latency of the service while it builds, beside the same service idle.
+
+    .venv/bin/python bench/spaces.py                       # the first 1,000 SciFact abstracts, 100 claims
+    .venv/bin/python bench/spaces.py --documents 200       # a smoke run
+
+The service (one process, as `make run` starts it, with the fake upstream in a process of its own as its chat model)
+starts on the hashing embedder (examples/plugins), and SciFact abstracts are added to it. Then a space of the bundled
+MiniLM (ONNX) is asked for, as an operator would move from a cheap model to a real one, and timed from the request to
+`ready`: the builder reads every document, embeds every chunk with MiniLM and writes the new store. Printed:
+- the build's rate, alone, beside MiniLM's own bare rate over the same chunk texts in this process (`embed_documents`,
+  the builder's batches), before the service starts;
+- the p50 and p95 of searches (`GET /api/v1/documents/search`, hybrid top 5) and chats (`POST /api/v1/chat`, 20
+  tokens streamed) at a steady pace while a second build runs, beside the same requests with no build; and that
+  build's rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.keyword_leg import percentile
+from bench.retrieval import DEFAULT_DATASET, read_jsonl
+from bench.service_process import FakeUpstreamProcess, ServiceProcess
+from config import Settings
+from rag.chunking import split_text
+from rag.embedders.factory import build_embedder
+from rag.spaces.sync import follow
+
+HASHING = "examples.plugins.hashing_embedder:HashingEmbedder"
+REQUESTS_PER_SECOND = 2  # a search and a chat each, every half second: a busy service on two cores, not a flood
+BUILD_BATCH = follow.__defaults__[0] if follow.__defaults__ else 512  # type: ignore[index]
+
+
+def texts_of(corpus: list[dict]) -> list[str]:
+    return [f"{d.get('title', '')} {d['text']}".strip() for d in corpus]
+
+
+async def bare_rate(texts: list[str]) -> tuple[int, float]:
+    settings = Settings()
+    embedder = await build_embedder(settings)
+    chunks = [piece for text in texts for piece in split_text(text, settings.chunk_size, settings.chunk_overlap)]
+    started = time.perf_counter()
+    for start in range(0, len(chunks), BUILD_BATCH):
+        await embedder.embed_documents(chunks[start : start + BUILD_BATCH])
+    seconds = time.perf_counter() - started
+    await embedder.aclose()
+    return len(chunks), seconds
+
+
+def spaces(http: httpx.Client) -> dict[str, dict]:
+    return {space["name"]: space for space in http.get("/api/v1/embedding-spaces").json()["spaces"]}
+
+
+async def paced(
+    http: httpx.AsyncClient, claims: list[str], until: Callable[[], bool]
+) -> tuple[list[float], list[float]]:
+    """A search and a chat every 1/REQUESTS_PER_SECOND seconds until `until()`, each timed whole."""
+    searches: list[float] = []
+    chats: list[float] = []
+    n = 0
+    while not until():
+        began = time.perf_counter()
+        claim = claims[n % len(claims)]
+        response = await http.get("/api/v1/documents/search", params={"query": claim, "top_k": 5})
+        response.raise_for_status()
+        searches.append(time.perf_counter() - began)
+        began_chat = time.perf_counter()
+        response = await http.post("/api/v1/chat", json={"messages": [{"role": "user", "content": claim}]})
+        response.raise_for_status()
+        chats.append(time.perf_counter() - began_chat)
+        n += 1
+        await asyncio.sleep(max(0.0, 1 / REQUESTS_PER_SECOND - (time.perf_counter() - began)))
+    return searches, chats
+
+
+async def build(http: httpx.AsyncClient, claims: list[str] | None) -> tuple[float, list[float], list[float]]:
+    """Ask for the MiniLM space and wait for it to be ready (searching and chatting meanwhile, with `claims`)."""
+    began = time.perf_counter()
+    response = await http.post("/api/v1/embedding-spaces", json={"embedder": {"embedder": "onnx"}})
+    response.raise_for_status()
+    name = response.json()["name"]
+    state = {"ready": False}
+
+    async def watch() -> None:
+        while True:
+            listed = (await http.get("/api/v1/embedding-spaces")).json()["spaces"]
+            if any(space["name"] == name and space["state"] == "ready" for space in listed):
+                state["ready"] = True
+                return
+            await asyncio.sleep(0.2)
+
+    watcher = asyncio.create_task(watch())
+    searches: list[float] = []
+    chats: list[float] = []
+    if claims is not None:
+        searches, chats = await paced(http, claims, lambda: state["ready"])
+    await watcher
+    seconds = time.perf_counter() - began
+    (await http.delete(f"/api/v1/embedding-spaces/{name}")).raise_for_status()
+    for _ in range(600):  # the drop, by the builder's next pass
+        if name not in {space["name"] for space in (await http.get("/api/v1/embedding-spaces")).json()["spaces"]}:
+            break
+        await asyncio.sleep(0.2)
+    return seconds, searches, chats
+
+
+def line(label: str, idle: list[float], during: list[float]) -> str:
+    p50, p95, d50, d95 = (
+        1000 * percentile(xs, q) for xs, q in ((idle, 0.5), (idle, 0.95), (during, 0.5), (during, 0.95))
+    )
+    return (
+        f"  {label:<7} idle p50 {p50:6.1f} ms p95 {p95:6.1f} ms ({len(idle)}); during the build p50 {d50:6.1f} ms "
+        f"({d50 / p50:.2f}x) p95 {d95:6.1f} ms ({d95 / p95:.2f}x) ({len(during)})"
+    )
+
+
+async def run(args: argparse.Namespace) -> None:
+    corpus = read_jsonl(DEFAULT_DATASET / "corpus.jsonl")[: args.documents]
+    claims = [q["text"] for q in read_jsonl(DEFAULT_DATASET / "queries.jsonl")][: args.queries]
+    texts = texts_of(corpus)
+    chunks, bare = await bare_rate(texts)
+    print(f"SciFact: {len(texts):,} documents, {chunks:,} chunks")
+    print(f"  bare MiniLM embed_documents      {bare:7.1f} s ({chunks / bare:6.1f} chunks/s)")
+    settings = {"embedder": HASHING, "embedder_options": '{"dimension": 384}', "space_pass_seconds": "0.5"}
+    with (
+        tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp,
+        FakeUpstreamProcess(count=20, delay=0.0) as upstream,
+        ServiceProcess(Path(tmp) / "data", upstream.url, **settings) as service,
+    ):
+        service.wait_ready()
+        async with httpx.AsyncClient(base_url=service.url, timeout=600) as http:
+            for start in range(0, len(texts), 100):
+                ids = [d["_id"] for d in corpus[start : start + 100]]
+                response = await http.post(
+                    "/api/v1/documents/add", json={"documents": texts[start : start + 100], "ids": ids}
+                )
+                response.raise_for_status()
+            alone, _, _ = await build(http, None)
+            print(
+                f"  space build alone                {alone:7.1f} s ({chunks / alone:6.1f} chunks/s, "
+                f"{bare / alone:.2f}x the bare rate; loading MiniLM and the request's polling included)"
+            )
+            window = time.perf_counter() + args.idle_seconds
+            idle_searches, idle_chats = await paced(http, claims, lambda: time.perf_counter() > window)
+            beside, searches, chats = await build(http, claims)
+            print(
+                f"  space build beside requests      {beside:7.1f} s ({chunks / beside:6.1f} chunks/s, "
+                f"{bare / beside:.2f}x the bare rate)"
+            )
+            print(f"  a search and a chat (20 tokens) every {1 / REQUESTS_PER_SECOND:.1f} s:")
+            print(line("search", idle_searches, searches))
+            print(line("chat", idle_chats, chats))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--documents", type=int, default=1000, help="the first N SciFact documents")
+    parser.add_argument("--queries", type=int, default=100, help="SciFact claims asked, in turn")
+    parser.add_argument("--idle-seconds", type=float, default=60.0, help="how long the idle requests run")
+    asyncio.run(run(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
