@@ -41,7 +41,7 @@ from rag.errors import DocumentNotFound, SpaceRetired, StoreCorrupt, TenantForbi
 from rag.stores import access_catalog
 from rag.stores.base import AccessByDocument, SearchRequest, StoredDocument
 from rag.stores.catalog import Catalog, check_identity
-from rag.stores.compaction import write_next_merge
+from rag.stores.compaction import commit_merge, write_next_merge
 from rag.stores.keyword_index import KeywordIndex
 from rag.stores.legacy import migrate_generation_store
 from rag.stores.numpy_export import exported
@@ -466,24 +466,8 @@ class NumpyVectorStore:
             merge = write_next_merge(self.directory, self._catch_up(), self.catalog.field_values)
             if merge is None:
                 return False
-            inputs, name, keys = merge.inputs, merge.name, merge.keys
             with self._file_lock(WRITE_LOCK):
-                try:
-                    with self.catalog.transaction() as conn:
-                        ids = [segment.id for segment in inputs]
-                        marks = ",".join("?" * len(ids))
-                        if conn.execute(f"DELETE FROM segments WHERE id IN ({marks})", ids).rowcount != len(ids):
-                            raise StoreCorrupt("segments being merged vanished from the catalog")
-                        if name is not None:
-                            self.catalog.insert_segment(conn, name, int(keys.min()), int(keys.max()), keys.shape[0])
-                        conn.executemany("DELETE FROM tombstones WHERE key = ?", ((k,) for k in merge.dropped))
-                        self.catalog.bump(conn)
-                except BaseException:
-                    if name is not None:
-                        remove_segment(self.directory, name)
-                    raise
-                for segment in inputs:
-                    remove_segment(self.directory, segment.name)  # mapped pages stay valid until unmapped
+                commit_merge(self.directory, self.catalog, merge)
                 self._reload()
             return True
 
