@@ -237,7 +237,10 @@ async def test_a_store_switched_away_from_refuses_writes_but_its_follower_handle
     assert (await store.document_states()).keys() == {"a"}  # type: ignore[attr-defined]
 
 
-def test_a_build_killed_midway_goes_on_from_where_it_was_after_a_restart(tmp_path: Path, fake_upstream: Any) -> None:
+@pytest.mark.parametrize("store", ["numpy", "postgres"])
+def test_a_build_killed_midway_goes_on_from_where_it_was_after_a_restart(
+    tmp_path: Path, fake_upstream: Any, store: str, request: pytest.FixtureRequest
+) -> None:
     """The service starts on the hashing embedder; a space for the bundled MiniLM is asked for, and the service is
     SIGKILLed while it is part built. Restarted, the builder goes on (the documents it held are not embedded again),
     and the space, activated, holds every document."""
@@ -249,6 +252,8 @@ def test_a_build_killed_midway_goes_on_from_where_it_was_after_a_restart(tmp_pat
         "space_pass_seconds": "0.2",
         "similarity_threshold": "0.0",
     }
+    if store == "postgres":
+        settings |= {"vector_store": "postgres", "database_url": request.getfixturevalue("pg_dsn")}
     total = 1500
     with ServiceProcess(tmp_path / "data", fake_upstream.url, **settings) as service:
         service.wait_ready()
@@ -324,3 +329,46 @@ def test_only_a_trusted_key_sees_or_asks_for_spaces(tmp_path: Path, upstream: An
         assert http.post("/api/v1/embedding-spaces", json={"embedder": HASHING}, headers=trusted).status_code == 202
         entries = http.get("/api/v1/audit", headers=trusted).json()["entries"]
         assert [entry["action"] for entry in entries if entry["action"].startswith("space.")] == ["space.add"]
+
+
+def test_every_replica_moves_at_the_switch_and_writes_through_any_of_them_land_in_the_new_space(
+    tmp_path: Path, upstream: Any, pg_dsn: str
+) -> None:
+    """Two replicas on one PostgreSQL: one builds (it holds the lease), both serve the old model until the switch,
+    then both serve the new one; what either acknowledged, before or after, is in the space both serve."""
+    settings = [
+        make_settings(
+            tmp_path / f"replica{i}",
+            upstream.url,
+            vector_store="postgres",
+            database_url=pg_dsn,
+            space_pass_seconds=0.2,
+            space_poll_seconds=0.2,
+        )
+        for i in range(2)
+    ]
+    with (
+        serve(create_app(settings[0])) as first,
+        serve(create_app(settings[1])) as second,
+        httpx.Client(base_url=first, timeout=60) as a,
+        httpx.Client(base_url=second, timeout=60) as b,
+    ):
+        old_model = serving_model(a)
+        held: dict[str, tuple[str, list[str] | None]] = {}
+        for n, http in enumerate([a, b] * 5):
+            assert (
+                http.post("/api/v1/documents/add", json={"documents": [text_of(n)], "ids": [f"r{n}"]}).status_code
+                == 200
+            )
+            held[f"r{n}"] = (text_of(n), None)
+        name = b.post("/api/v1/embedding-spaces", json={"embedder": HASHING}).json()["name"]
+        wait_for(lambda: spaces(a)[name]["state"] == "ready", what="ready")
+        assert {serving_model(a), serving_model(b)} == {old_model}
+        with Writers(a, first=100) as writers_a, Writers(b, first=500) as writers_b:
+            assert a.post(f"/api/v1/embedding-spaces/{name}/activate").status_code == 202
+            wait_for(lambda: serving_model(a) == serving_model(b) == "hashing-64", what="both replicas moved")
+            time.sleep(1.0)
+        assert writers_a.errors == [] and writers_b.errors == []
+        held |= writers_a.held | writers_b.held
+        assert_holds(a, held, "through the first replica")
+        assert_holds(b, held, "through the second replica")
