@@ -75,6 +75,9 @@ class SpaceBuilder:
         self.followers: dict[str, tuple[Embedder, SpaceStore]] = {}
         self._task: asyncio.Task[None] | None = None
         self.passes = 0  # passes made, for tests that wait for one
+        # Per follower, the active store's write generation when its last whole pass began: while the generation
+        # stays there, a pass would find nothing, and is skipped (a kept space costs nothing while nobody writes).
+        self._caught_up: dict[str, tuple[str, int]] = {}
 
     def _lease(self) -> contextlib.AbstractAsyncContextManager[bool]:
         if self.settings.vector_store == "postgres":
@@ -122,6 +125,7 @@ class SpaceBuilder:
         return self.followers[space.name]
 
     async def _close_follower(self, name: str) -> None:
+        self._caught_up.pop(name, None)
         embedder, store = self.followers.pop(name)
         await store.aclose()
         await embedder.aclose()
@@ -153,6 +157,9 @@ class SpaceBuilder:
 
     async def _follow(self, space: Space) -> None:
         embedder, store = await self._follower(space)
+        generation = await self._space_store(self.active.store).write_generation()
+        if space.state != "building" and self._caught_up.get(space.name) == (self.active.name, generation):
+            return
         embedded = space.chunks_embedded
 
         async def report(progress: Progress) -> None:
@@ -169,6 +176,7 @@ class SpaceBuilder:
             embedded + progress.embedded,
             state="ready" if space.state == "building" else None,
         )
+        self._caught_up[space.name] = (self.active.name, generation)
 
     async def _switch(self, space: Space) -> None:
         embedder, target = await self._follower(space)

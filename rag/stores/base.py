@@ -175,6 +175,10 @@ class SpaceStore(VectorStore, ExportableStore, Protocol):
         """Each document's seq (moved by every add) and access list as stored (None: its whole organisation)."""
         ...
 
+    async def write_generation(self) -> int:
+        """A counter every committed write moves (adds, deletions, access lists), in every process."""
+        ...
+
     async def mark_retired(self, retired: bool) -> None:
         """Set (or clear) the marker that refuses writes (SpaceRetired) to a store whose space is not active."""
         ...

@@ -389,6 +389,9 @@ class NumpyVectorStore:
     async def document_ids(self, org_id: str | None) -> list[str]:
         return await anyio.to_thread.run_sync(self.catalog.document_ids, org_id)
 
+    async def write_generation(self) -> int:
+        return await anyio.to_thread.run_sync(self.catalog.generation)
+
     async def document_states(self) -> dict[str, tuple[int, str | None]]:
         return await anyio.to_thread.run_sync(self.catalog.document_states)
 

@@ -391,6 +391,10 @@ class PostgresVectorStore:
                 rows = await conn.fetch("SELECT id FROM rag_documents WHERE org_id = $1 ORDER BY seq", org_id)
         return [row["id"] for row in rows]
 
+    async def write_generation(self) -> int:
+        async with self._connection() as conn:
+            return int(await conn.fetchval("SELECT generation FROM rag_counters WHERE id = 1"))
+
     async def document_states(self) -> dict[str, tuple[int, str | None]]:
         async with self._connection() as conn:
             rows = await conn.fetch(
@@ -430,6 +434,8 @@ class PostgresVectorStore:
                 document_id,
                 pg_access.readers_of(access),
             )
+            # the write counter moves for a list too: a space builder passes over the store when it moved
+            await conn.execute("UPDATE rag_counters SET generation = generation + 1 WHERE id = 1")
 
     async def get_document(
         self, document_id: str, org_id: str | None = None, reader: Reader | None = None
