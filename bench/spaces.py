@@ -59,8 +59,28 @@ async def bare_rate(texts: list[str]) -> tuple[int, float]:
     return len(chunks), seconds
 
 
-def spaces(http: httpx.Client) -> dict[str, dict]:
-    return {space["name"]: space for space in http.get("/api/v1/embedding-spaces").json()["spaces"]}
+async def add(http: httpx.AsyncClient, corpus: list[dict], texts: list[str]) -> None:
+    """Add the documents, 100 a request; a large add is a job (202): wait for each, so the store is whole and the
+    service idle before anything is timed."""
+    jobs = []
+    for start in range(0, len(texts), 100):
+        ids = [d["_id"] for d in corpus[start : start + 100]]
+        response = await http.post("/api/v1/documents/add", json={"documents": texts[start : start + 100], "ids": ids})
+        response.raise_for_status()
+        if response.status_code == 202:
+            jobs.append(response.json()["id"])
+    for job in jobs:
+        state = "queued"
+        for _ in range(100_000):  # polled: the job's progress stream is for clients that show it
+            state = (await http.get(f"/api/v1/jobs/{job}")).json()["state"]
+            if state in ("done", "failed", "cancelled"):
+                break
+            await asyncio.sleep(0.2)
+        if state != "done":
+            raise SystemExit(f"adding the corpus failed: job {job} {state}")
+    health = (await http.get("/api/v1/health")).json()["store"]
+    if health["documents"] != len(texts):
+        raise SystemExit(f"the store holds {health['documents']} documents, not {len(texts)}")
 
 
 async def paced(
@@ -141,12 +161,7 @@ async def run(args: argparse.Namespace) -> None:
     ):
         service.wait_ready()
         async with httpx.AsyncClient(base_url=service.url, timeout=600) as http:
-            for start in range(0, len(texts), 100):
-                ids = [d["_id"] for d in corpus[start : start + 100]]
-                response = await http.post(
-                    "/api/v1/documents/add", json={"documents": texts[start : start + 100], "ids": ids}
-                )
-                response.raise_for_status()
+            await add(http, corpus, texts)
             alone, _, _ = await build(http, None)
             print(
                 f"  space build alone                {alone:7.1f} s ({chunks / alone:6.1f} chunks/s, "

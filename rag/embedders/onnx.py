@@ -46,10 +46,12 @@ tensors far outside the caches: 256 SciFact chunks of up to 1,000 characters, on
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +98,18 @@ class OnnxEmbedder(LocalEmbedder):
         self._idle_timer: asyncio.TimerHandle | None = None
         self.model_name = model_name
         self.dimension = dimension
+        self._background: ThreadPoolExecutor | None = None
+
+    def run_below(self, nice: int) -> None:
+        """Run this embedder's ingestion passes in threads of their own at `nice` (Linux: a thread's own priority),
+        so that a background job's embedding (a space being built) yields the cores to questions whenever they
+        want them, and takes them whole otherwise. Threads cannot be raised back without privilege, hence their own."""
+
+        def lower() -> None:
+            with contextlib.suppress(OSError):  # not Linux, or not allowed: the default priority
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+
+        self._background = ThreadPoolExecutor(os.cpu_count() or 1, "embed-background", initializer=lower)
 
     @classmethod
     async def load(cls, model_name: str, onnx_dir: Path, batch_size: int, threads: int = 2) -> OnnxEmbedder:
@@ -181,9 +195,14 @@ class OnnxEmbedder(LocalEmbedder):
         out = np.empty((len(texts), self.dimension), dtype=np.float32)
 
         async def run(batch: list[int]) -> None:
-            vectors = await anyio.to_thread.run_sync(
-                self._encode_ingestion, [texts[i] for i in batch], limiter=self._ingest_lane
-            )
+            chosen = [texts[i] for i in batch]
+            if self._background is not None:
+                async with self._ingest_lane:
+                    vectors = await asyncio.get_running_loop().run_in_executor(
+                        self._background, self._encode_ingestion, chosen
+                    )
+            else:
+                vectors = await anyio.to_thread.run_sync(self._encode_ingestion, chosen, limiter=self._ingest_lane)
             out[batch] = vectors
 
         self._ingestions_running += 1
@@ -202,6 +221,8 @@ class OnnxEmbedder(LocalEmbedder):
 
     async def aclose(self) -> None:
         await super().aclose()
+        if self._background is not None:
+            self._background.shutdown(wait=False)
         if self._idle_timer is not None:
             self._idle_timer.cancel()
         self._session = self._ingestion_session = None

@@ -38,6 +38,7 @@ EMBEDDER_KEYS = (
 )
 SWITCH_RETRIES = 2  # a write meeting a switch moves to the new space; two switches within one write are not waited out
 CLOSE_AFTER_SECONDS = 30.0  # a retired pair stays open this long for the requests that began on it
+BUILDER_NICE = 10  # the space builder's embedding threads, below the service's (as the import command runs)
 
 
 def embedder_settings(settings: Settings, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -65,6 +66,9 @@ async def open_space(settings: Settings, space: Space | None, follower: bool = F
         raise
     if follower:
         store.follower = True  # type: ignore[attr-defined]
+        run_below = getattr(embedder, "run_below", None)
+        if callable(run_below):  # the builder's passes yield the cores to the service's questions
+            run_below(BUILDER_NICE)
     return embedder, store
 
 
