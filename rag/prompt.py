@@ -16,14 +16,18 @@ NO_CONTEXT = "No context passages matched this question; answer from general kno
 
 def source_label(hit: Hit) -> str:
     """How a passage is named in the prompt: its metadata's title or source when it has one, else its document id;
-    with its page when it came from a PDF, so that the model can cite "report.pdf, p. 12"."""
+    with its page when it came from a PDF and its location when its format has one, so that the model can cite
+    "report.pdf, p. 12" or "deck.pptx, slide 3"."""
     meta = hit.chunk.metadata
     name = next(
         (meta[k] for k in ("title", "source", "filename", "url") if isinstance(meta.get(k), str) and meta[k]), None
     )
     label = name or hit.chunk.document_id
     page = meta.get("page")
-    return f"{label}, p. {page}" if isinstance(page, int) and not isinstance(page, bool) else label
+    if isinstance(page, int) and not isinstance(page, bool):
+        label = f"{label}, p. {page}"
+    location = meta.get("location")
+    return f"{label}, {location}" if isinstance(location, str) and location else label
 
 
 def format_context(hits: list[Hit]) -> str:

@@ -57,11 +57,14 @@ class Indexer:
         self.on_space_switched = on_space_switched
 
     def chunk_document(self, doc_id: str, sections: Sequence[Section], metadata: Metadata) -> list[Chunk]:
-        """A document's chunks; a section with a page (PDF) puts `page` in the metadata of each of its chunks, so
-        a source can be cited by page. Chunks never span two pages."""
+        """A document's chunks; a section with a page (PDF) puts `page` in the metadata of each of its chunks, and
+        one with a location (a slide, a sheet's rows, a chapter, an attachment) puts `location`, so a source can be
+        cited by them. Chunks never span two sections."""
         pieces: list[tuple[str, Metadata]] = []
         for section in sections:
             meta = metadata if section.page is None else {**metadata, "page": section.page}
+            if section.location is not None:
+                meta = {**meta, "location": section.location}
             pieces.extend((piece, meta) for piece in split_text(section.text, self.chunk_size, self.chunk_overlap))
         return [Chunk(f"{doc_id}:{i}", doc_id, text, meta) for i, (text, meta) in enumerate(pieces)]
 

@@ -96,7 +96,9 @@ def handle(request: dict[str, Any], memory_limit: int) -> tuple[dict[str, Any], 
         sections = parse(data, request["kind"], limits, max_chars=request["max_chars"])
         del data
         encoded = [encode(s.text) for s in sections]
-        pairs = [[len(text), s.page, encoding] for (text, encoding), s in zip(encoded, sections, strict=True)]
+        pairs = [
+            [len(text), s.page, encoding, s.location] for (text, encoding), s in zip(encoded, sections, strict=True)
+        ]
         return {"sections": pairs}, b"".join(text for text, _ in encoded)
     except MemoryError:
         return {"error": "memory"}, b""

@@ -128,16 +128,17 @@ _ENCODINGS = frozenset({"ascii", "utf-16-le"})  # what `parse_worker.encode` sen
 
 
 def _split(pairs: object, text: bytes) -> list[Section]:
-    """The sections from their (length in bytes, page, encoding) triples and their text end to end."""
+    """The sections from their (length in bytes, page, encoding, location) entries and their text end to end."""
     sections: list[Section] = []
     start = 0
     view = memoryview(text)  # decoded in place: a slice of bytes would be one more copy of every text
     try:
-        for size, page, encoding in pairs:  # type: ignore[attr-defined]
+        for size, page, encoding, location in pairs:  # type: ignore[attr-defined]
             if encoding not in _ENCODINGS:
                 raise ValueError(encoding)
             piece = str(view[start : start + size], encoding)
-            sections.append(Section(piece, page if isinstance(page, int) else None))
+            where = location if isinstance(location, str) else None
+            sections.append(Section(piece, page if isinstance(page, int) else None, where))
             start += size
     except (TypeError, ValueError):
         raise UnreadableFile(_INTERNAL) from None

@@ -24,7 +24,7 @@ from typing import Literal
 
 from rag.errors import UnreadableFile, UnsupportedFileType
 
-FileKind = Literal["text", "markdown", "html", "pdf", "docx"]
+FileKind = Literal["text", "markdown", "html", "pdf", "docx", "pptx", "xlsx", "csv", "epub", "eml", "mbox", "image"]
 
 _BY_EXTENSION: dict[str, FileKind] = {
     ".txt": "text",
@@ -35,6 +35,17 @@ _BY_EXTENSION: dict[str, FileKind] = {
     ".htm": "html",
     ".pdf": "pdf",
     ".docx": "docx",
+    ".pptx": "pptx",
+    ".xlsx": "xlsx",
+    ".csv": "csv",
+    ".epub": "epub",
+    ".eml": "eml",
+    ".mbox": "mbox",
+    ".png": "image",
+    ".jpg": "image",
+    ".jpeg": "image",
+    ".tif": "image",
+    ".tiff": "image",
 }
 _BY_MEDIA_TYPE: dict[str, FileKind] = {
     "text/plain": "text",
@@ -44,6 +55,15 @@ _BY_MEDIA_TYPE: dict[str, FileKind] = {
     "application/xhtml+xml": "html",
     "application/pdf": "pdf",
     "application/vnd.openxmlformats-officedocument.wordprocessingml.document": "docx",
+    "application/vnd.openxmlformats-officedocument.presentationml.presentation": "pptx",
+    "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet": "xlsx",
+    "text/csv": "csv",
+    "application/epub+zip": "epub",
+    "message/rfc822": "eml",
+    "application/mbox": "mbox",
+    "image/png": "image",
+    "image/jpeg": "image",
+    "image/tiff": "image",
 }
 MEDIA_TYPES: dict[FileKind, str] = {
     "text": "text/plain",
@@ -51,6 +71,13 @@ MEDIA_TYPES: dict[FileKind, str] = {
     "html": "text/html",
     "pdf": "application/pdf",
     "docx": "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+    "pptx": "application/vnd.openxmlformats-officedocument.presentationml.presentation",
+    "xlsx": "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+    "csv": "text/csv",
+    "epub": "application/epub+zip",
+    "eml": "message/rfc822",
+    "mbox": "application/mbox",
+    "image": "image/png",
 }
 SUPPORTED = ", ".join(sorted(_BY_EXTENSION))
 
@@ -59,17 +86,24 @@ _PDFIUM_LOCK = threading.Lock()
 
 @dataclass(frozen=True, slots=True)
 class Section:
-    """A run of text and the PDF page it is on (None for formats without pages)."""
+    """A run of text, the PDF page it is on (None for formats without pages), and where else it is in its file when
+    the format says (`slide 3`, `sheet Budget, rows 2-41`, `chapter 4: Results`, `attachment minutes.pdf`): what a
+    citation names."""
 
     text: str
     page: int | None = None
+    location: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class ParseLimits:
-    max_pages: int = 2000
+    max_pages: int = 2000  # pages, slides, chapters
     max_unzipped_bytes: int = 200_000_000
     max_compression_ratio: int = 200
+    ocr: bool = True  # scanned PDF pages and images read by OCR (formats/ocr.py)
+    ocr_timeout_seconds: float = 30.0
+    ocr_max_pixels: int = 40_000_000
+    ocr_languages: str = "eng"
 
 
 def detect_kind(filename: str, media_type: str | None) -> FileKind:
@@ -95,19 +129,72 @@ def parse(
         case "pdf":
             sections = _parse_pdf(data, limits, max_chars)
         case "docx":
-            sections = [Section(_parse_docx(data, limits))]
+            check_zip(data, limits, "DOCX")
+            sections = [Section(_parse_docx(data))]
         case "html":
-            sections = [Section(_parse_html(_decode(data)))]
+            sections = [Section(parse_html(_decode(data)))]
         case "markdown":
             sections = [Section(_parse_markdown(_decode(data)))]
         case "text":
             sections = [Section(_decode(data))]
+        case _:
+            sections = _parse_more(data, kind, limits, max_chars)
     sections = [s for s in sections if s.text.strip()]
     _check_length(sum(len(s.text) for s in sections), max_chars)
     if not sections:
-        hint = " (a scanned PDF needs OCR first)" if kind == "pdf" else ""
+        hint = " (its pages have no text layer, and OCR is off: OCR=false)" if kind == "pdf" and not limits.ocr else ""
         raise UnreadableFile(f"the file has no text{hint}")
     return sections
+
+
+def _parse_more(data: bytes, kind: FileKind, limits: ParseLimits, max_chars: int | None) -> list[Section]:
+    """The formats of `rag/ingest/formats/`."""
+    match kind:
+        case "pptx":
+            from rag.ingest.formats.slides import parse_pptx
+
+            check_zip(data, limits, "PPTX")
+            return [Section(text, location=where) for text, where in parse_pptx(data, limits.max_pages)]
+        case "xlsx":
+            from rag.ingest.formats.sheets import parse_xlsx
+
+            check_zip(data, limits, "XLSX")
+            return [Section(text, location=where) for text, where in parse_xlsx(data)]
+        case "csv":
+            from rag.ingest.formats.sheets import parse_csv
+
+            return [Section(text, location=where) for text, where in parse_csv(_decode(data))]
+        case "epub":
+            from rag.ingest.formats.ebooks import parse_epub
+
+            check_zip(data, limits, "EPUB")
+            return [Section(text, location=where) for text, where in parse_epub(data, limits.max_pages)]
+        case "eml":
+            from rag.ingest.formats.mail import parse_eml
+
+            return parse_eml(data, limits, max_chars)
+        case "mbox":
+            from rag.ingest.formats.mail import parse_mbox
+
+            return parse_mbox(data, limits, max_chars)
+        case "image":
+            return _parse_image(data, limits)
+    raise UnsupportedFileType(f"no parser for {kind}")
+
+
+def _parse_image(data: bytes, limits: ParseLimits) -> list[Section]:
+    from rag.ingest.formats import ocr
+
+    if not limits.ocr:
+        raise UnreadableFile("an image is read by OCR, which is off (OCR=false)")
+    pages = list(ocr.image_pages(data, limits.max_pages, limits.ocr_max_pixels))
+    return [
+        Section(
+            ocr.read_png(png, f"page {number}", limits.ocr_timeout_seconds, limits.ocr_languages),
+            page=number if len(pages) > 1 else None,
+        )
+        for number, png in enumerate(pages, 1)
+    ]
 
 
 def _check_length(chars: int, max_chars: int | None) -> None:
@@ -118,8 +205,11 @@ def _check_length(chars: int, max_chars: int | None) -> None:
 def preload() -> None:
     """Import every parser's library now (a parser process does it once, before its first file)."""
     import docx  # noqa: F401
+    import openpyxl  # noqa: F401
+    import pptx  # noqa: F401
     import pypdfium2  # noqa: F401
     from markdown_it import MarkdownIt  # noqa: F401
+    from PIL import Image  # noqa: F401
     from selectolax.lexbor import LexborHTMLParser  # noqa: F401
 
 
@@ -155,6 +245,8 @@ def _parse_pdf(data: bytes, limits: ParseLimits, max_chars: int | None) -> list[
                 # PDFium ends lines with \r\n; the chunker and the embedder want \n.
                 text = textpage.get_text_range().replace("\r\n", "\n").replace("\r", "\n")
                 textpage.close()
+                if not text.strip() and limits.ocr:  # a scanned page: no text layer
+                    text = _ocr_pdf_page(page, number + 1, limits)
                 page.close()
                 sections.append(Section(text, page=number + 1))
                 chars += len(text)
@@ -166,13 +258,20 @@ def _parse_pdf(data: bytes, limits: ParseLimits, max_chars: int | None) -> list[
             document.close()
 
 
-def check_zip(data: bytes, limits: ParseLimits) -> None:
+def _ocr_pdf_page(page: object, number: int, limits: ParseLimits) -> str:
+    from rag.ingest.formats import ocr
+
+    png = ocr.pdf_page_png(page, number, limits.ocr_max_pixels)
+    return ocr.read_png(png, f"page {number}", limits.ocr_timeout_seconds, limits.ocr_languages)
+
+
+def check_zip(data: bytes, limits: ParseLimits, what: str) -> None:
     """Refuse a zip whose members would inflate past the limits (a decompression bomb), before inflating any."""
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
             members = archive.infolist()
     except zipfile.BadZipFile:
-        raise UnreadableFile("not a DOCX (not a zip archive)") from None
+        raise UnreadableFile(f"not a {what} (not a zip archive)") from None
     if len(members) > 10_000:
         raise UnreadableFile(f"the archive has {len(members)} members")
     inflated = sum(m.file_size for m in members)
@@ -185,12 +284,11 @@ def check_zip(data: bytes, limits: ParseLimits) -> None:
             raise UnreadableFile(f"{m.filename} is compressed {m.file_size // m.compress_size}:1 (a zip bomb?)")
 
 
-def _parse_docx(data: bytes, limits: ParseLimits) -> str:
+def _parse_docx(data: bytes) -> str:
     import docx
     from docx.table import Table
     from docx.text.paragraph import Paragraph
 
-    check_zip(data, limits)
     try:
         document = docx.Document(io.BytesIO(data))
     except Exception as exc:  # python-docx raises KeyError, ValueError, lxml errors... for broken packages
@@ -210,7 +308,7 @@ def _parse_docx(data: bytes, limits: ParseLimits) -> str:
 _NOT_CONTENT = "script, style, noscript, template, svg, head, iframe, object"
 
 
-def _parse_html(markup: str) -> str:
+def parse_html(markup: str) -> str:
     from selectolax.lexbor import LexborHTMLParser
 
     tree = LexborHTMLParser(markup)

@@ -1,0 +1,147 @@
+"""The formats of rag/ingest/formats/, measured beside the first parsers and the bare libraries, and OCR's speed and
+accuracy on scanned SciFact abstracts.
+
+    .venv/bin/python bench/formats.py [--abstracts 200] [--scans 5]
+
+Every file is made here by its library from SciFact abstracts (bench/sample_files.py). Printed:
+- per format, `parse()` (checks, limits, citations) in units a second, beside the bare library's own read of the same
+  file, and beside PDF and DOCX in the same run: a unit is one abstract, which each format holds as a PDF page, a
+  slide, a sheet row, a CSV row, a chapter or a message;
+- OCR: seconds a page for scanned abstracts (a PDF page rendered at 200 dpi, as a scanner would make it; and the same
+  page as a PNG), and the share of the abstract's words it read back (words in order, case and punctuation aside),
+  beside the same page's text layer read by PDFium.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import difflib
+import io
+import re
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import sample_files
+from bench.ingest import abstracts, best_of
+from rag.ingest.formats import ocr
+from rag.ingest.parsers import parse
+
+
+def bare_readers(data: dict[str, bytes]) -> dict[str, object]:
+    import docx
+    import pypdfium2
+    from openpyxl import load_workbook
+    from pptx import Presentation
+
+    def pdf() -> None:
+        for page in pypdfium2.PdfDocument(data["pdf"]):
+            page.get_textpage().get_text_range()
+
+    def pptx() -> None:
+        for slide in Presentation(io.BytesIO(data["pptx"])).slides:
+            [shape.text_frame.text for shape in slide.shapes if shape.has_text_frame]
+
+    def xlsx() -> None:
+        book = load_workbook(io.BytesIO(data["xlsx"]), read_only=True, data_only=True)
+        for sheet in book.worksheets:
+            list(sheet.iter_rows(values_only=True))
+        book.close()
+
+    def epub() -> None:
+        import ebooklib
+        from ebooklib import epub as ebook
+
+        book = ebook.read_epub(io.BytesIO(data["epub"]))
+        [item.get_content() for item in book.get_items_of_type(ebooklib.ITEM_DOCUMENT)]
+
+    def eml() -> None:
+        import email
+        import email.policy
+
+        message = email.message_from_bytes(data["eml"], policy=email.policy.default)
+        body = message.get_body(preferencelist=("plain",))
+        assert body is not None
+        body.get_content()
+
+    return {
+        "pdf": (pdf, "pypdfium2 text per page"),
+        "docx": (lambda: [p.text for p in docx.Document(io.BytesIO(data["docx"])).paragraphs], "python-docx"),
+        "pptx": (pptx, "python-pptx text frames"),
+        "xlsx": (xlsx, "openpyxl read-only rows"),
+        "csv": (lambda: list(csv.reader(io.StringIO(data["csv"].decode()))), "csv.reader"),
+        "epub": (epub, "ebooklib documents"),
+        "eml": (eml, "email, the text part"),
+    }
+
+
+def words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9]+", text.lower())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--abstracts", type=int, default=200)
+    parser.add_argument("--scans", type=int, default=5, help="scanned abstracts read by OCR")
+    args = parser.parse_args()
+    texts = abstracts(args.abstracts)
+    titles = [text.split("\n", 1)[0] for text in texts]
+    bodies = [text.split("\n", 1)[1] for text in texts]
+    data = {
+        "pdf": sample_files.pdf(texts),
+        "docx": sample_files.docx([line for text in texts for line in text.split("\n", 1)]),
+        "pptx": sample_files.pptx([(title, body, "") for title, body in zip(titles, bodies, strict=True)]),
+        "xlsx": sample_files.xlsx({"Abstracts": [["Title", "Abstract"], *zip(titles, bodies, strict=True)]}),
+        "csv": sample_files.csv_file([["Title", "Abstract"], *zip(titles, bodies, strict=True)]),
+        "epub": sample_files.epub(list(zip(titles, bodies, strict=True))),
+        "eml": sample_files.eml("Abstracts", "\n\n".join(texts)),
+    }
+    units = {"pdf": "pages", "docx": "abstracts", "pptx": "slides", "xlsx": "rows", "csv": "rows"}
+    units |= {"epub": "chapters", "eml": "abstracts"}
+    print(f"{len(texts)} SciFact abstracts per file, one a unit (best of 5 runs)")
+    print(f"{'format':<8}{'size':>9}{'parse() units/s':>17}{'bare units/s':>14}{'ratio':>7}  unit, bare call")
+    for kind, (bare, label) in bare_readers(data).items():  # type: ignore[misc]
+        ours = best_of(5, lambda kind=kind: parse(data[kind], kind))  # type: ignore[misc]
+        reference = best_of(5, bare)
+        print(
+            f"{kind:<8}{len(data[kind]) / 1024:>7.0f}KB{len(texts) / ours:>17,.0f}{len(texts) / reference:>14,.0f}"
+            f"{reference / ours:>7.2f}  {units[kind]}, {label}"
+        )
+    if not ocr.available():
+        print("OCR: tesseract is not installed (make install-dev installs it)")
+        return
+    scans = texts[: args.scans]
+    print(f"OCR (Tesseract {ocr_version()}, one thread, 200 dpi), {len(scans)} scanned abstracts:")
+    for label, make, kind in (
+        ("scanned PDF page", lambda text: sample_files.scanned_pdf([text]), "pdf"),
+        ("PNG page", sample_files.page_image, "image"),
+    ):
+        seconds, recalls = [], []
+        for text in scans:
+            file = make(text)
+            started = time.perf_counter()
+            read = " ".join(section.text for section in parse(file, kind))  # type: ignore[arg-type]
+            seconds.append(time.perf_counter() - started)
+            expected = words(text)
+            matcher = difflib.SequenceMatcher(None, expected, words(read), autojunk=False)
+            recalls.append(sum(block.size for block in matcher.get_matching_blocks()) / len(expected))
+        print(
+            f"  {label:<18} {sum(seconds) / len(seconds):5.2f} s a page (max {max(seconds):.2f}); words read back "
+            f"{100 * sum(recalls) / len(recalls):.1f}% (worst {100 * min(recalls):.1f}%)"
+        )
+    layer = best_of(3, lambda: parse(sample_files.pdf(scans), "pdf"))
+    print(f"  the same pages' text layer (PDFium): {layer / len(scans) * 1000:.1f} ms a page, every word")
+
+
+def ocr_version() -> str:
+    import subprocess
+
+    out = subprocess.run(["tesseract", "--version"], capture_output=True, text=True).stdout
+    return out.split()[1] if out else "?"
+
+
+if __name__ == "__main__":
+    main()
