@@ -171,3 +171,22 @@ def test_citations_of_slides_and_sheets_reach_the_search_results(client: httpx.C
     locations = {(hit["metadata"]["filename"], hit["metadata"].get("location")) for hit in hits}
     assert ("plan.pptx", "slide 2") in locations
     assert ("budget.xlsx", "sheet Costs, rows 2-2") in locations
+
+
+def test_hostile_variants_fail_by_name_in_their_job_and_the_good_file_is_stored(client: httpx.Client) -> None:
+    """Through the service's parser processes: each hostile file fails alone, its error naming why."""
+    tag = f"qv{int(time.time() * 1000) % 100000}"
+    files = [
+        ("bomb.pptx", sample_files.docx_bomb(300_000_000), ""),
+        ("wide.csv", b"name,notes\nx," + b"a" * 20_000_000 + b"\n", "text/csv"),
+        ("deep.eml", sample_files.nested_eml(1000), ""),
+        ("good.csv", sample_files.csv_file([["word", "meaning"], [tag, "a good row"]]), "text/csv"),
+    ]
+    job = wait_for(client, upload(client, files).json()["id"])
+    errors = {item["name"]: item["error"] for item in job["files"]}
+    assert "inflates to" in errors["bomb.pptx"] or "zip bomb" in errors["bomb.pptx"]
+    assert "CSV field is longer than" in errors["wide.csv"]
+    assert "deep" in errors["deep.eml"]
+    assert errors["good.csv"] is None
+    hits = client.get("/api/v1/documents/search", params={"query": tag, "mode": "keyword"}).json()["results"]
+    assert [hit["metadata"]["location"] for hit in hits] == ["rows 2-2"]
