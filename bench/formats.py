@@ -132,8 +132,39 @@ def main() -> None:
             f"  {label:<18} {sum(seconds) / len(seconds):5.2f} s a page (max {max(seconds):.2f}); words read back "
             f"{100 * sum(recalls) / len(recalls):.1f}% (worst {100 * min(recalls):.1f}%)"
         )
-    layer = best_of(3, lambda: parse(sample_files.pdf(scans), "pdf"))
+    with_layer = sample_files.pdf(scans)
+    layer = best_of(3, lambda: parse(with_layer, "pdf"))
     print(f"  the same pages' text layer (PDFium): {layer / len(scans) * 1000:.1f} ms a page, every word")
+    compare_rapidocr(scans)
+
+
+def compare_rapidocr(scans: list[str]) -> None:
+    """The alternative the issue names: the `rapidocr` wheel (its ONNX models inside), on the same PNG pages, when it
+    is installed (`pip install rapidocr==3.10.0`; not a dependency: it brings OpenCV)."""
+    try:
+        from rapidocr import RapidOCR
+    except ImportError:
+        print("  rapidocr: not installed (pip install rapidocr==3.10.0 to compare)")
+        return
+    import logging
+
+    logging.getLogger("RapidOCR").setLevel(logging.WARNING)
+    engine = RapidOCR()
+    seconds, recalls = [], []
+    for text in scans:
+        png = sample_files.page_image(text)
+        started = time.perf_counter()
+        result = engine(png)
+        seconds.append(time.perf_counter() - started)
+        read = " ".join(result.txts or ())
+        expected = words(text)
+        matcher = difflib.SequenceMatcher(None, expected, words(read), autojunk=False)
+        recalls.append(sum(block.size for block in matcher.get_matching_blocks()) / len(expected))
+    print(
+        f"  rapidocr 3.10 (ONNX Runtime, its default threads), PNG page {sum(seconds) / len(seconds):5.2f} s a page "
+        f"(max {max(seconds):.2f}); words read back {100 * sum(recalls) / len(recalls):.1f}% "
+        f"(worst {100 * min(recalls):.1f}%)"
+    )
 
 
 def ocr_version() -> str:

@@ -1,4 +1,5 @@
-"""File parsers: bytes of an uploaded file in, text sections out (one per PDF page), each through a kept library.
+"""File parsers: bytes of an uploaded file in, text sections out (one per PDF page, slide, sheet range, chapter...),
+each through a kept library.
 
 Chosen by measurement (`bench/parsers.py`) and by what the library is:
 - PDF: pypdfium2 (Chrome's PDFium) over pypdf: 3.7x the pages per second on the same file, and PDFium is the engine
@@ -8,6 +9,7 @@ Chosen by measurement (`bench/parsers.py`) and by what the library is:
 - HTML: selectolax (the Lexbor engine): script, style and other non-content elements dropped, text per block.
 - Markdown: markdown-it-py's token stream, so markup characters do not reach the embedder.
 - Plain text: UTF-8 (a BOM is honoured) or UTF-16 with a BOM; anything else is refused, not guessed.
+- PPTX, XLSX, CSV, EPUB, mail, and scans and images by OCR: `rag/ingest/formats/`, each section with its location.
 
 Every failure is an `UnreadableFile` whose message says why (corrupt, encrypted, too many pages, no text), and the
 file's name is added by the caller.
