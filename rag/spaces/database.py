@@ -17,6 +17,9 @@ Row = tuple[Any, ...]
 
 
 class Database(Protocol):
+    # "sqlite" or "postgres": for the one statement that differs (serialising the registry's creation)
+    dialect: str
+
     async def fetch(self, sql: str, *args: Any) -> list[Row]: ...
 
     async def execute(self, sql: str, *args: Any) -> None: ...
@@ -33,6 +36,8 @@ class Database(Protocol):
 class SqliteDatabase:
     """One connection, used from worker threads one statement at a time; a transaction holds it throughout (and,
     from BEGIN IMMEDIATE, SQLite's write lock, so another process's transaction waits)."""
+
+    dialect = "sqlite"
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -75,6 +80,8 @@ class SqliteDatabase:
 
 
 class _SqliteTransaction:
+    dialect = "sqlite"
+
     def __init__(self, db: SqliteDatabase) -> None:
         self._db = db
 
@@ -91,6 +98,8 @@ class _SqliteTransaction:
 
 class PgDatabase:
     """A small pool in the `public` schema (the registry is the replicas' one, whichever space is active)."""
+
+    dialect = "postgres"
 
     def __init__(self, pool: asyncpg.Pool, conn: asyncpg.Connection | None = None) -> None:
         self._pool = pool

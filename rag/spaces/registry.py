@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from rag.spaces.database import Database
+from rag.stores.pg_schema import SCHEMA_LOCK
 
 DEFAULT_SPACE = "default"  # the name the service's first store is registered under
 SpaceState = Literal["building", "ready", "active", "retired"]
@@ -101,6 +102,8 @@ class SpaceRegistry:
     @classmethod
     async def open(cls, db: Database) -> SpaceRegistry:
         async with db.transaction() as tx:
+            if tx.dialect == "postgres":  # replicas starting together: CREATE TABLE IF NOT EXISTS races otherwise
+                await tx.execute("SELECT pg_advisory_xact_lock($1)", SCHEMA_LOCK)
             for statement in SCHEMA:
                 await tx.execute(statement)
         return cls(db)
