@@ -7,9 +7,10 @@ Every file is made here by its library from SciFact abstracts (bench/sample_file
 - per format, `parse()` (checks, limits, citations) in units a second, beside the bare library's own read of the same
   file, and beside PDF and DOCX in the same run: a unit is one abstract, which each format holds as a PDF page, a
   slide, a sheet row, a CSV row, a chapter or a message;
-- OCR: seconds a page for scanned abstracts (a PDF page rendered at 200 dpi, as a scanner would make it; and the same
-  page as a PNG), and the share of the abstract's words it read back (words in order, case and punctuation aside),
-  beside the same page's text layer read by PDFium.
+- OCR: seconds a page for abstracts scanned at 150 and 300 dpi (as a scanned PDF, which the parser renders at
+  200 dpi, and as a PNG upload), the character error rate against the abstract's own text (Levenshtein, whitespace
+  runs as one space) and the share of its words read back in order, beside the same page's text layer read by PDFium;
+  and the `rapidocr` wheel on the same PNGs when it is installed.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import re
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -82,6 +85,28 @@ def words(text: str) -> list[str]:
     return re.findall(r"[a-z0-9]+", text.lower())
 
 
+def word_recall(expected: str, read: str) -> float:
+    """The share of the expected words read back, in order (case and punctuation aside)."""
+    want = words(expected)
+    matcher = difflib.SequenceMatcher(None, want, words(read), autojunk=False)
+    return sum(block.size for block in matcher.get_matching_blocks()) / len(want)
+
+
+def character_error_rate(expected: str, read: str) -> float:
+    """Levenshtein distance over the expected length, whitespace runs counted as one space (line breaks differ)."""
+    a, b = " ".join(expected.split()), " ".join(read.split())
+    previous = np.arange(len(b) + 1)
+    codes = np.frombuffer(b.encode("utf-32-le"), dtype=np.uint32)
+    for i, char in enumerate(a, 1):
+        substitute = previous[:-1] + (codes != ord(char))
+        current = np.empty_like(previous)
+        current[0] = i
+        current[1:] = np.minimum(substitute, previous[1:] + 1)
+        current = np.minimum.accumulate(current - np.arange(len(b) + 1)) + np.arange(len(b) + 1)  # insertions
+        previous = current
+    return float(previous[-1]) / max(1, len(a))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--abstracts", type=int, default=200)
@@ -114,24 +139,25 @@ def main() -> None:
         print("OCR: tesseract is not installed (make install-dev installs it)")
         return
     scans = texts[: args.scans]
-    print(f"OCR (Tesseract {ocr_version()}, one thread, 200 dpi), {len(scans)} scanned abstracts:")
-    for label, make, kind in (
-        ("scanned PDF page", lambda text: sample_files.scanned_pdf([text]), "pdf"),
-        ("PNG page", sample_files.page_image, "image"),
-    ):
-        seconds, recalls = [], []
-        for text in scans:
-            file = make(text)
-            started = time.perf_counter()
-            read = " ".join(section.text for section in parse(file, kind))  # type: ignore[arg-type]
-            seconds.append(time.perf_counter() - started)
-            expected = words(text)
-            matcher = difflib.SequenceMatcher(None, expected, words(read), autojunk=False)
-            recalls.append(sum(block.size for block in matcher.get_matching_blocks()) / len(expected))
-        print(
-            f"  {label:<18} {sum(seconds) / len(seconds):5.2f} s a page (max {max(seconds):.2f}); words read back "
-            f"{100 * sum(recalls) / len(recalls):.1f}% (worst {100 * min(recalls):.1f}%)"
-        )
+    print(f"OCR (Tesseract {ocr_version()}, one thread), {len(scans)} scanned abstracts:")
+    for dpi in (150, 300):
+        for label, make, kind in (
+            ("scanned PDF page", lambda text, dpi=dpi: sample_files.scanned_pdf([text], dpi), "pdf"),
+            ("PNG page", lambda text, dpi=dpi: sample_files.page_image(text, dpi=dpi), "image"),
+        ):
+            seconds, recalls, errors = [], [], []
+            for text in scans:
+                file = make(text)
+                started = time.perf_counter()
+                read = " ".join(section.text for section in parse(file, kind))  # type: ignore[arg-type]
+                seconds.append(time.perf_counter() - started)
+                recalls.append(word_recall(text, read))
+                errors.append(character_error_rate(text, read))
+            print(
+                f"  {dpi} dpi {label:<17} {sum(seconds) / len(seconds):5.2f} s a page (max {max(seconds):.2f}); "
+                f"character error rate {100 * sum(errors) / len(errors):.2f}% (worst {100 * max(errors):.2f}%); "
+                f"words read back {100 * sum(recalls) / len(recalls):.1f}%"
+            )
     with_layer = sample_files.pdf(scans)
     layer = best_of(3, lambda: parse(with_layer, "pdf"))
     print(f"  the same pages' text layer (PDFium): {layer / len(scans) * 1000:.1f} ms a page, every word")

@@ -255,27 +255,27 @@ def mbox(messages: list[bytes]) -> bytes:
         return path.read_bytes()
 
 
-def page_image(text: str, image_format: str = "PNG", pages: int = 1) -> bytes:
-    """A scan: a PDF page of `text` (fpdf2) rendered at 200 dpi (pypdfium2) to an image; a TIFF may hold `pages`."""
+def page_image(text: str, image_format: str = "PNG", pages: int = 1, dpi: int = 200) -> bytes:
+    """A scan: a PDF page of `text` (fpdf2) rendered at `dpi` (pypdfium2) to an image; a TIFF may hold `pages`."""
     import pypdfium2
 
     document = pypdfium2.PdfDocument(pdf([text]))
-    image = document[0].render(scale=200 / 72, grayscale=True).to_pil()
+    image = document[0].render(scale=dpi / 72, grayscale=True).to_pil()
     document.close()
     out = io.BytesIO()
     if pages > 1:
         image.save(out, format=image_format, save_all=True, append_images=[image] * (pages - 1))
     else:
-        image.save(out, format=image_format)
+        image.save(out, format=image_format, dpi=(dpi, dpi))
     return out.getvalue()
 
 
-def scanned_pdf(texts: list[str]) -> bytes:
-    """A PDF whose pages are images of text (no text layer), as a scanner makes."""
+def scanned_pdf(texts: list[str], dpi: int = 200) -> bytes:
+    """A PDF whose pages are images of text scanned at `dpi` (no text layer), as a scanner makes."""
     from fpdf import FPDF
 
     document = FPDF()
     for text in texts:
         document.add_page()
-        document.image(io.BytesIO(page_image(text)), x=0, y=0, w=210, h=297)
+        document.image(io.BytesIO(page_image(text, dpi=dpi)), x=0, y=0, w=210, h=297)
     return bytes(document.output())

@@ -190,3 +190,50 @@ def test_hostile_variants_fail_by_name_in_their_job_and_the_good_file_is_stored(
     assert errors["good.csv"] is None
     hits = client.get("/api/v1/documents/search", params={"query": tag, "mode": "keyword"}).json()["results"]
     assert [hit["metadata"]["location"] for hit in hits] == ["rows 2-2"]
+
+
+@needs_ocr
+def test_retrieval_finds_a_fact_that_lives_only_in_notes_a_row_a_scan_or_an_attachment(client: httpx.Client) -> None:
+    """Each fact is in one place only, in a file of its kind; a question in plain words finds it through the API
+    (the default hybrid search), with the place cited."""
+    files = [
+        (
+            "review.pptx",
+            sample_files.pptx([("Quarter review", "Sales were steady", "The ferry captain Ignatius retires in June")]),
+            "",
+        ),
+        (
+            "bakery.xlsx",
+            sample_files.xlsx({"Loaves": [["Bakery", "Loaves baked"], ["Quillfeather Lane", 4242], ["Elm Row", 10]]}),
+            "",
+        ),
+        ("scan.pdf", sample_files.scanned_pdf(["The vault combination was changed by Marguerite Okonkwo."]), ""),
+        (
+            "note.eml",
+            sample_files.eml(
+                "Papers",
+                "See the attachment.",
+                [
+                    (
+                        "annex.pdf",
+                        sample_files.pdf(["The observatory telescope mirror is 3.8 metres wide."]),
+                        "application/pdf",
+                    )
+                ],
+            ),
+            "",
+        ),
+    ]
+    job = wait_for(client, upload(client, files).json()["id"])
+    assert job["state"] == "done" and job["errors"] == [], job
+    questions = {
+        "when does the ferry captain Ignatius retire": ("review.pptx", "slide 1", "retires in June"),
+        "how many loaves were baked at Quillfeather Lane": ("bakery.xlsx", "sheet Loaves, rows 2-3", "4242"),
+        "who changed the vault combination": ("scan.pdf", None, "Okonkwo"),
+        "how wide is the observatory telescope mirror": ("note.eml", "attachment annex.pdf", "3.8 metres"),
+    }
+    for question, (filename, location, fact) in questions.items():
+        hits = client.get("/api/v1/documents/search", params={"query": question, "top_k": 3}).json()["results"]
+        found = [hit for hit in hits if hit["metadata"].get("filename") == filename and fact in hit["text"]]
+        assert found, (question, [(hit["metadata"].get("filename"), hit["text"][:80]) for hit in hits])
+        assert found[0]["metadata"].get("location") == location
