@@ -61,6 +61,13 @@ def bare_readers(data: dict[str, bytes]) -> dict[str, object]:
         book = ebook.read_epub(io.BytesIO(data["epub"]))
         [item.get_content() for item in book.get_items_of_type(ebooklib.ITEM_DOCUMENT)]
 
+    def odt() -> None:
+        import zipfile
+        from xml.etree import ElementTree
+
+        with zipfile.ZipFile(io.BytesIO(data["odt"])) as archive:
+            "".join(ElementTree.fromstring(archive.read("content.xml")).itertext())
+
     def eml() -> None:
         import email
         import email.policy
@@ -73,6 +80,7 @@ def bare_readers(data: dict[str, bytes]) -> dict[str, object]:
     return {
         "pdf": (pdf, "pypdfium2 text per page"),
         "docx": (lambda: [p.text for p in docx.Document(io.BytesIO(data["docx"])).paragraphs], "python-docx"),
+        "odt": (odt, "zipfile + ElementTree itertext"),
         "pptx": (pptx, "python-pptx text frames"),
         "xlsx": (xlsx, "openpyxl read-only rows"),
         "csv": (lambda: list(csv.reader(io.StringIO(data["csv"].decode()))), "csv.reader"),
@@ -118,13 +126,14 @@ def main() -> None:
     data = {
         "pdf": sample_files.pdf(texts),
         "docx": sample_files.docx([line for text in texts for line in text.split("\n", 1)]),
+        "odt": sample_files.odt([line for text in texts for line in text.split("\n", 1)]),
         "pptx": sample_files.pptx([(title, body, "") for title, body in zip(titles, bodies, strict=True)]),
         "xlsx": sample_files.xlsx({"Abstracts": [["Title", "Abstract"], *zip(titles, bodies, strict=True)]}),
         "csv": sample_files.csv_file([["Title", "Abstract"], *zip(titles, bodies, strict=True)]),
         "epub": sample_files.epub(list(zip(titles, bodies, strict=True))),
         "eml": sample_files.eml("Abstracts", "\n\n".join(texts)),
     }
-    units = {"pdf": "pages", "docx": "abstracts", "pptx": "slides", "xlsx": "rows", "csv": "rows"}
+    units = {"pdf": "pages", "docx": "abstracts", "odt": "abstracts", "pptx": "slides", "xlsx": "rows", "csv": "rows"}
     units |= {"epub": "chapters", "eml": "abstracts"}
     print(f"{len(texts)} SciFact abstracts per file, one a unit (best of 5 runs)")
     print(f"{'format':<8}{'size':>9}{'parse() units/s':>17}{'bare units/s':>14}{'ratio':>7}  unit, bare call")

@@ -279,3 +279,28 @@ def scanned_pdf(texts: list[str], dpi: int = 200) -> bytes:
         document.add_page()
         document.image(io.BytesIO(page_image(text, dpi=dpi)), x=0, y=0, w=210, h=297)
     return bytes(document.output())
+
+
+def odt(paragraphs: list[str], table: list[list[str]] | None = None, heading: str = "Minutes") -> bytes:
+    """An OpenDocument text made by odfdo: a heading, paragraphs and a table."""
+    import tempfile
+    from pathlib import Path
+
+    from odfdo import Cell, Document, Header, Paragraph, Row, Table
+
+    document = Document("text")
+    document.body.append(Header(1, heading))
+    for text in paragraphs:
+        document.body.append(Paragraph(text))
+    if table:
+        grid = Table("Table1")
+        for values in table:
+            row = Row()
+            for value in values:
+                row.append_cell(Cell(value))
+            grid.append_row(row)
+        document.body.append(grid)
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "document.odt"
+        document.save(path)
+        return path.read_bytes()

@@ -39,6 +39,14 @@ def test_slides_give_their_text_and_notes_cited_by_slide_number() -> None:
     assert "Three engineers join in March" in sections["slide 2"] and "Notes" not in sections["slide 2"]
 
 
+def test_an_odt_reads_its_headings_paragraphs_and_table_rows() -> None:
+    data = sample_files.odt(["The council approved  the bridge.", "Work starts in May."], [["Cost", "4 million"]])
+    (section,) = parse(data, detect_kind("minutes.odt", None))
+    assert section.text == "Minutes\nThe council approved  the bridge.\nWork starts in May.\nCost | 4 million"
+    with pytest.raises(UnreadableFile, match="not a valid ODT"):
+        parse(b"plain", "odt")
+
+
 def test_sheet_rows_read_on_their_own_cited_by_sheet_and_row_range() -> None:
     sales = [["Region", "Quarter", "Sales"], *[[f"Region {n}", "Q3", 1000 + n] for n in range(60)]]
     data = sample_files.xlsx({"Sales": sales, "Staff": [["Name", "Team"], ["Ottoline", "Finance"]]})
@@ -110,12 +118,12 @@ def test_a_mail_nested_too_deep_fails_by_name() -> None:
         parse(sample_files.nested_eml(1000), "eml")
 
 
-@pytest.mark.parametrize("kind", ["pptx", "xlsx", "epub"])
+@pytest.mark.parametrize("kind", ["pptx", "xlsx", "epub", "odt"])
 def test_a_zip_bomb_in_a_zipped_format_fails_by_name_before_inflating(kind: str) -> None:
     bomb = sample_files.docx_bomb(300_000_000)  # a zip whose one member inflates 1,000:1
     with pytest.raises(UnreadableFile, match=r"inflates to|zip bomb"):
         parse(bomb, kind)  # type: ignore[arg-type]
-    with pytest.raises(UnreadableFile, match=f"not a {kind.upper()}"):
+    with pytest.raises(UnreadableFile, match=f"not a valid {kind.upper()}"):
         parse(b"plain bytes", kind)  # type: ignore[arg-type]
 
 

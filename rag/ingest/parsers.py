@@ -9,7 +9,8 @@ Chosen by measurement (`bench/parsers.py`) and by what the library is:
 - HTML: selectolax (the Lexbor engine): script, style and other non-content elements dropped, text per block.
 - Markdown: markdown-it-py's token stream, so markup characters do not reach the embedder.
 - Plain text: UTF-8 (a BOM is honoured) or UTF-16 with a BOM; anything else is refused, not guessed.
-- PPTX, XLSX, CSV, EPUB, mail, and scans and images by OCR: `rag/ingest/formats/`, each section with its location.
+- ODT, PPTX, XLSX, CSV, EPUB, mail, and scans and images by OCR: `rag/ingest/formats/`, each section with its
+  location.
 
 Every failure is an `UnreadableFile` whose message says why (corrupt, encrypted, too many pages, no text), and the
 file's name is added by the caller.
@@ -26,7 +27,9 @@ from typing import Literal
 
 from rag.errors import UnreadableFile, UnsupportedFileType
 
-FileKind = Literal["text", "markdown", "html", "pdf", "docx", "pptx", "xlsx", "csv", "epub", "eml", "mbox", "image"]
+FileKind = Literal[
+    "text", "markdown", "html", "pdf", "docx", "odt", "pptx", "xlsx", "csv", "epub", "eml", "mbox", "image"
+]
 
 _BY_EXTENSION: dict[str, FileKind] = {
     ".txt": "text",
@@ -37,6 +40,7 @@ _BY_EXTENSION: dict[str, FileKind] = {
     ".htm": "html",
     ".pdf": "pdf",
     ".docx": "docx",
+    ".odt": "odt",
     ".pptx": "pptx",
     ".xlsx": "xlsx",
     ".csv": "csv",
@@ -57,6 +61,7 @@ _BY_MEDIA_TYPE: dict[str, FileKind] = {
     "application/xhtml+xml": "html",
     "application/pdf": "pdf",
     "application/vnd.openxmlformats-officedocument.wordprocessingml.document": "docx",
+    "application/vnd.oasis.opendocument.text": "odt",
     "application/vnd.openxmlformats-officedocument.presentationml.presentation": "pptx",
     "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet": "xlsx",
     "text/csv": "csv",
@@ -73,6 +78,7 @@ MEDIA_TYPES: dict[FileKind, str] = {
     "html": "text/html",
     "pdf": "application/pdf",
     "docx": "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+    "odt": "application/vnd.oasis.opendocument.text",
     "pptx": "application/vnd.openxmlformats-officedocument.presentationml.presentation",
     "xlsx": "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
     "csv": "text/csv",
@@ -152,6 +158,11 @@ def parse(
 def _parse_more(data: bytes, kind: FileKind, limits: ParseLimits, max_chars: int | None) -> list[Section]:
     """The formats of `rag/ingest/formats/`."""
     match kind:
+        case "odt":
+            from rag.ingest.formats.opendocument import parse_odt
+
+            check_zip(data, limits, "ODT")
+            return [Section(parse_odt(data))]
         case "pptx":
             from rag.ingest.formats.slides import parse_pptx
 
@@ -273,7 +284,7 @@ def check_zip(data: bytes, limits: ParseLimits, what: str) -> None:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
             members = archive.infolist()
     except zipfile.BadZipFile:
-        raise UnreadableFile(f"not a {what} (not a zip archive)") from None
+        raise UnreadableFile(f"not a valid {what} (not a zip archive)") from None
     if len(members) > 10_000:
         raise UnreadableFile(f"the archive has {len(members)} members")
     inflated = sum(m.file_size for m in members)
