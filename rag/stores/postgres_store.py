@@ -25,6 +25,8 @@ itself once the server is back.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -38,8 +40,8 @@ import numpy as np
 from pgvector.asyncpg import register_vector
 
 from rag.access import AccessList, Reader
-from rag.errors import DocumentNotFound, SpaceRetired, TenantForbidden
-from rag.stores import pg_access, pg_export
+from rag.errors import DocumentNotFound, TenantForbidden
+from rag.stores import pg_access, pg_export, pg_spaces
 from rag.stores.base import AccessByDocument, SearchRequest, StoredDocument
 from rag.stores.pg_filters import SqlParams
 from rag.stores.pg_keywords import PRUNE_DELETED, FollowedKeywordIndex
@@ -47,7 +49,6 @@ from rag.stores.pg_pool import pooled_connection
 from rag.stores.pg_schema import (
     BULK_LOCK,
     PGVECTOR_EF_CONSTRUCTION,
-    SPACE_LOCK,
     migrate,
     search_indexes,
 )
@@ -109,6 +110,7 @@ class PostgresVectorStore:
         self.rewrite_on_purge = False  # PG_PURGE_REWRITE: see `purge`
         self._counts = (0, 0)
         self.follower = False  # written by the space builder: writes pass the 'retired' marker
+        self._write_slots: asyncio.Semaphore | None = None
 
     @classmethod
     async def open(
@@ -145,6 +147,9 @@ class PostgresVectorStore:
             await pool.close()
             raise
         store = cls(pool, keywords, embedding_model, dimension, ef_search, ef_construction)
+        # Writes take at most all but one of the pool's connections: writes waiting for a switch of embedding space
+        # hold theirs, and the switch's own reads (rag/spaces/builder.py) must still find one.
+        store._write_slots = asyncio.Semaphore(max(1, pool_size - 1))
         await store.refresh()
         return store
 
@@ -159,6 +164,9 @@ class PostgresVectorStore:
 
     def _connection(self) -> AbstractAsyncContextManager[asyncpg.Connection]:
         return pooled_connection(self._pool)
+
+    def _write_slot(self) -> AbstractAsyncContextManager[object]:
+        return self._write_slots if self._write_slots is not None else contextlib.nullcontext()
 
     # --- counts ----------------------------------------------------------------------------------
 
@@ -181,35 +189,17 @@ class PostgresVectorStore:
     # --- writing ---------------------------------------------------------------------------------
 
     async def _writing(self, conn: asyncpg.Connection) -> None:
-        """First step of every write's transaction: hold the space lock shared (a switch holds it alone, so no write
-        runs across one) and refuse the write once this schema's space was switched away from (rag/spaces/)."""
-        if self.follower:
-            return  # the builder's own writes, made while it holds the lock for a switch
-        await conn.execute("SELECT pg_advisory_xact_lock_shared($1)", SPACE_LOCK)
-        # A statement of its own, after the lock: a statement reads the snapshot taken when it began, so reading the
-        # marker in the same one would read it as it was before a switch this write waited for.
-        if await conn.fetchval("SELECT value FROM rag_meta WHERE key = 'retired'") is not None:
-            raise SpaceRetired("this schema's embedding space was switched away from; write to the active one")
+        if not self.follower:  # the builder's own writes pass: it makes them while it holds the lock for a switch
+            await pg_spaces.check_writable(conn)
 
     @asynccontextmanager
     async def switch_barrier(self) -> AsyncIterator[None]:
-        """Hold off every write, from every replica, while searches and exports go on: the space lock, alone."""
-        async with self._connection() as conn:
-            await conn.execute("SELECT pg_advisory_lock($1)", SPACE_LOCK)
-            try:
-                yield
-            finally:
-                await conn.execute("SELECT pg_advisory_unlock($1)", SPACE_LOCK)
+        async with self._connection() as conn, pg_spaces.barrier(conn):
+            yield
 
     async def mark_retired(self, retired: bool) -> None:
-        """Set or clear the marker `_writing` reads; the switch does it while it holds the space lock."""
         async with self._connection() as conn:
-            if retired:
-                await conn.execute(
-                    "INSERT INTO rag_meta (key, value) VALUES ('retired', now()::text) ON CONFLICT (key) DO NOTHING"
-                )
-            else:
-                await conn.execute("DELETE FROM rag_meta WHERE key = 'retired'")
+            await pg_spaces.mark_retired(conn, retired)
 
     @asynccontextmanager
     async def bulk_load(self, index_memory: str = "1GB") -> AsyncIterator[None]:
@@ -267,7 +257,7 @@ class PostgresVectorStore:
         for chunk in chunks:
             documents.setdefault(chunk.document_id, []).append(chunk)
         ids = sorted(documents)
-        async with self._connection() as conn, conn.transaction():
+        async with self._write_slot(), self._connection() as conn, conn.transaction():
             await self._writing(conn)
             # one lock per document id, taken in order: concurrent replacements of a document serialise
             await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(id, 0)) FROM unnest($1::text[]) id", ids)
@@ -330,7 +320,7 @@ class PostgresVectorStore:
         self._counts = (int(counts["chunks"]), int(counts["documents"]))
 
     async def delete(self, document_id: str, org_id: str | None = None, reader: Reader | None = None) -> int:
-        async with self._connection() as conn, conn.transaction():
+        async with self._write_slot(), self._connection() as conn, conn.transaction():
             await self._writing(conn)
             await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", document_id)
             if reader is not None and await pg_access.unreadable(conn, [document_id], reader):
@@ -355,7 +345,7 @@ class PostgresVectorStore:
         """Delete those of the documents that exist (of `org_id`, when given) in one transaction; returns their
         chunks."""
         ids = sorted(set(document_ids))
-        async with self._connection() as conn, conn.transaction():
+        async with self._write_slot(), self._connection() as conn, conn.transaction():
             await self._writing(conn)
             await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(id, 0)) FROM unnest($1::text[]) id", ids)
             removed = await conn.fetchrow(
@@ -397,11 +387,7 @@ class PostgresVectorStore:
 
     async def document_states(self) -> dict[str, tuple[int, str | None]]:
         async with self._connection() as conn:
-            rows = await conn.fetch(
-                "SELECT d.id, d.seq, array_to_string(l.users, ',') || ' ' || array_to_string(l.groups, ',') AS access "
-                "FROM rag_documents d LEFT JOIN rag_access_lists l ON l.document_id = d.id"
-            )
-        return {row["id"]: (int(row["seq"]), row["access"]) for row in rows}
+            return await pg_spaces.document_states(conn)
 
     async def purge(self, deleted_here: bool = True) -> None:
         """Purge what deletions left: this replica's keyword index segments holding deleted entries are rewritten,
@@ -419,7 +405,7 @@ class PostgresVectorStore:
         await self._keywords.purge(self._pool)
 
     async def set_access(self, document_id: str, access: AccessList | None, org_id: str | None = None) -> None:
-        async with self._connection() as conn, conn.transaction():
+        async with self._write_slot(), self._connection() as conn, conn.transaction():
             await self._writing(conn)
             await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", document_id)
             if not await conn.fetchval(
