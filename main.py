@@ -45,7 +45,7 @@ from rag.ingest.parser_pool import ParserPool
 from rag.ingest.parsers import ParseLimits
 from rag.ingest.runner import JobRunner
 from rag.pipeline import ChatPipeline, Condenser, condense_with_rule, last_user_message
-from rag.purge import Purger, forgetting_answers_citing_deleted, purge_of, vacuuming
+from rag.purge import Purger, forgetting_answers_citing_deleted, purge_of, removing_leftover_exports, vacuuming
 from rag.retriever import Retriever
 from rag.spaces import open_registry
 from rag.spaces.active import ActiveEmbedder, ActiveSpace, ActiveStore
@@ -187,7 +187,11 @@ async def build_services(settings: Settings, metrics: ChatMetrics, stack: contex
     streams = StreamSupervisor(settings.sse_send_timeout, settings.sse_ping_seconds, SSE_SHUTDOWN_GRACE_SECONDS)
     streams.start()
     stack.push_async_callback(streams.aclose)
-    steps = [forgetting_answers_citing_deleted(answers.log, store), purge_of(store)]
+    steps = [
+        forgetting_answers_citing_deleted(answers.log, store),
+        purge_of(store),
+        removing_leftover_exports(settings.data_dir / "exports"),
+    ]
     if settings.database_url is not None:
         chat_tables = ["rag_messages", "rag_chats", "rag_answer_events", "rag_answer_runs"]
         steps.append(vacuuming(settings.database_url.get_secret_value(), chat_tables, settings.pg_purge_rewrite))

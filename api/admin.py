@@ -9,11 +9,9 @@ erases the deleted text from the files (`rag/purge.py`, PURGE_DELAY_SECONDS).
 from __future__ import annotations
 
 import contextlib
-import shutil
 import time
 import uuid
 from dataclasses import asdict
-from pathlib import Path
 from typing import Annotated, Any
 
 import anyio
@@ -28,6 +26,7 @@ from rag.archive.exporter import export_archive
 from rag.backup import BackupError, backup
 from rag.chats.sqlite import ChatNotFound, ChatOwner
 from rag.errors import InvalidRequest, TenantForbidden
+from rag.purge import remove_leftover_exports
 
 router = APIRouter(tags=["administration"])
 _ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (403, 422)}
@@ -112,16 +111,6 @@ async def purge_org(orgId: str, services: ServicesDep, principal: PrincipalDep) 
     return {"orgId": org_id, **details, "chunks": removed_chunks}
 
 
-EXPORT_LEFTOVER_SECONDS = 3600.0  # an export file this old was left by a crash or a dropped client: removed
-
-
-def _remove_leftover_exports(folder: Path) -> None:
-    for path in folder.glob("*"):
-        with contextlib.suppress(FileNotFoundError):
-            if time.time() - path.stat().st_mtime > EXPORT_LEFTOVER_SECONDS:
-                shutil.rmtree(path) if path.is_dir() else path.unlink()
-
-
 @router.get(
     "/export",
     responses={**_ERRORS, 200: {"content": {"application/x-tar": {}}, "description": "The archive."}},
@@ -141,7 +130,7 @@ async def export_documents(
     settings = services.settings
     folder = settings.data_dir / "exports"
     folder.mkdir(parents=True, exist_ok=True)
-    await anyio.to_thread.run_sync(_remove_leftover_exports, folder)
+    await anyio.to_thread.run_sync(remove_leftover_exports, folder)
     path = folder / f"{uuid.uuid4().hex}.tar"
     manifest = await export_archive(
         services.store,

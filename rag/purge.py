@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shutil
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable
@@ -92,6 +93,27 @@ def vacuuming(dsn: str, tables: list[str], rewrite: bool) -> PurgeStep:
             await vacuum(conn, tables, rewrite)
         finally:
             await conn.close()
+
+    return step
+
+
+EXPORT_LEFTOVER_SECONDS = 3600.0  # an export file this old was left by a crash or a dropped client: removed
+
+
+def remove_leftover_exports(folder: Path) -> None:
+    """Remove export archives (DATA_DIR/exports) left by a crash or a client that went away: they hold documents'
+    text, which must not outlive their deletion. One still being written or sent is younger than the cut-off."""
+    for path in folder.glob("*"):
+        with contextlib.suppress(FileNotFoundError):
+            if time.time() - path.stat().st_mtime > EXPORT_LEFTOVER_SECONDS:
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def removing_leftover_exports(folder: Path) -> PurgeStep:
+    """A purge step: `remove_leftover_exports` at every purge, so a crash's leftovers go without another export."""
+
+    async def step(deleted_here: bool) -> None:
+        await anyio.to_thread.run_sync(remove_leftover_exports, folder)
 
     return step
 

@@ -143,6 +143,27 @@ def test_a_purge_also_runs_at_start_for_deletions_a_stop_left(fake_upstream: Fak
     assert keyword_entries(data_dir / "store" / "keywords", CANARIES["document"]) == 0
 
 
+def test_an_export_a_crash_left_behind_is_purged_without_another_export(
+    fake_upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """An archive left in DATA_DIR/exports (the service died while sending it) holds documents' text: the purger
+    removes it once it is older than any export still in progress could be, and leaves a young one alone."""
+    import os
+
+    data_dir = tmp_path / "data"
+    exports = data_dir / "exports"
+    exports.mkdir(parents=True)
+    left = exports / "export-left.tar"
+    left.write_bytes(f"an archive holding {CANARIES['document']}".encode())
+    os.utime(left, (time.time() - 7200, time.time() - 7200))
+    young = exports / "export-sending.tar"
+    young.write_bytes(b"an export being sent now")
+    settings = make_settings(data_dir, fake_upstream.url, purge_delay_seconds=0)  # type: ignore[attr-defined]
+    with serve(create_app(settings)):
+        wait_until(lambda: not left.exists())
+        assert young.exists()
+
+
 def test_the_scan_reads_tantivy_itself(tmp_path: Path) -> None:
     """The check on the keyword index asks Tantivy for the term, so it would see one that a byte scan misses."""
     index = KeywordIndex(tmp_path / "kw")
