@@ -372,3 +372,27 @@ def test_every_replica_moves_at_the_switch_and_writes_through_any_of_them_land_i
         held |= writers_a.held | writers_b.held
         assert_holds(a, held, "through the first replica")
         assert_holds(b, held, "through the second replica")
+
+
+def test_two_workers_on_one_data_dir_move_together_and_lose_no_write(tmp_path: Path, fake_upstream: Any) -> None:
+    """Two uvicorn workers share the embedded store: one runs the builder; writers through fresh connections reach
+    both throughout the switch; afterwards both serve the new model and hold every acknowledged document."""
+    from bench.service_process import ServiceProcess
+
+    settings = {"space_pass_seconds": "0.2", "space_poll_seconds": "0.2", "similarity_threshold": "0.0"}
+    with ServiceProcess(tmp_path / "data", fake_upstream.url, workers=2, **settings) as service:
+        service.wait_ready()
+        fresh = httpx.Client(base_url=service.url, timeout=60, limits=httpx.Limits(max_keepalive_connections=0))
+        with fresh as http:
+            old_model = serving_model(http)
+            name = http.post("/api/v1/embedding-spaces", json={"embedder": HASHING}).json()["name"]
+            wait_for(lambda: spaces(http)[name]["state"] == "ready", what="ready")
+            with Writers(http, first=0) as writers:
+                time.sleep(0.5)
+                assert http.post(f"/api/v1/embedding-spaces/{name}/activate").status_code == 202
+                # fresh connections spread over the workers: both have moved when many answers agree
+                wait_for(lambda: {serving_model(http) for _ in range(12)} == {"hashing-64"}, what="both workers moved")
+                time.sleep(0.5)
+            assert writers.errors == []
+            assert old_model != "hashing-64"
+            assert_holds(http, writers.held, "after the switch, through both workers")
