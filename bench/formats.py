@@ -22,6 +22,7 @@ import io
 import re
 import sys
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -150,27 +151,30 @@ def main() -> None:
     scans = texts[: args.scans]
     print(f"OCR (Tesseract {ocr_version()}, one thread), {len(scans)} scanned abstracts:")
     for dpi in (150, 300):
-        for label, make, kind in (
-            ("scanned PDF page", lambda text, dpi=dpi: sample_files.scanned_pdf([text], dpi), "pdf"),
-            ("PNG page", lambda text, dpi=dpi: sample_files.page_image(text, dpi=dpi), "image"),
-        ):
-            seconds, recalls, errors = [], [], []
-            for text in scans:
-                file = make(text)
-                started = time.perf_counter()
-                read = " ".join(section.text for section in parse(file, kind))  # type: ignore[arg-type]
-                seconds.append(time.perf_counter() - started)
-                recalls.append(word_recall(text, read))
-                errors.append(character_error_rate(text, read))
-            print(
-                f"  {dpi} dpi {label:<17} {sum(seconds) / len(seconds):5.2f} s a page (max {max(seconds):.2f}); "
-                f"character error rate {100 * sum(errors) / len(errors):.2f}% (worst {100 * max(errors):.2f}%); "
-                f"words read back {100 * sum(recalls) / len(recalls):.1f}%"
-            )
+        pdfs = [sample_files.scanned_pdf([text], dpi) for text in scans]
+        print(f"  {dpi} dpi scanned PDF page {ocr_figures(scans, pdfs, lambda file: parse(file, 'pdf'))}")
+        pngs = [sample_files.page_image(text, dpi=dpi) for text in scans]
+        print(f"  {dpi} dpi PNG page         {ocr_figures(scans, pngs, lambda file: parse(file, 'image'))}")
     with_layer = sample_files.pdf(scans)
     layer = best_of(3, lambda: parse(with_layer, "pdf"))
     print(f"  the same pages' text layer (PDFium): {layer / len(scans) * 1000:.1f} ms a page, every word")
     compare_rapidocr(scans)
+
+
+def ocr_figures(texts: list[str], files: list[bytes], read: Callable[[bytes], Iterable[object]]) -> str:
+    """Seconds a page, character error rate and words read back, of `read` over each file against its text."""
+    seconds, recalls, errors = [], [], []
+    for text, file in zip(texts, files, strict=True):
+        started = time.perf_counter()
+        found = " ".join(str(getattr(part, "text", part)) for part in read(file))
+        seconds.append(time.perf_counter() - started)
+        recalls.append(word_recall(text, found))
+        errors.append(character_error_rate(text, found))
+    return (
+        f"{sum(seconds) / len(seconds):5.2f} s a page (max {max(seconds):.2f}); character error rate "
+        f"{100 * sum(errors) / len(errors):.2f}% (worst {100 * max(errors):.2f}%); words read back "
+        f"{100 * sum(recalls) / len(recalls):.1f}%"
+    )
 
 
 def compare_rapidocr(scans: list[str]) -> None:
@@ -186,20 +190,9 @@ def compare_rapidocr(scans: list[str]) -> None:
     logging.getLogger("RapidOCR").setLevel(logging.WARNING)
     engine = RapidOCR()
     for dpi in (150, 300):
-        seconds, recalls, errors = [], [], []
-        for text in scans:
-            png = sample_files.page_image(text, dpi=dpi)
-            started = time.perf_counter()
-            result = engine(png)
-            seconds.append(time.perf_counter() - started)
-            read = " ".join(result.txts or ())
-            recalls.append(word_recall(text, read))
-            errors.append(character_error_rate(text, read))
-        print(
-            f"  rapidocr 3.10 (its default threads), {dpi} dpi PNG page {sum(seconds) / len(seconds):5.2f} s a page "
-            f"(max {max(seconds):.2f}); character error rate {100 * sum(errors) / len(errors):.2f}% "
-            f"(worst {100 * max(errors):.2f}%); words read back {100 * sum(recalls) / len(recalls):.1f}%"
-        )
+        pngs = [sample_files.page_image(text, dpi=dpi) for text in scans]
+        figures = ocr_figures(scans, pngs, lambda file: engine(file).txts or ())
+        print(f"  rapidocr 3.10 (its default threads), {dpi} dpi PNG page {figures}")
 
 
 def ocr_version() -> str:
