@@ -3,6 +3,7 @@ old jobs and removes bytes nobody will read, and a job's items ingested side by 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from pathlib import Path
@@ -95,6 +96,9 @@ class WatchedEmbedder(OnnxEmbedder):
         self.running += 1
         self.most_at_once = max(self.most_at_once, self.running)
         try:
+            # A one-chunk note embeds in milliseconds, less than a parse's round trip: held a moment, as a larger
+            # document would be, so that whether the runner starts the next item meanwhile is what is seen.
+            await asyncio.sleep(0.2)
             return await super().embed_documents(texts)
         finally:
             self.running -= 1
