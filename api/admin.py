@@ -40,6 +40,12 @@ def admin_org(principal: Principal, org_id: str | None) -> str | None:
     return org_id
 
 
+def require_trusted(principal: Principal, holding: str) -> None:
+    """403 unless a trusted key (or an open service) asks: for what holds every organisation's data (`holding`)."""
+    if admin_org(principal, None) is not None:
+        raise TenantForbidden(f"{holding} every organisation's data: this needs a trusted key")
+
+
 async def forget_chats(services: Services, chats: list[tuple[str, ChatOwner]]) -> int:
     """Stop and delete chats and their kept answers; returns how many."""
     for chat_id, owner in chats:
@@ -154,8 +160,7 @@ async def export_documents(
 async def back_up(services: ServicesDep, principal: PrincipalDep) -> dict[str, Any]:
     """Back up DATA_DIR while the service runs (what `python -m rag.backup` does) to a new folder under BACKUP_DIR;
     answers when it is complete. A backup holds every organisation: it needs a trusted key (or an open service)."""
-    if admin_org(principal, None) is not None:
-        raise TenantForbidden("a backup holds every organisation's data: it needs a trusted key")
+    require_trusted(principal, "a backup holds")
     settings = services.settings
     if settings.backup_dir is None:
         raise InvalidRequest("backups over HTTP are off: set BACKUP_DIR (or run python -m rag.backup DEST)")

@@ -10,11 +10,10 @@ from typing import Any
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
-from api.admin import admin_org
+from api.admin import require_trusted
 from api.auth import Principal, PrincipalDep
 from api.deps import Services, ServicesDep
 from api.schemas import ErrorBody
-from rag.errors import TenantForbidden
 from rag.spaces.registry import Space
 from rag.spaces.requests import ask_for_space, ask_to_activate, ask_to_drop
 
@@ -31,11 +30,6 @@ class NewSpace(BaseModel):
     name: str | None = Field(None, description="The space's name (default: from its model's).")
 
 
-def _trusted(principal: Principal) -> None:
-    if admin_org(principal, None) is not None:
-        raise TenantForbidden("embedding spaces hold every organisation's documents: this needs a trusted key")
-
-
 async def _audit(services: Services, principal: Principal, action: str, space: Space) -> dict[str, Any]:
     await services.audit.record(action, space.name, None, principal.kind, principal.user_id, {"model": space.model})
     return space.as_dict()
@@ -44,7 +38,7 @@ async def _audit(services: Services, principal: Principal, action: str, space: S
 @router.get("", responses=_ERRORS)
 async def list_spaces(services: ServicesDep, principal: PrincipalDep) -> dict[str, Any]:
     """Every space with its state and progress; `serving` is the one this replica serves."""
-    _trusted(principal)
+    require_trusted(principal, "embedding spaces hold")
     spaces = await services.spaces.spaces()
     return {"serving": services.embedder.model_name, "spaces": [space.as_dict() for space in spaces]}
 
@@ -52,7 +46,7 @@ async def list_spaces(services: ServicesDep, principal: PrincipalDep) -> dict[st
 @router.post("", status_code=202, responses=_ERRORS)
 async def add_space(body: NewSpace, services: ServicesDep, principal: PrincipalDep) -> dict[str, Any]:
     """Start embedding every document with another embedder, into a new space beside the active one."""
-    _trusted(principal)
+    require_trusted(principal, "embedding spaces hold")
     serving = (services.embedder.model_name, services.embedder.dimension)
     space = await ask_for_space(services.settings, services.spaces, serving, body.embedder, body.name)
     return await _audit(services, principal, "space.add", space)
@@ -61,12 +55,12 @@ async def add_space(body: NewSpace, services: ServicesDep, principal: PrincipalD
 @router.post("/{name}/activate", status_code=202, responses=_ERRORS)
 async def activate_space(name: str, services: ServicesDep, principal: PrincipalDep) -> dict[str, Any]:
     """Switch to this space after the builder's next whole pass over it; the active one then follows it."""
-    _trusted(principal)
+    require_trusted(principal, "embedding spaces hold")
     return await _audit(services, principal, "space.activate", await ask_to_activate(services.spaces, name))
 
 
 @router.delete("/{name}", status_code=202, responses=_ERRORS)
 async def drop_space(name: str, services: ServicesDep, principal: PrincipalDep) -> dict[str, Any]:
     """Remove a space that is not active, with its store."""
-    _trusted(principal)
+    require_trusted(principal, "embedding spaces hold")
     return await _audit(services, principal, "space.drop", await ask_to_drop(services.spaces, name))

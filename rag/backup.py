@@ -40,10 +40,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from rag.durable import fsync_path
+from rag.spaces.registry import DEFAULT_SPACE
+from rag.stores import space_location
 
 logger = logging.getLogger(__name__)
 
-STORE = "store"
 SPACES = "spaces.sqlite3"  # the embedding spaces' registry (rag/spaces/registry.py)
 CATALOG = "catalog.sqlite3"
 KEYWORDS = "keywords"
@@ -220,7 +221,7 @@ def backup(data_dir: Path, destination: Path, store_backend: str = "numpy") -> B
     started = time.perf_counter()
     partial = destination.parent / f".{destination.name}.partial-{uuid.uuid4().hex[:8]}"
     active = _active_space(data_dir / SPACES)
-    folder = STORE if active in (None, "default") else f"spaces/{active}/{STORE}"
+    folder = space_location(None if active in (None, DEFAULT_SPACE) else active).folder
     store = data_dir / folder
     try:
         with open(data_dir / BACKUP_LOCK, "a+b") as lock:

@@ -48,6 +48,9 @@ class SpaceRetired(StoreUnavailable):
     active space and writes again; a route answers 503, and a retry lands in the active space."""
 
     error_type = "space_switched"
+    # How many times a writer moves to the new space and writes again: a switch is rare, and two more within one
+    # write are not a case to wait out.
+    retries = 2
 
 
 class SpaceNotFound(RAGError):

@@ -17,8 +17,6 @@ from rag.stores import VectorStore
 from rag.stores.base import AccessByDocument
 from rag.types import TENANT_KEY, Chunk, Embedder, Metadata
 
-SPACE_SWITCH_RETRIES = 2  # a switch is rare: two in a row within one add is not a case to wait out
-
 # After each batch a job reports progress (and may learn it was cancelled).
 ProgressCallback = Callable[[int], Awaitable[None]]
 
@@ -114,7 +112,7 @@ class Indexer:
         upsert: the documents they belong to are replaced whole."""
         if not chunks:
             return
-        for attempt in range(SPACE_SWITCH_RETRIES + 1):
+        for attempt in range(SpaceRetired.retries + 1):
             embedder, store = self.embedder, self.store  # one space's pair, even if a switch comes meanwhile
             step = batch_size or len(chunks)
             parts: list[np.ndarray] = []
@@ -127,7 +125,7 @@ class Indexer:
                 await store.upsert(chunks, vectors, org_id, access, reader, added_by)
                 return
             except SpaceRetired:
-                if self.on_space_switched is None or attempt == SPACE_SWITCH_RETRIES:
+                if self.on_space_switched is None or attempt == SpaceRetired.retries:
                     raise
                 await self.on_space_switched()
 

@@ -48,14 +48,20 @@ def write_frame(stream: BinaryIO, body: bytes) -> None:
     stream.flush()
 
 
+def die_with_parent() -> None:
+    """Have the kernel SIGKILL this process when its parent dies (Linux's PR_SET_PDEATHSIG): a parser process with
+    the service, an OCR process with its parser process."""
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
 def confine(memory_limit: int) -> None:
     """Limit this process before it touches a file: memory, priority, and no life after the service's."""
     parent = os.getppid()
-    libc = ctypes.CDLL(None, use_errno=True)
-    pr_set_pdeathsig = 1
-    libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+    die_with_parent()
     if os.getppid() != parent:  # the service died before the line above took effect
         os._exit(1)
+    libc = ctypes.CDLL(None, use_errno=True)
     resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
     os.nice(NICENESS)
     # glibc maps each buffer over 128 KiB afresh and unmaps it when freed, so every text of a file was paid for in

@@ -23,9 +23,12 @@ import threading
 import zipfile
 from dataclasses import dataclass
 from pathlib import PurePath
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from rag.errors import UnreadableFile, UnsupportedFileType
+
+if TYPE_CHECKING:
+    from selectolax.lexbor import LexborHTMLParser
 
 FileKind = Literal[
     "text", "markdown", "html", "pdf", "docx", "odt", "pptx", "xlsx", "csv", "epub", "eml", "mbox", "image"
@@ -327,13 +330,16 @@ def parse_html(markup: str) -> str:
     tree = LexborHTMLParser(markup)
     title = tree.css_first("title")
     heading = title.text(strip=True) if title is not None else ""
+    text = content_text(tree)
+    return f"{heading}\n{text}" if heading else text
+
+
+def content_text(tree: LexborHTMLParser) -> str:
+    """A parsed page's text, a line per block, without scripts, styles and other non-content elements."""
     for node in tree.css(_NOT_CONTENT):
         node.decompose()
     root = tree.body or tree.root
-    if root is None:
-        return ""
-    text = root.text(separator="\n", strip=True)
-    return f"{heading}\n{text}" if heading else text
+    return "" if root is None else root.text(separator="\n", strip=True)
 
 
 _BREAKS = {"softbreak": "\n", "hardbreak": "\n"}

@@ -36,7 +36,6 @@ EMBEDDER_KEYS = (
     "use_openai_embeddings",
     "openai_embedding_model",
 )
-SWITCH_RETRIES = 2  # a write meeting a switch moves to the new space; two switches within one write are not waited out
 CLOSE_AFTER_SECONDS = 30.0  # a retired pair stays open this long for the requests that began on it
 BUILDER_NICE = 10  # the space builder's embedding threads, below the service's (as the import command runs)
 
@@ -59,8 +58,8 @@ async def open_space(settings: Settings, space: Space | None, follower: bool = F
                 f"space {space.name!r} was built with {space.model!r} (dimension {space.dimension}), but its embedder "
                 f"settings now build {embedder.model_name!r} (dimension {embedder.dimension})"
             )
-        location = None if space is None or space.name == DEFAULT_SPACE else space.name
-        store = await open_store(settings, embedder.model_name, embedder.dimension, location)
+        name = None if space is None else space.store_name
+        store = await open_store(settings, embedder.model_name, embedder.dimension, name)
     except BaseException:
         await embedder.aclose()
         raise
@@ -88,11 +87,11 @@ class ActiveStore:
         return getattr(self._space.store, name)
 
     async def _write(self, method: str, *args: Any) -> Any:
-        for attempt in range(SWITCH_RETRIES + 1):
+        for attempt in range(SpaceRetired.retries + 1):
             try:
                 return await getattr(self._space.store, method)(*args)
             except SpaceRetired:
-                if attempt == SWITCH_RETRIES:
+                if attempt == SpaceRetired.retries:
                     raise
                 await self._space.refresh()
 

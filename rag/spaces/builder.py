@@ -30,11 +30,13 @@ from typing import IO
 import asyncpg
 
 from config import Settings
+from rag.purge import purge_of
 from rag.spaces.active import ActiveSpace, open_space
-from rag.spaces.registry import DEFAULT_SPACE, Space, SpaceRegistry
+from rag.spaces.registry import Space, SpaceRegistry
 from rag.spaces.sync import Progress, follow
 from rag.stores import space_location
 from rag.stores.base import SpaceStore
+from rag.stores.pg_schema import drop_store
 from rag.types import Embedder
 
 logger = logging.getLogger(__name__)
@@ -74,7 +76,6 @@ class SpaceBuilder:
         self.interval = interval
         self.followers: dict[str, tuple[Embedder, SpaceStore]] = {}
         self._task: asyncio.Task[None] | None = None
-        self.passes = 0  # passes made, for tests that wait for one
         # Per follower, the active store's write generation when its last whole pass began: while the generation
         # stays there, a pass would find nothing, and is skipped (a kept space costs nothing while nobody writes).
         self._caught_up: dict[str, tuple[str, int]] = {}
@@ -153,11 +154,11 @@ class SpaceBuilder:
                 await self.registry.report(
                     space.name, space.documents_total, space.documents_done, space.chunks_embedded, error=str(exc)
                 )
-        self.passes += 1
 
     async def _follow(self, space: Space) -> None:
         embedder, store = await self._follower(space)
-        generation = await self._space_store(self.active.store).write_generation()
+        source = self._space_store(self.active.store)
+        generation = await source.write_generation()
         if space.state != "building" and self._caught_up.get(space.name) == (self.active.name, generation):
             return
         embedded = space.chunks_embedded
@@ -165,10 +166,9 @@ class SpaceBuilder:
         async def report(progress: Progress) -> None:
             await self.registry.report(space.name, progress.total, progress.done, embedded + progress.embedded)
 
-        progress = await follow(self.active.store, store, embedder, self.registry, space.name, on_batch=report)
-        purge = getattr(store, "purge", None)
-        if progress.changed and callable(purge):
-            await purge(True)  # what the pass deleted or replaced leaves no text behind here either
+        progress = await follow(source, store, embedder, self.registry, space.name, on_batch=report)
+        if progress.changed:  # what the pass deleted or replaced leaves no text behind here either
+            await purge_of(store)(True)
         await self.registry.report(
             space.name,
             progress.total,
@@ -207,25 +207,17 @@ class SpaceBuilder:
     async def _drop(self, space: Space) -> None:
         if space.name in self.followers:
             await self._close_follower(space.name)
-        folder, schema = space_location(self.settings, None if space.name == DEFAULT_SPACE else space.name)
+        where = space_location(space.store_name)
         if self.settings.vector_store == "postgres":
             assert self.settings.database_url is not None
             conn = await asyncpg.connect(self.settings.database_url.get_secret_value())
             try:
-                if schema is None:  # the first store's tables, in the default schema
-                    await conn.execute(
-                        "DROP TABLE IF EXISTS rag_deleted_chunks, rag_access_lists, rag_chunks, rag_documents, "
-                        "rag_counters, rag_meta, rag_schema CASCADE; DROP FUNCTION IF EXISTS rag_note_deleted_chunks()"
-                    )
-                else:
-                    await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+                await drop_store(conn, where.schema)
             finally:
                 await conn.close()
-            keywords = "pg-keywords" if schema is None else f"pg-keywords-{space.name}"
-            await asyncio.to_thread(shutil.rmtree, self.settings.data_dir / keywords, True)
-        else:  # the space's folder (spaces/<name>), or the first store's
-            removed = self.settings.data_dir / (folder if space.name == DEFAULT_SPACE else f"spaces/{space.name}")
-            await asyncio.to_thread(shutil.rmtree, removed, True)
+            await asyncio.to_thread(shutil.rmtree, self.settings.data_dir / where.keywords, True)
+        else:
+            await asyncio.to_thread(shutil.rmtree, self.settings.data_dir / where.root, True)
         await self.registry.remove(space.name)
         logger.info("embedding space %r dropped", space.name)
 

@@ -58,6 +58,11 @@ class Space:
     chunks_embedded: int = 0
     error: str | None = None
 
+    @property
+    def store_name(self) -> str | None:
+        """The name its store goes by (`rag.stores.space_location`): None for the first store, where it always was."""
+        return None if self.name == DEFAULT_SPACE else self.name
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,

@@ -10,7 +10,7 @@ from config import Settings
 from rag.embedders.factory import build_embedder
 from rag.errors import InvalidRequest, SpaceConflict, SpaceNotFound
 from rag.spaces.active import embedder_settings
-from rag.spaces.registry import DEFAULT_SPACE, Space, SpaceRegistry
+from rag.spaces.registry import DEFAULT_SPACE, Request, Space, SpaceRegistry
 
 NAME = re.compile(r"[a-z0-9][a-z0-9_]{0,39}")  # a folder name and a PostgreSQL schema name as it stands
 
@@ -62,19 +62,19 @@ async def _existing(registry: SpaceRegistry, name: str) -> Space:
     return space
 
 
-async def ask_to_activate(registry: SpaceRegistry, name: str) -> Space:
-    """Ask for the switch to space `name`; it happens after the builder's next whole pass over it."""
+async def _ask(registry: SpaceRegistry, name: str, action: Request, refusal: str) -> Space:
     space = await _existing(registry, name)
     if space.state == "active":
-        raise SpaceConflict(f"space {name!r} is the active one")
-    await registry.request(name, "activate")
+        raise SpaceConflict(f"space {name!r} is the active one{refusal}")
+    await registry.request(name, action)
     return await _existing(registry, name)
+
+
+async def ask_to_activate(registry: SpaceRegistry, name: str) -> Space:
+    """Ask for the switch to space `name`; it happens after the builder's next whole pass over it."""
+    return await _ask(registry, name, "activate", "")
 
 
 async def ask_to_drop(registry: SpaceRegistry, name: str) -> Space:
     """Ask for space `name` to be removed with its store; never the active one."""
-    space = await _existing(registry, name)
-    if space.state == "active":
-        raise SpaceConflict(f"space {name!r} is the active one: activate another first")
-    await registry.request(name, "drop")
-    return await _existing(registry, name)
+    return await _ask(registry, name, "drop", ": activate another first")

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from rag.archive.importer import ImportReport, adds, store_run
 from rag.spaces.registry import DocumentState, SpaceRegistry
 from rag.stores import VectorStore
-from rag.stores.base import ExportableStore
+from rag.stores.base import SpaceStore
 from rag.types import Embedder
 
 # Documents per add into the follower: PostgreSQL locks each document of an add (see rag/archive/importer.py).
@@ -33,7 +33,7 @@ class Progress:
 
 
 async def follow(
-    source: VectorStore,
+    source: SpaceStore,
     target: VectorStore,
     embedder: Embedder,
     registry: SpaceRegistry,
@@ -42,8 +42,7 @@ async def follow(
     on_batch: Callable[[Progress], Awaitable[None]] | None = None,
 ) -> Progress:
     """Bring follower `name` (`target`, embedding with `embedder`) up to the active store `source`."""
-    assert isinstance(source, ExportableStore)
-    states: dict[str, DocumentState] = await source.document_states()  # type: ignore[attr-defined]
+    states: dict[str, DocumentState] = await source.document_states()
     ledger = await registry.ledger(name)
     progress = Progress(total=len(states))
     gone = [doc for doc in ledger if doc not in states]

@@ -5,6 +5,7 @@ built by `await cls.open(embedding_model, dimension, **VECTOR_STORE_OPTIONS)` wh
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from llm.plugins import construct, load_class, require
@@ -22,23 +23,34 @@ STORE_METHODS = ("upsert", "delete", "search", "list_documents", "layout", "refr
 STORE_ATTRIBUTES = ("backend", "count", "document_count")
 
 
-def space_location(settings: Settings, space: str | None) -> tuple[str, str | None]:
-    """Where a store of embedding space `space` lives (None: the service's first store): the embedded store's
-    folder under DATA_DIR, and the PostgreSQL store's schema (None: the default one)."""
+@dataclass(frozen=True)
+class SpaceLocation:
+    """Where the store of an embedding space lives (rag/spaces/): `root`, the folder under DATA_DIR that is its alone
+    (removed when it is dropped), the embedded store's folder, the PostgreSQL schema (None: the default one), and the
+    PostgreSQL store's keyword index folder of this replica."""
+
+    root: str
+    folder: str
+    schema: str | None
+    keywords: str
+
+
+def space_location(space: str | None) -> SpaceLocation:
+    """`space` None: the service's first store, where it always was."""
     if space is None:
-        return "store", None
-    return f"spaces/{space}/store", f"rag_space_{space}"
+        return SpaceLocation("store", "store", None, "pg-keywords")
+    return SpaceLocation(f"spaces/{space}", f"spaces/{space}/store", f"rag_space_{space}", f"pg-keywords-{space}")
 
 
 async def open_store(settings: Settings, embedding_model: str, dimension: int, space: str | None = None) -> VectorStore:
     """The one factory: open the configured backend for vectors of `embedding_model` (`dimension` floats); with
     `space`, the store of that embedding space (rag/spaces/) beside the first."""
-    folder, schema = space_location(settings, space)
+    where = space_location(space)
     match settings.vector_store:
         case "numpy":
             from rag.stores.numpy_store import NumpyVectorStore
 
-            return await NumpyVectorStore.open(settings.data_dir / folder, embedding_model, dimension)
+            return await NumpyVectorStore.open(settings.data_dir / where.folder, embedding_model, dimension)
         case "postgres":
             try:
                 from rag.stores.postgres_store import PostgresVectorStore
@@ -51,11 +63,11 @@ async def open_store(settings: Settings, embedding_model: str, dimension: int, s
                 settings.database_url.get_secret_value(),
                 embedding_model,
                 dimension,
-                settings.data_dir / ("pg-keywords" if space is None else f"pg-keywords-{space}"),
+                settings.data_dir / where.keywords,
                 ef_search=settings.pg_ef_search,
                 pool_size=settings.pg_pool_size,
                 ef_construction=settings.pg_hnsw_ef_construction,
-                schema=schema,
+                schema=where.schema,
             )
             store.rewrite_on_purge = settings.pg_purge_rewrite
             return store

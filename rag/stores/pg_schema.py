@@ -96,6 +96,19 @@ MIGRATIONS = [
 ]
 
 
+# Everything the migrations create in the store's schema: what dropping the first store's tables removes (a later
+# space lives in a schema of its own, dropped whole).
+STORE_OBJECTS = (
+    "DROP TABLE IF EXISTS rag_deleted_chunks, rag_access_lists, rag_chunks, rag_documents, rag_counters, rag_meta, "
+    "rag_schema CASCADE; DROP FUNCTION IF EXISTS rag_note_deleted_chunks()"
+)
+
+
+async def drop_store(conn: asyncpg.Connection, schema: str | None) -> None:
+    """Remove a store: its schema, or (None) the first store's objects in the default schema."""
+    await conn.execute(STORE_OBJECTS if schema is None else f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
 async def migrate(conn: asyncpg.Connection, embedding_model: str, dimension: int, ef_construction: int) -> str:
     """Create or migrate the schema, check the identity; returns the store's id."""
     async with conn.transaction():

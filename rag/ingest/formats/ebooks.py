@@ -29,16 +29,15 @@ def _xml(archive: zipfile.ZipFile, name: str) -> ElementTree.Element:
 
 
 def _chapter(markup: str) -> tuple[str, str | None]:
-    """A chapter's text and its first heading."""
+    """A chapter's text (read as any HTML page is) and its first heading."""
     from selectolax.lexbor import LexborHTMLParser
 
+    from rag.ingest.parsers import content_text
+
     tree = LexborHTMLParser(markup)
-    for node in tree.css("script, style, noscript, template, svg, head"):
-        node.decompose()
     heading = tree.css_first("h1, h2, h3")
     title = heading.text(strip=True) if heading is not None else None
-    root = tree.body or tree.root
-    return (root.text(separator="\n", strip=True) if root is not None else ""), title or None
+    return content_text(tree), title or None
 
 
 def parse_epub(data: bytes, max_chapters: int) -> list[tuple[str, str]]:

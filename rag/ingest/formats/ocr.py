@@ -11,27 +11,21 @@ OCR_MAX_PIXELS or slower than OCR_TIMEOUT_SECONDS fails the file by name.
 
 from __future__ import annotations
 
-import ctypes
 import io
 import os
 import shutil
-import signal
 import subprocess
 from collections.abc import Iterator
 from typing import Any
 
 from rag.errors import UnreadableFile
+from rag.ingest.parse_worker import die_with_parent
 
 DPI = 200  # what Tesseract reads best at for body text, per its documentation
-_PR_SET_PDEATHSIG = 1
 
 
 def available() -> bool:
     return shutil.which("tesseract") is not None
-
-
-def _die_with_parent() -> None:
-    ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def read_png(png: bytes, what: str, timeout: float, languages: str) -> str:
@@ -48,7 +42,7 @@ def read_png(png: bytes, what: str, timeout: float, languages: str) -> str:
             capture_output=True,
             timeout=timeout,
             env={**os.environ, "OMP_THREAD_LIMIT": "1"},
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
             check=False,
         )
     except subprocess.TimeoutExpired:
