@@ -18,10 +18,10 @@ from typing import Any, Protocol
 from config import Settings
 from rag.access import AccessList, Reader
 from rag.embedders.factory import build_embedder
-from rag.errors import InvalidRequest, SpaceRetired, StoreIncompatible
+from rag.errors import DocumentNotFound, InvalidRequest, SpaceRetired, StoreIncompatible
 from rag.spaces.registry import DEFAULT_SPACE, Space, SpaceRegistry
 from rag.stores import VectorStore, open_store
-from rag.types import Embedder
+from rag.types import DocumentSummary, Embedder
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +94,18 @@ class ActiveStore:
                 if attempt == SpaceRetired.retries:
                     raise
                 await self._space.refresh()
+
+    async def get_document(
+        self, document_id: str, org_id: str | None = None, reader: Reader | None = None
+    ) -> DocumentSummary:
+        """A document not found may have been written to a space another replica already moved to: this replica
+        moves too, when the registry says so, and looks again."""
+        try:
+            return await self._space.store.get_document(document_id, org_id, reader)
+        except DocumentNotFound:
+            if not await self._space.refresh():
+                raise
+            return await self._space.store.get_document(document_id, org_id, reader)
 
     async def delete(self, document_id: str, org_id: str | None = None, reader: Reader | None = None) -> int:
         return int(await self._write("delete", document_id, org_id, reader))
