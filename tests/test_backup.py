@@ -223,7 +223,9 @@ def test_a_backup_killed_midway_leaves_no_backup_and_the_store_as_it_was(
             lock = open(data_dir / "store" / ".lock", "a+b")  # noqa: SIM115 - released below
             fcntl.flock(lock, fcntl.LOCK_EX)
             process = run_backup(data_dir, destination, tmp_path)
-            time.sleep(0.5)
+            # It makes its partial folder before it waits for the lock; a slow start must not be mistaken for that.
+            wait_for(lambda: bool(list(tmp_path.glob(f".killed-{attempt}.partial-*"))), timeout=60)  # noqa: B023
+            time.sleep(0.2)
             fcntl.flock(lock, fcntl.LOCK_UN)
             lock.close()
             time.sleep(delay)
