@@ -139,7 +139,12 @@ async def build_services(settings: Settings, metrics: ChatMetrics, stack: contex
     # Closed before the model (the stack unwinds in reverse): running answers are ended, and their ends written.
     stack.push_async_callback(answers.aclose)
     retriever = Retriever(
-        space.embedder, space.store, settings.top_k_results, settings.similarity_threshold, settings.retrieval_mode
+        space.embedder,
+        space.store,
+        settings.top_k_results,
+        settings.similarity_threshold,
+        settings.retrieval_mode,
+        space=space,
     )
     pipeline = ChatPipeline(
         retriever,

@@ -3,6 +3,7 @@ search and chat latency of the service while it builds, beside the same service 
 
     .venv/bin/python bench/spaces.py                       # the first 1,000 SciFact abstracts, 100 claims
     .venv/bin/python bench/spaces.py --documents 200       # a smoke run
+    .venv/bin/python bench/spaces.py --read-check          # only what the check beside each read costs
 
 The service (one process, as `make run` starts it, with the fake upstream in a process of its own as its chat model)
 starts on the hashing embedder (examples/plugins), and SciFact abstracts are added to it. Then a space of the bundled
@@ -13,6 +14,8 @@ MiniLM (ONNX) is asked for, as an operator would move from a cheap model to a re
 - the p50 and p95 of searches (`GET /api/v1/documents/search`, hybrid top 5) and chats (`POST /api/v1/chat`, 20
   tokens streamed) at a steady pace while a second build runs, beside the same requests with no build; and that
   build's rate.
+With --read-check: a hybrid search with the check every read makes beside it (was this store's space switched away
+from?), beside the search alone, on the embedded store and on PostgreSQL, over the same chunks and claims.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -47,16 +51,64 @@ def texts_of(corpus: list[dict]) -> list[str]:
     return [f"{d.get('title', '')} {d['text']}".strip() for d in corpus]
 
 
-async def bare_rate(texts: list[str]) -> tuple[int, float]:
+async def bare_rate(texts: list[str]) -> tuple[list[str], np.ndarray, float]:
+    """The chunks, their MiniLM vectors and the seconds embed_documents took over them."""
     settings = Settings()
     embedder = await build_embedder(settings)
     chunks = [piece for text in texts for piece in split_text(text, settings.chunk_size, settings.chunk_overlap)]
     started = time.perf_counter()
-    for start in range(0, len(chunks), BUILD_BATCH):
-        await embedder.embed_documents(chunks[start : start + BUILD_BATCH])
+    vectors = [await embedder.embed_documents(chunks[i : i + BUILD_BATCH]) for i in range(0, len(chunks), BUILD_BATCH)]
     seconds = time.perf_counter() - started
     await embedder.aclose()
-    return len(chunks), seconds
+    return chunks, np.vstack(vectors), seconds
+
+
+async def read_check(chunks: list[str], vectors: np.ndarray, claims: list[str], tmp: Path) -> None:
+    """What the check each read makes (ActiveSpace.read: was the store switched away from?) adds to a hybrid search
+    it runs beside, on each backend, over the same chunks and claims; and the check alone."""
+    import pgserver
+
+    from rag.stores import SearchRequest
+    from rag.stores.numpy_store import NumpyVectorStore
+    from rag.stores.postgres_store import PostgresVectorStore
+    from rag.types import Chunk
+
+    embedder = await build_embedder(Settings())
+    claim_vectors = await embedder.embed(claims)
+    await embedder.aclose()
+    server = pgserver.get_server(tmp / "pg", cleanup_mode="stop")
+    dsn = server.get_uri()
+    try:
+        model, dimension = "all-MiniLM-L6-v2", vectors.shape[1]
+        stores = {
+            "embedded": await NumpyVectorStore.open(tmp / "numpy", model, dimension),
+            "postgres": await PostgresVectorStore.open(dsn, model, dimension, tmp / "keywords"),
+        }
+        rows = [Chunk(f"d{i}:0", f"d{i}", text, {}) for i, text in enumerate(chunks)]
+        for backend, store in stores.items():
+            for start in range(0, len(rows), 512):
+                await store.upsert(rows[start : start + 512], vectors[start : start + 512])
+            checked, searches, checks = [], [], []
+            for _ in range(3):
+                for claim, vector in zip(claims, claim_vectors, strict=True):
+                    request = SearchRequest(claim, vector, 5, None, None, "hybrid")
+                    started = time.perf_counter()
+                    await store.search(request)
+                    searches.append(time.perf_counter() - started)
+                    started = time.perf_counter()
+                    await asyncio.gather(store.is_retired(), store.search(request))  # type: ignore[attr-defined]
+                    checked.append(time.perf_counter() - started)
+                    started = time.perf_counter()
+                    await store.is_retired()  # type: ignore[attr-defined]
+                    checks.append(time.perf_counter() - started)
+            bare, both, check = (percentile(xs, 0.5) for xs in (searches, checked, checks))
+            print(
+                f"  {backend:<9} hybrid search with the check beside it p50 {both:6.2f} ms, the search alone p50 "
+                f"{bare:6.2f} ms ({both / bare:.2f}x); the check alone p50 {check * 1000:6.1f} us ({len(checks)} each)"
+            )
+            await store.aclose()
+    finally:
+        server.cleanup()
 
 
 async def add(http: httpx.AsyncClient, corpus: list[dict], texts: list[str]) -> None:
@@ -149,9 +201,14 @@ async def run(args: argparse.Namespace) -> None:
     corpus = read_jsonl(DEFAULT_DATASET / "corpus.jsonl")[: args.documents]
     claims = [q["text"] for q in read_jsonl(DEFAULT_DATASET / "queries.jsonl")][: args.queries]
     texts = texts_of(corpus)
-    chunks, bare = await bare_rate(texts)
+    pieces, vectors, bare = await bare_rate(texts)
+    chunks = len(pieces)
     print(f"SciFact: {len(texts):,} documents, {chunks:,} chunks")
     print(f"  bare MiniLM embed_documents      {bare:7.1f} s ({chunks / bare:6.1f} chunks/s)")
+    if args.read_check:
+        with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
+            await read_check(pieces, vectors, claims, Path(tmp))
+        return
     settings = {"embedder": HASHING, "embedder_options": '{"dimension": 384}', "space_pass_seconds": "0.5"}
     with (
         tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp,
@@ -182,6 +239,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--documents", type=int, default=1000, help="the first N SciFact documents")
     parser.add_argument("--queries", type=int, default=100, help="SciFact claims asked, in turn")
+    parser.add_argument("--read-check", action="store_true", help="only the cost of the check before each read")
     parser.add_argument("--idle-seconds", type=float, default=60.0, help="how long the idle requests run")
     asyncio.run(run(parser.parse_args()))
 

@@ -229,10 +229,13 @@ async def test_a_store_switched_away_from_refuses_writes_but_its_follower_handle
         await store.upsert(chunk, vector)
     with pytest.raises(SpaceRetired):
         await store.delete("a")
+    assert await store.is_retired()  # type: ignore[attr-defined]
     store.follower = True  # type: ignore[attr-defined]
+    assert not await store.is_retired()  # type: ignore[attr-defined]
     await store.delete("a")
     store.follower = False  # type: ignore[attr-defined]
     await store.mark_retired(False)
+    assert not await store.is_retired()  # type: ignore[attr-defined]
     await store.upsert(chunk, vector)
     assert (await store.document_states()).keys() == {"a"}  # type: ignore[attr-defined]
 
@@ -372,6 +375,47 @@ def test_every_replica_moves_at_the_switch_and_writes_through_any_of_them_land_i
         held |= writers_a.held | writers_b.held
         assert_holds(a, held, "through the first replica")
         assert_holds(b, held, "through the second replica")
+
+
+def test_a_replica_that_has_not_yet_polled_reads_what_another_wrote_after_the_switch(
+    tmp_path: Path, upstream: Any, pg_dsn: str
+) -> None:
+    """The second replica polls the registry only every minute: its watcher does not move it in this test. Right after
+    the switch, a document added through the first replica (already moved) is found, listed and read through the
+    second; every read asks the old store whether it was switched away from, and moves first when it was."""
+    settings = [
+        make_settings(
+            tmp_path / f"replica{i}",
+            upstream.url,
+            vector_store="postgres",
+            database_url=pg_dsn,
+            space_pass_seconds=0.2,
+            space_poll_seconds=poll,
+            similarity_threshold=0.0,
+        )
+        for i, poll in enumerate((0.2, 60.0))
+    ]
+    with (
+        serve(create_app(settings[0])) as first,
+        serve(create_app(settings[1])) as second,
+        httpx.Client(base_url=first, timeout=60) as a,
+        httpx.Client(base_url=second, timeout=60) as b,
+    ):
+        body = {"documents": [text_of(n) for n in range(10)], "ids": [f"r{n}" for n in range(10)]}
+        assert a.post("/api/v1/documents/add", json=body).status_code == 200
+        name = a.post("/api/v1/embedding-spaces", json={"embedder": HASHING}).json()["name"]
+        wait_for(lambda: spaces(a)[name]["state"] == "ready", what="ready")
+        assert a.post(f"/api/v1/embedding-spaces/{name}/activate").status_code == 202
+        wait_for(lambda: serving_model(a) == "hashing-64", what="the first replica moved")
+        late = "A late note about a heliopause and its termination shock."
+        assert a.post("/api/v1/documents/add", json={"documents": [late], "ids": ["late"]}).status_code == 200
+        for mode in ("dense", "keyword"):
+            found = b.get("/api/v1/documents/search", params={"query": late, "mode": mode, "top_k": 1}).json()
+            assert [hit["document_id"] for hit in found["results"]] == ["late"], mode
+        assert b.get("/api/v1/documents/late").status_code == 200
+        listed = b.get("/api/v1/documents", params={"limit": 100}).json()
+        assert "late" in {doc["id"] for doc in listed["documents"]}
+        assert serving_model(b) == "hashing-64"
 
 
 def test_two_workers_on_one_data_dir_move_together_and_lose_no_write(tmp_path: Path, fake_upstream: Any) -> None:

@@ -11,7 +11,7 @@ switching back is the same step, until the old space is dropped. `registry.py` r
 from __future__ import annotations
 
 from config import Settings
-from rag.spaces.database import Database, PgDatabase, SqliteDatabase
+from rag.database import Database, PgDatabase, SqliteDatabase
 from rag.spaces.registry import SpaceRegistry
 
 

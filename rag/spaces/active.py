@@ -5,7 +5,8 @@ the first store, as ever). `ActiveSpace.watch` then polls the registry; when ano
 that space's embedder and store and swaps them into the retriever, the indexer and the routes in one step of the event
 loop (no request sees one space's embedder with the other's store), and closes the old pair once the requests that
 took it have had time to end. A write that reaches the old store after the switch is refused by it (SpaceRetired);
-the indexer then waits for this swap and writes again.
+the indexer then waits for this swap and writes again. A read asks the store, as it reads, whether it was switched
+away from (`ActiveSpace.read`), and moves and reads again when it was: other replicas may have written to the new one.
 """
 
 from __future__ import annotations
@@ -13,17 +14,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, TypeVar, cast
 
 from config import Settings
 from rag.access import AccessList, Reader
 from rag.embedders.factory import build_embedder
-from rag.errors import DocumentNotFound, InvalidRequest, SpaceRetired, StoreIncompatible
+from rag.errors import InvalidRequest, SpaceRetired, StoreIncompatible
 from rag.spaces.registry import DEFAULT_SPACE, Space, SpaceRegistry
 from rag.stores import VectorStore, open_store
 from rag.types import DocumentSummary, Embedder
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # The settings that choose an embedder: a space records them, over the service's own, so it is built the same way
 # on every replica and after every restart (keys and secrets stay in the settings).
@@ -95,17 +98,28 @@ class ActiveStore:
                     raise
                 await self._space.refresh()
 
+    async def _read(self, method: str, *args: Any) -> Any:
+        return await self._space.read(lambda _, store: getattr(store, method)(*args))
+
     async def get_document(
         self, document_id: str, org_id: str | None = None, reader: Reader | None = None
     ) -> DocumentSummary:
-        """A document not found may have been written to a space another replica already moved to: this replica
-        moves too, when the registry says so, and looks again."""
-        try:
-            return await self._space.store.get_document(document_id, org_id, reader)
-        except DocumentNotFound:
-            if not await self._space.refresh():
-                raise
-            return await self._space.store.get_document(document_id, org_id, reader)
+        return cast(DocumentSummary, await self._read("get_document", document_id, org_id, reader))
+
+    async def list_documents(
+        self, offset: int, limit: int, org_id: str | None = None, reader: Reader | None = None
+    ) -> tuple[int, list[DocumentSummary]]:
+        page = await self._read("list_documents", offset, limit, org_id, reader)
+        return cast(tuple[int, list[DocumentSummary]], page)
+
+    async def document_ids(self, org_id: str | None) -> list[str]:
+        return cast(list[str], await self._read("document_ids", org_id))
+
+    async def documents_added_by(self, user_id: str, org_id: str | None = None) -> list[str]:
+        return cast(list[str], await self._read("documents_added_by", user_id, org_id))
+
+    async def refresh(self) -> None:
+        await self._read("refresh")
 
     async def delete(self, document_id: str, org_id: str | None = None, reader: Reader | None = None) -> int:
         return int(await self._write("delete", document_id, org_id, reader))
@@ -140,6 +154,7 @@ class ActiveSpace:
         self._swap = asyncio.Lock()
         self._closing: set[asyncio.Task[None]] = set()
         self._watch: asyncio.Task[None] | None = None
+        self._checks: set[asyncio.Future[bool]] = set()
 
     @classmethod
     async def open(cls, settings: Settings, registry: SpaceRegistry) -> ActiveSpace:
@@ -153,6 +168,31 @@ class ActiveSpace:
                 settings.embedding_model,
             )
         return cls(settings, registry, DEFAULT_SPACE if space is None else space.name, embedder, store)
+
+    async def moved(self) -> bool:
+        """Move now if this replica's store was switched away from; True when it moved. One stat, or one indexed row
+        on PostgreSQL (the marker: rag/stores/*_spaces.py)."""
+        is_retired = getattr(self.store, "is_retired", None)  # a plugin's store has no spaces, nor the marker
+        return is_retired is not None and await is_retired() and await self.refresh()
+
+    async def read(self, read: Callable[[Embedder, VectorStore], Awaitable[T]]) -> T:
+        """`read` on the active pair, as of the moment it began. Another replica may have moved to a new space and
+        written there already, while this one's watcher polls next up to SPACE_POLL_SECONDS away: so the store is
+        asked, at the same time as the read runs (it adds no wait; measured in bench/spaces.py --read-check),
+        whether it was switched away from, and when it was, this replica moves and the read runs again on the new
+        pair. A write acknowledged before the read began made the switch before it too, so the check sees it."""
+        check = asyncio.ensure_future(self.moved())
+        self._checks.add(check)  # held until done: a read cancelled meanwhile leaves the check to finish
+        check.add_done_callback(self._checks.discard)
+        try:
+            result = await read(self.embedder, self.store)
+        except Exception:
+            if await check:
+                return await read(self.embedder, self.store)
+            raise
+        if await check:
+            return await read(self.embedder, self.store)
+        return result
 
     async def refresh(self) -> bool:
         """Move to the registry's active space if it is another; True when this replica moved."""
@@ -194,6 +234,7 @@ class ActiveSpace:
             self._watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watch
+        await asyncio.gather(*self._checks, return_exceptions=True)
         for task in list(self._closing):
             task.cancel()
         await asyncio.gather(*self._closing, return_exceptions=True)

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from rag.spaces.database import Database
+from rag.database import Database
 from rag.stores.pg_schema import SCHEMA_LOCK
 
 DEFAULT_SPACE = "default"  # the name the service's first store is registered under

@@ -183,6 +183,11 @@ class SpaceStore(VectorStore, ExportableStore, Protocol):
         """Set (or clear) the marker that refuses writes (SpaceRetired) to a store whose space is not active."""
         ...
 
+    async def is_retired(self) -> bool:
+        """Whether the marker is set (always False for the follower's own handle): a replica still on this store
+        asks before each read, and moves to the active space first, since other replicas may already write there."""
+        ...
+
     def switch_barrier(self) -> AbstractAsyncContextManager[None]:
         """While held, no write to the store starts or is in flight, from any process; reads go on."""
         ...

@@ -36,9 +36,8 @@ import anyio
 import numpy as np
 
 from rag.access import AccessList, Reader
-from rag.durable import fsync_path
-from rag.errors import DocumentNotFound, SpaceRetired, StoreCorrupt, TenantForbidden
-from rag.stores import access_catalog
+from rag.errors import DocumentNotFound, StoreCorrupt, TenantForbidden
+from rag.stores import access_catalog, numpy_spaces
 from rag.stores.base import AccessByDocument, SearchRequest, StoredDocument
 from rag.stores.catalog import Catalog, check_identity
 from rag.stores.compaction import commit_merge, write_next_merge
@@ -63,9 +62,6 @@ KEYWORDS = "keywords"
 WRITE_LOCK = ".lock"
 UNPURGED = "unpurged"  # catalog meta: "1" from a deletion until the purge that erases its text
 COMPACTION_LOCK = ".compaction.lock"
-# Present while this store's embedding space is not the active one (rag/spaces/): a write finding it under the
-# write lock is refused, so nothing lands here after the switch but what the space builder copies.
-RETIRED = "RETIRED"
 
 
 class NumpyVectorStore:
@@ -85,7 +81,7 @@ class NumpyVectorStore:
         self._closing = False
         self.compactions = 0
         self._search: SnapshotSearch | None = None
-        self.follower = False  # written by the space builder: writes pass the RETIRED marker
+        self.follower = False  # written by the space builder: writes pass the RETIRED marker (numpy_spaces.py)
 
     @property
     def catalog(self) -> Catalog:
@@ -198,21 +194,16 @@ class NumpyVectorStore:
     def _writing(self) -> Iterator[None]:
         """The write lock, for a write: refused once the store's space was switched away from."""
         with self._file_lock(WRITE_LOCK):
-            if not self.follower and (self.directory / RETIRED).exists():
-                raise SpaceRetired("this store's embedding space was switched away from; write to the active one")
+            if not self.follower:
+                numpy_spaces.check_writable(self.directory)
             yield
-
-    def _mark_retired_sync(self, retired: bool) -> None:
-        marker = self.directory / RETIRED
-        if retired:
-            marker.touch()
-        else:
-            marker.unlink(missing_ok=True)
-        fsync_path(self.directory)
 
     async def mark_retired(self, retired: bool) -> None:
         """Set or clear the marker `_writing` reads; the switch does it while it holds the write lock shared."""
-        await anyio.to_thread.run_sync(self._mark_retired_sync, retired)
+        await anyio.to_thread.run_sync(numpy_spaces.mark_retired, self.directory, retired)
+
+    async def is_retired(self) -> bool:
+        return not self.follower and numpy_spaces.is_retired(self.directory)
 
     @contextlib.asynccontextmanager
     async def switch_barrier(self) -> AsyncIterator[None]:

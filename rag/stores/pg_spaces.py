@@ -1,5 +1,6 @@
 """What the PostgreSQL store does for embedding spaces (rag/spaces/): the write barrier a switch holds, the marker that
-refuses writes to a space switched away from, and the document states a follower is compared by."""
+refuses writes to a space switched away from (and tells a reader still on it to move), and the document states a
+follower is compared by."""
 
 from __future__ import annotations
 
@@ -18,8 +19,13 @@ async def check_writable(conn: asyncpg.Connection) -> None:
     await conn.execute("SELECT pg_advisory_xact_lock_shared($1)", SPACE_LOCK)
     # A statement of its own, after the lock: a statement reads the snapshot taken when it began, so reading the
     # marker in the same one would read it as it was before a switch this write waited for.
-    if await conn.fetchval("SELECT value FROM rag_meta WHERE key = 'retired'") is not None:
+    if await is_retired(conn):
         raise SpaceRetired("this schema's embedding space was switched away from; write to the active one")
+
+
+async def is_retired(conn: asyncpg.Connection) -> bool:
+    """The marker alone: one indexed row, cheap enough to ask before every read."""
+    return await conn.fetchval("SELECT value FROM rag_meta WHERE key = 'retired'") is not None
 
 
 @asynccontextmanager

@@ -201,6 +201,12 @@ class PostgresVectorStore:
         async with self._connection() as conn:
             await pg_spaces.mark_retired(conn, retired)
 
+    async def is_retired(self) -> bool:
+        if self.follower:
+            return False
+        async with self._connection() as conn:
+            return await pg_spaces.is_retired(conn)
+
     @asynccontextmanager
     async def bulk_load(self, index_memory: str = "1GB") -> AsyncIterator[None]:
         """Load many adds at once: the search indexes are dropped on entry and built once, over every row, on
