@@ -357,6 +357,38 @@ class Settings(BaseSettings):
         pattern=r"^[a-z_]+(\+[a-z_]+)*$",
         description="Tesseract's languages, joined by + (each needs its Debian package, tesseract-ocr-LANG).",
     )
+    sources_allow_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated host names, addresses or CIDR ranges a web source may reach although they are "
+        "not public (an intranet): by default loopback, private, link-local and other non-public addresses are "
+        "refused, after every redirect.",
+    )
+    sources_user_agent: str = Field(
+        "rag-chat-api/1.0 (web sources)",
+        min_length=1,
+        description="The User-Agent of every web source request, and the name robots.txt rules are matched against.",
+    )
+    sources_max_page_bytes: int = Field(
+        10_000_000, ge=1024, description="Largest page or file a web source fetches; a larger one fails by name."
+    )
+    sources_page_timeout_seconds: float = Field(
+        30.0, gt=0, description="Longest fetch of one page, redirects included; a slower one fails by name."
+    )
+    sources_host_delay_seconds: float = Field(
+        0.5, ge=0, description="Pause between two requests of this process to one host (one at a time per host)."
+    )
+    sources_max_pages: int = Field(
+        10_000, ge=1, description="Most pages one web source may ask for (its max_pages; the default is 100)."
+    )
+    sources_lease_seconds: float = Field(
+        60.0,
+        ge=1,
+        description="How long a replica holds a source it syncs without renewing; a sync killed midway is taken up "
+        "by another replica (or a restart) this long after.",
+    )
+    sources_poll_seconds: float = Field(
+        5.0, gt=0, le=3600, description="How often each replica looks for a web source due to sync."
+    )
     max_file_chars: int = Field(
         20_000_000,
         ge=1000,
@@ -424,7 +456,7 @@ class Settings(BaseSettings):
         # `JWT_SECRET=` in a .env copied from .env.example means "not set", never "an empty secret".
         return None if isinstance(value, str) and not value.strip() else value
 
-    @field_validator("api_keys", "cors_origins", mode="before")
+    @field_validator("api_keys", "cors_origins", "sources_allow_hosts", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         # "a,b" in the environment; a list when given in code.

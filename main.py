@@ -17,7 +17,7 @@ from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.telemetry import TelemetryConfig
 
-from api import admin, chat, chats, documents, health, jobs, openai_api, spaces, websocket
+from api import admin, chat, chats, documents, health, jobs, openai_api, sources, spaces, websocket
 from api.auth import Authenticator, authenticate
 from api.deps import Services
 from api.errors import install_error_handlers
@@ -47,6 +47,10 @@ from rag.ingest.runner import JobRunner
 from rag.pipeline import ChatPipeline, Condenser, condense_with_rule, last_user_message
 from rag.purge import Purger, forgetting_answers_citing_deleted, purge_of, removing_leftover_exports, vacuuming
 from rag.retriever import Retriever
+from rag.sources import open_source_registry
+from rag.sources.fetcher import Fetcher
+from rag.sources.guard import AddressPolicy
+from rag.sources.syncer import SourceSyncer
 from rag.spaces import open_registry
 from rag.spaces.active import ActiveEmbedder, ActiveSpace, ActiveStore
 from rag.spaces.builder import SpaceBuilder
@@ -162,23 +166,24 @@ async def build_services(settings: Settings, metrics: ChatMetrics, stack: contex
         metrics.watch_upstreams(llm.states)
     indexer = Indexer(space.embedder, space.store, settings.chunk_size, settings.chunk_overlap, space.refresh)
     cpu_count = os.cpu_count() or 1
+    parsers = ParserPool(  # shared by upload jobs and web sources; closed by the job runner
+        ParseLimits(
+            settings.max_upload_pages,
+            settings.max_unzipped_bytes,
+            ocr=settings.ocr,
+            ocr_timeout_seconds=settings.ocr_timeout_seconds,
+            ocr_max_pixels=settings.ocr_max_pixels,
+            ocr_languages=settings.ocr_languages,
+        ),
+        memory_mb=settings.parse_memory_mb,
+        timeout_seconds=settings.parse_timeout_seconds,
+        max_chars=settings.max_file_chars,
+        size=min(settings.parse_workers or cpu_count, cpu_count),
+    )
     job_runner = JobRunner(
         JobStore(settings.data_dir / "jobs.sqlite3", settings.data_dir / "uploads"),
         indexer,
-        ParserPool(
-            ParseLimits(
-                settings.max_upload_pages,
-                settings.max_unzipped_bytes,
-                ocr=settings.ocr,
-                ocr_timeout_seconds=settings.ocr_timeout_seconds,
-                ocr_max_pixels=settings.ocr_max_pixels,
-                ocr_languages=settings.ocr_languages,
-            ),
-            memory_mb=settings.parse_memory_mb,
-            timeout_seconds=settings.parse_timeout_seconds,
-            max_chars=settings.max_file_chars,
-            size=min(settings.parse_workers or cpu_count, cpu_count),
-        ),
+        parsers,
         batch_chunks=settings.job_batch_chunks,
         lease_seconds=settings.job_lease_seconds,
         retention_seconds=settings.job_retention_days * 86400,
@@ -188,6 +193,28 @@ async def build_services(settings: Settings, metrics: ChatMetrics, stack: contex
     # Closed first (the stack unwinds in reverse): a running job is handed back to the queue before the store and
     # the embedder it uses are closed.
     stack.push_async_callback(job_runner.aclose)
+    sources = await open_source_registry(settings)
+    stack.push_async_callback(sources.aclose)
+    fetcher = Fetcher(
+        AddressPolicy(settings.sources_allow_hosts),
+        settings.sources_user_agent,
+        settings.sources_max_page_bytes,
+        settings.sources_page_timeout_seconds,
+        settings.sources_host_delay_seconds,
+    )
+    stack.push_async_callback(fetcher.aclose)
+    syncer = SourceSyncer(
+        sources,
+        fetcher,
+        parsers,
+        indexer,
+        store,
+        settings.data_dir / "sources",
+        settings.sources_lease_seconds,
+        settings.sources_poll_seconds,
+    )
+    syncer.start()
+    stack.push_async_callback(syncer.aclose)  # before the parsers and the store: a running sync is stopped first
     answers.start_background()
     streams = StreamSupervisor(settings.sse_send_timeout, settings.sse_ping_seconds, SSE_SHUTDOWN_GRACE_SECONDS)
     streams.start()
@@ -225,6 +252,8 @@ async def build_services(settings: Settings, metrics: ChatMetrics, stack: contex
         authenticator=Authenticator(settings),
         streams=streams,
         spaces=registry,
+        sources=sources,
+        syncer=syncer,
         builder=builder,
     )
     # The retriever and the indexer each take the new pair, in one step, when another space becomes active.
@@ -270,7 +299,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     authenticated = [Depends(authenticate)]
-    routers = (chat.router, chats.router, documents.router, jobs.router, websocket.router, admin.router, spaces.router)
+    routers = (
+        chat.router,
+        chats.router,
+        documents.router,
+        jobs.router,
+        websocket.router,
+        admin.router,
+        spaces.router,
+        sources.router,
+    )
     for router in routers:
         app.include_router(router, prefix=API_PREFIX, dependencies=authenticated)
     app.include_router(health.router, prefix=API_PREFIX)  # open: load balancers probe it

@@ -21,6 +21,8 @@ from rag.ingest.runner import JobRunner
 from rag.pipeline import ChatPipeline
 from rag.purge import Purger
 from rag.retriever import Retriever
+from rag.sources.registry import SourceRegistry
+from rag.sources.syncer import SourceSyncer
 from rag.spaces.builder import SpaceBuilder
 from rag.spaces.registry import SpaceRegistry
 from rag.stores import VectorStore
@@ -47,6 +49,8 @@ class Services:
     streams: StreamSupervisor  # pings, times out and ends the open SSE streams
     spaces: SpaceRegistry  # the embedding spaces; `embedder` and `store` are the active one's
     builder: SpaceBuilder  # fills the other spaces and switches, in the replica holding its lease
+    sources: SourceRegistry  # web sources, shared by every replica
+    syncer: SourceSyncer  # syncs the due sources this replica holds the lease of
 
 
 async def get_services(request: Request) -> Services:

@@ -57,6 +57,10 @@ class SpaceNotFound(RAGError):
     error_type = "not_found"
 
 
+class SourceNotFound(RAGError):
+    error_type = "not_found"
+
+
 class SpaceConflict(RAGError):
     """What was asked of an embedding space does not fit its state (dropping the active one, a name taken...)."""
 

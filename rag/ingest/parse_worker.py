@@ -6,7 +6,8 @@ parser), lowers its CPU priority so that the service's questions win the cores, 
 the service dies (so a killed service leaves no parser behind, still inflating a bomb).
 
 Protocol, over its stdin and stdout: frames of a 4-byte big-endian length and a body. One request
-`{"path", "kind", "limits", "max_chars"}` (JSON) in; one answer out: `{"sections": [[bytes, page, encoding], ...]}`
+`{"path", "kind", "limits", "max_chars", "page_url"}` (JSON; `page_url` set for a crawled web page) in; one answer
+out: `{"sections": [[bytes, page, encoding, location], ...]}` (a web page's with its `"links"` and `"title"`)
 followed by a second frame with the sections' encoded text end to end, or `{"error": "unreadable" | "memory" |
 "internal", "message": ...}`; either with `"retire": true` when this process should not be given another file.
 JSON and raw text, never pickle: the parent must not run code chosen by a process that has read hostile bytes. The
@@ -92,20 +93,29 @@ def encode(text: str) -> tuple[bytes, str]:
 def handle(request: dict[str, Any], memory_limit: int) -> tuple[dict[str, Any], bytes]:
     """Parse one file: the answer and the text that goes with it. Imports here, not at the top: `confine` runs
     first."""
-    from rag.errors import RAGError
-    from rag.ingest.parsers import ParseLimits, parse
+    from rag.errors import RAGError, UnreadableFile
+    from rag.ingest.formats.webpage import parse_web_page
+    from rag.ingest.parsers import ParseLimits, check_length, decode_text, parse
 
     try:
         limits = ParseLimits(**request["limits"])
         with open(request["path"], "rb") as source:
             data = source.read()
-        sections = parse(data, request["kind"], limits, max_chars=request["max_chars"])
+        extra: dict[str, Any] = {}
+        if request.get("page_url"):  # a crawled web page: its main text, title and links (rag/sources/)
+            page = parse_web_page(decode_text(data), request["page_url"])
+            check_length(sum(len(s.text) for s in page.sections), request["max_chars"])
+            if not page.sections:
+                raise UnreadableFile("the page has no text")
+            sections, extra = page.sections, {"links": page.links, "title": page.title}
+        else:
+            sections = parse(data, request["kind"], limits, max_chars=request["max_chars"])
         del data
         encoded = [encode(s.text) for s in sections]
         pairs = [
             [len(text), s.page, encoding, s.location] for (text, encoding), s in zip(encoded, sections, strict=True)
         ]
-        return {"sections": pairs}, b"".join(text for text, _ in encoded)
+        return {"sections": pairs, **extra}, b"".join(text for text, _ in encoded)
     except MemoryError:
         return {"error": "memory"}, b""
     except Exception as exc:

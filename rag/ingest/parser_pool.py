@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from rag.errors import UnreadableFile
+from rag.ingest.formats.webpage import WebPage
 from rag.ingest.parse_worker import HEADER
 from rag.ingest.parsers import FileKind, ParseLimits, Section
 
@@ -171,11 +172,27 @@ class ParserPool:
 
     async def parse(self, path: Path, kind: FileKind) -> list[Section]:
         """The text sections of the file at `path`, parsed in a confined process."""
+        sections, _ = await self._parse(path, kind, None)
+        return sections
+
+    async def parse_page(self, path: Path, url: str) -> WebPage:
+        """The main text, title and links of the web page at `path` (fetched from `url`), in a confined process."""
+        sections, answer = await self._parse(path, "html", url)
+        links = answer.get("links")
+        title = answer.get("title")
+        return WebPage(
+            sections,
+            [link for link in links if isinstance(link, str)] if isinstance(links, list) else [],
+            title if isinstance(title, str) else None,
+        )
+
+    async def _parse(self, path: Path, kind: FileKind, page_url: str | None) -> tuple[list[Section], dict[str, object]]:
         request = {
             "path": str(path),
             "kind": kind,
             "limits": dataclasses.asdict(self.limits),
             "max_chars": self.max_chars,
+            "page_url": page_url,
         }
         async with self._slots:
             worker = self._idle.pop() if self._idle else await self._start()
@@ -188,7 +205,7 @@ class ParserPool:
                 answer, text = await asyncio.wait_for(worker.ask(request, max_text_bytes), self.timeout_seconds)
                 # A file the parser refused leaves the process as it was; any other failure may not have.
                 healthy = answer.get("error") in (None, "unreadable") and not answer.get("retire")
-                return self._sections(answer, text)
+                return self._sections(answer, text), answer
             except TimeoutError:
                 raise UnreadableFile(
                     f"took longer than {self.timeout_seconds:g} s to parse (PARSE_TIMEOUT_SECONDS)"

@@ -143,15 +143,15 @@ def parse(
             check_zip(data, limits, "DOCX")
             sections = [Section(_parse_docx(data))]
         case "html":
-            sections = [Section(parse_html(_decode(data)))]
+            sections = [Section(parse_html(decode_text(data)))]
         case "markdown":
-            sections = [Section(_parse_markdown(_decode(data)))]
+            sections = [Section(_parse_markdown(decode_text(data)))]
         case "text":
-            sections = [Section(_decode(data))]
+            sections = [Section(decode_text(data))]
         case _:
             sections = _parse_more(data, kind, limits, max_chars)
     sections = [s for s in sections if s.text.strip()]
-    _check_length(sum(len(s.text) for s in sections), max_chars)
+    check_length(sum(len(s.text) for s in sections), max_chars)
     if not sections:
         hint = " (its pages have no text layer, and OCR is off: OCR=false)" if kind == "pdf" and not limits.ocr else ""
         raise UnreadableFile(f"the file has no text{hint}")
@@ -179,7 +179,7 @@ def _parse_more(data: bytes, kind: FileKind, limits: ParseLimits, max_chars: int
         case "csv":
             from rag.ingest.formats.sheets import parse_csv
 
-            return [Section(text, location=where) for text, where in parse_csv(_decode(data))]
+            return [Section(text, location=where) for text, where in parse_csv(decode_text(data))]
         case "epub":
             from rag.ingest.formats.ebooks import parse_epub
 
@@ -213,7 +213,7 @@ def _parse_image(data: bytes, limits: ParseLimits) -> list[Section]:
     ]
 
 
-def _check_length(chars: int, max_chars: int | None) -> None:
+def check_length(chars: int, max_chars: int | None) -> None:
     if max_chars is not None and chars > max_chars:
         raise UnreadableFile(f"the file's text is more than {max_chars:,} characters (MAX_FILE_CHARS)")
 
@@ -229,7 +229,7 @@ def preload() -> None:
     from selectolax.lexbor import LexborHTMLParser  # noqa: F401
 
 
-def _decode(data: bytes) -> str:
+def decode_text(data: bytes) -> str:
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):
         return data.decode("utf-16")
     try:
@@ -266,7 +266,7 @@ def _parse_pdf(data: bytes, limits: ParseLimits, max_chars: int | None) -> list[
                 page.close()
                 sections.append(Section(text, page=number + 1))
                 chars += len(text)
-                _check_length(chars, max_chars)  # before the next page adds to it
+                check_length(chars, max_chars)  # before the next page adds to it
             return sections
         except pypdfium2.PdfiumError as exc:
             raise UnreadableFile(f"cannot read the PDF: {exc}") from None
