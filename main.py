@@ -47,13 +47,13 @@ from rag.ingest.runner import JobRunner
 from rag.pipeline import ChatPipeline, Condenser, condense_with_rule, last_user_message
 from rag.purge import Purger, forgetting_answers_citing_deleted, purge_of, removing_leftover_exports, vacuuming
 from rag.retriever import Retriever
-from rag.sources import open_source_registry
 from rag.sources.fetcher import Fetcher
 from rag.sources.guard import AddressPolicy
+from rag.sources.registry import SourceRegistry
 from rag.sources.syncer import SourceSyncer
-from rag.spaces import open_registry
 from rag.spaces.active import ActiveEmbedder, ActiveSpace, ActiveStore
 from rag.spaces.builder import SpaceBuilder
+from rag.spaces.registry import SpaceRegistry
 from rag.stores import VectorStore
 from rag.types import Embedder
 
@@ -113,7 +113,7 @@ async def open_answers(settings: Settings, conversations: Conversations) -> Resu
 
 async def build_services(settings: Settings, metrics: ChatMetrics, stack: contextlib.AsyncExitStack) -> Services:
     """Build every shared component; each is registered on `stack` so that it is closed on the way out."""
-    registry = await open_registry(settings)
+    registry = await SpaceRegistry.open(settings)
     stack.push_async_callback(registry.aclose)
     # The registry's active embedding space (none registered: the settings' embedder and the first store)
     space = await ActiveSpace.open(settings, registry)
@@ -193,7 +193,7 @@ async def build_services(settings: Settings, metrics: ChatMetrics, stack: contex
     # Closed first (the stack unwinds in reverse): a running job is handed back to the queue before the store and
     # the embedder it uses are closed.
     stack.push_async_callback(job_runner.aclose)
-    sources = await open_source_registry(settings)
+    sources = await SourceRegistry.open(settings)
     stack.push_async_callback(sources.aclose)
     fetcher = Fetcher(
         AddressPolicy(settings.sources_allow_hosts),

@@ -37,7 +37,8 @@ class Site:
         self.pages: dict[str, tuple[str, bytes]] = {}  # path -> (content type, body)
         self.redirects: dict[str, str] = {}
         self.robots = ""
-        self.delay = 0.0
+        self.delay = 0.0  # before every answer but robots.txt's
+        self.slow: dict[str, float] = {}  # path -> its own delay
         self.log: list[tuple[str, int]] = []  # (path, status) of every answer
         self._lock = threading.Lock()
         self.app = Starlette(routes=[Route("/{path:path}", self._answer)])
@@ -54,6 +55,8 @@ class Site:
         response = self._response(path, request.headers)
         if self.delay and path != "/robots.txt":
             await asyncio.sleep(self.delay)
+        if path in self.slow:
+            await asyncio.sleep(self.slow[path])
         with self._lock:
             self.log.append((path, response.status_code))
         return response

@@ -6,8 +6,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from config import Settings
-from rag.spaces import open_registry
 from rag.spaces.active import open_space
+from rag.spaces.registry import SpaceRegistry
 from rag.stores import VectorStore
 from rag.types import Embedder
 
@@ -16,7 +16,7 @@ from rag.types import Embedder
 async def embedder_and_store(settings: Settings) -> AsyncIterator[tuple[Embedder, VectorStore]]:
     """The active embedding space's embedder and store (rag/spaces/; none registered: the configured embedder and
     the first store); opening the store checks that it was built with that embedder's model."""
-    registry = await open_registry(settings)
+    registry = await SpaceRegistry.open(settings)
     try:
         space = await registry.active()
     finally:

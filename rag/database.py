@@ -1,5 +1,6 @@
-"""The little SQL the space registry needs, on either database: SQLite beside the embedded store, or the PostgreSQL
-the replicas share. Queries are written once with `$1` placeholders, which SQLite reads as `?1`."""
+"""The little SQL the registries need (embedding spaces, web sources), on either database: SQLite beside the embedded
+store, or the PostgreSQL the replicas share. Queries are written once with `$1` placeholders, which SQLite reads as
+`?1`."""
 
 from __future__ import annotations
 
@@ -12,6 +13,9 @@ from typing import Any, Protocol
 
 import anyio
 import asyncpg
+
+from config import Settings
+from rag.stores.pg_schema import SCHEMA_LOCK
 
 Row = tuple[Any, ...]
 
@@ -137,3 +141,24 @@ class PgDatabase:
     async def aclose(self) -> None:
         if self._conn is None:
             await self._pool.close()
+
+
+async def open_database(settings: Settings, sqlite_name: str, schema: Sequence[str]) -> Database:
+    """The database beside the configured store (the PostgreSQL the replicas share, else `sqlite_name` in DATA_DIR),
+    with `schema`'s tables made when missing."""
+    db: Database
+    if settings.vector_store == "postgres":
+        assert settings.database_url is not None
+        db = await PgDatabase.open(settings.database_url.get_secret_value())
+    else:
+        db = SqliteDatabase(settings.data_dir / sqlite_name)
+    try:
+        async with db.transaction() as tx:
+            if tx.dialect == "postgres":  # replicas starting together: CREATE TABLE IF NOT EXISTS races otherwise
+                await tx.execute("SELECT pg_advisory_xact_lock($1)", SCHEMA_LOCK)
+            for statement in schema:
+                await tx.execute(statement)
+    except BaseException:
+        await db.aclose()
+        raise
+    return db

@@ -282,6 +282,28 @@ def test_a_redirect_or_link_from_an_allowed_host_to_a_loopback_one_fails_by_name
         hidden.close()
 
 
+def test_a_page_over_the_size_or_time_cap_fails_by_name_and_the_rest_is_kept(
+    tmp_path: Path, upstream: Any, site: tuple[Site, str]
+) -> None:
+    web, url = site
+    web.html("/docs/index.html", page("Home", "The small page about the garnet lever.", ["big.html", "slow/"]))
+    web.html("/docs/big.html", page("Big", "word " * 5000, []))
+    web.html("/docs/slow/", page("Slow", "Slow.", []))
+    web.slow["/docs/slow/"] = 3.0
+    settings = service_settings(tmp_path, upstream, sources_max_page_bytes=4096, sources_page_timeout_seconds=1.0)
+    with serve(create_app(settings)) as service:
+        http = httpx.Client(base_url=service, timeout=60, headers=ACME)
+        source = http.post("/api/v1/sources", json={"url": f"{url}/docs/index.html"}).json()
+        done = synced(http, source["id"], 1)
+        failures = {f["url"]: f["error"] for f in done["sync"]["failures"]}
+        assert failures == {
+            f"{url}/docs/big.html": f"{url}/docs/big.html: 25,396 bytes, over 4,096 (SOURCES_MAX_PAGE_BYTES)",
+            f"{url}/docs/slow/": f"{url}/docs/slow/: took longer than 1 s (SOURCES_PAGE_TIMEOUT_SECONDS)",
+        }
+        assert done["sync"]["pages"]["added"] == 1
+        assert "garnet lever" in search(http, "garnet lever")[0]["text"]
+
+
 @pytest.mark.parametrize(
     ("address", "reason"),
     [

@@ -20,9 +20,9 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from config import Settings
 from rag.access import AccessList
-from rag.database import Database
-from rag.stores.pg_schema import SCHEMA_LOCK
+from rag.database import Database, open_database
 
 SyncState = Literal["queued", "running", "done", "failed"]
 SCHEMA = [
@@ -122,13 +122,10 @@ class SourceRegistry:
         self.db = db
 
     @classmethod
-    async def open(cls, db: Database) -> SourceRegistry:
-        async with db.transaction() as tx:
-            if tx.dialect == "postgres":  # replicas starting together: CREATE TABLE IF NOT EXISTS races otherwise
-                await tx.execute("SELECT pg_advisory_xact_lock($1)", SCHEMA_LOCK)
-            for statement in SCHEMA:
-                await tx.execute(statement)
-        return cls(db)
+    async def open(cls, settings: Settings) -> SourceRegistry:
+        """The registry beside the configured store: in the PostgreSQL database the replicas share, else
+        `sources.sqlite3` in DATA_DIR."""
+        return cls(await open_database(settings, "sources.sqlite3", SCHEMA))
 
     async def aclose(self) -> None:
         await self.db.aclose()

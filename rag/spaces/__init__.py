@@ -7,24 +7,3 @@ within a pass. Searches and chats use the active space meanwhile. Activating the
 writes are held off, after which every replica serves it (`active.py`); the old space then follows the new one, so
 switching back is the same step, until the old space is dropped. `registry.py` records it all.
 """
-
-from __future__ import annotations
-
-from config import Settings
-from rag.database import Database, PgDatabase, SqliteDatabase
-from rag.spaces.registry import SpaceRegistry
-
-
-async def open_registry(settings: Settings) -> SpaceRegistry:
-    """The registry beside the configured store: in the PostgreSQL database the replicas share, else in DATA_DIR."""
-    db: Database
-    if settings.vector_store == "postgres":
-        assert settings.database_url is not None
-        db = await PgDatabase.open(settings.database_url.get_secret_value())
-    else:
-        db = SqliteDatabase(settings.data_dir / "spaces.sqlite3")
-    try:
-        return await SpaceRegistry.open(db)
-    except BaseException:
-        await db.aclose()
-        raise

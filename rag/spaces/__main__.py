@@ -17,13 +17,13 @@ import sys
 from config import settings_or_exit
 from rag.embedders.factory import build_embedder
 from rag.errors import InvalidRequest, RAGError
-from rag.spaces import open_registry
+from rag.spaces.registry import SpaceRegistry
 from rag.spaces.requests import ask_for_space, ask_to_activate, ask_to_drop
 
 
 async def _run(args: argparse.Namespace) -> None:
     settings = settings_or_exit()
-    registry = await open_registry(settings)
+    registry = await SpaceRegistry.open(settings)
     try:
         match args.action:
             case "list":

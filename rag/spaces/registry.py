@@ -19,8 +19,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from rag.database import Database
-from rag.stores.pg_schema import SCHEMA_LOCK
+from config import Settings
+from rag.database import Database, open_database
 
 DEFAULT_SPACE = "default"  # the name the service's first store is registered under
 SpaceState = Literal["building", "ready", "active", "retired"]
@@ -105,13 +105,10 @@ class SpaceRegistry:
         self.db = db
 
     @classmethod
-    async def open(cls, db: Database) -> SpaceRegistry:
-        async with db.transaction() as tx:
-            if tx.dialect == "postgres":  # replicas starting together: CREATE TABLE IF NOT EXISTS races otherwise
-                await tx.execute("SELECT pg_advisory_xact_lock($1)", SCHEMA_LOCK)
-            for statement in SCHEMA:
-                await tx.execute(statement)
-        return cls(db)
+    async def open(cls, settings: Settings) -> SpaceRegistry:
+        """The registry beside the configured store: in the PostgreSQL database the replicas share, else
+        `spaces.sqlite3` in DATA_DIR."""
+        return cls(await open_database(settings, "spaces.sqlite3", SCHEMA))
 
     async def spaces(self) -> list[Space]:
         rows = await self.db.fetch(f"SELECT {_COLUMNS} FROM rag_spaces ORDER BY created_at")
