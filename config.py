@@ -357,6 +357,36 @@ class Settings(BaseSettings):
         pattern=r"^[a-z_]+(\+[a-z_]+)*$",
         description="Tesseract's languages, joined by + (each needs its Debian package, tesseract-ocr-LANG).",
     )
+    quota_tokens_per_day: int | None = Field(
+        None, ge=1, description="Tokens (prompt and completion) an organisation may spend per UTC day; unset: no limit."
+    )
+    quota_tokens_per_month: int | None = Field(
+        None, ge=1, description="Tokens an organisation may spend per calendar month (UTC); unset: no limit."
+    )
+    quota_user_tokens_per_day: int | None = Field(
+        None, ge=1, description="Tokens one user of an organisation may spend per UTC day; unset: no limit."
+    )
+    quota_user_tokens_per_month: int | None = Field(
+        None, ge=1, description="Tokens one user of an organisation may spend per calendar month; unset: no limit."
+    )
+    quota_upload_bytes_per_day: int | None = Field(
+        None,
+        ge=1,
+        description="Bytes an organisation may send to be stored per UTC day (uploaded files, texts of JSON adds); "
+        "unset: no limit.",
+    )
+    usage_accounting: bool = Field(
+        True,
+        description="Count what each organisation, user and key spends, and apply the quotas; off: neither (the "
+        "usage routes then report nothing new).",
+    )
+    usage_flush_seconds: float = Field(
+        1.0,
+        gt=0,
+        le=60,
+        description="How often each replica writes its counted usage and reads every replica's back: what a killed "
+        "replica can lose, and how late the others see its spending.",
+    )
     sources_allow_hosts: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Comma-separated host names, addresses or CIDR ranges a web source may reach although they are "
@@ -449,6 +479,11 @@ class Settings(BaseSettings):
         "llm_provider",
         "embeddings_base_url",
         "embeddings_api_key",
+        "quota_tokens_per_day",
+        "quota_tokens_per_month",
+        "quota_user_tokens_per_day",
+        "quota_user_tokens_per_month",
+        "quota_upload_bytes_per_day",
         mode="before",
     )
     @classmethod

@@ -17,7 +17,7 @@ from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.telemetry import TelemetryConfig
 
-from api import admin, chat, chats, documents, health, jobs, openai_api, sources, spaces, websocket
+from api import admin, chat, chats, documents, health, jobs, openai_api, sources, spaces, usage, websocket
 from api.auth import Authenticator, authenticate
 from api.deps import Services
 from api.errors import install_error_handlers
@@ -56,6 +56,8 @@ from rag.spaces.builder import SpaceBuilder
 from rag.spaces.registry import SpaceRegistry
 from rag.stores import VectorStore
 from rag.types import Embedder
+from rag.usage.ledger import Limits, UsageLedger
+from rag.usage.meter import UsageMeter, estimate_tokens
 
 logger = logging.getLogger("rag_service")
 
@@ -150,6 +152,26 @@ async def build_services(settings: Settings, metrics: ChatMetrics, stack: contex
         settings.retrieval_mode,
         space=space,
     )
+    ledger = await UsageLedger.open(settings)
+    stack.push_async_callback(ledger.aclose)
+    meter = UsageMeter(
+        ledger,
+        Limits(
+            settings.quota_tokens_per_day,
+            settings.quota_tokens_per_month,
+            settings.quota_user_tokens_per_day,
+            settings.quota_user_tokens_per_month,
+            settings.quota_upload_bytes_per_day,
+        ),
+        # One answer's worth: what it may generate, its history, and the most context a request may ask for
+        settings.llm_max_tokens
+        + settings.history_token_budget
+        + estimate_tokens(settings.max_top_k * settings.chunk_size),
+        settings.usage_flush_seconds,
+        enabled=settings.usage_accounting,
+    )
+    meter.start()
+    stack.push_async_callback(meter.aclose)  # after the answers end (the stack unwinds in reverse): they count
     pipeline = ChatPipeline(
         retriever,
         llm,
@@ -159,12 +181,20 @@ async def build_services(settings: Settings, metrics: ChatMetrics, stack: contex
         show_reasoning=settings.show_reasoning,
         observer=metrics,
         log_prompts=settings.log_prompts,
+        usage=meter if settings.usage_accounting else None,
     )
     metrics.store_chunks.read_from(lambda: space.store.count)
     metrics.resumable_running.read_from(lambda: answers.running)
     if isinstance(llm, UpstreamRouter):
         metrics.watch_upstreams(llm.states)
-    indexer = Indexer(space.embedder, space.store, settings.chunk_size, settings.chunk_overlap, space.refresh)
+    indexer = Indexer(
+        space.embedder,
+        space.store,
+        settings.chunk_size,
+        settings.chunk_overlap,
+        space.refresh,
+        usage=meter if settings.usage_accounting else None,
+    )
     cpu_count = os.cpu_count() or 1
     parsers = ParserPool(  # shared by upload jobs and web sources; closed by the job runner
         ParseLimits(
@@ -254,6 +284,7 @@ async def build_services(settings: Settings, metrics: ChatMetrics, stack: contex
         spaces=registry,
         sources=sources,
         syncer=syncer,
+        usage=meter,
         builder=builder,
     )
     # The retriever and the indexer each take the new pair, in one step, when another space becomes active.
@@ -308,6 +339,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         admin.router,
         spaces.router,
         sources.router,
+        usage.router,
     )
     for router in routers:
         app.include_router(router, prefix=API_PREFIX, dependencies=authenticated)

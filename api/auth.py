@@ -16,6 +16,7 @@ its groups (the JWT_GROUPS_CLAIM claim), or the end user a key narrows itself to
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from dataclasses import dataclass
 from functools import cached_property
@@ -44,6 +45,7 @@ class Principal:
     org_id: str | None = None
     groups: frozenset[str] = frozenset()
     narrowed: bool = False  # a key acting for one end user (X-On-Behalf-Of)
+    key_id: str | None = None  # which API key, as the first hex digits of its SHA-256 (usage is counted per key)
 
     @property
     def reader(self) -> Reader | None:
@@ -56,7 +58,7 @@ class Principal:
     def narrowed_to(self, user_id: str, groups: frozenset[str]) -> Principal:
         """This key, acting for one end user: it sees what that user may read, in its own organisation(s). Only
         `on_behalf_of` calls it, after refusing a token."""
-        return Principal(self.kind, user_id, self.org_id, groups, narrowed=True)
+        return Principal(self.kind, user_id, self.org_id, groups, narrowed=True, key_id=self.key_id)
 
     def scope(self, user_id: str | None, org_id: str | None) -> tuple[str | None, str | None]:
         """The (user, organisation) a request acts for: the credential's wherever it has one."""
@@ -105,6 +107,15 @@ class Authenticator:
             self._keys.append((key.encode(), org or None))
 
     @property
+    def key_organisations(self) -> set[str]:
+        """The organisations the scoped keys are bound to."""
+        return {org for _, org in self._keys if org is not None}
+
+    @property
+    def takes_tokens(self) -> bool:
+        return self._token_key is not None
+
+    @property
     def enabled(self) -> bool:
         return bool(self._keys) or self._token_key is not None
 
@@ -133,7 +144,8 @@ class Authenticator:
                 matched, org = True, bound_org
         if not matched:
             raise Unauthenticated("invalid API key")
-        return Principal("scoped_key", org_id=org) if org else Principal("key")
+        key_id = hashlib.sha256(credential.encode()).hexdigest()[:12]
+        return Principal("scoped_key", org_id=org, key_id=key_id) if org else Principal("key", key_id=key_id)
 
     def _verify_token(self, token: str) -> Principal:
         import jwt  # here, not at the top: only a service with a token key needs PyJWT and its crypto (9 MiB)

@@ -20,6 +20,7 @@ from llm.types import GenerationOptions, Message
 from rag.chats.sqlite import ChatOwner
 from rag.errors import InvalidRequest
 from rag.pipeline import Answer, ChatRef, ChatRequest, collect_events
+from rag.usage.meter import Account
 
 router = APIRouter(tags=["chat"])
 legacy_router = APIRouter(tags=["chat"])
@@ -58,6 +59,7 @@ def build_chat_request(
         org_id=org_id,
         reader=principal.reader,
         chat=chat,
+        account=Account(org_id, user_id, principal.key_id),
     )
 
 

@@ -27,6 +27,7 @@ from rag.spaces.builder import SpaceBuilder
 from rag.spaces.registry import SpaceRegistry
 from rag.stores import VectorStore
 from rag.types import Embedder
+from rag.usage.meter import UsageMeter
 
 
 @dataclass
@@ -51,6 +52,7 @@ class Services:
     builder: SpaceBuilder  # fills the other spaces and switches, in the replica holding its lease
     sources: SourceRegistry  # web sources, shared by every replica
     syncer: SourceSyncer  # syncs the due sources this replica holds the lease of
+    usage: UsageMeter  # counts what each organisation, user and key spends; refuses what is over a quota
 
 
 async def get_services(request: Request) -> Services:

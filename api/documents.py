@@ -36,6 +36,7 @@ from rag.ingest.runner import Upload
 from rag.pipeline import scoped_filters
 from rag.stores import RetrievalMode
 from rag.types import DocumentSummary, tenant_of
+from rag.usage.meter import Account
 
 router = APIRouter(prefix="/documents", tags=["documents"])
 
@@ -67,6 +68,10 @@ async def add_documents(
     access = None if body.access is None else [None if a is None else a.parsed() for a in body.access]
     if access is not None and len(access) != len(body.documents):
         raise InvalidRequest(f"got {len(body.documents)} documents but {len(access)} access lists")
+    account = Account(principal.org_id, principal.user_id, principal.key_id)
+    size = sum(len(text.encode()) for text in body.documents)
+    services.usage.check_upload(account, size)  # before anything is embedded or stored
+    services.usage.record_upload(account, size)
     if wait is None:
         wait = sum(map(len, body.documents)) <= services.settings.add_job_threshold_chars
     if not wait:
@@ -133,10 +138,14 @@ async def upload_documents(
     listed: AccessList | Literal["keep"] | None = "keep"
     if access is not None and access.strip():
         listed = AccessList.parse(_json_form(access.strip(), object, "access must be JSON"), "access")
+    account = Account(principal.org_id, principal.user_id, principal.key_id)
+    size = sum(f.size or 0 for f in files)
+    services.usage.check_upload(account, size)
     uploads = [Upload(f.filename or f"file {n}", f.content_type, f.file) for n, f in enumerate(files)]
     job = await services.jobs.submit_uploads(
         uploads, extra, given_ids, principal.org_id, principal.user_id, listed, principal.reader
     )
+    services.usage.record_upload(account, size)
     return job_accepted(job)
 
 

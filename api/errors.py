@@ -9,6 +9,7 @@ never an upstream's raw body, to a client.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -47,6 +48,7 @@ from rag.errors import (
     UnsupportedFileType,
     UploadTooLarge,
 )
+from rag.usage.meter import QuotaExceeded
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +58,7 @@ STATUS_TABLE: list[tuple[type[Exception], int]] = [
     (UnsupportedFileType, 415),
     (UploadTooLarge, 413),
     (UnreadableFile, 422),
+    (QuotaExceeded, 429),
     (JobNotFound, 404),
     (DocumentNotFound, 404),
     (SpaceNotFound, 404),
@@ -143,6 +146,8 @@ def status_of(exc: Exception) -> int:
 def retry_headers(exc: Exception) -> dict[str, str] | None:
     if isinstance(exc, UpstreamRateLimited):
         return {"Retry-After": str(max(1, round(exc.retry_after or 1)))}
+    if isinstance(exc, QuotaExceeded):
+        return {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
     if isinstance(exc, TooManyAnswers):
         return {"Retry-After": "5"}  # answers take seconds: a slot frees soon
     return None

@@ -36,6 +36,7 @@ from rag.types import (
     TokenEvent,
     UsageEvent,
 )
+from rag.usage.meter import Account, Admission, UsageMeter
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ class ChatRequest:
     org_id: str | None = None  # when set, only this organisation's documents can be retrieved
     reader: Reader | None = None  # when set, only the documents this user may read (rag/access.py)
     chat: ChatRef | None = None
+    account: Account = field(default_factory=Account)  # whom its tokens are counted to (rag/usage/)
 
 
 async def condense_with_rule(messages: list[Message]) -> str:
@@ -111,6 +113,9 @@ class ChatStream:
         show_reasoning: bool = True,
         on_complete: OnComplete | None = None,
         observer: StreamObserver | None = None,
+        admission: Admission | None = None,
+        model: str = "",
+        prompt_chars: int = 0,
     ) -> None:
         self.hits = hits
         self._first = first
@@ -118,6 +123,12 @@ class ChatStream:
         self._show_reasoning = show_reasoning
         self._on_complete = on_complete
         self._observer = observer
+        # Counted once the answer ends, however it ends: the model's usage, or an estimate from the characters.
+        self._admission = admission
+        self._model = model
+        self._prompt_chars = prompt_chars
+        self._usage: Usage | None = None
+        self._answer_chars = 0
 
     def _seen(self, event: ChatEvent) -> ChatEvent:
         # The observer is called inline, not through a generator of its own: a layer of async generator costs
@@ -140,8 +151,10 @@ class ChatStream:
                     yield seen(ReasoningEvent(delta.reasoning))
                 if delta.content:
                     answer.append(delta.content)
+                    self._answer_chars += len(delta.content)
                     yield seen(TokenEvent(delta.content))
                 if delta.usage is not None:
+                    self._usage = delta.usage
                     yield seen(UsageEvent(delta.usage))
                 finish_reason = delta.finish_reason or finish_reason
                 delta = await anext(self._deltas, None)
@@ -168,6 +181,8 @@ class ChatStream:
         return await collect_events(self.events())
 
     async def aclose(self) -> None:
+        if self._admission is not None:
+            self._admission.finish(self._model, self._usage, self._prompt_chars, self._answer_chars)
         if self._observer is not None:
             self._observer.close()
         aclose = getattr(self._deltas, "aclose", None)
@@ -212,6 +227,7 @@ class ChatPipeline:
         show_reasoning: bool = True,
         observer: ChatObserver | None = None,
         log_prompts: bool = False,
+        usage: UsageMeter | None = None,
     ) -> None:
         self.retriever = retriever
         self.llm = llm
@@ -221,6 +237,7 @@ class ChatPipeline:
         self.show_reasoning = show_reasoning
         self.observer = observer
         self.log_prompts = log_prompts  # questions and answers are user data: off unless debugging
+        self.usage = usage  # counts each answer's tokens, and refuses one over a quota before it costs anything
 
     async def _with_stored_history(self, request: ChatRequest) -> list[Message]:
         """The request's conversation; when it names a chat and sends no earlier turns, the stored ones first."""
@@ -250,6 +267,17 @@ class ChatPipeline:
         question = retrieval_query(request.messages)
         if not question.strip():
             raise InvalidRequest("the question is empty")
+        admission = self.usage.admit(request.account) if self.usage is not None else None
+        try:
+            return await self._start(request, question, started_at, admission)
+        except BaseException:
+            if admission is not None:
+                admission.cancel()
+            raise
+
+    async def _start(
+        self, request: ChatRequest, question: str, started_at: float, admission: Admission | None
+    ) -> ChatStream:
         messages = await self._with_stored_history(request)
         query = await self.condense(messages)
         if self.log_prompts:
@@ -269,4 +297,14 @@ class ChatPipeline:
                 self.observer.start_failed(exc.error_type)
             raise
         observation = self.observer.stream_opened(started_at) if self.observer is not None else None
-        return ChatStream(hits, first, deltas, self.show_reasoning, self._saver(request, question), observation)
+        return ChatStream(
+            hits,
+            first,
+            deltas,
+            self.show_reasoning,
+            self._saver(request, question),
+            observation,
+            admission,
+            options.model or self.llm.model,
+            sum(len(m.content) for m in prompt),
+        )

@@ -16,6 +16,7 @@ from rag.ingest.parsers import Section
 from rag.stores import VectorStore
 from rag.stores.base import AccessByDocument
 from rag.types import TENANT_KEY, Chunk, Embedder, Metadata
+from rag.usage.meter import Account, UsageMeter
 
 # After each batch a job reports progress (and may learn it was cancelled).
 ProgressCallback = Callable[[int], Awaitable[None]]
@@ -45,6 +46,7 @@ class Indexer:
         chunk_size: int,
         chunk_overlap: int,
         on_space_switched: Callable[[], Awaitable[object]] | None = None,
+        usage: UsageMeter | None = None,
     ) -> None:
         self.embedder = embedder  # both replaced together when another embedding space becomes active
         self.store = store
@@ -53,6 +55,7 @@ class Indexer:
         # Awaited when a write reached a store whose space was switched away from: it moves to the active space,
         # and the chunks are embedded again with its model and written there.
         self.on_space_switched = on_space_switched
+        self.usage = usage  # counts the chunks and tokens embedded, per organisation and user (rag/usage/)
 
     def chunk_document(self, doc_id: str, sections: Sequence[Section], metadata: Metadata) -> list[Chunk]:
         """A document's chunks; a section with a page (PDF) puts `page` in the metadata of each of its chunks, and
@@ -123,6 +126,9 @@ class Indexer:
             vectors = parts[0] if len(parts) == 1 else np.concatenate(parts)
             try:
                 await store.upsert(chunks, vectors, org_id, access, reader, added_by)
+                if self.usage is not None:
+                    chars = sum(len(c.text) for c in chunks)
+                    self.usage.record_embedding(Account(org_id, added_by), embedder.model_name, len(chunks), chars)
                 return
             except SpaceRetired:
                 if self.on_space_switched is None or attempt == SpaceRetired.retries:
