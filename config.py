@@ -357,6 +357,11 @@ class Settings(BaseSettings):
         pattern=r"^[a-z_]+(\+[a-z_]+)*$",
         description="Tesseract's languages, joined by + (each needs its Debian package, tesseract-ocr-LANG).",
     )
+    mcp_enabled: bool = Field(
+        True,
+        description="Serve the Model Context Protocol at /mcp (tools for agents: search, ask, list, get, add, "
+        "upload, jobs), with the same credentials as every route.",
+    )
     quota_tokens_per_day: int | None = Field(
         None, ge=1, description="Tokens (prompt and completion) an organisation may spend per UTC day; unset: no limit."
     )

@@ -11,16 +11,20 @@ import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.telemetry import TelemetryConfig
+from mcp.server.mcpserver import MCPServer
+from mcp.server.streamable_http_manager import StreamableHTTPASGIApp
+from starlette.routing import Route
 
 from api import admin, chat, chats, documents, health, jobs, openai_api, sources, spaces, usage, websocket
 from api.auth import Authenticator, authenticate
 from api.deps import Services
 from api.errors import install_error_handlers
+from api.mcp import MCP_PATH, McpGate, build_mcp_server
 from api.metrics import ChatMetrics
 from api.middleware import BodyLimit, RequestContext, configure_logging
 from api.security import RateLimiter
@@ -47,7 +51,6 @@ from rag.ingest.runner import JobRunner
 from rag.pipeline import ChatPipeline, Condenser, condense_with_rule, last_user_message
 from rag.purge import Purger, forgetting_answers_citing_deleted, purge_of, removing_leftover_exports, vacuuming
 from rag.retriever import Retriever
-from rag.sources.fetcher import Fetcher
 from rag.sources.guard import AddressPolicy
 from rag.sources.registry import SourceRegistry
 from rag.sources.syncer import SourceSyncer
@@ -58,6 +61,9 @@ from rag.stores import VectorStore
 from rag.types import Embedder
 from rag.usage.ledger import Limits, UsageLedger
 from rag.usage.meter import UsageMeter, estimate_tokens
+
+if TYPE_CHECKING:
+    from rag.sources.fetcher import Fetcher
 
 logger = logging.getLogger("rag_service")
 
@@ -225,16 +231,22 @@ async def build_services(settings: Settings, metrics: ChatMetrics, stack: contex
     stack.push_async_callback(job_runner.aclose)
     sources = await SourceRegistry.open(settings)
     stack.push_async_callback(sources.aclose)
-    fetcher = Fetcher(
-        AddressPolicy(settings.sources_allow_hosts),
-        settings.sources_user_agent,
-        settings.sources_max_page_bytes,
-        settings.sources_page_timeout_seconds,
-        settings.sources_host_delay_seconds,
-    )
-    stack.push_async_callback(fetcher.aclose)
+    policy = AddressPolicy(settings.sources_allow_hosts)
+
+    def fetcher() -> Fetcher:
+        from rag.sources.fetcher import Fetcher
+
+        return Fetcher(
+            policy,
+            settings.sources_user_agent,
+            settings.sources_max_page_bytes,
+            settings.sources_page_timeout_seconds,
+            settings.sources_host_delay_seconds,
+        )
+
     syncer = SourceSyncer(
         sources,
+        policy,
         fetcher,
         parsers,
         indexer,
@@ -292,6 +304,15 @@ async def build_services(settings: Settings, metrics: ChatMetrics, stack: contex
     return services
 
 
+def mount_mcp(app: FastAPI, settings: Settings) -> MCPServer:
+    """The MCP transport at /mcp (api/mcp.py): the SDK's stateless streamable HTTP app behind the service's gate."""
+    server = build_mcp_server(lambda: app.state.services)
+    server.streamable_http_app(streamable_http_path=MCP_PATH, stateless_http=True, host=settings.host)
+    gate = McpGate(StreamableHTTPASGIApp(server.session_manager), lambda: app.state.services)
+    app.router.routes.append(Route(MCP_PATH, endpoint=gate, methods=["GET", "POST", "DELETE"]))
+    return server
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     metrics = ChatMetrics()
@@ -307,6 +328,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 logger.error("cannot start: %s", exc)
                 raise
             app.state.services = services
+            if mcp_server is not None:  # the SDK's task group, for the calls at /mcp
+                await stack.enter_async_context(mcp_server.session_manager.run())
             logger.info(
                 "ready: embedder %s (%d), llm %s/%s, %d chunks, authentication %s, %d open files allowed",
                 services.embedder.model_name,
@@ -349,12 +372,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(websocket.legacy_router, dependencies=authenticated)
     app.include_router(openai_api.router, dependencies=authenticated)
     mount_web_page(app)  # open: the page asks for a key when the API wants one
+    mcp_server = mount_mcp(app, settings) if settings.mcp_enabled else None
 
     # Outermost last: the request id and timing wrap everything, the body limit applies before any parsing.
     app.add_middleware(
         BodyLimit,
         max_bytes=settings.max_body_bytes,
-        per_path={f"{API_PREFIX}/documents/upload": settings.max_upload_bytes},
+        # an MCP upload_file call carries its file in base64: a third larger
+        per_path={
+            f"{API_PREFIX}/documents/upload": settings.max_upload_bytes,
+            MCP_PATH: max(settings.max_body_bytes, settings.max_upload_bytes * 4 // 3 + 65_536),
+        },
     )
     if settings.cors_origins:
         app.add_middleware(

@@ -31,7 +31,7 @@ def job_accepted(job: Job) -> JSONResponse:
     return JSONResponse(job.as_dict(), status_code=202, headers={"Location": f"/api/v1/jobs/{job.id}"})
 
 
-async def _owned_job(runner: JobRunner, job_id: str, principal: Principal) -> Job:
+async def owned_job(runner: JobRunner, job_id: str, principal: Principal) -> Job:
     job = await runner.get(job_id)
     if job is None or not job.visible_to(principal.org_id, principal.user_id):
         raise JobNotFound(f"no job {job_id!r}")
@@ -50,7 +50,7 @@ async def list_jobs(
 @router.get("/{job_id}", response_model=JobBody, responses={404: {"model": ErrorBody}})
 async def get_job(job_id: str, services: ServicesDep, principal: PrincipalDep) -> JobBody:
     """State, files, chunks done and total, and errors by file."""
-    return JobBody.model_validate((await _owned_job(services.jobs, job_id, principal)).as_dict())
+    return JobBody.model_validate((await owned_job(services.jobs, job_id, principal)).as_dict())
 
 
 @router.get(
@@ -60,7 +60,7 @@ async def get_job(job_id: str, services: ServicesDep, principal: PrincipalDep) -
 async def job_events(job_id: str, services: ServicesDep, principal: PrincipalDep) -> EventSourceResponse:
     """Progress over SSE: `data: <the job as GET returns it>` at once and at every change, then `data: [DONE]`
     once the job has finished."""
-    await _owned_job(services.jobs, job_id, principal)
+    await owned_job(services.jobs, job_id, principal)
     runner = services.jobs
 
     async def events() -> AsyncIterator[ServerSentEvent]:
@@ -84,7 +84,7 @@ async def job_events(job_id: str, services: ServicesDep, principal: PrincipalDep
 @router.delete("/{job_id}", response_model=JobBody, responses={404: {"model": ErrorBody}})
 async def cancel_job(job_id: str, services: ServicesDep, principal: PrincipalDep) -> JobBody:
     """Stop a job. Files already stored stay stored; a finished job is returned as it is."""
-    await _owned_job(services.jobs, job_id, principal)
+    await owned_job(services.jobs, job_id, principal)
     job = await services.jobs.cancel(job_id)
     if job is None:
         raise JobNotFound(f"no job {job_id!r}")

@@ -131,6 +131,7 @@ class ChatMetrics:
         self.tokens = Counter("rag_tokens_streamed_total", "Answer tokens sent to clients.")
         self.active_streams = Gauge("rag_active_streams", "Answers being streamed now.")
         self.upstream_errors = Counter("rag_upstream_errors_total", "Model failures, by error type.")
+        self.mcp_calls = Counter("rag_mcp_tool_calls_total", "MCP tool calls, by tool and outcome (ok or error type).")
         self.store_chunks = Gauge("rag_store_chunks", "Chunks in the vector store.", read=lambda: math.nan)
         self.resumable_running = Gauge(
             "rag_resumable_answers_running", "Resumable answers produced by this process now.", read=lambda: math.nan
@@ -154,6 +155,7 @@ class ChatMetrics:
             self.tokens,
             self.active_streams,
             self.upstream_errors,
+            self.mcp_calls,
             self.store_chunks,
             self.resumable_running,
             self.upstream_in_flight,

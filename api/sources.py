@@ -66,7 +66,7 @@ async def add_source(body: NewSource, services: ServicesDep, principal: Principa
     if body.max_pages > cap:
         raise InvalidRequest(f"max_pages is at most {cap} (SOURCES_MAX_PAGES)")
     _, host, port = check_url(body.url)
-    await services.syncer.fetcher.policy.resolve(host, port)  # refused now when the address says so already
+    await services.syncer.policy.resolve(host, port)  # refused now when the address says so already
     source = await services.sources.add(
         body.url,
         principal.org_id,

@@ -19,16 +19,21 @@ import logging
 import re
 import urllib.robotparser
 import uuid
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from rag.errors import RAGError
 from rag.ingest.indexer import Indexer, owned_metadata
 from rag.ingest.parser_pool import ParserPool
 from rag.ingest.parsers import Section, detect_kind
-from rag.sources.fetcher import Fetched, Fetcher
+from rag.sources.guard import AddressPolicy
 from rag.sources.registry import Page, Source, SourceRegistry
 from rag.stores import VectorStore
+
+if TYPE_CHECKING:
+    from rag.sources.fetcher import Fetched, Fetcher
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +69,8 @@ class SourceSyncer:
     def __init__(
         self,
         registry: SourceRegistry,
-        fetcher: Fetcher,
+        policy: AddressPolicy,
+        fetcher: Callable[[], Fetcher],
         parsers: ParserPool,
         indexer: Indexer,
         store: VectorStore,
@@ -73,7 +79,10 @@ class SourceSyncer:
         poll_seconds: float,
     ) -> None:
         self.registry = registry
-        self.fetcher = fetcher
+        self.policy = policy  # the addresses a source may reach: checked at registration too
+        # Made on the first sync: httpx and its dependencies cost a replica 5 MiB that one with no source never needs
+        self._new_fetcher = fetcher
+        self._fetcher: Fetcher | None = None
         self.parsers = parsers
         self.indexer = indexer
         self.store = store
@@ -94,11 +103,19 @@ class SourceSyncer:
         """A source was added or asked to sync: look now, not at the next poll."""
         self._wake.set()
 
+    @property
+    def fetcher(self) -> Fetcher:
+        if self._fetcher is None:
+            self._fetcher = self._new_fetcher()
+        return self._fetcher
+
     async def aclose(self) -> None:
         if self._loop is not None:
             self._loop.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop
+        if self._fetcher is not None:
+            await self._fetcher.aclose()
 
     async def _run(self) -> None:
         while True:
