@@ -362,6 +362,12 @@ class Settings(BaseSettings):
         description="Serve the Model Context Protocol at /mcp (tools for agents: search, ask, list, get, add, "
         "upload, jobs), with the same credentials as every route.",
     )
+    mcp_authorization_servers: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated issuer URLs of the authorization servers that give user tokens (JWT_SECRET or "
+        "JWT_PUBLIC_KEY set): published as the MCP endpoint's protected-resource metadata (RFC 9728), so that MCP "
+        "clients learn where to get a token.",
+    )
     quota_tokens_per_day: int | None = Field(
         None, ge=1, description="Tokens (prompt and completion) an organisation may spend per UTC day; unset: no limit."
     )
@@ -496,7 +502,7 @@ class Settings(BaseSettings):
         # `JWT_SECRET=` in a .env copied from .env.example means "not set", never "an empty secret".
         return None if isinstance(value, str) and not value.strip() else value
 
-    @field_validator("api_keys", "cors_origins", "sources_allow_hosts", mode="before")
+    @field_validator("api_keys", "cors_origins", "sources_allow_hosts", "mcp_authorization_servers", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         # "a,b" in the environment; a list when given in code.

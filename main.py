@@ -18,13 +18,15 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.telemetry import TelemetryConfig
 from mcp.server.mcpserver import MCPServer
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp
+from starlette.requests import Request
+from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from api import admin, chat, chats, documents, health, jobs, openai_api, sources, spaces, usage, websocket
 from api.auth import Authenticator, authenticate
 from api.deps import Services
 from api.errors import install_error_handlers
-from api.mcp import MCP_PATH, McpGate, build_mcp_server
+from api.mcp import MCP_PATH, METADATA_PATH, McpGate, build_mcp_server, protected_resource_metadata
 from api.metrics import ChatMetrics
 from api.middleware import BodyLimit, RequestContext, configure_logging
 from api.security import RateLimiter
@@ -310,6 +312,13 @@ def mount_mcp(app: FastAPI, settings: Settings) -> MCPServer:
     server.streamable_http_app(streamable_http_path=MCP_PATH, stateless_http=True, host=settings.host)
     gate = McpGate(StreamableHTTPASGIApp(server.session_manager), lambda: app.state.services)
     app.router.routes.append(Route(MCP_PATH, endpoint=gate, methods=["GET", "POST", "DELETE"]))
+    if settings.jwt_secret is not None or settings.jwt_public_key:  # user tokens: say where they come from
+
+        async def metadata(request: Request) -> JSONResponse:
+            return JSONResponse(protected_resource_metadata(request))
+
+        for path in (METADATA_PATH, f"{METADATA_PATH}{MCP_PATH}"):
+            app.router.routes.append(Route(path, endpoint=metadata, methods=["GET"]))
     return server
 
 

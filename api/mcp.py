@@ -48,6 +48,7 @@ from rag.usage.meter import Account
 
 logger = logging.getLogger(__name__)
 MCP_PATH = "/mcp"
+METADATA_PATH = "/.well-known/oauth-protected-resource"
 PAGE_CHUNKS = 20  # a long document's text comes a page of chunks at a time
 INSTRUCTIONS = (
     "Search and ask questions over the documents this credential may read; add documents and files. Prefer "
@@ -73,7 +74,10 @@ class McpGate:
             principal = on_behalf_of(services.authenticator.principal(presented_credential(request)), request)
         except Unauthenticated as exc:
             body = {"error": {"type": "unauthorized", "message": str(exc)}}
-            await JSONResponse(body, 401, headers={"WWW-Authenticate": "Bearer"})(scope, receive, send)
+            challenge = "Bearer"
+            if services.authenticator.takes_tokens:  # where a client learns how to get a token (RFC 9728)
+                challenge += f' resource_metadata="{_base_url(request)}{METADATA_PATH}"'
+            await JSONResponse(body, 401, headers={"WWW-Authenticate": challenge})(scope, receive, send)
             return
         except TenantForbidden as exc:
             body = {"error": {"type": exc.error_type, "message": str(exc)}}
@@ -314,6 +318,21 @@ def build_mcp_server(services: Callable[[], Services]) -> MCPServer:
         return await counted("get_job", run())  # type: ignore[no-any-return]
 
     return server
+
+
+def _base_url(request: Any) -> str:
+    return str(request.base_url).rstrip("/")
+
+
+def protected_resource_metadata(request: Any) -> dict[str, Any]:
+    """RFC 9728's metadata for the MCP endpoint: what it is, and which authorization servers give its tokens."""
+    services: Services = request.app.state.services
+    return {
+        "resource": f"{_base_url(request)}{MCP_PATH}",
+        "authorization_servers": services.settings.mcp_authorization_servers,
+        "bearer_methods_supported": ["header"],
+        "resource_name": "rag-chat-api documents (MCP)",
+    }
 
 
 def _without_logging_setup(build: Callable[[], MCPServer]) -> MCPServer:

@@ -2,14 +2,15 @@
 
 The image alone: it starts as a non-root user, its HEALTHCHECK passes, it stores a document and streams an answer
 from the bundled model, and a restart keeps the data in its volume. Then `compose.yaml`: PostgreSQL, two replicas and
-nginx; a document added through one replica is found through the other, and an answer streams through the load
-balancer token by token (not buffered to the end).
+nginx; a document added through one replica is found through the other, MCP calls spread over both, and an answer
+streams through the load balancer token by token (not buffered to the end).
 
 Marked `image` and left out of `make test` (the image takes minutes to build); `make test-image` runs them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -19,7 +20,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import httpx2
 import pytest
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
 
 from tests.servers import free_port
 
@@ -130,6 +134,14 @@ def inside(container: str, method: str, path: str, body: dict | None = None) -> 
     return json.loads(podman("exec", container, "python", "-c", script).stdout)
 
 
+def mcp_search_calls(container: str) -> int:
+    """How many search_documents calls one replica answered, from its own /metrics."""
+    script = "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:8000/metrics').read().decode())"
+    metrics = podman("exec", container, "python", "-c", script).stdout
+    line = 'rag_mcp_tool_calls_total{outcome="ok",tool="search_documents"} '
+    return sum(int(float(row[len(line) :])) for row in metrics.splitlines() if row.startswith(line))
+
+
 def test_compose_serves_two_replicas_on_postgres_behind_nginx(compose: tuple[str, str]) -> None:
     project, url = compose
     wait_healthy(url, timeout=300)
@@ -153,3 +165,17 @@ def test_compose_serves_two_replicas_on_postgres_behind_nginx(compose: tuple[str
     assert arrivals[-1] - arrivals[0] > 0.05, arrivals
     distinct = {round(arrival, 3) for arrival in arrivals}
     assert len(distinct) > len(arrivals) / 2, arrivals
+
+    # MCP through nginx: a client per call, so that calls spread over both replicas; every one is answered
+    async def mcp_calls(count: int) -> list[list[str]]:
+        found = []
+        for _ in range(count):
+            async with Client(streamable_http_client(f"{url}/mcp", http_client=httpx2.AsyncClient(timeout=60))) as c:
+                call = await c.call_tool("search_documents", {"query": "ferry harbour", "top_k": 1})
+                assert not call.is_error, call.content
+                found.append([hit["document_id"] for hit in (call.structured_content or {})["results"]])
+        return found
+
+    assert asyncio.run(mcp_calls(8)) == [["ferry"]] * 8
+    counted = [mcp_search_calls(replica) for replica in (first, second)]
+    assert sum(counted) == 8 and min(counted) > 0, counted  # both replicas answered some

@@ -197,3 +197,39 @@ def test_it_can_be_turned_off(tmp_path: Path, fake_upstream: FakeUpstream) -> No
         started = time.monotonic()
         assert httpx.post(f"{url}/mcp", json={}).status_code == 404
         assert time.monotonic() - started < 30
+
+
+def test_with_user_tokens_a_token_works_and_the_metadata_says_where_tokens_come_from(
+    tmp_path: Path, fake_upstream: FakeUpstream
+) -> None:
+    import jwt
+
+    secret = "a-test-secret-of-at-least-32-bytes!"
+    settings = make_settings(
+        tmp_path,
+        fake_upstream.url,
+        jwt_secret=secret,
+        mcp_authorization_servers=["https://login.example.test/realms/acme"],
+        embedder="examples.plugins.hashing_embedder:HashingEmbedder",
+        embedder_options={"dimension": 64},
+    )
+    claims = {"sub": "ann", "orgId": "acme", "exp": int(time.time()) + 300}
+    token = jwt.encode(claims, secret, algorithm="HS256")
+    with serve(create_app(settings)) as url:
+        metadata = httpx.get(f"{url}/.well-known/oauth-protected-resource").json()
+        assert metadata["resource"] == f"{url}/mcp"
+        assert metadata["authorization_servers"] == ["https://login.example.test/realms/acme"]
+        refused = httpx.post(f"{url}/mcp", json={})
+        assert refused.status_code == 401
+        assert refused.headers["www-authenticate"] == (
+            f'Bearer resource_metadata="{url}/.well-known/oauth-protected-resource"'
+        )
+
+        async def as_ann() -> dict[str, Any]:
+            async with connected(url, token) as client:
+                result(await client.call_tool("add_document", {"text": "Ann's note on larks.", "document_id": "lark"}))
+                return result(await client.call_tool("list_documents", {}))
+
+        listed = asyncio.run(as_ann())
+        assert [d["id"] for d in listed["documents"]] == ["lark"]
+        assert listed["documents"][0]["metadata"]["orgId"] == "acme"

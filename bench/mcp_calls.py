@@ -1,8 +1,8 @@
 """The MCP transport, measured: a `search_documents` call through the SDK's client beside the same search through
 `GET /api/v1/documents/search`, in one run; and 50 MCP clients at once.
 
-    .venv/bin/python bench/mcp.py                     # 500 SciFact abstracts, 100 claims
-    .venv/bin/python bench/mcp.py --documents 100     # a smoke run
+    .venv/bin/python bench/mcp_calls.py                     # 500 SciFact abstracts, 100 claims
+    .venv/bin/python bench/mcp_calls.py --documents 100     # a smoke run
 
 The service runs as `make run` starts it (the bundled MiniLM), in a process of its own, holding the first N SciFact
 abstracts. Each claim is asked both ways, alternating, one at a time, over one kept connection each: p50 and p95 of
