@@ -267,7 +267,7 @@ class ChatPipeline:
         question = retrieval_query(request.messages)
         if not question.strip():
             raise InvalidRequest("the question is empty")
-        admission = self.usage.admit(request.account) if self.usage is not None else None
+        admission = await self.usage.admit(request.account) if self.usage is not None else None
         try:
             return await self._start(request, question, started_at, admission)
         except BaseException:

@@ -6,10 +6,12 @@ USAGE_FLUSH_SECONDS adds them up in the database. A replica killed loses at most
 the meter reads back what every replica spent this month, per day, organisation and user, and the limits an admin
 set; a quota check adds this replica's unwritten counts to that, so it costs no database round trip.
 
-The bound across replicas: each replica sees the others' spending at most two batches late. An answer is admitted
-while what was spent is under the limit, and once less than one answer's worth (`answer_tokens`: LLM_MAX_TOKENS plus
-the most a prompt holds) is left, a replica admits one answer of that organisation (or user) at a time. So past a
-limit, every replica can overshoot by at most one answer's worth: the one it admitted last, before it saw the others'.
+The bound across replicas. Far from a limit, each replica judges by what it read at its last batch (at most two
+batches old) plus its own counts. Once less than one answer's worth (`answer_tokens`: LLM_MAX_TOKENS plus the most
+a prompt holds) is left, a replica admits one answer of that organisation (or user) at a time, and before each it
+writes its own counts and reads every replica's afresh (a database round trip per answer there, never per token);
+an answer admitted there has its tokens written as soon as it ends. What a replica cannot see of another is then at
+most that one's answer in flight: past a limit, the replicas together overshoot by at most one answer's worth each.
 An answer that began under the limit finishes and counts.
 """
 
@@ -95,6 +97,8 @@ class Admission:
                 "estimated": 1,
             }
         self._meter._count(self.account, model, "answer", {"requests": 1, **counts})
+        if self._scopes:  # near a limit: the other replicas see this answer's tokens now, not a batch later
+            self._meter.flush_soon()
 
     def cancel(self) -> None:
         """It never started (a failure before the model's first token): nothing to count."""
@@ -125,6 +129,9 @@ class UsageMeter:
         self._tokens: defaultdict[str, Counter[tuple[str, str]]] = defaultdict(Counter)  # org -> (user, day)
         self._bytes: Counter[tuple[str, str]] = Counter()
         self._running: Counter[tuple[str, ...]] = Counter()  # admitted answers not yet finished, per scope
+        self._near = asyncio.Lock()  # admissions near a limit, one at a time (each reads afresh first)
+        self._flushing = asyncio.Lock()  # one batch at a time: two would write the same counts twice
+        self._soon: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
 
     # --- counting -----------------------------------------------------------------------------------
@@ -163,8 +170,20 @@ class UsageMeter:
         today = datetime.datetime.fromtimestamp(now, datetime.UTC).date()
         return tuple((today - datetime.timedelta(days=n)).isoformat() for n in range(today.day))
 
-    def admit(self, account: Account) -> Admission:
-        """Let an answer in, or QuotaExceeded naming the limit it is over."""
+    async def admit(self, account: Account) -> Admission:
+        """Let an answer in, or QuotaExceeded naming the limit it is over. Far from every limit this reads memory
+        alone; within one answer's worth of one, this replica writes its counts and reads every replica's afresh
+        first (one batch, one read), one such admission at a time."""
+        admission = self._admit(account, fresh=False)
+        if admission is None:
+            async with self._near:
+                await self.flush()
+                admission = self._admit(account, fresh=True)
+        assert admission is not None
+        return admission
+
+    def _admit(self, account: Account, fresh: bool) -> Admission | None:
+        """The admission, QuotaExceeded, or None: near a limit, and what was read may be a batch or two old."""
         limits = self.limits_of(account.org_id)
         now = self.clock()
         org, user = account.org_id or "", account.user_id
@@ -198,6 +217,8 @@ class UsageMeter:
                     window_end(now),
                 )
             if limit - spent < self.answer_tokens:  # near the limit: one answer at a time on this replica
+                if not fresh:
+                    return None
                 if self._running[scope]:
                     raise QuotaExceeded(
                         f"{whose}organisation {account.org_id!r} is within one answer of its {limit:,} tokens "
@@ -242,8 +263,23 @@ class UsageMeter:
                 logger.exception("could not write the usage batch; it is kept and written with the next")
             await asyncio.sleep(self.flush_seconds)
 
+    def flush_soon(self) -> None:
+        task = asyncio.get_running_loop().create_task(self._flush_quietly())
+        self._soon.add(task)
+        task.add_done_callback(self._soon.discard)
+
+    async def _flush_quietly(self) -> None:
+        try:
+            await self.flush()
+        except Exception:
+            logger.exception("could not write the usage batch; it is kept and written with the next")
+
     async def flush(self) -> None:
         """Write what was counted since the last batch, then read back every replica's spending and the limits."""
+        async with self._flushing:
+            await self._flush()
+
+    async def _flush(self) -> None:
         batch = {key: Counter(counts) for key, counts in self._pending.items()}
         await self.ledger.add((key, dict(counts)) for key, counts in batch.items())
         month_start = _day(self.clock())[:8] + "01"
@@ -267,5 +303,6 @@ class UsageMeter:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        await asyncio.gather(*self._soon, return_exceptions=True)
         with contextlib.suppress(Exception):
             await self.flush()  # the last batch, on a clean stop
