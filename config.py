@@ -391,6 +391,11 @@ class Settings(BaseSettings):
         description="Count what each organisation, user and key spends, and apply the quotas; off: neither (the "
         "usage routes then report nothing new).",
     )
+    usage_metrics_per_org: bool = Field(
+        False,
+        description="Export the tokens counted per organisation in /metrics (rag_usage_tokens_total{org, type}): a "
+        "series per organisation, so off unless the organisations are few.",
+    )
     usage_flush_seconds: float = Field(
         1.0,
         gt=0,

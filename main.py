@@ -177,6 +177,7 @@ async def build_services(settings: Settings, metrics: ChatMetrics, stack: contex
         + estimate_tokens(settings.max_top_k * settings.chunk_size),
         settings.usage_flush_seconds,
         enabled=settings.usage_accounting,
+        observer=metrics.count_usage if settings.usage_metrics_per_org else None,
     )
     meter.start()
     stack.push_async_callback(meter.aclose)  # after the answers end (the stack unwinds in reverse): they count

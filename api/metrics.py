@@ -14,6 +14,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 
 from rag.types import ChatEvent, ErrorEvent, TokenEvent
+from rag.usage.ledger import RowKey
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 Labels = tuple[tuple[str, str], ...]
@@ -131,6 +132,10 @@ class ChatMetrics:
         self.tokens = Counter("rag_tokens_streamed_total", "Answer tokens sent to clients.")
         self.active_streams = Gauge("rag_active_streams", "Answers being streamed now.")
         self.upstream_errors = Counter("rag_upstream_errors_total", "Model failures, by error type.")
+        self.usage_tokens = Counter(
+            "rag_usage_tokens_total",
+            "Tokens counted by usage accounting, by organisation and type (USAGE_METRICS_PER_ORG).",
+        )
         self.mcp_calls = Counter("rag_mcp_tool_calls_total", "MCP tool calls, by tool and outcome (ok or error type).")
         self.store_chunks = Gauge("rag_store_chunks", "Chunks in the vector store.", read=lambda: math.nan)
         self.resumable_running = Gauge(
@@ -156,12 +161,23 @@ class ChatMetrics:
             self.active_streams,
             self.upstream_errors,
             self.mcp_calls,
+            self.usage_tokens,
             self.store_chunks,
             self.resumable_running,
             self.upstream_in_flight,
             self.upstream_failures,
             self.upstream_cooling,
         ]
+
+    def count_usage(self, key: RowKey, counts: dict[str, int]) -> None:
+        """One usage count, by organisation: a series per organisation, so only when asked for (label cardinality)."""
+        for name, kind in (
+            ("prompt_tokens", "prompt"),
+            ("completion_tokens", "completion"),
+            ("embedded_tokens", "embedded"),
+        ):
+            if counts.get(name):
+                self.usage_tokens.inc(counts[name], org=key.org_id or "-", type=kind)
 
     def watch_upstreams(self, states: Callable[[], list[dict[str, object]]]) -> None:
         """Report each chat upstream by name, from the router's `states()`."""

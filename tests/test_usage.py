@@ -231,3 +231,16 @@ def test_bad_input_is_refused_naming_its_field(
         if method == "PUT":  # only a trusted key sets limits
             allowed = httpx.put(f"{url}/api/v1/usage/limits/acme", json={"tokens_per_day": 5}, headers=ACME)
             assert allowed.status_code == 403
+
+
+def test_per_organisation_metrics_only_when_asked_for(tmp_path: Path, scripted: FakeUpstream) -> None:
+    series = 'rag_usage_tokens_total{org="acme",type="completion"}'
+    with serve(create_app(settings_for(tmp_path / "off", scripted))) as url:
+        assert sse_chat(url, ACME)[0] == 200
+        assert "rag_usage_tokens_total{" not in httpx.get(f"{url}/metrics", headers=ROOT).text
+    with serve(create_app(settings_for(tmp_path / "on", scripted, usage_metrics_per_org=True))) as url:
+        assert sse_chat(url, ACME)[0] == 200
+        assert sse_chat(url, ACME)[0] == 200
+        lines = httpx.get(f"{url}/metrics", headers=ROOT).text.splitlines()
+        assert f"{series} {2 * len(TOKENS)}" in lines
+        assert 'rag_usage_tokens_total{org="acme",type="prompt"} 14' in lines

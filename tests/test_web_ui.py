@@ -115,6 +115,17 @@ def test_add_ask_stream_sources_and_stop(page, upstream: FakeUpstream) -> None:
     assert page.is_enabled("#send")
 
 
+def test_the_page_shows_its_user_their_own_usage(page, upstream: FakeUpstream) -> None:
+    page.wait_for_function("document.querySelector('#usage').textContent === 'No answers yet this month.'")
+    upstream.reset(Script(tokens=["a ", "b ", "c"]))
+    ask(page, "Anything on file?")
+    page.wait_for_function(f"document.querySelector('{LAST_ANSWER}').dataset.state === 'done'")
+    # the fake upstream reports 7 prompt tokens and one per token it sent; counts are written within a second
+    page.wait_for_function(
+        "document.querySelector('#usage').textContent === 'This month: 1 answer, 10 tokens.'", timeout=15_000
+    )
+
+
 def test_reasoning_is_collapsible(page, upstream: FakeUpstream) -> None:
     upstream.reset(Script(reasoning=["First I check ", "the documents."], tokens=["Answer."]))
     ask(page, "Why?")

@@ -389,6 +389,28 @@ async function ask(question) {
     following = null;
     busy(false);
     loadChats();
+    loadUsage();
+    setTimeout(loadUsage, 1500);
+  }
+}
+
+// What this page's user spent this month (GET /api/v1/usage): read on load and after each answer, and once more a
+// moment later, since the service writes its counts every USAGE_FLUSH_SECONDS.
+async function loadUsage() {
+  const note = $("#usage");
+  try {
+    const body = await getJSON(`api/v1/usage?group_by=kind&userId=${encodeURIComponent(store.userId)}`);
+    const answers = body.rows.find((row) => row.kind === "answer");
+    if (!answers) {
+      note.textContent = "No answers yet this month.";
+      return;
+    }
+    const tokens = (answers.prompt_tokens + answers.completion_tokens).toLocaleString("en");
+    const estimated = answers.estimated ? ` (${answers.estimated} estimated)` : "";
+    const plural = answers.requests === 1 ? "" : "s";
+    note.textContent = `This month: ${answers.requests} answer${plural}, ${tokens} tokens${estimated}.`;
+  } catch (err) {
+    note.textContent = `Usage unavailable: ${err.message}`;
   }
 }
 
@@ -653,5 +675,6 @@ $("#search-form").addEventListener("submit", (event) => {
 
 refreshStatus();
 loadDocuments();
+loadUsage();
 if (store.chatId) openChat(store.chatId);
 else newChat();

@@ -116,6 +116,7 @@ class UsageMeter:
         flush_seconds: float = 1.0,
         clock: Callable[[], float] = time.time,
         enabled: bool = True,
+        observer: Callable[[RowKey, dict[str, int]], None] | None = None,
     ) -> None:
         self.ledger = ledger
         self.defaults = defaults
@@ -123,6 +124,7 @@ class UsageMeter:
         self.flush_seconds = flush_seconds
         self.clock = clock
         self.enabled = enabled  # off (USAGE_ACCOUNTING=false): nothing counted, no quota applied
+        self.observer = observer  # sees each count as it is made (the per-organisation metrics, when asked for)
         self._pending: defaultdict[RowKey, Counter[str]] = defaultdict(Counter)
         self._limits: dict[str, Limits] = {}
         # What every replica had written as of the last read: tokens per (org, user, day), bytes per (org, day)
@@ -139,6 +141,8 @@ class UsageMeter:
     def _count(self, account: Account, model: str, kind: Kind, counts: dict[str, int]) -> None:
         key = RowKey(_day(self.clock()), account.org_id or "", account.user_id or "", account.key_id or "", model, kind)
         self._pending[key].update(counts)
+        if self.observer is not None:
+            self.observer(key, counts)
 
     def record_embedding(self, account: Account, model: str, chunks: int, chars: int) -> None:
         self._count(
