@@ -108,8 +108,10 @@ def test_a_site_is_synced_and_a_resync_costs_what_changed(
 ) -> None:
     web, url = site
     build_site(web)
-    with serve(create_app(service_settings(tmp_path, upstream))) as service:
-        http = httpx.Client(base_url=service, timeout=60, headers=ACME)
+    with (
+        serve(create_app(service_settings(tmp_path, upstream))) as service,
+        httpx.Client(base_url=service, timeout=60, headers=ACME) as http,
+    ):
         response = http.post("/api/v1/sources", json={"url": f"{url}/docs/index.html", "interval_seconds": 3600})
         assert response.status_code == 202, response.text
         source = response.json()
@@ -165,8 +167,10 @@ def test_sources_belong_to_their_organisation_and_removing_one_removes_its_pages
 ) -> None:
     web, url = site
     build_site(web)
-    with serve(create_app(service_settings(tmp_path, upstream))) as service:
-        http = httpx.Client(base_url=service, timeout=60)
+    with (
+        serve(create_app(service_settings(tmp_path, upstream))) as service,
+        httpx.Client(base_url=service, timeout=60) as http,
+    ):
         body = {"url": f"{url}/docs/index.html", "max_depth": 1, "access": {"groups": ["eng"]}}
         source = http.post("/api/v1/sources", json=body, headers=ACME).json()
         wait_for(
@@ -239,8 +243,10 @@ def test_loopback_urls_are_refused_by_name_and_never_connected_to(tmp_path: Path
     hosts = ["127.0.0.1", "127.0.0.5", *(["::1"] if ipv6_loopback() else [])]
     listeners = {host: Listener(host) for host in hosts}
     try:
-        with serve(create_app(service_settings(tmp_path, upstream, sources_allow_hosts=[]))) as service:
-            http = httpx.Client(base_url=service, timeout=60, headers=ACME)
+        with (
+            serve(create_app(service_settings(tmp_path, upstream, sources_allow_hosts=[]))) as service,
+            httpx.Client(base_url=service, timeout=60, headers=ACME) as http,
+        ):
             for host, listener in listeners.items():
                 shown = f"[{host}]" if ":" in host else host
                 response = http.post("/api/v1/sources", json={"url": f"http://{shown}:{listener.port}/"})
@@ -268,8 +274,7 @@ def test_a_redirect_or_link_from_an_allowed_host_to_a_loopback_one_fails_by_name
         links = ["go.html", f"http://127.0.0.5:{hidden.port}/docs/x.html"]
         web.html("/docs/index.html", page("Home", "A page with a redirect to a hidden host.", links))
         settings = service_settings(tmp_path, upstream, sources_allow_hosts=["127.0.0.1/32"])
-        with serve(create_app(settings)) as service:
-            http = httpx.Client(base_url=service, timeout=60, headers=ACME)
+        with serve(create_app(settings)) as service, httpx.Client(base_url=service, timeout=60, headers=ACME) as http:
             source = http.post("/api/v1/sources", json={"url": f"{url}/docs/index.html"}).json()
             done = synced(http, source["id"], 1)
         failures = {f["url"]: f["error"] for f in done["sync"]["failures"]}
@@ -291,8 +296,7 @@ def test_a_page_over_the_size_or_time_cap_fails_by_name_and_the_rest_is_kept(
     web.html("/docs/slow/", page("Slow", "Slow.", []))
     web.slow["/docs/slow/"] = 3.0
     settings = service_settings(tmp_path, upstream, sources_max_page_bytes=4096, sources_page_timeout_seconds=1.0)
-    with serve(create_app(settings)) as service:
-        http = httpx.Client(base_url=service, timeout=60, headers=ACME)
+    with serve(create_app(settings)) as service, httpx.Client(base_url=service, timeout=60, headers=ACME) as http:
         source = http.post("/api/v1/sources", json={"url": f"{url}/docs/index.html"}).json()
         done = synced(http, source["id"], 1)
         failures = {f["url"]: f["error"] for f in done["sync"]["failures"]}
