@@ -386,6 +386,12 @@ class Settings(BaseSettings):
         description="Bytes an organisation may send to be stored per UTC day (uploaded files, texts of JSON adds); "
         "unset: no limit.",
     )
+    quota_chunks: int | None = Field(
+        None,
+        ge=1,
+        description="Chunks an organisation may store at once; an add over it is refused (429), an upload's item "
+        "over it fails by name; unset: no limit.",
+    )
     usage_accounting: bool = Field(
         True,
         description="Count what each organisation, user and key spends, and apply the quotas; off: neither (the "
@@ -500,6 +506,7 @@ class Settings(BaseSettings):
         "quota_user_tokens_per_day",
         "quota_user_tokens_per_month",
         "quota_upload_bytes_per_day",
+        "quota_chunks",
         mode="before",
     )
     @classmethod

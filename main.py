@@ -170,6 +170,7 @@ async def build_services(settings: Settings, metrics: ChatMetrics, stack: contex
             settings.quota_user_tokens_per_day,
             settings.quota_user_tokens_per_month,
             settings.quota_upload_bytes_per_day,
+            settings.quota_chunks,
         ),
         # One answer's worth: what it may generate, its history, and the most context a request may ask for
         settings.llm_max_tokens

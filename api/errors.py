@@ -147,7 +147,7 @@ def retry_headers(exc: Exception) -> dict[str, str] | None:
     if isinstance(exc, UpstreamRateLimited):
         return {"Retry-After": str(max(1, round(exc.retry_after or 1)))}
     if isinstance(exc, QuotaExceeded):
-        return {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
+        return None if exc.retry_after is None else {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
     if isinstance(exc, TooManyAnswers):
         return {"Retry-After": "5"}  # answers take seconds: a slot frees soon
     return None

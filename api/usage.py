@@ -87,6 +87,7 @@ class LimitsBody(BaseModel):
     user_tokens_per_day: Limit = None
     user_tokens_per_month: Limit = None
     upload_bytes_per_day: Limit = None
+    chunks: Limit = None
 
 
 @router.get("/limits", responses=_ERRORS)

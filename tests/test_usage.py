@@ -244,3 +244,31 @@ def test_per_organisation_metrics_only_when_asked_for(tmp_path: Path, scripted: 
         lines = httpx.get(f"{url}/metrics", headers=ROOT).text.splitlines()
         assert f"{series} {2 * len(TOKENS)}" in lines
         assert 'rag_usage_tokens_total{org="acme",type="prompt"} 14' in lines
+
+
+@pytest.mark.parametrize("backend", ["numpy", "postgres"])
+def test_a_chunks_quota_refuses_an_add_and_fails_an_uploads_item_by_name(
+    tmp_path: Path, scripted: FakeUpstream, backend: str, request: pytest.FixtureRequest
+) -> None:
+    extra: dict[str, Any] = {"quota_chunks": 3}
+    if backend == "postgres":
+        extra |= {"vector_store": "postgres", "database_url": request.getfixturevalue("pg_dsn")}
+    with serve(create_app(settings_for(tmp_path / "data", scripted, **extra))) as url:
+        two = {"documents": ["The first short note.", "The second short note."]}
+        assert httpx.post(f"{url}/api/v1/documents/add", json=two, headers=ACME).status_code == 200
+        response = httpx.post(f"{url}/api/v1/documents/add", json=two, headers=ACME)
+        assert response.status_code == 429 and "retry-after" not in response.headers
+        error = response.json()["error"]
+        assert error["type"] == "quota_exceeded" and "stores 2 of its 3 chunks (chunks)" in error["message"]
+        files = {"files": ("two.txt", b"A third note. " * 200, "text/plain")}  # more chunks than are left
+        job = httpx.post(f"{url}/api/v1/documents/upload", files=files, headers=ACME).json()
+        deadline = time.monotonic() + 60
+        while (state := httpx.get(f"{url}/api/v1/jobs/{job['id']}", headers=ACME).json())["state"] not in (
+            "done",
+            "failed",
+        ):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert state["files"][0]["state"] == "failed" and "(chunks)" in state["errors"][0]["message"], state
+        assert httpx.get(f"{url}/api/v1/documents", headers=ACME).json()["total"] == 2
+        assert httpx.post(f"{url}/api/v1/documents/add", json=two, headers=OTHER).status_code == 200

@@ -101,6 +101,13 @@ class Indexer:
         await self.store_chunks(chunks, org_id, access=by_document, reader=reader, added_by=added_by)
         return added
 
+    async def _check_quota(self, store: VectorStore, org_id: str | None, adding: int) -> None:
+        """QUOTA_CHUNKS, when one holds and the store can count an organisation's chunks (a plug-in may not)."""
+        chunks_of = getattr(store, "chunks_of", None)
+        if self.usage is None or chunks_of is None or self.usage.limits_of(org_id).chunks is None:
+            return
+        self.usage.check_chunks(org_id, await chunks_of(org_id), adding)
+
     async def store_chunks(
         self,
         chunks: list[Chunk],
@@ -117,6 +124,7 @@ class Indexer:
             return
         for attempt in range(SpaceRetired.retries + 1):
             embedder, store = self.embedder, self.store  # one space's pair, even if a switch comes meanwhile
+            await self._check_quota(store, org_id, len(chunks))  # before anything is embedded
             step = batch_size or len(chunks)
             parts: list[np.ndarray] = []
             for start in range(0, len(chunks), step):

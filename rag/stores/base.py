@@ -171,6 +171,10 @@ class SpaceStore(VectorStore, ExportableStore, Protocol):
 
     follower: bool
 
+    async def chunks_of(self, org_id: str | None) -> int:
+        """The chunks an organisation's documents hold (None: the whole store's): what QUOTA_CHUNKS is held to."""
+        ...
+
     async def document_states(self) -> dict[str, tuple[int, str | None]]:
         """Each document's seq (moved by every add) and access list as stored (None: its whole organisation)."""
         ...

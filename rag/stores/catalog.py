@@ -315,6 +315,15 @@ class Catalog:
         )
         return [doc for (doc,) in rows]
 
+    def chunks_of(self, org_id: str | None) -> int:
+        """The chunks an organisation's documents hold (None: the whole store's)."""
+        if org_id is None:
+            row = self._reader().execute("SELECT coalesce(sum(chunks), 0) FROM documents").fetchone()
+        else:
+            sql = f"SELECT coalesce(sum(chunks), 0) FROM documents WHERE {DOCUMENT_TENANT} = ?"
+            row = self._reader().execute(sql, (org_id,)).fetchone()
+        return int(row[0])
+
     def document_ids(self, org_id: str | None) -> list[str]:
         if org_id is None:
             rows = self._reader().execute("SELECT id FROM documents ORDER BY seq")

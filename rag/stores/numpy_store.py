@@ -380,6 +380,9 @@ class NumpyVectorStore:
     async def document_ids(self, org_id: str | None) -> list[str]:
         return await anyio.to_thread.run_sync(self.catalog.document_ids, org_id)
 
+    async def chunks_of(self, org_id: str | None) -> int:
+        return await anyio.to_thread.run_sync(self.catalog.chunks_of, org_id)
+
     async def write_generation(self) -> int:
         return await anyio.to_thread.run_sync(self.catalog.generation)
 

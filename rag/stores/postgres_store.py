@@ -379,6 +379,15 @@ class PostgresVectorStore:
             )
         return [row["id"] for row in rows]
 
+    async def chunks_of(self, org_id: str | None) -> int:
+        """The chunks an organisation's documents hold (None: the whole store's); from the documents' counts."""
+        async with self._connection() as conn:
+            if org_id is None:
+                return int(await conn.fetchval("SELECT chunks FROM rag_counters WHERE id = 1"))
+            return int(
+                await conn.fetchval("SELECT coalesce(sum(chunks), 0) FROM rag_documents WHERE org_id = $1", org_id)
+            )
+
     async def document_ids(self, org_id: str | None) -> list[str]:
         async with self._connection() as conn:
             if org_id is None:

@@ -25,7 +25,8 @@ SCHEMA = [
         PRIMARY KEY (day, org_id, user_id, key_id, model, kind))""",
     """CREATE TABLE IF NOT EXISTS rag_quota_limits (
         org_id text PRIMARY KEY, tokens_per_day bigint, tokens_per_month bigint, user_tokens_per_day bigint,
-        user_tokens_per_month bigint, upload_bytes_per_day bigint, updated_at double precision NOT NULL)""",
+        user_tokens_per_month bigint, upload_bytes_per_day bigint, chunks bigint,
+        updated_at double precision NOT NULL)""",
 ]
 COUNTS = ("requests", "prompt_tokens", "completion_tokens", "estimated", "chunks", "embedded_tokens", "bytes")
 GROUPS = {"user": "user_id", "key": "key_id", "model": "model", "day": "day", "org": "org_id", "kind": "kind"}
@@ -50,6 +51,7 @@ class Limits:
     user_tokens_per_day: int | None = None
     user_tokens_per_month: int | None = None
     upload_bytes_per_day: int | None = None
+    chunks: int | None = None  # chunks stored, at any moment
 
     def over(self, other: Limits) -> Limits:
         """These limits, with `other`'s where these have none."""

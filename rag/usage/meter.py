@@ -40,9 +40,9 @@ class QuotaExceeded(RAGError):
 
     error_type = "quota_exceeded"
 
-    def __init__(self, message: str, retry_after: float) -> None:
+    def __init__(self, message: str, retry_after: float | None) -> None:
         super().__init__(message)
-        self.retry_after = retry_after
+        self.retry_after = retry_after  # None: no window ends (chunks stored); no Retry-After
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,6 +252,17 @@ class UsageMeter:
                 f"organisation {account.org_id!r} has uploaded {spent:,} of its {limit:,} bytes today "
                 f"(upload_bytes_per_day); this upload holds {size:,}",
                 _seconds_to_next_day(now),
+            )
+
+    def check_chunks(self, org_id: str | None, stored: int, adding: int) -> None:
+        """Before `adding` chunks are stored beside the `stored` ones: QuotaExceeded over the chunks quota (a replaced
+        document's old chunks are counted until it is replaced: the check errs on the side of the limit)."""
+        limit = self.limits_of(org_id).chunks
+        if limit is not None and self.enabled and stored + adding > limit:
+            raise QuotaExceeded(
+                f"organisation {org_id!r} stores {stored:,} of its {limit:,} chunks (chunks); these documents would "
+                f"add {adding:,}: delete documents, or ask for a higher limit",
+                None,
             )
 
     # --- the batches --------------------------------------------------------------------------------
