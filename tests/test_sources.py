@@ -422,3 +422,34 @@ def test_a_sync_killed_midway_goes_on_after_a_restart(
         assert http.get("/api/v1/documents", params={"limit": 100}).json()["total"] == 25
     fetched_twice = [path for path in fetched_before if web.requests_for(path).count(200) > 1]
     assert len(fetched_twice) <= 1, fetched_twice  # at most the page in hand at the kill
+
+
+def test_two_replicas_share_one_schedule_and_each_page_is_fetched_once(
+    tmp_path: Path, upstream: Any, site: tuple[Site, str], pg_dsn: str
+) -> None:
+    """Two replicas on one PostgreSQL both look for due sources every 0.2 s: the source's lease lets one of them
+    sync it, so every page is fetched once, and both replicas see the same source and its documents."""
+    web, url = site
+    names = [f"p{n}.html" for n in range(12)]
+    web.html("/docs/index.html", page("Index", "The shared manual.", names))
+    for n, name in enumerate(names):
+        web.html(f"/docs/{name}", page(f"Part {n}", f"Part {n} describes the component numbered {500 + n}.", []))
+    web.delay = 0.05
+    shared = {"vector_store": "postgres", "database_url": pg_dsn}
+    first_settings = service_settings(tmp_path / "a", upstream, **shared)
+    second_settings = service_settings(tmp_path / "b", upstream, **shared)
+    with (
+        serve(create_app(first_settings)) as first,
+        serve(create_app(second_settings)) as second,
+        httpx.Client(base_url=first, timeout=60, headers=ACME) as a,
+        httpx.Client(base_url=second, timeout=60, headers=ACME) as b,
+    ):
+        source = a.post("/api/v1/sources", json={"url": f"{url}/docs/index.html"}).json()
+        done = synced(b, source["id"], 1)  # followed through the other replica
+        assert done["sync"]["state"] == "done" and done["sync"]["pages"]["added"] == 13
+        assert b.get("/api/v1/documents").json()["total"] == 13
+        assert b.post(f"/api/v1/sources/{source['id']}/sync").status_code == 202
+        second_sync = synced(a, source["id"], 2)
+        assert second_sync["sync"]["pages"]["unchanged"] == 13
+    for path in ["/docs/index.html", *(f"/docs/{name}" for name in names)]:
+        assert web.requests_for(path) == [200, 304], path  # once a sync, by whichever replica held the lease
