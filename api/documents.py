@@ -31,11 +31,12 @@ from api.schemas import (
 from api.security import RateLimited
 from rag.access import AccessList
 from rag.errors import InvalidRequest, TenantForbidden
-from rag.ingest.indexer import prepare_documents
+from rag.ingest.indexer import AddedDocument, prepare_documents
+from rag.ingest.jobs import Job
 from rag.ingest.runner import Upload
 from rag.pipeline import scoped_filters
 from rag.stores import RetrievalMode
-from rag.types import DocumentSummary, tenant_of
+from rag.types import DocumentSummary, Metadata, tenant_of
 from rag.usage.meter import Account
 
 router = APIRouter(prefix="/documents", tags=["documents"])
@@ -68,27 +69,10 @@ async def add_documents(
     access = None if body.access is None else [None if a is None else a.parsed() for a in body.access]
     if access is not None and len(access) != len(body.documents):
         raise InvalidRequest(f"got {len(body.documents)} documents but {len(access)} access lists")
-    account = Account(principal.org_id, principal.user_id, principal.key_id)
-    size = sum(len(text.encode()) for text in body.documents)
-    services.usage.check_upload(account, size)  # before anything is embedded or stored
-    services.usage.record_upload(account, size)
-    if wait is None:
-        wait = sum(map(len, body.documents)) <= services.settings.add_job_threshold_chars
-    if not wait:
-        prepared = prepare_documents(body.documents, body.metadatas, body.ids, principal.org_id)
-        job = await services.jobs.submit_documents(
-            body.documents, prepared, principal.org_id, principal.user_id, access, principal.reader
-        )
-        return job_accepted(job)
-    added = await services.indexer.add(
-        body.documents,
-        body.metadatas,
-        body.ids,
-        org_id=principal.org_id,
-        access=access,
-        reader=principal.reader,
-        added_by=principal.user_id,
-    )
+    stored = await store_texts(services, principal, body.documents, body.metadatas, body.ids, access, wait)
+    if isinstance(stored, Job):
+        return job_accepted(stored)
+    added = stored
     return AddDocumentsAnswer(
         ids=[doc.id for doc in added], documents=[AddedDocumentBody(id=doc.id, chunks=doc.chunks) for doc in added]
     )
@@ -138,15 +122,62 @@ async def upload_documents(
     listed: AccessList | Literal["keep"] | None = "keep"
     if access is not None and access.strip():
         listed = AccessList.parse(_json_form(access.strip(), object, "access must be JSON"), "access")
-    account = Account(principal.org_id, principal.user_id, principal.key_id)
-    size = sum(f.size or 0 for f in files)
-    services.usage.check_upload(account, size)
     uploads = [Upload(f.filename or f"file {n}", f.content_type, f.file) for n, f in enumerate(files)]
+    size = sum(f.size or 0 for f in files)
+    return job_accepted(await submit_files(services, principal, uploads, size, extra, given_ids, listed))
+
+
+async def store_texts(
+    services: Services,
+    principal: Principal,
+    documents: list[str],
+    metadatas: list[Metadata] | None,
+    ids: list[str] | None,
+    access: list[AccessList | None] | None,
+    wait: bool | None,
+) -> list[AddedDocument] | Job:
+    """The add path of every transport (this route, MCP's add_document), after its own checks of the request: the
+    day's bytes checked and counted, then the documents stored now, or (large, or `wait` false) as a job."""
+    account = Account(principal.org_id, principal.user_id, principal.key_id)
+    size = sum(len(text.encode()) for text in documents)
+    services.usage.check_upload(account, size)  # before anything is embedded or stored
+    services.usage.record_upload(account, size)
+    if wait is None:
+        wait = sum(map(len, documents)) <= services.settings.add_job_threshold_chars
+    if not wait:
+        prepared = prepare_documents(documents, metadatas, ids, principal.org_id)
+        return await services.jobs.submit_documents(
+            documents, prepared, principal.org_id, principal.user_id, access, principal.reader
+        )
+    return await services.indexer.add(
+        documents,
+        metadatas,
+        ids,
+        org_id=principal.org_id,
+        access=access,
+        reader=principal.reader,
+        added_by=principal.user_id,
+    )
+
+
+async def submit_files(
+    services: Services,
+    principal: Principal,
+    uploads: list[Upload],
+    size: int,
+    metadata: Metadata | None,
+    ids: list[str] | None,
+    access: AccessList | Literal["keep"] | None,
+) -> Job:
+    """The upload path of every transport (this route, MCP's upload_file): the day's bytes checked, the files
+    accepted as a job (on disk first), then counted."""
+    account = Account(principal.org_id, principal.user_id, principal.key_id)
+    services.usage.check_upload(account, size)
     job = await services.jobs.submit_uploads(
-        uploads, extra, given_ids, principal.org_id, principal.user_id, listed, principal.reader
+        uploads, metadata, ids, principal.org_id, principal.user_id, access, principal.reader
     )
     services.usage.record_upload(account, size)
-    return job_accepted(job)
+    return job
 
 
 def _not_json(constant: str) -> Any:

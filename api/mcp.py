@@ -32,6 +32,7 @@ from starlette.types import Receive, Scope, Send
 from api.auth import Principal, Unauthenticated, on_behalf_of, presented_credential
 from api.chat import build_chat_request
 from api.deps import Services
+from api.documents import store_texts, submit_files
 from api.errors import status_of
 from api.jobs import owned_job
 from api.limits import check_documents, check_top_k
@@ -39,12 +40,11 @@ from api.security import client_identity
 from llm.errors import LLMError
 from llm.types import Message
 from rag.errors import InvalidRequest, RAGError, TenantForbidden
-from rag.ingest.indexer import prepare_documents
+from rag.ingest.jobs import Job
 from rag.ingest.runner import Upload
 from rag.pipeline import scoped_filters
 from rag.stores.base import ExportableStore
 from rag.types import ErrorEvent, Hit, TokenEvent
-from rag.usage.meter import Account
 
 logger = logging.getLogger(__name__)
 MCP_PATH = "/mcp"
@@ -251,21 +251,12 @@ def build_mcp_server(services: Callable[[], Services]) -> MCPServer:
             svc = services()
 
             check_documents(svc.settings, [text])
-            account = Account(principal.org_id, principal.user_id, principal.key_id)
-            svc.usage.check_upload(account, len(text.encode()))
-            svc.usage.record_upload(account, len(text.encode()))
             ids = None if document_id is None else [document_id]
             metadatas = None if metadata is None else [metadata]
-            if len(text) > svc.settings.add_job_threshold_chars:
-                prepared = prepare_documents([text], metadatas, ids, principal.org_id)
-                job = await svc.jobs.submit_documents(
-                    [text], prepared, principal.org_id, principal.user_id, None, principal.reader
-                )
-                return {"job": job.as_dict()}
-            added = await svc.indexer.add(
-                [text], metadatas, ids, org_id=principal.org_id, reader=principal.reader, added_by=principal.user_id
-            )
-            return {"id": added[0].id, "chunks": added[0].chunks}
+            stored = await store_texts(svc, principal, [text], metadatas, ids, None, None)
+            if isinstance(stored, Job):
+                return {"job": stored.as_dict()}
+            return {"id": stored[0].id, "chunks": stored[0].chunks}
 
         return await counted("add_document", run())  # type: ignore[no-any-return]
 
@@ -287,18 +278,9 @@ def build_mcp_server(services: Callable[[], Services]) -> MCPServer:
                 raise InvalidRequest("content_base64: not base64") from None
             if len(data) > svc.settings.max_upload_bytes:
                 raise InvalidRequest(f"content_base64: {len(data):,} bytes, over MAX_UPLOAD_BYTES")
-            account = Account(principal.org_id, principal.user_id, principal.key_id)
-            svc.usage.check_upload(account, len(data))
-            job = await svc.jobs.submit_uploads(
-                [Upload(filename, None, io.BytesIO(data))],
-                None,
-                None,
-                principal.org_id,
-                principal.user_id,
-                "keep",
-                principal.reader,
+            job = await submit_files(
+                svc, principal, [Upload(filename, None, io.BytesIO(data))], len(data), None, None, "keep"
             )
-            svc.usage.record_upload(account, len(data))
             return {"job": job.as_dict()}
 
         return await counted("upload_file", run())  # type: ignore[no-any-return]
