@@ -3,8 +3,9 @@ and checks the quotas before a request costs anything.
 
 Nothing is written per token or per request: counts gather in `pending` and one transaction every
 USAGE_FLUSH_SECONDS adds them up in the database. A replica killed loses at most that last batch. After each batch
-the meter reads back what every replica spent this month, per day, organisation and user, and the limits an admin
-set; a quota check adds this replica's unwritten counts to that, so it costs no database round trip.
+the meter reads back the limits an admin set and, when any limit holds, what every replica spent this month, per
+day, organisation and user; a quota check adds this replica's unwritten counts to that, so it costs no database
+round trip.
 
 The bound across replicas. Far from a limit, each replica judges by what it read at its last batch (at most two
 batches old) plus its own counts. Once less than one answer's worth (`answer_tokens`: LLM_MAX_TOKENS plus the most
@@ -139,6 +140,8 @@ class UsageMeter:
     # --- counting -----------------------------------------------------------------------------------
 
     def _count(self, account: Account, model: str, kind: Kind, counts: dict[str, int]) -> None:
+        if not self.enabled:
+            return
         key = RowKey(_day(self.clock()), account.org_id or "", account.user_id or "", account.key_id or "", model, kind)
         self._pending[key].update(counts)
         if self.observer is not None:
@@ -151,8 +154,6 @@ class UsageMeter:
 
     def record_upload(self, account: Account, size: int) -> None:
         """Bytes received to be stored (files, or the text of a JSON add)."""
-        if not self.enabled:
-            return
         self._count(account, "", "upload", {"requests": 1, "bytes": size})
 
     # --- quotas -------------------------------------------------------------------------------------
@@ -189,8 +190,13 @@ class UsageMeter:
     def _admit(self, account: Account, fresh: bool) -> Admission | None:
         """The admission, QuotaExceeded, or None: near a limit, and what was read may be a batch or two old."""
         limits = self.limits_of(account.org_id)
-        now = self.clock()
         org, user = account.org_id or "", account.user_id
+        held = [limits.tokens_per_day, limits.tokens_per_month]
+        if user is not None:
+            held += [limits.user_tokens_per_day, limits.user_tokens_per_month]
+        if all(limit is None for limit in held):
+            return Admission(self, account, [])  # no token limit holds: nothing to count against
+        now = self.clock()
         today, month = (_day(now),), self._month_days(now)
         checks: list[tuple[str, int | None, tuple[str, ...], str | None, tuple[str, ...], Callable[[float], float]]]
         checks = [
@@ -268,14 +274,12 @@ class UsageMeter:
     # --- the batches --------------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="usage-meter")
+        if self.enabled:  # off, nothing is counted and no limit read: no batches
+            self._task = asyncio.create_task(self._run(), name="usage-meter")
 
     async def _run(self) -> None:
         while True:
-            try:
-                await self.flush()
-            except Exception:
-                logger.exception("could not write the usage batch; it is kept and written with the next")
+            await self._flush_quietly()
             await asyncio.sleep(self.flush_seconds)
 
     def flush_soon(self) -> None:
@@ -297,9 +301,11 @@ class UsageMeter:
     async def _flush(self) -> None:
         batch = {key: Counter(counts) for key, counts in self._pending.items()}
         await self.ledger.add((key, dict(counts)) for key, counts in batch.items())
-        month_start = _day(self.clock())[:8] + "01"
-        spent = await self.ledger.spent_since(month_start)
         limits = await self.ledger.limits()
+        # What was spent matters only to a limit: with none set anywhere, a batch is one write and one tiny read.
+        any_limit = bool(limits) or any(value is not None for value in self.defaults.as_dict().values())
+        month_start = _day(self.clock())[:8] + "01"
+        spent = await self.ledger.spent_since(month_start) if any_limit else []
         # In one step of the event loop: the batch moves from `pending` to what was read, never counted twice.
         self._tokens = defaultdict(Counter)
         for day, org, user, tokens, _ in spent:
