@@ -179,6 +179,13 @@ class SourceRegistry:
         )
         return [{"url": url, "error": error} for url, error in rows]
 
+    async def failure_of(self, source_id: str, url: str) -> str | None:
+        """Why `url` failed in the running sync (None: it did not)."""
+        rows = await self.db.fetch(
+            "SELECT error FROM rag_source_queue WHERE source_id = $1 AND url = $2 AND state = 'failed'", source_id, url
+        )
+        return rows[0][0] if rows else None
+
     async def request_sync(self, source_id: str) -> None:
         """Sync it as soon as a replica is free (a running sync goes on; a new one follows it when it is due)."""
         await self.db.execute("UPDATE rag_sources SET next_sync_at = 0 WHERE id = $1", source_id)

@@ -24,6 +24,8 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
+import anyio
+
 from rag.errors import RAGError
 from rag.ingest.indexer import Indexer, owned_metadata
 from rag.ingest.parser_pool import ParserPool
@@ -171,9 +173,8 @@ class SourceSyncer:
         except _Removed:
             return
         error = None
-        failures = {f["url"]: f["error"] for f in await self.registry.failures(source.id, limit=1_000_000)}
-        if source.url in failures:
-            error = f"the source's URL failed, so no page was taken for gone: {failures[source.url]}"
+        if (why := await self.registry.failure_of(source.id, source.url)) is not None:
+            error = f"the source's URL failed, so no page was taken for gone: {why}"
         gone = [] if error else await self.registry.unseen(source.id, sync_no)
         if gone:
             await self.store.delete_many([document_id for _, document_id in gone], source.org_id)
@@ -233,7 +234,9 @@ class SourceSyncer:
         sections, links, title = await self._parse(fetched)
         document_id = page.document_id if page is not None else document_id_of(source.id, url)
         metadata = {"source": url, "url": url, "source_id": source.id, **({"title": title} if title else {})}
-        chunks = self.indexer.chunk_document(document_id, sections, owned_metadata(metadata, source.org_id, url))
+        owned = owned_metadata(metadata, source.org_id, url)
+        # in a thread, as the job runner chunks: a long page's chunking would hold the event loop
+        chunks = await anyio.to_thread.run_sync(self.indexer.chunk_document, document_id, sections, owned)
         await self.indexer.store_chunks(
             chunks, source.org_id, access={document_id: source.access}, added_by=source.user_id
         )
