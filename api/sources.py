@@ -13,10 +13,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
+from api.admin import admin_org
 from api.auth import Principal, PrincipalDep
 from api.deps import Services, ServicesDep
 from api.schemas import AccessListBody, ErrorBody
-from rag.errors import InvalidRequest, SourceNotFound, TenantForbidden
+from rag.errors import InvalidRequest, SourceNotFound
 from rag.sources.guard import check_url
 from rag.sources.registry import Source
 
@@ -41,14 +42,9 @@ class NewSource(BaseModel):
     )
 
 
-def _require_org_key(principal: Principal) -> None:
-    if principal.reader is not None:
-        raise TenantForbidden("web sources publish pages to an organisation: this needs its key, not a user's")
-
-
 async def _visible(services: Services, principal: Principal, source_id: str) -> Source:
     source = await services.sources.get(source_id)
-    if source is None or not source.visible_to(principal.org_id, None):
+    if source is None or source.org_id != principal.org_id:
         raise SourceNotFound(f"source {source_id!r} not found")
     return source
 
@@ -61,7 +57,7 @@ async def _body(services: Services, source: Source) -> dict[str, Any]:
 async def add_source(body: NewSource, services: ServicesDep, principal: PrincipalDep) -> dict[str, Any]:
     """Register a URL and start its first sync: 202 with the source, whose `sync` says how it goes. A URL that is
     not http(s), holds credentials, or is or resolves to an address a source may not reach is 422, by name."""
-    _require_org_key(principal)
+    admin_org(principal, None)  # 403 for a user's credential, as every administrative route
     cap = services.settings.sources_max_pages
     if body.max_pages > cap:
         raise InvalidRequest(f"max_pages is at most {cap} (SOURCES_MAX_PAGES)")
@@ -86,21 +82,21 @@ async def add_source(body: NewSource, services: ServicesDep, principal: Principa
 @router.get("", responses=_ERRORS)
 async def list_sources(services: ServicesDep, principal: PrincipalDep) -> dict[str, Any]:
     """The organisation's sources, each with its current or last sync."""
-    _require_org_key(principal)
+    admin_org(principal, None)
     return {"sources": [s.as_dict() for s in await services.sources.of_org(principal.org_id)]}
 
 
 @router.get("/{source_id}", responses=_ERRORS)
 async def get_source(source_id: str, services: ServicesDep, principal: PrincipalDep) -> dict[str, Any]:
     """One source, with its sync's counts and the pages that failed in it (each with why)."""
-    _require_org_key(principal)
+    admin_org(principal, None)
     return await _body(services, await _visible(services, principal, source_id))
 
 
 @router.post("/{source_id}/sync", status_code=202, responses=_ERRORS)
 async def sync_source(source_id: str, services: ServicesDep, principal: PrincipalDep) -> dict[str, Any]:
     """Sync now (a sync under way goes on; the next starts when it ends)."""
-    _require_org_key(principal)
+    admin_org(principal, None)
     source = await _visible(services, principal, source_id)
     await services.sources.request_sync(source.id)
     services.syncer.wake()
@@ -110,7 +106,7 @@ async def sync_source(source_id: str, services: ServicesDep, principal: Principa
 @router.delete("/{source_id}", responses=_ERRORS)
 async def remove_source(source_id: str, services: ServicesDep, principal: PrincipalDep) -> dict[str, Any]:
     """Remove the source and every document its pages became."""
-    _require_org_key(principal)
+    admin_org(principal, None)
     source = await _visible(services, principal, source_id)
     document_ids = await services.sources.remove(source.id)
     if document_ids:

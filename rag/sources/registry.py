@@ -74,10 +74,6 @@ class Source:
     failed: int = 0
     error: str | None = None
 
-    def visible_to(self, org_id: str | None, user_id: str | None) -> bool:
-        """Its organisation's key sees it; a key acting for a user sees the sources that user registered."""
-        return self.org_id == org_id and (user_id is None or self.user_id == user_id)
-
     def as_dict(self, failures: list[dict[str, str]] | None = None) -> dict[str, Any]:
         return {
             "id": self.id,
