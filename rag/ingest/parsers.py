@@ -321,7 +321,7 @@ def _parse_docx(data: bytes) -> str:
     return "\n".join(lines)
 
 
-_NOT_CONTENT = "script, style, noscript, template, svg, head, iframe, object"
+NOT_CONTENT = "script, style, noscript, template, svg, head, iframe, object"  # no reader sees their text
 
 
 def parse_html(markup: str) -> str:
@@ -336,7 +336,7 @@ def parse_html(markup: str) -> str:
 
 def content_text(tree: LexborHTMLParser) -> str:
     """A parsed page's text, a line per block, without scripts, styles and other non-content elements."""
-    for node in tree.css(_NOT_CONTENT):
+    for node in tree.css(NOT_CONTENT):
         node.decompose()
     root = tree.body or tree.root
     return "" if root is None else root.text(separator="\n", strip=True)

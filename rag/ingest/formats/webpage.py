@@ -4,7 +4,7 @@ A site's pages repeat their menus, headers, footers, sidebars and cookie banners
 match every question about the site and crowd out the pages' own text. So a page's main text is what its `<main>`,
 `[role=main]` or `<article>` elements hold when it has them (the markup of most sites made in the last decade), else
 its body; and inside that, the elements that are site chrome by their tag, ARIA role, or a class or id word
-(`nav`, `menu`, `sidebar`, `cookie`, ...) are dropped. `bench/formats.py --web` measures what it keeps and drops.
+(`nav`, `menu`, `sidebar`, `cookie`, ...) are dropped. `bench/sources.py` measures what it keeps and drops.
 Links are read from the whole page before anything is dropped (a site's menu is how a crawler finds its pages).
 """
 
@@ -14,12 +14,11 @@ import re
 from dataclasses import dataclass
 from urllib.parse import urldefrag, urljoin
 
-from rag.ingest.parsers import Section
+from rag.ingest.parsers import NOT_CONTENT, Section
 
 MAX_LINKS = 5000
 MAX_LINK_CHARS = 2048
 _MAIN = "main, [role=main]"
-_NOT_CONTENT = "script, style, noscript, template, svg, head, iframe, object"
 _CHROME = (
     "nav, aside, form, dialog, menu, button, [role=navigation], [role=banner], [role=contentinfo], "
     "[role=complementary], [role=search], [role=dialog], [aria-hidden=true], [hidden]"
@@ -93,7 +92,7 @@ def parse_web_page(markup: str, url: str) -> WebPage:
     links = _links(tree, url)
     title_node = tree.css_first("title")
     title = title_node.text(strip=True) if title_node is not None else ""
-    for node in tree.css(_NOT_CONTENT):
+    for node in tree.css(NOT_CONTENT):
         node.decompose()
     roots = tree.css(_MAIN) or tree.css("article")
     if not roots:
