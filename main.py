@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from api import admin, chat, chats, documents, health, jobs, openai_api, sources, spaces, usage, websocket
+from api import admin, chat, chats, documents, feedback, health, jobs, openai_api, sources, spaces, usage, websocket
 from api.auth import Authenticator, authenticate
 from api.deps import Services
 from api.errors import install_error_handlers
@@ -374,6 +374,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         spaces.router,
         sources.router,
         usage.router,
+        feedback.router,
     )
     for router in routers:
         app.include_router(router, prefix=API_PREFIX, dependencies=authenticated)

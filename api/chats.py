@@ -1,9 +1,9 @@
-"""Stored conversations: list a user's chats, read one, delete one; continue or stop a chat's resumable answer. A
-user never sees another user's chat: it answers 404, exactly as a chat that does not exist."""
+"""Stored conversations: list a user's chats, read one, delete one; continue or stop a chat's resumable answer; rate
+an answer. A user never sees another user's chat: it answers 404, exactly as a chat that does not exist."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Response
 
@@ -15,6 +15,7 @@ from api.schemas import (
     ChatList,
     ChatSummaryBody,
     ErrorBody,
+    FeedbackRequest,
     StopResult,
     StoredMessageBody,
 )
@@ -87,7 +88,10 @@ async def get_chat(
     )
     return ChatDetail(
         **_summary(chat),
-        messages=[StoredMessageBody(role=m.role, content=m.content, createdAt=m.created_at) for m in messages],
+        messages=[
+            StoredMessageBody(role=m.role, content=m.content, createdAt=m.created_at, rating=m.rating)  # type: ignore[arg-type]
+            for m in messages
+        ],
         answer=answer,
     )
 
@@ -143,3 +147,21 @@ async def stop_answer(
     when none runs is not an error: `stopped` is false."""
     stopped = await services.answers.stop(chatId, owner_of(principal, userId, orgId))
     return StopResult(chatId=chatId, stopped=stopped)
+
+
+@router.post("/{chatId}/feedback", responses={404: {"model": ErrorBody}, 422: {"model": ErrorBody}})
+async def rate_answer(
+    chatId: str,
+    body: FeedbackRequest,
+    services: ServicesDep,
+    principal: PrincipalDep,
+    userId: UserId = None,
+    orgId: OrgId = None,
+) -> dict[str, Any]:
+    """Rate an answer of the chat, up or down (the last answer unless `messageIndex` names another); rating it again
+    replaces the rating. Kept with the answer, its question and what produced it (its sources, mode, `top_k`,
+    model); an organisation's admin reads it at GET /api/v1/feedback."""
+    feedback = await services.conversations.rate(
+        chatId, owner_of(principal, userId, orgId), body.rating, body.reason, body.comment, body.messageIndex
+    )
+    return feedback.as_dict()

@@ -293,6 +293,24 @@ class StoredMessageBody(BaseModel):
     role: str
     content: str
     createdAt: float
+    rating: Literal["up", "down"] | None = Field(None, description="The owner's rating of this answer, if any.")
+
+
+class FeedbackRequest(BaseModel):
+    """A user's rating of an answer in a stored chat (POST /api/v1/chats/{chatId}/feedback)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rating: Literal["up", "down"]
+    reason: str | None = Field(
+        None, min_length=1, max_length=200, description="A short label, e.g. 'wrong', 'missing source', 'outdated'."
+    )
+    comment: str | None = Field(None, max_length=4000, description="What the user wrote about the answer.")
+    messageIndex: int | None = Field(
+        None,
+        ge=0,
+        description="The answer's index among the chat's messages (GET /chats/{chatId}); the last answer by default.",
+    )
 
 
 class AnswerStatusBody(BaseModel):

@@ -30,7 +30,8 @@ MOST = 10**15  # a limit past this is a mistake, not a budget
 Limit = Annotated[int | None, Field(None, ge=1, le=MOST)]
 
 
-def _date(value: str | None, field: str, default: datetime.date) -> datetime.date:
+def day(value: str | None, field: str, default: datetime.date) -> datetime.date:
+    """A day named YYYY-MM-DD in a query; 422 for anything else."""
     if value is None:
         return default
     try:
@@ -57,8 +58,8 @@ async def usage(
     """Totals over a period: requests, prompt and completion tokens (`estimated`: answers whose model reported no
     usage, counted from their characters), chunks and tokens embedded, bytes sent to be stored."""
     today = datetime.datetime.now(datetime.UTC).date()
-    first = _date(start, "from", today.replace(day=1))
-    last = _date(end, "to", today)
+    first = day(start, "from", today.replace(day=1))
+    last = day(end, "to", today)
     if first > last:
         raise InvalidRequest(f"from: {first} is after to ({last})")
     groups = [g.strip() for g in (group_by or "").split(",") if g.strip()]

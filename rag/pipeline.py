@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from llm.errors import LLMError
 from llm.types import ChatModel, Delta, GenerationOptions, Message, Usage
 from rag.access import Reader
+from rag.chats.feedback import AnswerDetails
 from rag.chats.sqlite import ChatOwner, Conversations
 from rag.errors import InvalidRequest
 from rag.filters import Filters
@@ -250,14 +251,14 @@ class ChatPipeline:
         system = [m for m in messages if m.role == "system"]
         return [*system, *stored, *(m for m in messages if m.role != "system")]
 
-    def _saver(self, request: ChatRequest, question: str) -> OnComplete | None:
+    def _saver(self, request: ChatRequest, question: str, details: AnswerDetails) -> OnComplete | None:
         if request.chat is None or self.conversations is None:
             return None
         conversations, chat = self.conversations, request.chat
 
         async def save(answer: str) -> None:
             turn = [Message("user", question), Message("assistant", answer)]
-            await conversations.append(chat.chat_id, chat.owner, turn, chat.title)
+            await conversations.append(chat.chat_id, chat.owner, turn, chat.title, details)
 
         return save
 
@@ -297,14 +298,19 @@ class ChatPipeline:
                 self.observer.start_failed(exc.error_type)
             raise
         observation = self.observer.stream_opened(started_at) if self.observer is not None else None
+        model = options.model or self.llm.model
+        # What produced the answer, kept with it in the chat: feedback on it is read beside these (rag/chats/feedback).
+        details = AnswerDetails.of(
+            hits, query or question, self.retriever.mode, request.top_k or self.retriever.top_k, model
+        )
         return ChatStream(
             hits,
             first,
             deltas,
             self.show_reasoning,
-            self._saver(request, question),
+            self._saver(request, question, details),
             observation,
             admission,
-            options.model or self.llm.model,
+            model,
             sum(len(m.content) for m in prompt),
         )

@@ -150,6 +150,32 @@ def test_conversation_is_kept_per_chat(page, upstream: FakeUpstream, live_url: s
     assert page.locator(".message").count() == 0
 
 
+def test_thumbs_rate_an_answer_and_stay_after_a_reload(page, upstream: FakeUpstream, live_url: str) -> None:
+    upstream.reset(Script(tokens=["Herons ", "nest ", "in ", "trees."]))
+    ask(page, "Where do herons nest?")
+    page.wait_for_function(f"document.querySelector('{LAST_ANSWER}').dataset.state === 'done'")
+    page.click(f"{LAST_ANSWER} .thumb[data-rating='down']")
+    page.wait_for_function(f"document.querySelector('{LAST_ANSWER}').dataset.rating === 'down'")
+    page.fill(f"{LAST_ANSWER} .rating-comment input", "No season given.")
+    page.click(f"{LAST_ANSWER} .rating-comment button")
+    page.wait_for_function(f"document.querySelector('{LAST_ANSWER} .rating-comment').hidden")
+    chat_id = page.evaluate("localStorage.getItem('rag.chatId')")
+    rated = [
+        f for f in httpx.get(f"{live_url}/api/v1/feedback", timeout=30).json()["feedback"] if f["chat_id"] == chat_id
+    ]
+    assert [(f["rating"], f["comment"], f["question"], f["answer"]) for f in rated] == [
+        ("down", "No season given.", "Where do herons nest?", "Herons nest in trees.")
+    ]
+    page.reload()  # the stored chat shows its answer's rating; changing it replaces the one rating
+    page.wait_for_selector(f"{LAST_ANSWER} .thumb[data-rating='down'][aria-pressed='true']")
+    page.click(f"{LAST_ANSWER} .thumb[data-rating='up']")
+    page.wait_for_function(f"document.querySelector('{LAST_ANSWER}').dataset.rating === 'up'")
+    rated = [
+        f for f in httpx.get(f"{live_url}/api/v1/feedback", timeout=30).json()["feedback"] if f["chat_id"] == chat_id
+    ]
+    assert [(f["rating"], f["message_index"]) for f in rated] == [("up", 1)]
+
+
 def test_a_reload_mid_answer_shows_the_whole_answer_as_it_continues(page, upstream: FakeUpstream) -> None:
     tokens = [f"part{i} " for i in range(40)]
     upstream.reset(Script(tokens=tokens, delay=0.08))

@@ -296,6 +296,59 @@ function assistantMessage() {
   };
 }
 
+// --- feedback --------------------------------------------------------------------------------------
+
+// Thumbs up and down under a stored answer (POST /api/v1/chats/{chatId}/feedback). `index` is the answer's place in
+// the stored chat; unknown for an answer just streamed, which is the chat's last one (the service's default) until
+// the first rating tells the page its index. A thumb down opens a field for what was wrong.
+function addRating(item, chatId, index, current = null) {
+  const box = el("div", "rating");
+  const thumb = (rating, symbol, label) => {
+    const button = el("button", "ghost thumb", symbol);
+    button.type = "button";
+    button.title = label;
+    button.setAttribute("aria-label", label);
+    button.dataset.rating = rating;
+    button.addEventListener("click", () => send({ rating }));
+    return button;
+  };
+  const up = thumb("up", "\u{1F44D}", "Good answer");
+  const down = thumb("down", "\u{1F44E}", "Bad answer");
+  const form = el("form", "rating-comment");
+  const comment = el("input");
+  comment.placeholder = "What was wrong? (optional)";
+  comment.maxLength = 4000;
+  const submit = el("button", "ghost", "Send");
+  form.append(comment, submit);
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    send({ rating: "down", comment: comment.value.trim() || null }).then(() => { form.hidden = true; });
+  });
+  const show = (rating) => {
+    item.dataset.rating = rating ?? "";
+    up.setAttribute("aria-pressed", String(rating === "up"));
+    down.setAttribute("aria-pressed", String(rating === "down"));
+  };
+  async function send(body) {
+    if (index !== null) body.messageIndex = index;
+    try {
+      const response = await postJSON(
+        `api/v1/chats/${encodeURIComponent(chatId)}/feedback?userId=${encodeURIComponent(store.userId)}`, body,
+      );
+      const saved = await response.json();
+      index = saved.message_index;
+      show(saved.rating);
+      form.hidden = saved.rating !== "down" || "comment" in body;
+    } catch (err) {
+      showError(`The rating was not saved: ${err.message}`);
+    }
+  }
+  form.hidden = true;
+  show(current);
+  box.append(up, down, form);
+  item.append(box);
+}
+
 // --- chats -----------------------------------------------------------------------------------------
 
 async function loadChats() {
@@ -319,7 +372,10 @@ async function openChat(chatId) {
   $("#messages").replaceChildren();
   try {
     const chat = await getJSON(`api/v1/chats/${encodeURIComponent(chatId)}?userId=${encodeURIComponent(store.userId)}`);
-    for (const message of chat.messages) addMessage(message.role, message.content);
+    chat.messages.forEach((message, index) => {
+      const item = addMessage(message.role, message.content);
+      if (message.role === "assistant") addRating(item, chatId, index, message.rating);
+    });
     if (chat.answer?.status === "running" && !controller && !following) continueAnswer(chatId, chat.answer.question);
   } catch (err) {
     if (err.status !== 404) showError(err.message); // 404: a new chat with nothing stored yet
@@ -376,10 +432,10 @@ async function ask(question) {
     );
     let complete = await readEvents(response, onEvent);
     if (!complete && !controller.signal.aborted) complete = await followAnswer(chatId, lastId, onEvent);
-    finishAnswer(answer, complete, failure);
+    finishAnswer(answer, complete, failure, chatId);
   } catch (err) {
     if (err.name === "AbortError") answer.finish("stopped", "Stopped.");
-    else if (lastId) finishAnswer(answer, await followAnswer(chatId, lastId, onEvent), failure);
+    else if (lastId) finishAnswer(answer, await followAnswer(chatId, lastId, onEvent), failure, chatId);
     else {
       answer.finish("failed", err.message);
       showError(err.message);
@@ -414,11 +470,14 @@ async function loadUsage() {
   }
 }
 
-function finishAnswer(answer, complete, failure) {
+function finishAnswer(answer, complete, failure, chatId) {
   if (answer.item.dataset.state !== "streaming") return; // stopped meanwhile
   if (failure) answer.finish("failed", `The answer failed: ${failure}`);
   else if (!complete) answer.finish("failed", "The connection closed before the answer was complete.");
-  else answer.finish("done");
+  else {
+    answer.finish("done");
+    addRating(answer.item, chatId, null); // a complete answer is stored with its chat: it can be rated
+  }
 }
 
 // After a reload, or on opening a chat whose answer is still running: show it from its beginning as it goes on.
@@ -429,7 +488,7 @@ async function continueAnswer(chatId, question) {
   let failure = null;
   try {
     const complete = await followAnswer(chatId, null, (event) => { failure = showEvent(answer, event) ?? failure; });
-    finishAnswer(answer, complete, failure);
+    finishAnswer(answer, complete, failure, chatId);
   } finally {
     following = null;
     busy(false);

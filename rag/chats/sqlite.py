@@ -1,6 +1,8 @@
-"""Conversations kept in SQLite (WAL mode) under DATA_DIR: chats owned by a user (and an org), and their messages.
+"""Conversations kept in SQLite (WAL mode) under DATA_DIR: chats owned by a user (and an org), their messages, and
+the users' ratings of the answers (rag/chats/feedback.py).
 
-Only the question and the final answer of each turn are stored, never the reasoning. All SQL runs in worker threads
+Only the question and the final answer of each turn are stored, never the reasoning; beside an answer, what produced
+it (its sources' ids, the retrieval settings, the model). All SQL runs in worker threads
 on short-lived connections, so that a slow disk never stalls the event loop and several workers can share the file.
 """
 
@@ -17,6 +19,7 @@ from typing import Protocol
 import anyio
 
 from llm.types import Message
+from rag.chats.feedback import AnswerDetails, Feedback, Rating, answer_position
 from rag.errors import RAGError
 
 SCHEMA = """
@@ -34,10 +37,31 @@ CREATE TABLE IF NOT EXISTS messages (
     chat_id    TEXT NOT NULL REFERENCES chats (chat_id) ON DELETE CASCADE,
     role       TEXT NOT NULL,
     content    TEXT NOT NULL,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    details    TEXT
 );
 CREATE INDEX IF NOT EXISTS messages_by_chat ON messages (chat_id, id);
+CREATE TABLE IF NOT EXISTS feedback (
+    message_id INTEGER PRIMARY KEY REFERENCES messages (id) ON DELETE CASCADE,
+    chat_id    TEXT NOT NULL,
+    rating     TEXT NOT NULL,
+    reason     TEXT,
+    comment    TEXT,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS feedback_by_time ON feedback (updated_at);
 """
+# Chats stored before answers kept their details: the column is added in place (SQLite has no ADD COLUMN IF NOT
+# EXISTS, so the table's columns are read first).
+MESSAGE_DETAILS = "ALTER TABLE messages ADD COLUMN details TEXT"
+_FEEDBACK_COLUMNS = """f.chat_id,
+    (SELECT COUNT(*) FROM messages p WHERE p.chat_id = f.chat_id AND p.id < f.message_id),
+    c.user_id, c.org_id, f.rating, f.reason, f.comment,
+    COALESCE((SELECT q.content FROM messages q WHERE q.chat_id = f.chat_id AND q.id < f.message_id AND q.role = 'user'
+              ORDER BY q.id DESC LIMIT 1), ''),
+    m.content, m.details, f.created_at, f.updated_at
+    FROM feedback f JOIN messages m ON m.id = f.message_id JOIN chats c ON c.chat_id = f.chat_id"""
 
 
 class ChatNotFound(RAGError):
@@ -73,6 +97,7 @@ class StoredMessage:
     role: str
     content: str
     created_at: float
+    rating: str | None = None  # the owner's rating of an answer, if any
 
 
 class Conversations(Protocol):
@@ -86,13 +111,45 @@ class Conversations(Protocol):
     async def list_chats(self, owner: ChatOwner, limit: int = 50, offset: int = 0) -> list[ChatSummary]: ...
 
     async def append(
-        self, chat_id: str, owner: ChatOwner, messages: list[Message], title: str | None = None
-    ) -> None: ...
+        self,
+        chat_id: str,
+        owner: ChatOwner,
+        messages: list[Message],
+        title: str | None = None,
+        details: AnswerDetails | None = None,
+    ) -> None:
+        """Add a turn; `details` are kept beside its answer (the assistant message)."""
+        ...
 
     async def delete(self, chat_id: str, owner: ChatOwner) -> None: ...
 
     async def chats_of_org(self, org_id: str) -> list[ChatSummary]:
         """Every chat of an organisation, whoever's (an organisation's purge)."""
+        ...
+
+    async def rate(
+        self,
+        chat_id: str,
+        owner: ChatOwner,
+        rating: Rating,
+        reason: str | None = None,
+        comment: str | None = None,
+        message_index: int | None = None,
+    ) -> Feedback:
+        """Rate an answer of the owner's chat (the last by default); rating it again replaces the rating."""
+        ...
+
+    async def feedback(
+        self,
+        since: float,
+        until: float,
+        org_id: str | None = None,
+        user_id: str | None = None,
+        rating: Rating | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[Feedback]:
+        """Ratings given in [since, until), newest first; an organisation's (or a user's) when named, else all."""
         ...
 
     async def aclose(self) -> None: ...
@@ -112,6 +169,9 @@ class ConversationStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
+            columns = {row[1] for row in db.execute("PRAGMA table_info(messages)")}
+            if columns and "details" not in columns:
+                db.execute(MESSAGE_DETAILS)
             db.executescript(SCHEMA)
 
     @contextmanager
@@ -140,7 +200,9 @@ class ConversationStore:
         with self._connect() as db:
             chat = self._owned(db, chat_id, owner)
             rows = db.execute(
-                "SELECT role, content, created_at FROM messages WHERE chat_id = ? ORDER BY id", (chat_id,)
+                "SELECT m.role, m.content, m.created_at, f.rating FROM messages m "
+                "LEFT JOIN feedback f ON f.message_id = m.id WHERE m.chat_id = ? ORDER BY m.id",
+                (chat_id,),
             ).fetchall()
         return chat, [StoredMessage(*row) for row in rows]
 
@@ -176,7 +238,9 @@ class ConversationStore:
 
     # --- writing ---------------------------------------------------------------------------------
 
-    def _append(self, chat_id: str, owner: ChatOwner, title: str | None, messages: list[Message]) -> None:
+    def _append(
+        self, chat_id: str, owner: ChatOwner, title: str | None, messages: list[Message], details: str | None
+    ) -> None:
         now = time.time()
         with self._connect() as db:
             row = db.execute("SELECT user_id, org_id FROM chats WHERE chat_id = ?", (chat_id,)).fetchone()
@@ -193,13 +257,21 @@ class ConversationStore:
                     (now, title or "", chat_id),
                 )
             db.executemany(
-                "INSERT INTO messages (chat_id, role, content, created_at) VALUES (?,?,?,?)",
-                [(chat_id, m.role, m.content, now) for m in messages],
+                "INSERT INTO messages (chat_id, role, content, created_at, details) VALUES (?,?,?,?,?)",
+                [(chat_id, m.role, m.content, now, details if m.role == "assistant" else None) for m in messages],
             )
 
-    async def append(self, chat_id: str, owner: ChatOwner, messages: list[Message], title: str | None = None) -> None:
+    async def append(
+        self,
+        chat_id: str,
+        owner: ChatOwner,
+        messages: list[Message],
+        title: str | None = None,
+        details: AnswerDetails | None = None,
+    ) -> None:
         """Add a turn to a chat, creating the chat for `owner` when it is new."""
-        await anyio.to_thread.run_sync(self._append, chat_id, owner, title, messages)
+        text = details.to_json() if details is not None else None
+        await anyio.to_thread.run_sync(self._append, chat_id, owner, title, messages, text)
 
     def _delete(self, chat_id: str, owner: ChatOwner) -> None:
         with self._connect() as db:
@@ -221,6 +293,74 @@ class ConversationStore:
 
     async def chats_of_org(self, org_id: str) -> list[ChatSummary]:
         return await anyio.to_thread.run_sync(self._chats_of_org, org_id)
+
+    # --- feedback --------------------------------------------------------------------------------
+
+    def _rate(
+        self,
+        chat_id: str,
+        owner: ChatOwner,
+        rating: str,
+        reason: str | None,
+        comment: str | None,
+        message_index: int | None,
+    ) -> Feedback:
+        now = time.time()
+        with self._connect() as db:
+            self._owned(db, chat_id, owner)
+            messages = db.execute("SELECT id, role FROM messages WHERE chat_id = ? ORDER BY id", (chat_id,)).fetchall()
+            message_id = messages[answer_position([role for _, role in messages], message_index)][0]
+            db.execute(
+                "INSERT INTO feedback (message_id, chat_id, rating, reason, comment, created_at, updated_at) "
+                "VALUES (?,?,?,?,?,?,?) ON CONFLICT (message_id) DO UPDATE SET rating = excluded.rating, "
+                "reason = excluded.reason, comment = excluded.comment, updated_at = excluded.updated_at",
+                (message_id, chat_id, rating, reason, comment, now, now),
+            )
+            row = db.execute(f"SELECT {_FEEDBACK_COLUMNS} WHERE f.message_id = ?", (message_id,)).fetchone()
+        return Feedback.from_row(row)
+
+    async def rate(
+        self,
+        chat_id: str,
+        owner: ChatOwner,
+        rating: Rating,
+        reason: str | None = None,
+        comment: str | None = None,
+        message_index: int | None = None,
+    ) -> Feedback:
+        return await anyio.to_thread.run_sync(self._rate, chat_id, owner, rating, reason, comment, message_index)
+
+    def _feedback(
+        self,
+        since: float,
+        until: float,
+        org_id: str | None,
+        user_id: str | None,
+        rating: str | None,
+        limit: int,
+        offset: int,
+    ) -> list[Feedback]:
+        query = f"SELECT {_FEEDBACK_COLUMNS} WHERE f.updated_at >= ? AND f.updated_at < ?"
+        params: list[object] = [since, until]
+        for column, value in (("c.org_id", org_id), ("c.user_id", user_id), ("f.rating", rating)):
+            if value is not None:
+                query += f" AND {column} = ?"
+                params.append(value)
+        query += " ORDER BY f.updated_at DESC, f.message_id DESC LIMIT ? OFFSET ?"
+        with self._connect() as db:
+            return [Feedback.from_row(row) for row in db.execute(query, [*params, limit, offset]).fetchall()]
+
+    async def feedback(
+        self,
+        since: float,
+        until: float,
+        org_id: str | None = None,
+        user_id: str | None = None,
+        rating: Rating | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[Feedback]:
+        return await anyio.to_thread.run_sync(self._feedback, since, until, org_id, user_id, rating, limit, offset)
 
     async def aclose(self) -> None:
         """Nothing to close: connections live only as long as each call."""
