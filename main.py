@@ -36,6 +36,7 @@ from config import Settings, get_settings, settings_or_exit
 from llm.errors import LLMError
 from llm.factory import build_chat_model
 from llm.router import UpstreamRouter
+from llm.tracing import configure_tracing
 from llm.types import ChatModel
 from rag.answers.log import AnswerLog
 from rag.answers.manager import AnswerSettings, ResumableAnswers
@@ -159,6 +160,7 @@ async def build_services(settings: Settings, metrics: ChatMetrics, stack: contex
         settings.similarity_threshold,
         settings.retrieval_mode,
         space=space,
+        dense_weight=settings.fusion_dense_weight,
     )
     ledger = await UsageLedger.open(settings)
     stack.push_async_callback(ledger.aclose)
@@ -327,6 +329,7 @@ def mount_mcp(app: FastAPI, settings: Settings) -> MCPServer:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     metrics = ChatMetrics()
+    tracer_provider = configure_tracing(settings)  # None unless OTEL_EXPORTER_OTLP_ENDPOINT: nothing imported
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -351,6 +354,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "on" if services.authenticator.enabled else "off",
                 open_files,
             )
+            if tracer_provider is not None:  # the last spans are sent before the process ends
+                stack.callback(tracer_provider.shutdown)
             yield
             logger.info("shutting down")
 
@@ -360,6 +365,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         lifespan=lifespan,
         # Off unless asked for: even with no OTel SDK configured, FastAPI otherwise looks providers up on every request.
+        # The service's own traces make their server span in RequestContext, which wraps `send` anyway.
         telemetry=None if settings.opentelemetry else _NO_TELEMETRY,
     )
     install_error_handlers(app)
@@ -404,7 +410,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["Authorization", "X-API-Key", "Content-Type", "X-Request-ID"],
             expose_headers=["X-Request-ID", "Retry-After"],
         )
-    app.add_middleware(RequestContext, metrics=metrics)
+    app.add_middleware(RequestContext, metrics=metrics, traced=tracer_provider is not None)
     return app
 
 

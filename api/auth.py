@@ -27,6 +27,7 @@ from fastapi import Depends, HTTPException, WebSocketException, status
 from starlette.requests import HTTPConnection
 
 from config import Settings
+from llm.tracing import tracer
 from rag.access import Reader
 from rag.errors import TenantForbidden
 
@@ -185,6 +186,13 @@ class Authenticator:
 
 async def authenticate(conn: HTTPConnection) -> Principal:
     """The dependency every protected route and WebSocket runs first."""
+    with tracer.start_as_current_span("authenticate") as span:
+        principal = _authenticate(conn)
+        span.set_attribute("rag.principal", principal.kind)  # never the credential, nor whose it is
+        return principal
+
+
+def _authenticate(conn: HTTPConnection) -> Principal:
     authenticator: Authenticator = conn.app.state.services.authenticator
     try:
         principal = authenticator.principal(presented_credential(conn))

@@ -221,12 +221,17 @@ async def search_documents(
         RetrievalMode | None,
         Query(description="'hybrid', 'dense' or 'keyword'; default RETRIEVAL_MODE. Each hit says which legs found it."),
     ] = None,
+    fusion_weight: Annotated[
+        float | None,
+        Query(ge=0, le=1, description="Hybrid: the dense leg's share in the fusion; default FUSION_DENSE_WEIGHT."),
+    ] = None,
 ) -> SearchAnswer:
     """Ranked chunks for a query, no generation. The similarity threshold applies here as in chat."""
     check_top_k(services.settings, top_k)
     _, org_id = principal.scope(None, orgId)
+    filters_ = scoped_filters(_parse_filters(filters), org_id)
     hits = await services.retriever.retrieve(
-        query, top_k, scoped_filters(_parse_filters(filters), org_id), mode=mode, reader=principal.reader
+        query, top_k, filters_, mode=mode, reader=principal.reader, dense_weight=fusion_weight
     )
     return SearchAnswer(results=[Source.of(hit) for hit in hits])
 

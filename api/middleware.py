@@ -14,10 +14,15 @@ import time
 import uuid
 from typing import Any
 
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.propagators.textmap import Getter
+from opentelemetry.trace import Span, SpanKind, StatusCode
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import error_response
 from api.metrics import ChatMetrics
+from llm.tracing import tracer
 
 logger = logging.getLogger("rag_service.access")
 
@@ -37,10 +42,42 @@ def _route_of(scope: Scope) -> str:
     return path
 
 
+class _AsgiHeaders(Getter[dict[bytes, bytes]]):
+    """Reads an incoming `traceparent` from the request's headers as the ASGI scope holds them."""
+
+    def get(self, carrier: dict[bytes, bytes], key: str) -> list[str] | None:
+        value = carrier.get(key.encode("latin-1"))
+        return None if value is None else [value.decode("latin-1")]
+
+    def keys(self, carrier: dict[bytes, bytes]) -> list[str]:
+        return [key.decode("latin-1") for key in carrier]
+
+
+_HEADERS = _AsgiHeaders()
+# Probes call these every few seconds: traced, they would fill a trace store with nothing worth reading.
+UNTRACED_PATHS = frozenset({"/metrics", "/api/v1/health"})
+
+
 class RequestContext:
-    def __init__(self, app: ASGIApp, metrics: ChatMetrics) -> None:
+    """Per request: its id, its access log line and metrics and, when tracing is on (llm/tracing.py), its server
+    span, which continues an incoming `traceparent`. One wrapper of `send` does it all: a stream's tokens pass
+    through no other."""
+
+    def __init__(self, app: ASGIApp, metrics: ChatMetrics, traced: bool = False) -> None:
         self.app = app
         self.metrics = metrics
+        self.traced = traced
+
+    def _server_span(self, scope: Scope, headers: dict[bytes, bytes]) -> tuple[Span, object]:
+        parent = propagate.extract(headers, getter=_HEADERS)
+        method = scope.get("method", "WS")
+        span = tracer.start_span(
+            method,
+            context=parent,
+            kind=SpanKind.SERVER,
+            attributes={"http.request.method": method, "url.path": scope["path"], "url.scheme": scope["scheme"]},
+        )
+        return span, otel_context.attach(trace.set_span_in_context(span, parent))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -52,6 +89,9 @@ class RequestContext:
         token = request_id_var.set(request_id)
         started = time.monotonic()
         status = 500 if scope["type"] == "http" else 101
+        span, attached = (
+            self._server_span(scope, headers) if self.traced and scope["path"] not in UNTRACED_PATHS else (None, None)
+        )
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
@@ -77,6 +117,13 @@ class RequestContext:
                 extra={"route": route, "method": method, "status": status, "duration_ms": round(elapsed * 1000, 1)},
             )
             request_id_var.reset(token)
+            if span is not None:
+                span.update_name(f"{method} {route}")
+                span.set_attributes({"http.route": route, "http.response.status_code": status})
+                if status >= 500:
+                    span.set_status(StatusCode.ERROR)
+                span.end()
+                otel_context.detach(attached)  # type: ignore[arg-type]
 
 
 class BodyTooLarge(BaseException):
@@ -127,7 +174,8 @@ class BodyLimit:
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line, with the request id of the request being served."""
+    """One JSON object per line, with the request id of the request being served and, when it is traced, its trace
+    and span ids (a log line leads to its trace, and back)."""
 
     def format(self, record: logging.LogRecord) -> str:
         import json
@@ -139,6 +187,10 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
             "request_id": request_id_var.get(),
         }
+        span = trace.get_current_span().get_span_context()
+        if span.is_valid and span.trace_flags.sampled:  # a trace that is kept
+            entry["trace_id"] = format(span.trace_id, "032x")
+            entry["span_id"] = format(span.span_id, "016x")
         for key in ("route", "method", "status", "duration_ms"):
             if key in record.__dict__:
                 entry[key] = record.__dict__[key]

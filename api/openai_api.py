@@ -25,6 +25,7 @@ from api.openai_schemas import ChatCompletionBody, EmbeddingsBody
 from api.security import RateLimited
 from api.sse import DONE, SHUTDOWN_ERROR, data_frame, event_source, json_frame, json_string
 from llm.router import UpstreamRouter
+from llm.tracing import tracer
 from llm.types import Usage
 from rag.errors import InvalidRequest
 from rag.history import estimate_tokens
@@ -183,7 +184,9 @@ async def embeddings(body: EmbeddingsBody, services: ServicesDep) -> JSONRespons
     texts = [body.input] if isinstance(body.input, str) else body.input
     if len(texts) > MAX_EMBEDDING_INPUTS:
         raise InvalidRequest(f"at most {MAX_EMBEDDING_INPUTS} inputs per request")
-    vectors = await services.embedder.embed(texts)
+    with tracer.start_as_current_span("embed") as span:
+        span.set_attributes({"rag.embedder.model": services.embedder.model_name, "rag.texts": len(texts)})
+        vectors = await services.embedder.embed(texts)
     data = []
     for i, vector in enumerate(vectors):
         if body.encoding_format == "base64":

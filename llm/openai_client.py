@@ -39,6 +39,7 @@ from llm.errors import (
 )
 from llm.reasoning import ThinkTagSplitter, starts_inside_think
 from llm.retries import retry_after_seconds, retry_delay, should_retry
+from llm.tracing import with_trace_context
 from llm.types import Delta, GenerationOptions, Message, Usage
 from llm.upstream_pool import upstream_http_client
 
@@ -205,6 +206,7 @@ class OpenAIChatModel:
             request = self._http.build_request(
                 "POST", self._url, content=body, headers=self._headers, timeout=self._timeout
             )
+            with_trace_context(request.headers)  # the upstream's own spans, if it makes any, join this trace
             try:
                 response = await self._http.send(request, stream=True)
             except httpx2.TimeoutException as exc:

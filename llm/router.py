@@ -29,7 +29,11 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
 
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, StatusCode
+
 from llm.errors import LLMError, ModelNotFound, PromptTooLong, UpstreamRateLimited, UpstreamTimeout, UpstreamUnavailable
+from llm.tracing import tracer
 from llm.types import ChatModel, Delta, GenerationOptions, Message
 
 # What makes the next upstream worth trying. A prompt too long for the model would be too long for the next one too.
@@ -153,22 +157,34 @@ class UpstreamRouter:
         upstream.in_flight += 1
         deltas = upstream.chat.stream(messages, options)
         buffered: list[Delta] = []
+        # One span per attempt, up to its first token; a failed one says why the next upstream was tried.
+        span = tracer.start_span(
+            "llm.upstream",
+            kind=SpanKind.CLIENT,
+            attributes={"llm.upstream": upstream.name, "llm.model": upstream.model_name, "llm.trial": trial},
+        )
         try:
-            async with asyncio.timeout(self.first_token_timeout):
-                async for delta in deltas:
-                    buffered.append(delta)
-                    if delta.content or delta.reasoning or delta.finish_reason is not None:
-                        break
+            with trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False):
+                async with asyncio.timeout(self.first_token_timeout):
+                    async for delta in deltas:
+                        buffered.append(delta)
+                        if delta.content or delta.reasoning or delta.finish_reason is not None:
+                            break
         except PromptTooLong:
             await self._close(upstream, deltas)
             raise
         except _FAILOVER as exc:
             await self._close(upstream, deltas)
             self._failed(upstream, exc)
+            reason = exc.error_type if isinstance(exc, LLMError) else "first_token_timeout"
+            span.set_attribute("llm.failover_reason", reason)
+            span.set_status(StatusCode.ERROR, reason)
             return exc
         except BaseException:
             await self._close(upstream, deltas)
             raise
+        finally:
+            span.end()
         # A first token: the upstream answers. Healthy again, whatever its past.
         upstream.trial_running = False
         upstream.consecutive_failures = 0

@@ -14,7 +14,10 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 
+from opentelemetry.trace import Span, StatusCode
+
 from llm.errors import LLMError
+from llm.tracing import tracer
 from llm.types import ChatModel, Delta, GenerationOptions, Message, Usage
 from rag.access import Reader
 from rag.chats.feedback import AnswerDetails
@@ -130,6 +133,9 @@ class ChatStream:
         self._prompt_chars = prompt_chars
         self._usage: Usage | None = None
         self._answer_chars = 0
+        self._finish_reason: str | None = None
+        # From the first token to the end, ended by aclose() with what the answer counted: no span work per token.
+        self._span: Span | None = tracer.start_span("stream", attributes={"llm.model": model})
 
     def _seen(self, event: ChatEvent) -> ChatEvent:
         # The observer is called inline, not through a generator of its own: a layer of async generator costs
@@ -157,16 +163,16 @@ class ChatStream:
                 if delta.usage is not None:
                     self._usage = delta.usage
                     yield seen(UsageEvent(delta.usage))
-                finish_reason = delta.finish_reason or finish_reason
+                finish_reason = self._finish_reason = delta.finish_reason or finish_reason
                 delta = await anext(self._deltas, None)
         except LLMError as exc:
             logger.warning("model stream failed after it started: %s", exc)
             yield seen(ErrorEvent(exc.error_type, str(exc)))
-            finish_reason = "error"
+            finish_reason = self._finish_reason = "error"
         except Exception:
             logger.exception("unexpected failure while streaming an answer")
             yield seen(ErrorEvent("internal_error", "the answer failed unexpectedly"))
-            finish_reason = "error"
+            finish_reason = self._finish_reason = "error"
         finally:
             await self.aclose()
         if finish_reason != "error" and self._on_complete is not None:
@@ -184,11 +190,24 @@ class ChatStream:
     async def aclose(self) -> None:
         if self._admission is not None:
             self._admission.finish(self._model, self._usage, self._prompt_chars, self._answer_chars)
+        if self._span is not None:
+            self._end_span(self._span)
+            self._span = None
         if self._observer is not None:
             self._observer.close()
         aclose = getattr(self._deltas, "aclose", None)
         if aclose is not None:
             await aclose()
+
+    def _end_span(self, span: Span) -> None:
+        span.set_attributes({"rag.answer_chars": self._answer_chars, "llm.finish_reason": self._finish_reason or ""})
+        if self._usage is not None:
+            span.set_attributes(
+                {"llm.prompt_tokens": self._usage.prompt_tokens, "llm.completion_tokens": self._usage.completion_tokens}
+            )
+        if self._finish_reason == "error":
+            span.set_status(StatusCode.ERROR)
+        span.end()
 
 
 async def collect_events(events: AsyncIterator[ChatEvent]) -> Answer:
@@ -285,20 +304,26 @@ class ChatPipeline:
             logger.info("question %r, retrieval query %r", question, query)
         filters = scoped_filters(request.filters, request.org_id)
         hits = await self.retriever.retrieve(query or question, request.top_k, filters, reader=request.reader)
-        prompt = build_messages(hits, fit_history(messages, self.history_budget_tokens))
+        with tracer.start_as_current_span("prompt") as span:
+            prompt = build_messages(hits, fit_history(messages, self.history_budget_tokens))
+            span.set_attributes({"rag.messages": len(prompt), "rag.prompt_chars": sum(len(m.content) for m in prompt)})
         options = request.options
         if request.chat is not None and options.route_key is None:  # a chat's answers may stay on one upstream
             options = replace(options, route_key=request.chat.chat_id)
-        deltas = self.llm.stream(prompt, options)
-        try:
-            first = await anext(deltas, None)
-        except BaseException as exc:
-            await deltas.aclose()  # type: ignore[attr-defined]
-            if isinstance(exc, LLMError) and self.observer is not None:
-                self.observer.start_failed(exc.error_type)
-            raise
-        observation = self.observer.stream_opened(started_at) if self.observer is not None else None
         model = options.model or self.llm.model
+        deltas = self.llm.stream(prompt, options)
+        # Up to the first token: its duration is the time to first token. Current while the model's stream opens,
+        # so that the upstream attempts are its children and the request to the upstream carries it on.
+        with tracer.start_as_current_span("llm") as span:
+            span.set_attribute("llm.model", model)
+            try:
+                first = await anext(deltas, None)
+            except BaseException as exc:
+                await deltas.aclose()  # type: ignore[attr-defined]
+                if isinstance(exc, LLMError) and self.observer is not None:
+                    self.observer.start_failed(exc.error_type)
+                raise
+        observation = self.observer.stream_opened(started_at) if self.observer is not None else None
         # What produced the answer, kept with it in the chat: feedback on it is read beside these (rag/chats/feedback).
         details = AnswerDetails.of(
             hits, query or question, self.retriever.mode, request.top_k or self.retriever.top_k, model

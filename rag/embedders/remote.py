@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from llm.tracing import with_trace_context
 from rag.embedders.base import normalise
 from rag.errors import EmbeddingError, EmbeddingUnavailable
 
@@ -41,7 +42,9 @@ class OpenAIEmbedder:
             async with self._slots:
                 # No encoding_format: the SDK then asks for base64 itself and decodes it (exact float32, a quarter of
                 # the bytes of JSON numbers).
-                response = await self._client.embeddings.create(model=self.model_name, input=texts)
+                response = await self._client.embeddings.create(
+                    model=self.model_name, input=texts, extra_headers=with_trace_context({})
+                )
         except (openai.APIConnectionError, openai.RateLimitError, openai.InternalServerError) as exc:
             raise EmbeddingUnavailable(
                 f"the embeddings server is unavailable ({type(exc).__name__}, after its retries)"
@@ -64,3 +67,12 @@ class OpenAIEmbedder:
 
     async def aclose(self) -> None:
         await self._client.close()
+
+
+def embedder_attributes(embedder: object) -> dict[str, str | bool]:
+    """Which embedder a span's embedding ran on: its class, its model, and whether it is a remote server."""
+    return {
+        "rag.embedder": type(embedder).__name__,
+        "rag.embedder.model": str(getattr(embedder, "model_name", "")),
+        "rag.embedder.remote": isinstance(embedder, OpenAIEmbedder),
+    }

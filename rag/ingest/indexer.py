@@ -9,8 +9,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from llm.tracing import tracer
 from rag.access import AccessList, Reader
 from rag.chunking import split_text
+from rag.embedders.remote import embedder_attributes
 from rag.errors import InvalidRequest, SpaceRetired, TenantForbidden
 from rag.ingest.parsers import Section
 from rag.stores import VectorStore
@@ -127,13 +129,16 @@ class Indexer:
             await self._check_quota(store, org_id, len(chunks))  # before anything is embedded
             step = batch_size or len(chunks)
             parts: list[np.ndarray] = []
-            for start in range(0, len(chunks), step):
-                parts.append(await embedder.embed_documents([c.text for c in chunks[start : start + step]]))
-                if on_progress is not None:
-                    await on_progress(start + len(parts[-1]))
+            with tracer.start_as_current_span("embed") as span:
+                span.set_attributes({**embedder_attributes(embedder), "rag.chunks": len(chunks)})
+                for start in range(0, len(chunks), step):
+                    parts.append(await embedder.embed_documents([c.text for c in chunks[start : start + step]]))
+                    if on_progress is not None:
+                        await on_progress(start + len(parts[-1]))
             vectors = parts[0] if len(parts) == 1 else np.concatenate(parts)
             try:
-                await store.upsert(chunks, vectors, org_id, access, reader, added_by)
+                with tracer.start_as_current_span("store", attributes={"rag.store": type(store).__name__}):
+                    await store.upsert(chunks, vectors, org_id, access, reader, added_by)
                 if self.usage is not None:
                     chars = sum(len(c.text) for c in chunks)
                     self.usage.record_embedding(Account(org_id, added_by), embedder.model_name, len(chunks), chars)

@@ -26,6 +26,7 @@ from typing import BinaryIO, Literal
 
 import anyio
 
+from llm.tracing import tracer
 from rag.access import AccessList, Reader
 from rag.durable import fsync_path
 from rag.errors import RAGError
@@ -34,7 +35,7 @@ from rag.ingest.jobs import FINISHED, Job, JobItem, JobStore, NewItem
 from rag.ingest.parser_pool import ParserPool
 from rag.ingest.parsers import MEDIA_TYPES, Section, detect_kind
 from rag.stores.base import AccessByDocument
-from rag.types import Metadata
+from rag.types import Chunk, Metadata
 
 logger = logging.getLogger(__name__)
 
@@ -255,7 +256,11 @@ class JobRunner:
         logger.info("job %s: started (attempt %d, %d items)", job.id, job.attempts, len(job.items))
         self._notify()
         try:
-            await self._run_items(job, [item for item in job.items if item.state not in FINISHED])
+            # A trace per run of a job, a span per item under it (parse, chunk, embed, store).
+            with tracer.start_as_current_span(
+                "ingest.job", attributes={"rag.job": job.id, "rag.items": len(job.items)}
+            ):
+                await self._run_items(job, [item for item in job.items if item.state not in FINISHED])
             finished = await anyio.to_thread.run_sync(self.jobs.finish, job.id, self.owner)
             logger.info("job %s: %s", job.id, finished.state if finished else "gone")
         except _JobLost:
@@ -307,21 +312,8 @@ class JobRunner:
 
         await progress(state="parsing", chunks_done=0, chunks_total=None, error=None)
         try:
-            sections = await self._parse(item, self.jobs.payload_path(job.id, item.n), progress)
-            # parse refuses a file without text, so every file that gets here has chunks.
-            chunks = await anyio.to_thread.run_sync(
-                self.indexer.chunk_document, item.document_id, sections, item.metadata
-            )
-            await progress(state="embedding", chunks_total=len(chunks))
-            await self.indexer.store_chunks(
-                chunks,
-                job.org_id,
-                self.batch_chunks,
-                lambda done: progress(chunks_done=done),
-                access=item.access,
-                reader=job.reader,
-                added_by=job.user_id,
-            )
+            with tracer.start_as_current_span("ingest.item", attributes={"rag.item": item.n, "rag.kind": item.kind}):
+                chunks = await self._index_item(job, item, progress)
         except _JobLost:
             raise
         except RAGError as exc:
@@ -337,6 +329,27 @@ class JobRunner:
             lambda: self.jobs.mark_item(job.id, item.n, state="done", chunks_done=len(chunks))
         )
         self._notify()
+
+    async def _index_item(self, job: Job, item: JobItem, progress: Callable[..., Awaitable[None]]) -> list[Chunk]:
+        with tracer.start_as_current_span("parse"):
+            sections = await self._parse(item, self.jobs.payload_path(job.id, item.n), progress)
+        # parse refuses a file without text, so every file that gets here has chunks.
+        with tracer.start_as_current_span("chunk") as span:
+            chunks = await anyio.to_thread.run_sync(
+                self.indexer.chunk_document, item.document_id, sections, item.metadata
+            )
+            span.set_attribute("rag.chunks", len(chunks))
+        await progress(state="embedding", chunks_total=len(chunks))
+        await self.indexer.store_chunks(
+            chunks,
+            job.org_id,
+            self.batch_chunks,
+            lambda done: progress(chunks_done=done),
+            access=item.access,
+            reader=job.reader,
+            added_by=job.user_id,
+        )
+        return chunks
 
     async def _parse(self, item: JobItem, path: Path, progress: Callable[..., Awaitable[None]]) -> list[Section]:
         """The item's text, from a parser process. A parse may take up to PARSE_TIMEOUT_SECONDS, longer than the

@@ -17,6 +17,7 @@ import numpy as np
 from rag.access import AccessList, Reader
 from rag.errors import StoreIncompatible
 from rag.filters import Filters
+from rag.stores.fusion import DEFAULT_DENSE_WEIGHT
 from rag.types import Chunk, DocumentSummary, Hit
 
 # Access lists given with an add, by document id. A document of the add that is not a key keeps the list it had when
@@ -44,6 +45,7 @@ class SearchRequest:
     threshold: float | None = None
     mode: RetrievalMode = "dense"
     reader: Reader | None = None  # when set, only the documents this reader may read (see rag/access.py)
+    dense_weight: float = DEFAULT_DENSE_WEIGHT  # hybrid: the dense leg's share in the fusion (rag/stores/fusion.py)
 
 
 @dataclass(frozen=True, slots=True)

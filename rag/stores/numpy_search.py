@@ -8,11 +8,13 @@ access generation) and their rows once per snapshot, so a user asking again pays
 
 from __future__ import annotations
 
+import contextvars
 import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from llm.tracing import tracer
 from rag.access import Reader
 from rag.filters import Filters
 from rag.stores.base import SearchRequest
@@ -167,19 +169,31 @@ class SnapshotSearch:
         if eligible is not None and not eligible.any():
             return []
         if request.mode == "keyword":
-            keyword = self._keyword(snap, request.text, request.top_k, request.filters, eligible, narrowed)
+            keyword = self._keyword_leg(snap, request.text, request.top_k, request.filters, eligible, narrowed)
             by_bm25 = sorted(keyword.items(), key=lambda item: item[1], reverse=True)
             return self._hits(snap, [(row, score, ("keyword",), score, None) for row, score in by_bm25])
         if request.vector is None:
             raise ValueError(f"{request.mode} search needs a query vector")
         pool = request.top_k if request.mode == "dense" else max(request.top_k, HYBRID_POOL)
         keyword_leg = (  # started first: it needs nothing from the dense leg, whose product releases the GIL
-            self._keyword_legs.submit(self._keyword, snap, request.text, pool, request.filters, eligible, narrowed)
+            self._keyword_legs.submit(
+                # in this thread's context, so that its span is the search's child
+                contextvars.copy_context().run,
+                self._keyword_leg,
+                snap,
+                request.text,
+                pool,
+                request.filters,
+                eligible,
+                narrowed,
+            )
             if request.mode == "hybrid"
             else None
         )
-        rows, scores = self._dense(snap, request.vector, eligible)
-        rows, scores = self._best(rows, scores, pool)
+        with tracer.start_as_current_span("search.dense") as span:
+            rows, scores = self._dense(snap, request.vector, eligible)
+            rows, scores = self._best(rows, scores, pool)
+            span.set_attribute("rag.candidates", len(rows))
         floor = request.threshold
         if request.mode == "dense":
             keep = scores >= floor if floor is not None else np.ones(scores.shape, dtype=bool)
@@ -201,10 +215,26 @@ class SnapshotSearch:
             found = snap.scores_of(needed, request.vector.astype(np.float32))
             similarity |= dict(zip(needed.tolist(), found.tolist(), strict=True))
         ranked: list[Ranked] = []
-        for row, fused in fuse(similarity, keyword)[: request.top_k]:
-            legs = tuple(leg for leg, pool_of in (("dense", dense), ("keyword", keyword)) if row in pool_of)
-            ranked.append((row, similarity[row], legs, keyword.get(row), fused))
+        with tracer.start_as_current_span("search.fuse") as span:
+            span.set_attributes({"rag.candidates": len(similarity), "rag.keyword_only": len(only_keyword)})
+            for row, fused in fuse(similarity, keyword, dense_weight=request.dense_weight)[: request.top_k]:
+                legs = tuple(leg for leg, pool_of in (("dense", dense), ("keyword", keyword)) if row in pool_of)
+                ranked.append((row, similarity[row], legs, keyword.get(row), fused))
         return self._hits(snap, ranked)
+
+    def _keyword_leg(
+        self,
+        snap: Snapshot,
+        text: str,
+        k: int,
+        filters: Filters | None,
+        eligible: np.ndarray | None,
+        narrowed: bool,
+    ) -> dict[int, float]:
+        with tracer.start_as_current_span("search.keyword") as span:
+            found = self._keyword(snap, text, k, filters, eligible, narrowed)
+            span.set_attribute("rag.candidates", len(found))
+            return found
 
     def _hits(self, snap: Snapshot, ranked: list[Ranked]) -> list[Hit]:
         keys = [int(snap.keys[row]) for row, *_ in ranked]

@@ -15,6 +15,7 @@ import anyio
 import asyncpg
 import numpy as np
 
+from llm.tracing import tracer
 from rag.stores import pg_access
 from rag.stores.base import SearchRequest
 from rag.stores.fusion import fuse
@@ -206,26 +207,44 @@ class PgSearch:
             pool = request.top_k if request.mode != "hybrid" else max(request.top_k, HYBRID_POOL)
             readable = await self._few_readable(conn, request, pool)
             if request.mode == "keyword":
-                found = await self._keyword(conn, request, request.top_k, readable)
+                found = await self._keyword_leg(conn, request, request.top_k, readable)
                 return [Hit(_chunk(row), score, ("keyword",), score) for row, score in found]
             floor = request.threshold
             if request.mode == "dense":
-                rows = await self._dense(conn, request, request.top_k, readable)
+                rows = await self._dense_leg(conn, request, request.top_k, readable)
                 return [
                     Hit(_chunk(r), float(r["similarity"])) for r in rows if floor is None or r["similarity"] >= floor
                 ]
-            dense_rows = await self._dense(conn, request, pool, readable)
+            dense_rows = await self._dense_leg(conn, request, pool, readable)
             if floor is not None:
                 if not dense_rows or dense_rows[0]["similarity"] < floor:
                     return []  # no chunk is similar enough: the question is off-topic
                 dense_rows = [r for r in dense_rows if r["similarity"] >= floor]
-            keyword_rows = await self._keyword(conn, request, pool, readable)
-        by_key = {r["key"]: r for r in (*(row for row, _ in keyword_rows), *dense_rows)}
-        dense = {r["key"]: float(r["similarity"]) for r in dense_rows}
-        keyword = {row["key"]: score for row, score in keyword_rows}
-        similarity = {key: float(row["similarity"]) for key, row in by_key.items()}
-        hits = []
-        for key, fused in fuse(similarity, keyword)[: request.top_k]:
-            legs = tuple(leg for leg, pool_of in (("dense", dense), ("keyword", keyword)) if key in pool_of)
-            hits.append(Hit(_chunk(by_key[key]), similarity[key], legs, keyword.get(key), fused))
-        return hits
+            keyword_rows = await self._keyword_leg(conn, request, pool, readable)
+        with tracer.start_as_current_span("search.fuse") as span:
+            by_key = {r["key"]: r for r in (*(row for row, _ in keyword_rows), *dense_rows)}
+            dense = {r["key"]: float(r["similarity"]) for r in dense_rows}
+            keyword = {row["key"]: score for row, score in keyword_rows}
+            similarity = {key: float(row["similarity"]) for key, row in by_key.items()}
+            span.set_attribute("rag.candidates", len(similarity))
+            hits = []
+            for key, fused in fuse(similarity, keyword, dense_weight=request.dense_weight)[: request.top_k]:
+                legs = tuple(leg for leg, pool_of in (("dense", dense), ("keyword", keyword)) if key in pool_of)
+                hits.append(Hit(_chunk(by_key[key]), similarity[key], legs, keyword.get(key), fused))
+            return hits
+
+    async def _dense_leg(
+        self, conn: asyncpg.Connection, request: SearchRequest, k: int, readable: dict[int, float] | None
+    ) -> list[asyncpg.Record]:
+        with tracer.start_as_current_span("search.dense") as span:
+            rows = await self._dense(conn, request, k, readable)
+            span.set_attribute("rag.candidates", len(rows))
+            return rows
+
+    async def _keyword_leg(
+        self, conn: asyncpg.Connection, request: SearchRequest, k: int, readable: dict[int, float] | None
+    ) -> list[tuple[asyncpg.Record, float]]:
+        with tracer.start_as_current_span("search.keyword") as span:
+            found = await self._keyword(conn, request, k, readable)
+            span.set_attribute("rag.candidates", len(found))
+            return found
