@@ -216,6 +216,13 @@ class Settings(BaseSettings):
         description="'onnx' (ONNX Runtime; the graph is exported once from the model's weights into ONNX_DIR) or "
         "'torch' (sentence-transformers).",
     )
+    embedder_precision: Literal["float32", "int8"] = Field(
+        "float32",
+        description="The ONNX graph's weights: 'float32', or 'int8' (its weight matrices quantized per channel, made "
+        "once from the float32 graph, like it): faster ingestion and questions, vectors at a mean cosine of 0.99 to "
+        "float32's (docs/benchmarks.md, 'The embedder'). A store takes them as another model: move an existing one "
+        "with an embedding space.",
+    )
     onnx_dir: Path = Field(
         PROJECT_DIR / ".cache" / "onnx",
         description="Where exported ONNX graphs are kept; a relative path is taken from the project directory.",

@@ -17,7 +17,7 @@ from config import PROJECT_DIR, Settings
 from rag.embedders.base import resolve_model_path
 from rag.embedders.local import SentenceTransformerEmbedder
 from rag.embedders.onnx import OnnxEmbedder, forward_passes
-from rag.embedders.onnx_export import GRAPH, WEIGHTS, export, onnx_file
+from rag.embedders.onnx_export import GRAPH, INT8_GRAPH, WEIGHTS, export, onnx_file
 
 SCIFACT = PROJECT_DIR.parent / "shared" / "datasets" / "scifact" / "corpus.jsonl"
 
@@ -208,3 +208,32 @@ def test_export_keeps_the_weights_beside_the_graph_and_replaces_the_one_file_for
     export(model_dir, target)  # loses the race to the folder already there: no error, the first export stays
     assert (target.parent / WEIGHTS).stat().st_mtime_ns == weights.st_mtime_ns
     assert [p.name for p in tmp_path.iterdir()] == [target.parent.name]
+
+
+@pytest.mark.skipif(not SCIFACT.exists(), reason="needs ../shared/datasets/scifact")
+async def test_the_int8_graph_is_made_once_and_is_another_model_to_a_store(
+    tmp_path: Path, onnx_embedder: OnnxEmbedder
+) -> None:
+    """EMBEDDER_PRECISION=int8: the quantized graph is made from the float32 one beside it (here in a fresh folder,
+    where the float32 graph is exported first), its vectors stay close to float32's, and a store made with one
+    refuses the other (they are different models to it)."""
+    from rag.errors import StoreIncompatible
+    from rag.stores import open_store
+
+    settings = Settings(_env_file=None)
+    int8 = await OnnxEmbedder.load(settings.embedding_model, tmp_path, 32, precision="int8")
+    try:
+        assert sorted(p.name for p in onnx_file(tmp_path, settings.embedding_model).parent.iterdir()) == [
+            INT8_GRAPH, GRAPH, WEIGHTS,
+        ]  # fmt: skip
+        assert int8.model_name == f"{settings.embedding_model}@int8" and int8.dimension == 384
+        texts = passages(100)
+        cosine = np.sum(await int8.embed_documents(texts) * await onnx_embedder.embed_documents(texts), axis=1)
+        assert cosine.mean() >= 0.985 and cosine.min() >= 0.97, (cosine.mean(), cosine.min())
+        scratch = settings.model_copy(update={"data_dir": tmp_path / "data"})
+        store = await open_store(scratch, onnx_embedder.model_name, onnx_embedder.dimension)
+        await store.aclose()
+        with pytest.raises(StoreIncompatible):
+            await open_store(scratch, int8.model_name, int8.dimension)
+    finally:
+        await int8.aclose()

@@ -22,7 +22,11 @@ async def build_embedder(settings: Settings) -> Embedder:
             from rag.embedders.onnx import OnnxEmbedder
 
             return await OnnxEmbedder.load(
-                settings.embedding_model, settings.onnx_dir, settings.embedding_batch_size, settings.embedding_threads
+                settings.embedding_model,
+                settings.onnx_dir,
+                settings.embedding_batch_size,
+                settings.embedding_threads,
+                settings.embedder_precision,
             )
         case "torch":
             from rag.embedders.local import SentenceTransformerEmbedder

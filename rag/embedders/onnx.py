@@ -61,7 +61,7 @@ import numpy as np
 from llm.memory import release_free_memory
 from rag.embedders.base import resolve_model_path
 from rag.embedders.local import LocalEmbedder
-from rag.embedders.onnx_export import export, onnx_file
+from rag.embedders.onnx_export import Precision, ensure_graph
 from rag.errors import EmbeddingError
 
 logger = logging.getLogger(__name__)
@@ -112,22 +112,28 @@ class OnnxEmbedder(LocalEmbedder):
         self._background = ThreadPoolExecutor(os.cpu_count() or 1, "embed-background", initializer=lower)
 
     @classmethod
-    async def load(cls, model_name: str, onnx_dir: Path, batch_size: int, threads: int = 2) -> OnnxEmbedder:
-        """`threads`: the cores a question's forward pass may use, capped at the CPU count."""
-        return await anyio.to_thread.run_sync(cls._open, model_name, onnx_dir, batch_size, threads)
+    async def load(
+        cls, model_name: str, onnx_dir: Path, batch_size: int, threads: int = 2, precision: Precision = "float32"
+    ) -> OnnxEmbedder:
+        """`threads`: the cores a question's forward pass may use, capped at the CPU count. `precision`: int8 runs
+        the quantized graph, whose vectors a store takes for another model's (`model_name` + "@int8")."""
+        return await anyio.to_thread.run_sync(cls._open, model_name, onnx_dir, batch_size, threads, precision)
 
     @classmethod
-    def _open(cls, model_name: str, onnx_dir: Path, batch_size: int, threads: int) -> OnnxEmbedder:
+    def _open(
+        cls, model_name: str, onnx_dir: Path, batch_size: int, threads: int, precision: Precision
+    ) -> OnnxEmbedder:
         model_dir = Path(resolve_model_path(model_name))
         if not model_dir.is_dir():
             raise EmbeddingError(
                 f"the ONNX backend needs a local model directory, and {model_name!r} is not one: "
                 "give EMBEDDING_MODEL a path, or set EMBEDDER_BACKEND=torch"
             )
-        graph = onnx_file(onnx_dir, model_name)
-        if not graph.exists():
-            logger.info("exporting %s to ONNX (once): %s", model_name, graph)
-            export(model_dir, graph)
+        graph = ensure_graph(model_dir, onnx_dir, model_name, precision)
+        if precision != "float32":
+            # Not the float32 vectors (a mean cosine of 0.99 to them): another model to a store, which then refuses
+            # to mix them, and an embedding space moves a store from one to the other.
+            model_name = f"{model_name}@{precision}"
 
         from tokenizers import Tokenizer
 

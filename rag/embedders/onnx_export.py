@@ -10,17 +10,25 @@ serving time onnxruntime and `tokenizers` are all that is needed.
 The weights are kept beside the graph, in one external data file (`model.onnx.data`), because ONNX Runtime maps
 that file into memory instead of copying it: the 47 MB token-embedding table stays on disk but for the rows in use,
 and the service starts about 70 MiB smaller than with the weights inside the graph, at the same speed.
+
+Beside it, `model.int8.onnx` (EMBEDDER_PRECISION=int8): the same graph with the weight matrices of its MatMuls in 8
+bits, one scale per output channel, the activations quantized per pass (ONNX Runtime's dynamic quantization). Only
+products with a constant weight are quantized: quantizing attention's products of two activations too cost the
+vectors a mean cosine of 0.935 to float32's, against 0.992 this way (per tensor instead of per channel: 0.989, min
+0.98). The token-embedding table stays float32 (a lookup, not a product).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import shutil
 import tempfile
 import warnings
 from pathlib import Path
+from typing import Literal
 
 from rag.durable import fsync_path
 from rag.errors import EmbeddingError
@@ -32,11 +40,15 @@ OPSET = 17
 
 GRAPH = "model.onnx"
 WEIGHTS = GRAPH + ".data"
+INT8_GRAPH = "model.int8.onnx"
+Precision = Literal["float32", "int8"]
 
 
-def onnx_file(directory: Path, model_name: str) -> Path:
-    """Where the graph of `model_name` is kept; its weights are `WEIGHTS` in the same folder."""
-    return directory / re.sub(r"[^A-Za-z0-9._-]+", "_", model_name) / GRAPH
+def onnx_file(directory: Path, model_name: str, precision: Precision = "float32") -> Path:
+    """Where the graph of `model_name` is kept; its weights are `WEIGHTS` in the same folder, and its 8-bit twin
+    `INT8_GRAPH` is there too."""
+    folder = directory / re.sub(r"[^A-Za-z0-9._-]+", "_", model_name)
+    return folder / (INT8_GRAPH if precision == "int8" else GRAPH)
 
 
 def check_mean_pooling(model_dir: Path) -> None:
@@ -130,18 +142,57 @@ def export(model_dir: Path, target: Path) -> None:
     logger.info("exported %s to %s", model_dir, target)
 
 
+def quantize(graph: Path, target: Path) -> None:
+    """Write the 8-bit twin of the float32 `graph` to `target` (in the same folder), atomically: into a temp file
+    renamed into place."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        quantize_dynamic(
+            str(graph),
+            str(tmp),
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            op_types_to_quantize=["MatMul"],
+            extra_options={"MatMulConstBOnly": True},
+        )
+        fsync_path(tmp)
+        tmp.rename(target)
+        fsync_path(target.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
+    logger.info("quantized %s to %s", graph, target)
+
+
+def ensure_graph(model_dir: Path, directory: Path, model_name: str, precision: Precision) -> Path:
+    """The graph of `model_name` at `precision`, exported (and quantized) first when missing."""
+    graph = onnx_file(directory, model_name)
+    if not graph.exists():
+        logger.info("exporting %s to ONNX (once): %s", model_name, graph)
+        export(model_dir, graph)
+    if precision == "float32":
+        return graph
+    target = onnx_file(directory, model_name, precision)
+    if not target.exists():
+        quantize(graph, target)
+    return target
+
+
 def main() -> None:
     from config import get_settings
     from rag.embedders.base import resolve_model_path
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     settings = get_settings()
-    target = onnx_file(settings.onnx_dir, settings.embedding_model)
-    if target.exists():
-        print(f"{target} exists")
-        return
-    export(Path(resolve_model_path(settings.embedding_model)), target)
-    print(f"wrote {target}")
+    model_dir = Path(resolve_model_path(settings.embedding_model))
+    for precision in ("float32", "int8"):  # both made here, at install: switching is then one setting
+        target = onnx_file(settings.onnx_dir, settings.embedding_model, precision)
+        if target.exists():
+            print(f"{target} exists")
+            continue
+        ensure_graph(model_dir, settings.onnx_dir, settings.embedding_model, precision)
+        print(f"wrote {target}")
 
 
 if __name__ == "__main__":

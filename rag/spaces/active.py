@@ -33,6 +33,7 @@ T = TypeVar("T")
 EMBEDDER_KEYS = (
     "embedder",
     "embedder_backend",
+    "embedder_precision",
     "embedding_model",
     "embedder_options",
     "embeddings_base_url",
