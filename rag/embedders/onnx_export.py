@@ -15,7 +15,8 @@ Beside it, `model.int8.onnx` (EMBEDDER_PRECISION=int8): the same graph with the 
 bits, one scale per output channel, the activations quantized per pass (ONNX Runtime's dynamic quantization). Only
 products with a constant weight are quantized: quantizing attention's products of two activations too cost the
 vectors a mean cosine of 0.935 to float32's, against 0.992 this way (per tensor instead of per channel: 0.989, min
-0.98). The token-embedding table stays float32 (a lookup, not a product).
+0.98); and the feed-forward down-projections stay float32 (`feed_forward_outputs`). The token-embedding table stays
+float32 (a lookup, not a product).
 """
 
 from __future__ import annotations
@@ -148,6 +149,10 @@ def quantize(graph: Path, target: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    # The quantizer writes to the root logger: a line per tensor it leaves or quantizes at run time (what dynamic
+    # quantization means), and advice to pre-process the graph first (for static quantization): not for our log.
+    advice = _QuietQuantizer()
+    logging.getLogger().addFilter(advice)
     try:
         quantize_dynamic(
             str(graph),
@@ -155,14 +160,40 @@ def quantize(graph: Path, target: Path) -> None:
             weight_type=QuantType.QInt8,
             per_channel=True,
             op_types_to_quantize=["MatMul"],
+            nodes_to_exclude=feed_forward_outputs(graph),
             extra_options={"MatMulConstBOnly": True},
         )
         fsync_path(tmp)
         tmp.rename(target)
         fsync_path(target.parent)
     finally:
+        logging.getLogger().removeFilter(advice)
         tmp.unlink(missing_ok=True)
     logger.info("quantized %s to %s", graph, target)
+
+
+def feed_forward_outputs(graph: Path) -> list[str]:
+    """The MatMuls that project each layer's feed-forward activations back down (BERT's `layer.N.output.dense`, as
+    torch's exporter names them): their input, after GELU, has the outliers that one scale per pass serves worst, so
+    they stay float32. Kept: a mean cosine of 0.9949 to float32's vectors (min 0.988) against 0.9919 (min 0.985)
+    with them quantized, for 1.32x the float32 speed against 1.36x (300 SciFact chunks, one thread)."""
+    import onnx
+
+    model = onnx.load(str(graph), load_external_data=False)
+    return [
+        node.name
+        for node in model.graph.node
+        if node.op_type == "MatMul" and "/output/dense/" in node.name and "/attention/" not in node.name
+    ]
+
+
+class _QuietQuantizer(logging.Filter):
+    """On the root logger while ONNX Runtime's quantizer runs: drops its notes and its advice, keeps real warnings."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno > logging.WARNING or (
+            record.levelno == logging.WARNING and "pre-processing before quantization" not in record.getMessage()
+        )
 
 
 def ensure_graph(model_dir: Path, directory: Path, model_name: str, precision: Precision) -> Path:
