@@ -5,8 +5,10 @@ expected answer, or both. Other keys are kept out of the way (a file made from f
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 
 class BadQuestions(ValueError):
@@ -35,8 +37,8 @@ def _relevant(documents: object) -> dict[str, int] | None:
     return None
 
 
-def read_questions(path: Path) -> list[Question]:
-    questions = []
+def json_lines(path: Path) -> Iterator[tuple[int, Any]]:
+    """(line number, value) of each non-blank line of a JSON-lines file; BadQuestions naming the line otherwise."""
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
@@ -45,9 +47,14 @@ def read_questions(path: Path) -> list[Question]:
         if not line.strip():
             continue
         try:
-            entry = json.loads(line)
+            yield number, json.loads(line)
         except json.JSONDecodeError as exc:
             raise BadQuestions(f"{path}:{number}: not JSON ({exc.msg})") from None
+
+
+def read_questions(path: Path) -> list[Question]:
+    questions = []
+    for number, entry in json_lines(path):
         if not isinstance(entry, dict) or not isinstance(entry.get("question"), str) or not entry["question"].strip():
             raise BadQuestions(f'{path}:{number}: each line needs "question" (a non-empty string)')
         relevant: dict[str, int] | None = {}

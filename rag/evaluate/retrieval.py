@@ -6,7 +6,6 @@ built from a corpus per chunk size, or a running instance over HTTP."""
 from __future__ import annotations
 
 import contextlib
-import json
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -16,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from rag.evaluate.metrics import AT, ndcg_at, percentile_ms, recall_at, reciprocal_rank
-from rag.evaluate.questions import BadQuestions, Question
+from rag.evaluate.questions import BadQuestions, Question, json_lines
 
 if TYPE_CHECKING:
     from config import Settings
@@ -130,17 +129,7 @@ def store_search(settings: Settings, embedder: Embedder, store: VectorStore) -> 
 def read_corpus(path: Path) -> list[tuple[str, str]]:
     """(id, text) per line of a corpus file: `{"id" or "_id", "text", "title"?}` (BEIR's corpus.jsonl as it is)."""
     documents = []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise BadQuestions(f"{path}: {exc}") from None
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise BadQuestions(f"{path}:{number}: not JSON ({exc.msg})") from None
+    for number, entry in json_lines(path):
         doc_id = entry.get("id", entry.get("_id")) if isinstance(entry, dict) else None
         if not isinstance(doc_id, str) or not doc_id or not isinstance(entry.get("text"), str):
             raise BadQuestions(f'{path}:{number}: each line of a corpus needs "id" (or "_id") and "text"')
