@@ -306,7 +306,8 @@ class ChatPipeline:
         hits = await self.retriever.retrieve(query or question, request.top_k, filters, reader=request.reader)
         with tracer.start_as_current_span("prompt") as span:
             prompt = build_messages(hits, fit_history(messages, self.history_budget_tokens))
-            span.set_attributes({"rag.messages": len(prompt), "rag.prompt_chars": sum(len(m.content) for m in prompt)})
+            prompt_chars = sum(len(m.content) for m in prompt)
+            span.set_attributes({"rag.messages": len(prompt), "rag.prompt_chars": prompt_chars})
         options = request.options
         if request.chat is not None and options.route_key is None:  # a chat's answers may stay on one upstream
             options = replace(options, route_key=request.chat.chat_id)
@@ -337,5 +338,5 @@ class ChatPipeline:
             observation,
             admission,
             model,
-            sum(len(m.content) for m in prompt),
+            prompt_chars,
         )

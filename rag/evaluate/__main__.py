@@ -18,6 +18,7 @@ from rag.evaluate.retrieval import (
     MODES,
     RetrievalReport,
     Setting,
+    configured_retriever,
     evaluate_retrieval,
     grid,
     http_search,
@@ -73,15 +74,11 @@ async def over_own_store(args: argparse.Namespace, questions: list[Question], se
     from llm.factory import build_chat_model
     from rag.commands import embedder_and_store
     from rag.pipeline import ChatPipeline
-    from rag.retriever import Retriever
 
     async with embedder_and_store(config) as (embedder, store):
         llm = await build_chat_model(config)
         try:
-            retriever = Retriever(
-                embedder, store, config.top_k_results, config.similarity_threshold, config.retrieval_mode,
-                dense_weight=config.fusion_dense_weight,
-            )  # fmt: skip
+            retriever = configured_retriever(config, embedder, store)
             pipeline = ChatPipeline(retriever, llm, history_budget_tokens=config.history_token_budget)
             return reports, *await grade_answers(questions, pipeline_answerer(pipeline), llm)
         finally:

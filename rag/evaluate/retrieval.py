@@ -19,6 +19,7 @@ from rag.evaluate.questions import BadQuestions, Question, json_lines
 
 if TYPE_CHECKING:
     from config import Settings
+    from rag.retriever import Retriever
     from rag.stores import RetrievalMode, VectorStore
     from rag.types import Embedder
 
@@ -112,11 +113,16 @@ def http_search(client: Any) -> Search:
     return search
 
 
-def store_search(settings: Settings, embedder: Embedder, store: VectorStore) -> Search:
+def configured_retriever(settings: Settings, embedder: Embedder, store: VectorStore) -> Retriever:
+    """The retriever the service builds from these settings (its threshold, mode, fusion weight and top_k)."""
     from rag.retriever import Retriever
 
     threshold, mode, weight = settings.similarity_threshold, settings.retrieval_mode, settings.fusion_dense_weight
-    retriever = Retriever(embedder, store, 10, threshold, mode, dense_weight=weight)
+    return Retriever(embedder, store, settings.top_k_results, threshold, mode, dense_weight=weight)
+
+
+def store_search(settings: Settings, embedder: Embedder, store: VectorStore) -> Search:
+    retriever = configured_retriever(settings, embedder, store)  # each search gives its own top_k
 
     async def search(text: str, setting: Setting) -> list[str]:
         mode = cast("RetrievalMode", setting.mode)
