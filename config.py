@@ -300,6 +300,20 @@ class Settings(BaseSettings):
         description="PostgreSQL URL (postgresql://user:password@host:5432/db). Set: chats live there; with "
         "VECTOR_STORE=postgres, documents too.",
     )
+    embedded_quantized_above: int = Field(
+        50_000,
+        ge=0,
+        description="VECTOR_STORE=numpy: a dense search among more rows than this (after filters and access) scans "
+        "their binary codes and re-scores the nearest at full precision instead of scoring every row "
+        "(rag/stores/quantized.py); fewer rows are scored exactly, which is faster at that size.",
+    )
+    embedded_rescore_candidates: int = Field(
+        2000,
+        ge=100,
+        le=100_000,
+        description="VECTOR_STORE=numpy: rows a quantized search re-scores at full precision (recall against "
+        "speed; bench/quantized_search.py prints both).",
+    )
     pg_ef_search: int = Field(100, ge=10, le=1000, description="HNSW candidates per search (recall against speed).")
     pg_pool_size: int = Field(10, ge=1, le=200, description="Connections each replica keeps to PostgreSQL.")
     pg_hnsw_ef_construction: int = Field(

@@ -42,6 +42,7 @@ from pathlib import Path
 from rag.durable import fsync_path
 from rag.spaces.registry import DEFAULT_SPACE
 from rag.stores import space_location
+from rag.stores.segments import codes_file, segment_files
 
 logger = logging.getLogger(__name__)
 
@@ -133,8 +134,9 @@ def _store_aside(store: Path, aside: Path, report: BackupReport) -> sqlite3.Conn
             files = [row[0] for row in conn.execute("SELECT file FROM segments")]
             counters = dict(conn.execute("SELECT key, value FROM meta"))
             for name in files:
-                for suffix in (".npy", ".keys.npy"):
-                    _link_or_copy(store / f"seg-{name}{suffix}", aside / f"seg-{name}{suffix}")
+                codes = codes_file(store, name)
+                for path in (*segment_files(store, name), *([codes] if codes.exists() else [])):  # small: no codes
+                    _link_or_copy(path, aside / path.name)
             _link_keyword_files(store / KEYWORDS, aside / KEYWORDS)
             report.write_lock_ms = max(report.write_lock_ms, (time.perf_counter() - held) * 1000)
     except BaseException:

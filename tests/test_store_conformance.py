@@ -44,6 +44,19 @@ def numpy_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     return Backend("numpy", lambda model, dim: NumpyVectorStore.open(tmp_path / "store", model, dim))
 
 
+def numpy_quantized_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    """The embedded store with every dense search through binary codes (rag/stores/quantized.py), re-scoring fewer
+    rows than some tests store: the codes' path must keep every rule the exact scan keeps."""
+    from rag.stores.numpy_store import NumpyVectorStore
+    from rag.stores.quantized import QuantizedSearch
+
+    quantized = QuantizedSearch(above=0, candidates=100)
+    return Backend(
+        "numpy-quantized",
+        lambda model, dim: NumpyVectorStore.open(tmp_path / "store", model, dim, quantized=quantized),
+    )
+
+
 def postgres_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     """A fresh database on the session's real PostgreSQL (see `pg_dsn` in conftest)."""
     from rag.stores.postgres_store import PostgresVectorStore
@@ -59,6 +72,7 @@ def postgres_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
 
 BACKENDS: dict[str, Callable[[pytest.FixtureRequest, Path], Backend]] = {
     "numpy": numpy_backend,
+    "numpy-quantized": numpy_quantized_backend,
     "postgres": postgres_backend,
 }
 

@@ -49,8 +49,14 @@ async def open_store(settings: Settings, embedding_model: str, dimension: int, s
     match settings.vector_store:
         case "numpy":
             from rag.stores.numpy_store import NumpyVectorStore
+            from rag.stores.quantized import QuantizedSearch
 
-            return await NumpyVectorStore.open(settings.data_dir / where.folder, embedding_model, dimension)
+            return await NumpyVectorStore.open(
+                settings.data_dir / where.folder,
+                embedding_model,
+                dimension,
+                quantized=QuantizedSearch(settings.embedded_quantized_above, settings.embedded_rescore_candidates),
+            )
         case "postgres":
             try:
                 from rag.stores.postgres_store import PostgresVectorStore

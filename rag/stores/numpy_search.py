@@ -1,5 +1,6 @@
 """How the embedded store searches one snapshot: filters and the access rule as a mask of eligible rows, the dense
-leg (a NumPy product), the keyword leg (Tantivy) beside it in a small thread pool, and their fusion.
+leg (a NumPy product; among many rows, a scan of binary codes re-scored at full precision), the keyword leg
+(Tantivy) beside it in a small thread pool, and their fusion.
 
 A narrowed reader (`rag/access.py`) removes the rows of the documents it may not read from the mask before any leg
 ranks: its forbidden chunk keys come from the catalog once per change of any access list (cached by the catalog's
@@ -21,6 +22,7 @@ from rag.stores.base import SearchRequest
 from rag.stores.catalog import Catalog
 from rag.stores.fusion import fuse
 from rag.stores.keyword_index import KeywordIndex
+from rag.stores.quantized import FAR, QuantizedSearch, binary_codes, hamming, nearest
 from rag.stores.reader_cache import LruCache
 from rag.stores.snapshot import Snapshot
 from rag.types import Hit, tenant_of
@@ -37,9 +39,10 @@ Ranked = tuple[int, float, tuple[str, ...], float | None, float | None]
 
 
 class SnapshotSearch:
-    def __init__(self, catalog: Catalog, keywords: KeywordIndex) -> None:
+    def __init__(self, catalog: Catalog, keywords: KeywordIndex, quantized: QuantizedSearch) -> None:
         self.catalog = catalog
         self.keywords = keywords
+        self.quantized = quantized
         # A narrowed reader's forbidden chunk keys, by (access generation, organisation, grantees), and their rows,
         # by the snapshot's generation too.
         self._restricted_keys: LruCache[np.ndarray] = LruCache(64)  # by (access generation, organisation)
@@ -96,12 +99,17 @@ class SnapshotSearch:
     def _dense(
         self, snap: Snapshot, query: np.ndarray, eligible: np.ndarray | None
     ) -> tuple[np.ndarray | None, np.ndarray]:
-        """(rows, cosine similarities) of the rows a search may return; rows None means every row, in order."""
+        """(rows, cosine similarities) of the rows a search may return, or of the nearest candidates among them
+        when there are many (`quantized.py`); rows None means every row, in order."""
         query = np.ascontiguousarray(query, dtype=np.float32)
         if eligible is not None:
             rows = np.flatnonzero(eligible)
+            if rows.shape[0] > self.quantized.above:
+                return self._quantized(snap, query, eligible)
             if rows.shape[0] < GATHER_BELOW * snap.rows:  # score only the rows the filter keeps
                 return rows, snap.scores_of(rows, query)
+        elif snap.rows - snap.dead_rows.shape[0] > self.quantized.above:
+            return self._quantized(snap, query, None)
         scores = np.empty(snap.rows, dtype=np.float32)
         for segment, start in zip(snap.segments, snap.offsets.tolist(), strict=False):
             np.matmul(segment.vectors, query, out=scores[start : start + segment.rows])
@@ -109,6 +117,35 @@ class SnapshotSearch:
             return rows, scores[rows]
         scores[snap.dead_rows] = -np.inf
         return None, scores
+
+    def _quantized(
+        self, snap: Snapshot, query: np.ndarray, eligible: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The `candidates` eligible rows nearest by their binary codes, re-scored at full precision. Within a
+        segment only the span from its first to its last eligible row is read: a tenant's rows are one span."""
+        query_code = binary_codes(query)
+        count = self.quantized.candidates
+        rows, distances = [], []
+        for segment, start, dead in zip(snap.segments, snap.offsets.tolist(), snap.dead, strict=False):
+            if eligible is None:
+                low, high = 0, segment.rows
+                found = hamming(segment.codes, query_code)
+                found[dead] = FAR
+            else:
+                local = eligible[start : start + segment.rows]
+                if not local.any():
+                    continue
+                low, high = int(local.argmax()), segment.rows - int(local[::-1].argmax())
+                found = hamming(segment.codes[low:high], query_code)
+                found[~local[low:high]] = FAR
+            picked = nearest(found, count)
+            rows.append(picked + (start + low))
+            distances.append(found[picked])
+        if not rows:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+        all_rows, all_distances = np.concatenate(rows), np.concatenate(distances)
+        best = np.sort(all_rows[nearest(all_distances, count)])
+        return best, snap.scores_of(best, query)
 
     @staticmethod
     def _best(rows: np.ndarray | None, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

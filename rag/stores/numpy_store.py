@@ -2,7 +2,8 @@
 
 Under its directory:
     catalog.sqlite3      chunk texts and metadata, documents, the list of segments, tombstones
-    seg-<name>.npy       vectors of one segment (float32, memory-mapped); seg-<name>.keys.npy their chunk keys
+    seg-<name>.npy       vectors of one segment (float32, memory-mapped); seg-<name>.keys.npy their chunk keys;
+                         seg-<name>.bits.npy their binary codes (large segments only, see `quantized.py`)
     keywords/            the keyword leg's Tantivy index, derived from the catalog (see `keyword_index.py`)
 
 An add writes only its own new segment (fsynced), then commits it in one catalog transaction together with its
@@ -14,7 +15,8 @@ A delete writes tombstones only. A background compaction merges adjacent segment
 neither searches nor adds wait for it.
 
 Each segment holds a tenant's rows together (see `segments.py`), so a tenant's dense search is a product over a
-slice per segment; a hybrid search runs its keyword leg in a small thread pool beside the dense product.
+slice per segment; a hybrid search runs its keyword leg in a small thread pool beside the dense product. Among many
+rows, the dense leg reads their binary codes first and re-scores the nearest (`quantized.py`).
 
 Several processes (uvicorn workers) may share the directory: writes take an `flock`, every commit moves a
 generation counter in the catalog, and a search first catches up when the generation moved. Searches read an
@@ -45,6 +47,7 @@ from rag.stores.keyword_index import KeywordIndex
 from rag.stores.legacy import migrate_generation_store
 from rag.stores.numpy_export import exported
 from rag.stores.numpy_search import SnapshotSearch
+from rag.stores.quantized import QuantizedSearch
 from rag.stores.segments import (
     Segment,
     grouped_by_tenant,
@@ -67,7 +70,15 @@ COMPACTION_LOCK = ".compaction.lock"
 class NumpyVectorStore:
     backend = "numpy"
 
-    def __init__(self, directory: Path, embedding_model: str, dimension: int, auto_compact: bool = True) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        embedding_model: str,
+        dimension: int,
+        auto_compact: bool = True,
+        quantized: QuantizedSearch | None = None,
+    ) -> None:
+        self.quantized = quantized or QuantizedSearch()
         self.directory = directory
         self.auto_compact = auto_compact  # off only in tests that look at segments before compaction
         self.embedding_model = embedding_model
@@ -97,10 +108,15 @@ class NumpyVectorStore:
 
     @classmethod
     async def open(
-        cls, directory: Path, embedding_model: str, dimension: int, auto_compact: bool = True
+        cls,
+        directory: Path,
+        embedding_model: str,
+        dimension: int,
+        auto_compact: bool = True,
+        quantized: QuantizedSearch | None = None,
     ) -> NumpyVectorStore:
         """Open the store in `directory` (created when missing); fail clearly on another model or dimension."""
-        store = cls(directory, embedding_model, dimension, auto_compact)
+        store = cls(directory, embedding_model, dimension, auto_compact, quantized)
         await anyio.to_thread.run_sync(store._open_sync)
         store._schedule_compaction()  # a crash may have left segments to merge
         return store
@@ -115,7 +131,7 @@ class NumpyVectorStore:
             migrate_generation_store(self.directory, self.catalog, self.embedding_model, self.dimension)
             self._remove_orphans()
             self._open_keywords()
-            self._search = SnapshotSearch(self.catalog, self.keywords)
+            self._search = SnapshotSearch(self.catalog, self.keywords, self.quantized)
             self._reload()
         snap = self._snapshot
         logger.info(

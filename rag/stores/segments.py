@@ -9,6 +9,10 @@ the same way.
 Keys only grow, and only adjacent segments are merged, so each segment holds one range of keys and the segments, in
 key order, never overlap: a key is found by a binary search over each segment's keys sorted once at open.
 The catalog decides which segments exist; a file it does not name is a leftover of a crash and is removed.
+
+A segment of at least `CODES_FILE_ROWS` rows also has `seg-<name>.bits.npy`: each row's binary code
+(`quantized.py`), written with it, so a large store's quantized search starts without reading its vectors. A smaller
+segment computes its codes from its vectors when a search first needs them (under a millisecond at that size).
 """
 
 from __future__ import annotations
@@ -26,9 +30,11 @@ import numpy as np
 
 from rag.durable import fsync_path
 from rag.filters import MISSING, Filters, ValueIndex, filter_mask
+from rag.stores.quantized import binary_codes
 from rag.types import TENANT_KEY
 
 PREFIX = "seg-"
+CODES_FILE_ROWS = 65_536  # a segment this large keeps its binary codes in a file (an add's small one does not)
 
 
 @contextlib.contextmanager
@@ -55,6 +61,10 @@ def _save_atomic(path: Path, array: np.ndarray) -> None:
 
 def segment_files(directory: Path, name: str) -> tuple[Path, Path]:
     return directory / f"{PREFIX}{name}.npy", directory / f"{PREFIX}{name}.keys.npy"
+
+
+def codes_file(directory: Path, name: str) -> Path:
+    return directory / f"{PREFIX}{name}.bits.npy"
 
 
 def grouped_by_tenant(keys: np.ndarray, tenants: Sequence[Hashable | None] | np.ndarray) -> np.ndarray:
@@ -85,8 +95,9 @@ def write_merged_segment(
     name = uuid.uuid4().hex
     vectors_path, keys_path = segment_files(directory, name)
     starts = np.cumsum([0, *(source.shape[0] for source in sources)])
+    dimension = sources[0].shape[1]
     with _replacing(vectors_path) as tmp:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(keys), sources[0].shape[1]))
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(keys), dimension))
         for first in range(0, rows.shape[0], block):
             wanted = rows[first : first + block]
             source_of = np.searchsorted(starts, wanted, side="right") - 1
@@ -98,14 +109,26 @@ def write_merged_segment(
                 else:
                     out[first + picked] = sources[s][local]
         out.flush()
+        if len(keys) >= CODES_FILE_ROWS:
+            _write_codes(codes_file(directory, name), out, block)
         del out
     _save_atomic(keys_path, keys)
     fsync_path(directory)
     return name
 
 
+def _write_codes(path: Path, vectors: np.ndarray, block: int) -> None:
+    with _replacing(path) as tmp:
+        width = (vectors.shape[1] + 7) // 8
+        codes = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(vectors.shape[0], width))
+        for first in range(0, vectors.shape[0], block):
+            codes[first : first + block] = binary_codes(vectors[first : first + block])
+        codes.flush()
+        del codes
+
+
 def remove_segment(directory: Path, name: str) -> None:
-    for path in segment_files(directory, name):
+    for path in (*segment_files(directory, name), codes_file(directory, name)):
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
 
@@ -114,7 +137,7 @@ def segment_name(path: Path) -> str | None:
     """The segment a file belongs to, or None for a file that is not a segment's."""
     if not path.name.startswith(PREFIX) or not path.name.endswith(".npy"):
         return None
-    return path.name[len(PREFIX) :].removesuffix(".npy").removesuffix(".keys")
+    return path.name[len(PREFIX) :].removesuffix(".npy").removesuffix(".keys").removesuffix(".bits")
 
 
 ValuesOf = Callable[[str, int, int], Iterable[tuple[int, Any]]]  # (field, first key, last key) -> (key, value)
@@ -131,9 +154,11 @@ class Segment:
     keys: np.ndarray  # each row's chunk key, in row order
     by_key: np.ndarray  # the rows in ascending key order
     sorted_keys: np.ndarray  # keys[by_key]
+    stored_codes: np.ndarray | None = None  # the codes file, memory-mapped, when the segment has one
     # metadata field -> value -> local row positions; built on the first filter on that field, kept for the
     # segment's life (a segment never changes, so neither do its indexes)
     _indexes: dict[str, ValueIndex] = field(default_factory=dict)
+    _computed_codes: np.ndarray | None = None
 
     @classmethod
     def open(cls, directory: Path, segment_id: int, name: str) -> Segment:
@@ -143,11 +168,24 @@ class Segment:
         if vectors.ndim != 2 or keys.shape != (vectors.shape[0],):
             raise ValueError(f"segment {name}: {vectors.shape[0]} vectors but {keys.shape[0]} keys")
         by_key = np.argsort(keys, kind="stable")  # linear on a run per tenant: a merge of sorted runs
-        return cls(segment_id, name, vectors, keys, by_key, keys[by_key])
+        codes_path = codes_file(directory, name)
+        codes = np.load(codes_path, mmap_mode="r", allow_pickle=False) if codes_path.exists() else None
+        if codes is not None and codes.shape[0] != keys.shape[0]:
+            codes = None  # not this segment's (cannot happen short of damage): computed again instead
+        return cls(segment_id, name, vectors, keys, by_key, keys[by_key], codes)
 
     @property
     def rows(self) -> int:
         return int(self.keys.shape[0])
+
+    @property
+    def codes(self) -> np.ndarray:
+        """Each row's binary code: the codes file's, or computed from the vectors on first use and kept."""
+        if self.stored_codes is not None:
+            return self.stored_codes
+        if self._computed_codes is None:  # two threads may both compute it: the same array, one kept
+            self._computed_codes = binary_codes(self.vectors)
+        return self._computed_codes
 
     @property
     def first_key(self) -> int:
