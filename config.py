@@ -308,11 +308,11 @@ class Settings(BaseSettings):
         "(rag/stores/quantized.py); fewer rows are scored exactly, which is faster at that size.",
     )
     embedded_rescore_candidates: int = Field(
-        2000,
-        ge=100,
+        1000,
+        ge=10,
         le=100_000,
-        description="VECTOR_STORE=numpy: rows a quantized search re-scores at full precision (recall against "
-        "speed; bench/quantized_search.py prints both).",
+        description="VECTOR_STORE=numpy: rows a quantized search re-scores at full precision, the best of ten times "
+        "as many found by their codes (recall against speed; bench/quantized_search.py prints both).",
     )
     pg_ef_search: int = Field(100, ge=10, le=1000, description="HNSW candidates per search (recall against speed).")
     pg_pool_size: int = Field(10, ge=1, le=200, description="Connections each replica keeps to PostgreSQL.")

@@ -22,7 +22,7 @@ from rag.stores.base import SearchRequest
 from rag.stores.catalog import Catalog
 from rag.stores.fusion import fuse
 from rag.stores.keyword_index import KeywordIndex
-from rag.stores.quantized import FAR, QuantizedSearch, binary_codes, hamming, nearest
+from rag.stores.quantized import FAR, QuantizedSearch, best_candidates, binary_codes, hamming, nearest
 from rag.stores.reader_cache import LruCache
 from rag.stores.snapshot import Snapshot
 from rag.types import Hit, tenant_of
@@ -121,11 +121,12 @@ class SnapshotSearch:
     def _quantized(
         self, snap: Snapshot, query: np.ndarray, eligible: np.ndarray | None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """The `candidates` eligible rows nearest by their binary codes, re-scored at full precision. Within a
-        segment only the span from its first to its last eligible row is read: a tenant's rows are one span."""
+        """The eligible rows nearest by their binary codes (`quantized.best_candidates`), re-scored at full
+        precision. Within a segment only the span from its first to its last eligible row is read: a tenant's rows
+        are one span."""
         query_code = binary_codes(query)
-        count = self.quantized.candidates
-        rows, distances = [], []
+        shortlist = self.quantized.shortlist
+        rows, codes, distances = [], [], []
         for segment, start, dead in zip(snap.segments, snap.offsets.tolist(), snap.dead, strict=False):
             if eligible is None:
                 low, high = 0, segment.rows
@@ -138,13 +139,15 @@ class SnapshotSearch:
                 low, high = int(local.argmax()), segment.rows - int(local[::-1].argmax())
                 found = hamming(segment.codes[low:high], query_code)
                 found[~local[low:high]] = FAR
-            picked = nearest(found, count)
+            picked = nearest(found, shortlist)
             rows.append(picked + (start + low))
+            codes.append(segment.codes[low:high][picked])
             distances.append(found[picked])
         if not rows:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
-        all_rows, all_distances = np.concatenate(rows), np.concatenate(distances)
-        best = np.sort(all_rows[nearest(all_distances, count)])
+        best = best_candidates(
+            np.concatenate(rows), np.concatenate(codes), np.concatenate(distances), query, self.quantized
+        )
         return best, snap.scores_of(best, query)
 
     @staticmethod

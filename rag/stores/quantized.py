@@ -32,7 +32,14 @@ class QuantizedSearch:
     """When a dense search reads codes first (`above` eligible rows) and how many rows it re-scores."""
 
     above: int = 50_000
-    candidates: int = 2000
+    candidates: int = 1000
+
+    @property
+    def shortlist(self) -> int:
+        """Rows taken by Hamming distance, to be ordered by `estimated_similarity` before `candidates` are
+        re-scored: ten times as many (at 200,000 rows, 10,000 -> 1,000 kept recall@10 0.9993 where 2,000 by
+        Hamming alone kept 0.9897)."""
+        return self.candidates * 10
 
 
 def binary_codes(vectors: np.ndarray) -> np.ndarray:
@@ -55,6 +62,36 @@ def hamming(codes: np.ndarray, query_code: np.ndarray) -> np.ndarray:
             faiss.swig_ptr(distances),
         )
     return distances
+
+
+# Each byte value's eight signs (-1 or +1), most significant bit first as `np.packbits` packs them
+_SIGNS = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1).astype(np.float32) * 2 - 1
+
+
+def estimated_similarity(codes: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """Each row's dot product with `query` estimated from its code: the question's own float values against the
+    row's signs, summed through a table of every byte value's partial sum (as product quantization's asymmetric
+    distance). Finer than the Hamming distance, which reads the question's signs only: it orders a shortlist."""
+    width = codes.shape[1]
+    padded = np.zeros(width * 8, dtype=np.float32)
+    padded[: query.shape[0]] = query
+    table = padded.reshape(width, 8) @ _SIGNS.T  # (byte position, byte value) -> partial sum
+    positions = codes.astype(np.intp) + np.arange(0, width * 256, 256, dtype=np.intp)
+    return table.ravel()[positions].sum(axis=1)
+
+
+def best_candidates(
+    rows: np.ndarray, codes: np.ndarray, distances: np.ndarray, query: np.ndarray, search: QuantizedSearch
+) -> np.ndarray:
+    """Of rows found by Hamming distance (with their codes and distances), the `search.candidates` to re-score,
+    ascending: the `search.shortlist` nearest, then ordered by their estimated similarity."""
+    if rows.shape[0] > search.shortlist:
+        kept = nearest(distances, search.shortlist)
+        rows, codes = rows[kept], codes[kept]
+    if rows.shape[0] > search.candidates:
+        estimate = estimated_similarity(codes, query)
+        rows = rows[np.argpartition(-estimate, search.candidates - 1)[: search.candidates]]
+    return np.sort(rows)
 
 
 def nearest(distances: np.ndarray, count: int) -> np.ndarray:
