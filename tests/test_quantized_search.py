@@ -7,6 +7,8 @@ search never takes a row of another tenant however near, and the codes file's li
 
 from __future__ import annotations
 
+import itertools
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -14,9 +16,10 @@ import pytest
 
 from config import Settings
 from rag.stores import SearchRequest
+from rag.stores import quantized as quantized_module
 from rag.stores import segments as segments_module
 from rag.stores.numpy_store import NumpyVectorStore
-from rag.stores.quantized import QuantizedSearch, binary_codes, hamming
+from rag.stores.quantized import QuantizedSearch, binary_codes, hamming, scan
 from rag.types import Chunk
 
 DIM = 384  # MiniLM's: binary codes of fewer dimensions rank too coarsely to re-score a tenth
@@ -35,8 +38,10 @@ def clustered(seed: int, n: int, topics: int = 30, subtopics: int = 600) -> np.n
     return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
 
-def chunks(start: int, n: int, orgs: int = 1) -> list[Chunk]:
-    return [Chunk(f"d{i}:0", f"d{i}", f"note {i}", {"orgId": f"org{i % orgs}"}) for i in range(start, start + n)]
+def chunks(start: int, n: int, orgs: int = 1, first_org: int = 0) -> list[Chunk]:
+    return [
+        Chunk(f"d{i}:0", f"d{i}", f"note {i}", {"orgId": f"org{first_org + i % orgs}"}) for i in range(start, start + n)
+    ]
 
 
 async def test_hamming_distances_are_the_count_of_differing_signs() -> None:
@@ -45,6 +50,21 @@ async def test_hamming_distances_are_the_count_of_differing_signs() -> None:
     distances = hamming(binary_codes(vectors), binary_codes(query))
     expected = ((vectors > 0) != (query > 0)).sum(axis=1)
     assert distances.tolist() == expected.tolist() and distances[7] == 5
+
+
+def test_a_scan_split_over_two_threads_fills_every_distance(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(quantized_module, "PARALLEL_ABOVE", 0)
+    codes = binary_codes(np.random.default_rng(6).normal(size=(1001, DIM)).astype(np.float32))
+    query_code = codes[3]
+    out = np.full(1001, -1, dtype=np.int32)
+    sizes = [1, 500, 0, 300, 200]  # parts of every size, the half falling inside one
+    bounds = np.cumsum([0, *sizes])
+    parts = [(codes[a:b], out[a:b]) for a, b in itertools.pairwise(bounds.tolist())]
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        scan(parts, query_code, pool)
+    assert out.tolist() == hamming(codes, query_code).tolist()
+    with pytest.raises(ValueError, match="contiguous int32"):
+        hamming(codes, query_code, out=np.zeros(1001, dtype=np.int64))
 
 
 async def test_the_ranking_stays_close_to_the_exact_product(tmp_path: Path) -> None:
@@ -70,10 +90,12 @@ async def test_the_ranking_stays_close_to_the_exact_product(tmp_path: Path) -> N
 
 
 async def test_a_tenants_search_never_takes_another_tenants_row_however_near(tmp_path: Path) -> None:
-    vectors = clustered(4, 3000)
+    vectors = clustered(4, 3500)
     quantized = QuantizedSearch(above=0, candidates=100)  # far fewer than either tenant's rows
-    store = await NumpyVectorStore.open(tmp_path, "toy", DIM, quantized=quantized)
-    await store.upsert(chunks(0, 3000, orgs=2), vectors)  # even rows org0, odd rows org1
+    store = await NumpyVectorStore.open(tmp_path, "toy", DIM, auto_compact=False, quantized=quantized)
+    # a first segment without a row of org0, so that org0's rows start in a later one
+    await store.upsert(chunks(3000, 500, first_org=1), vectors[3000:])
+    await store.upsert(chunks(0, 3000, orgs=2), vectors[:3000])  # even rows org0, odd rows org1
     await store.delete("d2")  # tombstoned: never returned either
     for i in range(1, 41, 2):  # questions that are org1's own rows: the nearest row of all is org1's
         for mode in ("dense", "hybrid"):

@@ -22,7 +22,7 @@ from rag.stores.base import SearchRequest
 from rag.stores.catalog import Catalog
 from rag.stores.fusion import fuse
 from rag.stores.keyword_index import KeywordIndex
-from rag.stores.quantized import FAR, QuantizedSearch, best_candidates, binary_codes, hamming, nearest
+from rag.stores.quantized import FAR, QuantizedSearch, best_candidates, binary_codes, nearest, scan
 from rag.stores.reader_cache import LruCache
 from rag.stores.snapshot import Snapshot
 from rag.types import Hit, tenant_of
@@ -125,29 +125,40 @@ class SnapshotSearch:
         precision. Within a segment only the span from its first to its last eligible row is read: a tenant's rows
         are one span."""
         query_code = binary_codes(query)
-        shortlist = self.quantized.shortlist
-        rows, codes, distances = [], [], []
+        # (segment, its first row in the snapshot, the first row read, the last + 1, and either its tombstoned
+        # rows or, with a mask, which rows read are eligible)
+        spans = []
         for segment, start, dead in zip(snap.segments, snap.offsets.tolist(), snap.dead, strict=False):
             if eligible is None:
-                low, high = 0, segment.rows
-                found = hamming(segment.codes, query_code)
-                found[dead] = FAR
-            else:
-                local = eligible[start : start + segment.rows]
-                if not local.any():
-                    continue
+                spans.append((segment, start, 0, segment.rows, dead))
+                continue
+            local = eligible[start : start + segment.rows]
+            if local.any():
                 low, high = int(local.argmax()), segment.rows - int(local[::-1].argmax())
-                found = hamming(segment.codes[low:high], query_code)
-                found[~local[low:high]] = FAR
-            picked = nearest(found, shortlist)
-            rows.append(picked + (start + low))
-            codes.append(segment.codes[low:high][picked])
-            distances.append(found[picked])
-        if not rows:
+                spans.append((segment, start, low, high, local[low:high]))
+        if not spans:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
-        best = best_candidates(
-            np.concatenate(rows), np.concatenate(codes), np.concatenate(distances), query, self.quantized
-        )
+        # every span's distances side by side in one array: one selection over all of them
+        firsts = np.cumsum([0, *(high - low for _, _, low, high, _ in spans)])
+        distances = np.empty(int(firsts[-1]), dtype=np.int32)
+        parts = [
+            (segment.codes[low:high], distances[first : first + high - low])
+            for (segment, _, low, high, _), first in zip(spans, firsts.tolist(), strict=False)
+        ]
+        scan(parts, query_code, self._keyword_legs)  # the keyword leg's pool: a dense question leaves it idle
+        for (_, _, _, _, keep), (_, found) in zip(spans, parts, strict=True):
+            if eligible is None:
+                found[keep] = FAR  # the segment's tombstoned rows
+            else:
+                found[~keep] = FAR
+        picked = np.sort(nearest(distances, self.quantized.shortlist(distances.shape[0])))
+        bounds = np.searchsorted(picked, firsts)
+        rows, codes = [], []
+        for i, (segment, start, low, high, _) in enumerate(spans):
+            local = picked[bounds[i] : bounds[i + 1]] - firsts[i]
+            rows.append(local + (low + start))
+            codes.append(segment.codes[low:high][local])
+        best = best_candidates(np.concatenate(rows), np.concatenate(codes), query, self.quantized)
         return best, snap.scores_of(best, query)
 
     @staticmethod
