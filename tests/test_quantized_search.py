@@ -19,7 +19,7 @@ from rag.stores import SearchRequest
 from rag.stores import quantized as quantized_module
 from rag.stores import segments as segments_module
 from rag.stores.numpy_store import NumpyVectorStore
-from rag.stores.quantized import QuantizedSearch, binary_codes, hamming, scan
+from rag.stores.quantized import QuantizedSearch, binary_codes, hamming, nearest, scan
 from rag.types import Chunk
 
 DIM = 384  # MiniLM's: binary codes of fewer dimensions rank too coarsely to re-score a tenth
@@ -50,6 +50,18 @@ async def test_hamming_distances_are_the_count_of_differing_signs() -> None:
     distances = hamming(binary_codes(vectors), binary_codes(query))
     expected = ((vectors > 0) != (query > 0)).sum(axis=1)
     assert distances.tolist() == expected.tolist() and distances[7] == 5
+
+
+def test_the_nearest_of_a_long_array_are_the_smallest_distances() -> None:
+    rng = np.random.default_rng(8)
+    for size, count in ((300_000, 1_000), (1_000_000, 20_000), (250_000, 249_000)):
+        distances = rng.binomial(DIM, 0.4, size=size).astype(np.int32)
+        distances[rng.choice(size, size // 10, replace=False)] = quantized_module.FAR  # rows that may not be read
+        picked = nearest(distances, count)
+        expected = np.sort(distances)[:count]
+        expected = expected[expected < quantized_module.FAR]
+        assert np.array_equal(np.sort(distances[picked]), expected)
+        assert np.unique(picked).shape == picked.shape
 
 
 def test_a_scan_split_over_two_threads_fills_every_distance(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -131,11 +143,12 @@ async def test_a_large_segment_keeps_its_codes_in_a_file_that_lives_and_dies_wit
     # what a crash between writing a segment and committing it leaves: codes of no segment, removed at start
     orphan = tmp_path / "seg-0123456789abcdef.bits.npy"
     np.save(orphan, binary_codes(vectors[:10]))
-    # and a codes file lost: the segment computes its codes again
+    # and a codes file lost: the segment computes its codes again, and keeps them in a file again
     after[0].unlink()
     reopened = await NumpyVectorStore.open(tmp_path, "toy", DIM, auto_compact=False, quantized=quantized)
     assert not orphan.exists()
     assert [hit.chunk.id for hit in await reopened.search(SearchRequest("", vectors[450], 5, mode="dense"))] == before
+    assert np.array_equal(np.load(after[0]), binary_codes(vectors))  # written again by the search that needed it
     await reopened.aclose()
 
 

@@ -26,6 +26,8 @@ import numpy as np
 faiss.omp_set_num_threads(1)
 
 FAR = np.int32(1 << 20)  # the distance given to rows that may not be returned: beyond any code's
+SAMPLED_SELECTION_ABOVE = 200_000  # distances above which `nearest` bounds its selection by a sample first
+SAMPLE = 50_000  # distances in that sample
 PARALLEL_ABOVE = 500_000  # rows a question's scan splits over two threads above (a thread hand-off costs ~50 us)
 
 
@@ -121,9 +123,22 @@ def best_candidates(rows: np.ndarray, codes: np.ndarray, query: np.ndarray, sear
 
 
 def nearest(distances: np.ndarray, count: int) -> np.ndarray:
-    """Positions of the `count` smallest distances that are not FAR (in no particular order)."""
-    if distances.shape[0] > count:
+    """Positions of the `count` smallest distances that are not FAR (in no particular order).
+
+    Over a long array, `argpartition` alone costs more than the scan (85 ms over 10,000,000 distances here): a
+    sorted sample gives a bound under which somewhat more than `count` distances lie, one comparison finds them,
+    and `argpartition` runs over those few. The result is the same set, ties aside."""
+    size = distances.shape[0]
+    if size <= count:
+        picked = np.arange(size)
+    elif size < SAMPLED_SELECTION_ABOVE:
         picked = np.argpartition(distances, count - 1)[:count]
     else:
-        picked = np.arange(distances.shape[0])
+        sample = np.sort(distances[:: size // SAMPLE])
+        bound = sample[min(sample.shape[0] - 1, int(sample.shape[0] * count / size * 1.5) + 1)]
+        within = np.flatnonzero(distances <= bound)
+        if within.shape[0] < count:  # an unlucky sample: the bound was too low
+            picked = np.argpartition(distances, count - 1)[:count]
+        else:
+            picked = within[np.argpartition(distances[within], count - 1)[:count]]
     return picked[distances[picked] < FAR]

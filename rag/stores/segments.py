@@ -18,6 +18,7 @@ segment computes its codes from its vectors when a search first needs them (unde
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import tempfile
 import uuid
@@ -32,6 +33,8 @@ from rag.durable import fsync_path
 from rag.filters import MISSING, Filters, ValueIndex, filter_mask
 from rag.stores.quantized import binary_codes
 from rag.types import TENANT_KEY
+
+logger = logging.getLogger(__name__)
 
 PREFIX = "seg-"
 CODES_FILE_ROWS = 65_536  # a segment this large keeps its binary codes in a file (an add's small one does not)
@@ -155,6 +158,7 @@ class Segment:
     by_key: np.ndarray  # the rows in ascending key order
     sorted_keys: np.ndarray  # keys[by_key]
     stored_codes: np.ndarray | None = None  # the codes file, memory-mapped, when the segment has one
+    missing_codes_file: Path | None = None  # where a segment large enough for one should have it, when it does not
     # metadata field -> value -> local row positions; built on the first filter on that field, kept for the
     # segment's life (a segment never changes, so neither do its indexes)
     _indexes: dict[str, ValueIndex] = field(default_factory=dict)
@@ -172,7 +176,8 @@ class Segment:
         codes = np.load(codes_path, mmap_mode="r", allow_pickle=False) if codes_path.exists() else None
         if codes is not None and codes.shape[0] != keys.shape[0]:
             codes = None  # not this segment's (cannot happen short of damage): computed again instead
-        return cls(segment_id, name, vectors, keys, by_key, keys[by_key], codes)
+        missing = codes_path if codes is None and keys.shape[0] >= CODES_FILE_ROWS else None
+        return cls(segment_id, name, vectors, keys, by_key, keys[by_key], codes, missing)
 
     @property
     def rows(self) -> int:
@@ -185,6 +190,14 @@ class Segment:
             return self.stored_codes
         if self._computed_codes is None:  # two threads may both compute it: the same array, one kept
             self._computed_codes = binary_codes(self.vectors)
+            if self.missing_codes_file is not None:
+                # A large segment written before codes files existed, or whose file was lost: written now (whole
+                # or not at all), so the next process reads it instead of every vector. A segment merged away
+                # meanwhile leaves it behind as an orphan, which the next start removes.
+                try:
+                    _save_atomic(self.missing_codes_file, self._computed_codes)
+                except OSError:
+                    logger.warning("could not write %s; the codes stay in memory", self.missing_codes_file)
         return self._computed_codes
 
     @property
