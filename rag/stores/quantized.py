@@ -2,16 +2,17 @@
 
 Every vector also has a binary code: the sign of each of its dimensions, packed eight to a byte (48 bytes for
 MiniLM's 384 dimensions, 1/32 of its float32 row). A search measures the Hamming distance from the question's code
-to every eligible row's code (FAISS's popcount kernel: about 5.5 ns a row on one core here), keeps the `candidates`
-nearest, and scores only those with the float32 vectors (read from the memory-mapped segment files, so only their
-pages are touched). The rows compared are the same as in an exact scan, filters and the access rule included; only
-the ranking before re-scoring is approximate, and `bench/quantized_search.py` prints what it costs in recall@10
-against the exact float32 product.
+to every eligible row's code (FAISS's popcount kernel: about 5.5 ns a row on one core here), keeps a shortlist of
+the nearest, orders it by a finer estimate (the question's float values against the rows' signs) and scores only
+the best `candidates` of it with the float32 vectors (read from the memory-mapped segment files, so only their pages
+are touched). The rows compared are the same as in an exact scan, filters and the access rule included; only the
+ranking before re-scoring is approximate, and `bench/quantized_search.py` prints what it costs in recall@10 against
+the exact float32 product.
 
 This is the way Qdrant's binary quantization with rescoring and pgvector's `binary_quantize` expression indexes
 search; a flat scan rather than a graph because these vectors are hard for one: HNSW (FAISS's and usearch's, i8 and
-float32) stayed under recall@10 0.99 on the bench corpus even at efSearch 1024, while 2,000 re-scored candidates of
-the binary scan reach it (docs/benchmarks.md).
+float32) stayed under recall@10 0.99 on the bench corpus even at efSearch 1024, while the re-scored shortlist of
+the binary scan reaches it (docs/benchmarks.md).
 """
 
 from __future__ import annotations
