@@ -7,6 +7,7 @@ chosen by `bench/fusion.py`.
 
     .venv/bin/python bench/retrieval.py                       # defaults from Settings
     .venv/bin/python bench/retrieval.py --chunk-size 100000   # one chunk per document
+    .venv/bin/python bench/retrieval.py --quantized           # also through the binary codes (rag/stores/quantized.py)
 
 Documents are "title text", as MTEB embeds them. A document's score is its best chunk's score.
 """
@@ -32,6 +33,7 @@ from rag.embedders.local import SentenceTransformerEmbedder
 from rag.ingest.indexer import Indexer
 from rag.retriever import Retriever
 from rag.stores.numpy_store import NumpyVectorStore
+from rag.stores.quantized import QuantizedSearch
 
 DEFAULT_DATASET = PROJECT_DIR.parent / "shared" / "datasets" / "scifact"
 
@@ -109,6 +111,21 @@ async def run(args: argparse.Namespace) -> None:
             print(f"  ingested {i + len(batch)}/{len(corpus)}", file=sys.stderr, flush=True)
         ingest_s = time.perf_counter() - started
 
+        if args.quantized:  # the same directory read by the quantized dense leg (rag/stores/quantized.py) as well
+            quantized = await NumpyVectorStore.open(
+                Path(tmp), embedder.model_name, embedder.dimension, quantized=QuantizedSearch(above=0)
+            )
+            for name, used in (("exact scan", store), ("quantized", quantized)):
+                scores = []
+                for query_id in query_ids:
+                    hits = await Retriever(embedder, used, top_k=args.depth, threshold=None, mode="dense").retrieve(
+                        queries[query_id], top_k=args.depth, threshold=-1.0
+                    )
+                    scores.append(
+                        ndcg_at_k(list(dict.fromkeys(h.chunk.document_id for h in hits)), qrels[query_id], 10)
+                    )
+                print(f"nDCG@10, dense, {name:<11} {np.mean(scores):.4f}")
+            await quantized.aclose()
         retriever = Retriever(embedder, store, top_k=args.depth, threshold=None, mode="dense")
         ndcgs, recalls, relevant_scores, other_scores = [], [], [], []
         started = time.perf_counter()
@@ -154,6 +171,9 @@ def main() -> None:
     parser.add_argument("--chunk-overlap", type=int, default=None, help="default: CHUNK_OVERLAP")
     parser.add_argument("--depth", type=int, default=100, help="chunks retrieved per query before ranking documents")
     parser.add_argument("--batch", type=int, default=500, help="documents per add call")
+    parser.add_argument(
+        "--quantized", action="store_true", help="also nDCG@10 with every dense search through binary codes"
+    )
     asyncio.run(run(parser.parse_args()))
 
 

@@ -189,7 +189,10 @@ class Segment:
         if self.stored_codes is not None:
             return self.stored_codes
         if self._computed_codes is None:  # two threads may both compute it: the same array, one kept
-            self._computed_codes = binary_codes(self.vectors)
+            codes = np.empty((self.rows, (self.vectors.shape[1] + 7) // 8), dtype=np.uint8)
+            for first in range(0, self.rows, CODES_FILE_ROWS):  # a block at a time: no temporary of every row
+                codes[first : first + CODES_FILE_ROWS] = binary_codes(self.vectors[first : first + CODES_FILE_ROWS])
+            self._computed_codes = codes
             if self.missing_codes_file is not None:
                 # A large segment written before codes files existed, or whose file was lost: written now (whole
                 # or not at all), so the next process reads it instead of every vector. A segment merged away
