@@ -103,9 +103,9 @@ class SnapshotSearch:
         when there are many (`quantized.py`); rows None means every row, in order."""
         query = np.ascontiguousarray(query, dtype=np.float32)
         if eligible is not None:
-            rows = np.flatnonzero(eligible)
-            if rows.shape[0] > self.quantized.above:
+            if np.count_nonzero(eligible) > self.quantized.above:  # counted, not listed: the codes' scan needs no list
                 return self._quantized(snap, query, eligible)
+            rows = np.flatnonzero(eligible)
             if rows.shape[0] < GATHER_BELOW * snap.rows:  # score only the rows the filter keeps
                 return rows, snap.scores_of(rows, query)
         elif snap.rows - snap.dead_rows.shape[0] > self.quantized.above:

@@ -79,6 +79,19 @@ def binary_codes(vectors: np.ndarray) -> np.ndarray:
     return np.packbits(np.asarray(vectors) > 0, axis=-1)
 
 
+def fill_codes(vectors: np.ndarray, out: np.ndarray, block: int = 65_536) -> np.ndarray:
+    """`binary_codes` of many rows written into `out` (an array or a memory-mapped file of `code_shape`) a block
+    at a time, so no temporary of every row is made; returns `out`."""
+    for first in range(0, vectors.shape[0], block):
+        out[first : first + block] = binary_codes(vectors[first : first + block])
+    return out
+
+
+def code_shape(vectors: np.ndarray) -> tuple[int, int]:
+    """The shape of `vectors`' codes: a row each, eight dimensions a byte."""
+    return vectors.shape[0], (vectors.shape[1] + 7) // 8
+
+
 def hamming(codes: np.ndarray, query_code: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """The Hamming distance (int32) of every row of `codes` to `query_code`, into `out` when given (contiguous)."""
     codes = np.ascontiguousarray(codes)

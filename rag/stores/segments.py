@@ -31,7 +31,7 @@ import numpy as np
 
 from rag.durable import fsync_path
 from rag.filters import MISSING, Filters, ValueIndex, filter_mask
-from rag.stores.quantized import binary_codes
+from rag.stores.quantized import code_shape, fill_codes
 from rag.types import TENANT_KEY
 
 logger = logging.getLogger(__name__)
@@ -98,9 +98,8 @@ def write_merged_segment(
     name = uuid.uuid4().hex
     vectors_path, keys_path = segment_files(directory, name)
     starts = np.cumsum([0, *(source.shape[0] for source in sources)])
-    dimension = sources[0].shape[1]
     with _replacing(vectors_path) as tmp:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(keys), dimension))
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(keys), sources[0].shape[1]))
         for first in range(0, rows.shape[0], block):
             wanted = rows[first : first + block]
             source_of = np.searchsorted(starts, wanted, side="right") - 1
@@ -122,10 +121,8 @@ def write_merged_segment(
 
 def _write_codes(path: Path, vectors: np.ndarray, block: int) -> None:
     with _replacing(path) as tmp:
-        width = (vectors.shape[1] + 7) // 8
-        codes = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(vectors.shape[0], width))
-        for first in range(0, vectors.shape[0], block):
-            codes[first : first + block] = binary_codes(vectors[first : first + block])
+        codes = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=code_shape(vectors))
+        fill_codes(vectors, codes, block)
         codes.flush()
         del codes
 
@@ -189,10 +186,7 @@ class Segment:
         if self.stored_codes is not None:
             return self.stored_codes
         if self._computed_codes is None:  # two threads may both compute it: the same array, one kept
-            codes = np.empty((self.rows, (self.vectors.shape[1] + 7) // 8), dtype=np.uint8)
-            for first in range(0, self.rows, CODES_FILE_ROWS):  # a block at a time: no temporary of every row
-                codes[first : first + CODES_FILE_ROWS] = binary_codes(self.vectors[first : first + CODES_FILE_ROWS])
-            self._computed_codes = codes
+            self._computed_codes = fill_codes(self.vectors, np.empty(code_shape(self.vectors), dtype=np.uint8))
             if self.missing_codes_file is not None:
                 # A large segment written before codes files existed, or whose file was lost: written now (whole
                 # or not at all), so the next process reads it instead of every vector. A segment merged away
