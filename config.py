@@ -329,6 +329,13 @@ class Settings(BaseSettings):
         "vacuuming them: only then does no table file hold deleted text, but each table is locked while it is "
         "rewritten (minutes for a million chunks: see docs/deployment.md).",
     )
+    pg_keyword_snapshot_seconds: float = Field(
+        3600.0,
+        ge=0,
+        description="How often (at most) a PostgreSQL replica publishes its keyword index into the database, when "
+        "writes moved it since the last snapshot: a new replica then downloads it and catches up instead of "
+        "indexing the whole chunk table (docs/deployment.md). 0: replicas publish none.",
+    )
     pg_bulk_index_memory: str = Field(
         "1GB",
         pattern=r"^[1-9][0-9]*(kB|MB|GB)$",

@@ -76,6 +76,7 @@ async def open_store(settings: Settings, embedding_model: str, dimension: int, s
                 schema=where.schema,
             )
             store.rewrite_on_purge = settings.pg_purge_rewrite
+            store.keyword_snapshot_seconds = settings.pg_keyword_snapshot_seconds
             return store
         case spec:
             if space is not None:

@@ -27,6 +27,7 @@ wait for a merge; the next write waits for that thread (in another process, for 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import shutil
 import threading
@@ -49,6 +50,8 @@ ANALYZER = "chunk_text"
 WRITER_HEAP = 64_000_000  # bytes; a 256-chunk add needs a fraction, a rebuild flushes a segment per filling
 WRITER_WAIT_SECONDS = 120.0  # how long a write waits for another process's writer (its merges) to let go
 REBUILD_BATCH = 10_000
+META = "meta.json"  # Tantivy's list of the committed segments
+MANAGED = ".managed.json"
 
 
 def _analyzer() -> tantivy.TextAnalyzer:
@@ -76,6 +79,27 @@ def _schema() -> tantivy.Schema:
     builder.add_text_field("tenant", tokenizer_name="raw")  # the organisation, one exact term; not scored
     builder.add_text_field("text", tokenizer_name=ANALYZER, index_option="freq")  # BM25 needs no positions
     return builder.build()
+
+
+def committed_files(directory: Path) -> list[str]:
+    """The files an index's last commit is made of: `meta.json`, each of its segments' files (of a segment's
+    deletion files, only the one its entry names), and `.managed.json`, Tantivy's list of the files it may delete
+    (without it, a copy's segments would never be removed once merged away); older files awaiting Tantivy's
+    clean-up are left out."""
+    meta = json.loads((directory / META).read_text(encoding="utf-8"))
+    wanted: dict[str, int | None] = {}
+    for segment in meta["segments"]:
+        deletes = segment.get("deletes")
+        wanted[segment["segment_id"].replace("-", "")] = None if deletes is None else int(deletes["opstamp"])
+    names = [META, MANAGED]
+    for path in directory.iterdir():
+        stem, _, rest = path.name.partition(".")
+        if stem not in wanted:
+            continue
+        if rest.endswith("del") and rest != f"{wanted[stem]}.del":
+            continue
+        names.append(path.name)
+    return names
 
 
 class KeywordIndex:
@@ -256,6 +280,21 @@ class KeywordIndex:
             writer.commit()
             writer.garbage_collect_files()
         return indexed
+
+    def link_committed(self, target: Path) -> int:
+        """Hard-link the files of the last commit into the empty directory `target`, and return how many
+        documents that commit holds: a copy that costs no bytes, taken while no writer of any process runs (a
+        merge would replace segments under it). Tantivy never rewrites a committed file in place, so the links
+        keep that commit's bytes whatever the index does next."""
+        writer = self._writer()  # waits for every other writer and its merges
+        try:
+            self._index.reload()
+            documents = self.count
+            for name in committed_files(self.directory):
+                (target / name).hardlink_to(self.directory / name)
+        finally:
+            writer.wait_merging_threads()  # nothing to merge: this lets go of the writer's lock
+        return documents
 
     def close(self) -> None:
         """Wait for the last writer's merges, so that no thread outlives the store."""

@@ -30,6 +30,7 @@ import fcntl
 import json
 import logging
 import os
+import tarfile
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import asdict, dataclass
@@ -40,6 +41,7 @@ import anyio.from_thread
 import asyncpg
 
 from rag.durable import fsync_path
+from rag.stores import pg_keyword_snapshots as snapshots
 from rag.stores.keyword_index import Entry, KeywordIndex
 
 logger = logging.getLogger(__name__)
@@ -78,6 +80,15 @@ _UNAPPLIED = "xid >= $1::text::xid8 AND NOT (xid::text::bigint = ANY($2::bigint[
 _SNAPSHOT = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS xmin, extract(epoch FROM now()) AS now"
 
 
+def _documents_in(directory: Path) -> int:
+    """The documents of the index in `directory` (a snapshot's, before it is put in place)."""
+    index = KeywordIndex(directory)
+    try:
+        return index.count
+    finally:
+        index.close()
+
+
 def _stale(state: FollowState, now: float) -> bool:
     """Whether the index last caught up too long ago to trust the deletions still noted (a day's margin)."""
     return now - state.at > (DELETED_RETENTION_DAYS - 1) * 86_400
@@ -107,10 +118,16 @@ class FollowedKeywordIndex:
     async def open(cls, pool: asyncpg.Pool, directory: Path, store_id: str) -> FollowedKeywordIndex:
         """Open the replica's index, rebuilt from the table when it is missing, stale or another database's."""
         follower = await anyio.to_thread.run_sync(cls, directory, store_id)
+        await anyio.to_thread.run_sync(snapshots.remove_leftovers, directory)
         async with pool.acquire() as conn:
             now = float(await conn.fetchval("SELECT extract(epoch FROM now())"))
         if follower._state is None or _stale(follower._state, now):
-            await follower.rebuild(pool)
+            if await follower.restore(pool):
+                # ready to answer: what was written since the snapshot, applied now rather than by the first search
+                async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+                    await follower.catch_up(conn)
+            else:
+                await follower.rebuild(pool)
         return follower
 
     # --- the state file ---------------------------------------------------------------------------
@@ -240,6 +257,88 @@ class FollowedKeywordIndex:
         indexed = await anyio.to_thread.run_sync(index_all)
         self._state = state
         logger.info("keyword index at %s built from %d chunks", self.directory, indexed)
+
+    # --- snapshots (pg_keyword_snapshots.py) ----------------------------------------------------------
+
+    async def publish_if_due(self, pool: asyncpg.Pool, every_seconds: float) -> int | None:
+        """Publish this replica's index when the newest snapshot is older than `every_seconds` and writes moved
+        the store since (or there is none); returns the new snapshot's id, or None."""
+        async with pool.acquire() as conn:
+            generation = int(await conn.fetchval("SELECT generation FROM rag_counters WHERE id = 1"))
+            if not await snapshots.due(conn, every_seconds, generation):
+                return None
+        return await self.publish(pool)
+
+    async def publish(self, pool: asyncpg.Pool) -> int | None:
+        """Publish the index as it last committed, with the state it matches; not while it holds deletions
+        that a purge has not rewritten away."""
+
+        async def link(target: Path) -> tuple[FollowState | None, int]:
+            async with self._locked():
+                # the state on disk: written after the index commits it describes (by this process or another
+                # sharing the directory), so the files linked now hold at least what it says
+                state = self._read_state()
+                if state is None or state.unpurged:
+                    return None, 0
+                return state, await anyio.to_thread.run_sync(self.index.link_committed, target)
+
+        return await snapshots.publish(pool, link, self.directory)
+
+    async def restore(self, pool: asyncpg.Pool) -> bool:
+        """Replace the index with the newest usable snapshot; False when there is none (or it is damaged, stale,
+        another database's, or holds unpurged deletions), and the index is left as it was."""
+        with tempfile.TemporaryDirectory(prefix=".restore-", dir=self.directory) as tmp:
+            target = Path(tmp)
+            async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+                try:
+                    fetched = await snapshots.fetch_newest(conn, target)
+                except (ValueError, tarfile.TarError, OSError) as exc:
+                    logger.warning("keyword index snapshot not used (%s); the index is built from the table", exc)
+                    return False
+                now = float(await conn.fetchval("SELECT extract(epoch FROM now())"))
+            if fetched is None:
+                return False
+            try:
+                state = FollowState(**fetched[0])
+            except TypeError:
+                return False
+            if state.store != self.store_id or state.unpurged or _stale(state, now):
+                return False
+            try:
+                documents = await anyio.to_thread.run_sync(_documents_in, target)
+            except Exception as exc:  # whatever Tantivy makes of files it cannot read
+                logger.warning("keyword index snapshot not used: it does not open (%s)", exc)
+                return False
+            if documents != fetched[1]:
+                logger.warning("keyword index snapshot not used: it does not hold the documents its row counts")
+                return False
+            async with self._locked():
+                on_disk = self._read_state()
+                if on_disk is not None and not _stale(on_disk, now):  # another process of this host was first
+                    self._state = on_disk
+                    await anyio.to_thread.run_sync(self.index.reload)
+                    return True
+                await anyio.to_thread.run_sync(self._install, target, state)
+        logger.info("keyword index at %s restored from a snapshot of %d chunks", self.directory, fetched[1])
+        return True
+
+    def _install(self, restored: Path, state: FollowState) -> None:
+        """Put a verified snapshot's files in place of the index's (holding both locks): the state file goes
+        first and comes back last, so a crash in between leaves an index that is restored or rebuilt again."""
+        self.index.close()
+        (self.directory / STATE).unlink(missing_ok=True)
+        fsync_path(self.directory)
+        for path in self.directory.iterdir():
+            if path.is_file() and not path.name.startswith(".tantivy-") and path.name != LOCK:
+                path.unlink()
+        for path in restored.iterdir():
+            if path.name.startswith(".tantivy-"):  # the lock files of the check that opened it
+                continue
+            os.replace(path, self.directory / path.name)
+        fsync_path(self.directory)
+        self.index = KeywordIndex(self.directory)
+        self._write_state(state)
+        self._state = state
 
     @contextlib.asynccontextmanager
     async def _locked(self) -> AsyncIterator[None]:

@@ -8,6 +8,7 @@ import logging
 import asyncpg
 
 from rag.stores.base import check_embedding
+from rag.stores.pg_keyword_snapshots import SCHEMA as KEYWORD_SNAPSHOTS
 from rag.stores.pg_keywords import SCHEMA
 
 logger = logging.getLogger(__name__)
@@ -93,13 +94,16 @@ MIGRATIONS = [
     DROP INDEX IF EXISTS rag_chunks_by_org_with_vectors;
     """
     + TENANT_INDEX,
+    # 6: snapshots of a replica's keyword index, which a new replica starts from (pg_keyword_snapshots.py)
+    KEYWORD_SNAPSHOTS,
 ]
 
 
 # Everything the migrations create in the store's schema: what dropping the first store's tables removes (a later
 # space lives in a schema of its own, dropped whole).
 STORE_OBJECTS = (
-    "DROP TABLE IF EXISTS rag_deleted_chunks, rag_access_lists, rag_chunks, rag_documents, rag_counters, rag_meta, "
+    "DROP TABLE IF EXISTS rag_keyword_snapshot_parts, rag_keyword_snapshots, rag_deleted_chunks, rag_access_lists, "
+    "rag_chunks, rag_documents, rag_counters, rag_meta, "
     "rag_schema CASCADE; DROP FUNCTION IF EXISTS rag_note_deleted_chunks()"
 )
 

@@ -44,7 +44,9 @@ from rag.errors import DocumentNotFound, TenantForbidden
 from rag.stores import pg_access, pg_export, pg_spaces
 from rag.stores.base import AccessByDocument, SearchRequest, StoredDocument
 from rag.stores.pg_filters import SqlParams
-from rag.stores.pg_keywords import PRUNE_DELETED, FollowedKeywordIndex
+from rag.stores.pg_keyword_snapshots import TABLES as SNAPSHOT_TABLES
+from rag.stores.pg_keyword_snapshots import discard_holding_deleted
+from rag.stores.pg_keywords import DELETED_RETENTION_DAYS, PRUNE_DELETED, FollowedKeywordIndex
 from rag.stores.pg_pool import pooled_connection
 from rag.stores.pg_schema import (
     BULK_LOCK,
@@ -108,6 +110,7 @@ class PostgresVectorStore:
         self._search = PgSearch(pool, keywords, ef_search, lambda: self.count)
         self.ef_construction = ef_construction
         self.rewrite_on_purge = False  # PG_PURGE_REWRITE: see `purge`
+        self.keyword_snapshot_seconds = 3600.0  # PG_KEYWORD_SNAPSHOT_SECONDS: see `purge`
         self._counts = (0, 0)
         self.follower = False  # written by the space builder: writes pass the 'retired' marker
         self._write_slots: asyncio.Semaphore | None = None
@@ -413,11 +416,18 @@ class PostgresVectorStore:
         async with self._snapshot() as conn:  # deletions through other replicas, applied to this replica's index
             await self._keywords.catch_up(conn)
         async with self._connection() as conn:
+            # keyword index snapshots that may hold a deleted chunk's terms go before the vacuum frees their bytes
+            await discard_holding_deleted(conn, DELETED_RETENTION_DAYS - 1)
             # cheap when nothing was deleted: a vacuum skips the pages marked all-visible, and calls no index's
             # clean-up (HNSW's is the costly one) without dead rows
             rewrite = self.rewrite_on_purge and deleted_here
-            await vacuum(conn, ["rag_chunks", "rag_documents", "rag_access_lists"], rewrite)
+            tables = ["rag_chunks", "rag_documents", "rag_access_lists", *SNAPSHOT_TABLES]
+            await vacuum(conn, tables, rewrite)
         await self._keywords.purge(self._pool)
+        # The purger's tick is also when a replica publishes its index for new replicas to start from; after the
+        # rewrite above it holds no deleted chunk's terms, which a snapshot must not hold either.
+        if self.keyword_snapshot_seconds > 0:
+            await self._keywords.publish_if_due(self._pool, self.keyword_snapshot_seconds)
 
     async def set_access(self, document_id: str, access: AccessList | None, org_id: str | None = None) -> None:
         async with self._write_slot(), self._connection() as conn, conn.transaction():
