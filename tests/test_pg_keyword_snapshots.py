@@ -206,3 +206,65 @@ async def test_a_damaged_or_hostile_snapshot_is_refused_and_the_table_indexed(
     assert not [path for path in (tmp_path / "replica").iterdir() if path.name.startswith(".restore-")]
     await writer.aclose()
     await replica.aclose()
+
+
+def test_a_snapshot_links_the_last_commits_files_and_none_awaiting_clean_up(tmp_path: Path) -> None:
+    index = KeywordIndex(tmp_path / "index")
+    index.apply([(1, "quartz vein", "acme"), (2, "mica sheet", "acme"), (4, "gypsum", "acme")], [])
+    index.apply([(3, "talc powder", None)], [1])  # a second segment, and a deletion file for the first
+    index.apply([], [2])  # the first segment's deletion file again, at a later opstamp
+    index.close()
+    (tmp_path / "index" / "0123456789abcdef0123456789abcdef.idx").write_bytes(b"an old segment's file")
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    documents = KeywordIndex(tmp_path / "index").link_committed(linked)
+    names = sorted(path.name for path in linked.iterdir())
+    meta = json.loads((linked / "meta.json").read_text())
+    live = {segment["segment_id"].replace("-", "") for segment in meta["segments"]}
+    assert documents == 2 and ".managed.json" in names
+    assert {name.partition(".")[0] for name in names} - {"meta", ""} == live  # every file of every live segment
+    deletions = [name for name in names if name.endswith(".del")]
+    expected = [
+        f"{s['segment_id'].replace('-', '')}.{s['deletes']['opstamp']}.del" for s in meta["segments"] if s["deletes"]
+    ]
+    assert sorted(deletions) == sorted(expected) and len(expected) >= 1
+    assert len([n for n in (tmp_path / "index").iterdir() if n.name.endswith(".del")]) >= len(deletions)
+    assert all((linked / name).stat().st_ino == (tmp_path / "index" / name).stat().st_ino for name in names)
+    copy = KeywordIndex(linked)
+    assert copy.search("talc quartz mica", 10) and [key for key, _ in copy.search("talc quartz mica", 10)] == [3]
+    copy.close()
+
+
+async def test_a_crash_while_a_snapshot_is_installed_leaves_a_replica_that_starts_right(
+    pg_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rag.stores import pg_keywords
+
+    writer = await PostgresVectorStore.open(pg_dsn, "toy", DIM, tmp_path / "writer")
+    await writer.upsert(chunks_of("chert", "chert nodule", 3), unit_rows(11, 3))
+    await writer.purge(deleted_here=False)
+    await writer.upsert(chunks_of("flint", "flint nodule"), unit_rows(12, 2))
+
+    real = pg_keywords.KeywordIndex
+
+    opened: list[Path] = []
+
+    def crash(directory: Path) -> KeywordIndex:
+        opened.append(directory)
+        # the replica's index opened again once the snapshot's files are in place, its state not yet written
+        if [path.name for path in opened].count("replica") == 2:
+            raise SystemExit("killed")
+        return real(directory)
+
+    monkeypatch.setattr(pg_keywords, "KeywordIndex", crash)
+    with pytest.raises(SystemExit):
+        await PostgresVectorStore.open(pg_dsn, "toy", DIM, tmp_path / "replica")
+    monkeypatch.setattr(pg_keywords, "KeywordIndex", real)
+    assert [path.name for path in opened][-1] == "replica" and any(p.name.startswith(".restore-") for p in opened)
+    assert not (tmp_path / "replica" / "followed.json").exists()
+    assert (tmp_path / "replica" / "meta.json").exists()  # the snapshot's files, without the state naming them
+    replica = await PostgresVectorStore.open(pg_dsn, "toy", DIM, tmp_path / "replica")
+    assert await keyword(replica, "nodule") == ["chert:0", "chert:1", "chert:2", "flint:0", "flint:1"]
+    assert replica.layout()["keyword_documents"] == 5
+    await writer.aclose()
+    await replica.aclose()
