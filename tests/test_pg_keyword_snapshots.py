@@ -12,30 +12,14 @@ import tarfile
 from pathlib import Path
 
 import asyncpg
-import numpy as np
 import pytest
 
-from rag.stores import SearchRequest, pg_keyword_snapshots
+from rag.stores import pg_keyword_snapshots
 from rag.stores.keyword_index import KeywordIndex
 from rag.stores.postgres_store import PostgresVectorStore
-from rag.types import Chunk
+from tests.test_postgres_store import DIM, chunks_of, keyword, unit_rows
 
-DIM = 16
 RESTORED = "restored from a snapshot"
-
-
-def chunks_of(doc_id: str, words: str, n: int = 2) -> list[Chunk]:
-    return [Chunk(f"{doc_id}:{i}", doc_id, f"{words} part {i}", {"orgId": "acme"}) for i in range(n)]
-
-
-def unit_rows(seed: int, n: int) -> np.ndarray:
-    vectors = np.random.default_rng(seed).normal(size=(n, DIM)).astype(np.float32)
-    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-
-
-async def keyword(store: PostgresVectorStore, text: str, k: int = 10) -> list[str]:
-    hits = await store.search(SearchRequest(text, None, k, mode="keyword"))
-    return sorted(h.chunk.id for h in hits)
 
 
 async def snapshots(dsn: str) -> list[asyncpg.Record]:
