@@ -3,6 +3,7 @@ replica did before) against one started from a replica's published snapshot (rag
 then caught up on what was written after the snapshot.
 
     BENCH_TMP=/tmp/benchtmp .venv/bin/python bench/replica_start.py --size 1000000 --since 10000
+    BENCH_TMP=/tmp/benchtmp .venv/bin/python bench/replica_start.py --size 10000000 --max-wal-size 2GB  # 40 GB of disk
 
 The chunks are `bench/scifact_corpus.py`'s (three real SciFact sentences each, 50 tenants, realistic vectors),
 stored through the store's adds by 4 writers. The two search indexes (HNSW and the tenant B-tree) are dropped
@@ -111,7 +112,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=1_000_000)
     parser.add_argument("--since", type=int, default=10_000, help="chunks written after the snapshot")
+    parser.add_argument(
+        "--max-wal-size", default="8GB", help="PostgreSQL's WAL between checkpoints (less: less disk at ten million)"
+    )
     args = parser.parse_args()
+    from bench import pg_server
+
+    pg_server.SETTINGS["max_wal_size"] = args.max_wal_size
     corpus = asyncio.run(Corpus.load())
     asyncio.run(run(args.size, args.since, corpus))
 
