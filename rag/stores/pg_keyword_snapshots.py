@@ -77,13 +77,18 @@ async def discard_holding_deleted(conn: asyncpg.Connection, usable_days: int) ->
     return int(status.split()[-1])
 
 
-async def due(conn: asyncpg.Connection, every_seconds: float, generation: int) -> bool:
-    """Whether a new snapshot is wanted: none yet, or the newest is older than `every_seconds` and writes have
-    moved the store (its `generation`) past it."""
-    newest = await conn.fetchrow(
+async def _newest(conn: asyncpg.Connection) -> asyncpg.Record | None:
+    """The newest snapshot's age (seconds) and the store generation it was taken at, or None when there is none."""
+    return await conn.fetchrow(
         "SELECT extract(epoch FROM now() - taken) AS age, (state->>'generation')::bigint AS generation "
         "FROM rag_keyword_snapshots ORDER BY id DESC LIMIT 1"
     )
+
+
+async def due(conn: asyncpg.Connection, every_seconds: float, generation: int) -> bool:
+    """Whether a new snapshot is wanted: none yet, or the newest is older than `every_seconds` and writes have
+    moved the store (its `generation`) past it."""
+    newest = await _newest(conn)
     return newest is None or (float(newest["age"]) >= every_seconds and generation > int(newest["generation"]))
 
 
@@ -97,10 +102,8 @@ async def publish(pool: asyncpg.Pool, link: Callable[[Path], Awaitable[tuple[Any
         try:
             with tempfile.TemporaryDirectory(prefix=".snapshot-", dir=scratch) as tmp:
                 state, documents = await link(Path(tmp))
-                newest = await conn.fetchval(
-                    "SELECT (state->>'generation')::bigint FROM rag_keyword_snapshots ORDER BY id DESC LIMIT 1"
-                )
-                if state is None or (newest is not None and newest >= state.generation):
+                newest = await _newest(conn)
+                if state is None or (newest is not None and int(newest["generation"]) >= state.generation):
                     return None  # nothing to publish, or a snapshot as new as this one is there
                 async with conn.transaction():
                     snapshot = int(
@@ -209,9 +212,8 @@ def _extract(stream: io.RawIOBase, target: Path) -> None:
                 out.flush()
                 os.fsync(out.fileno())  # durable before the state that names them is written
             extracted += 1
-    with contextlib.suppress(OSError):  # drain what follows the archive's end, so that the digest covers it
-        while stream.read(1 << 20):
-            pass
+    while stream.read(1 << 20):  # drain what follows the archive's end, so that the digest covers it
+        pass
 
 
 class _PartReader(io.RawIOBase):
